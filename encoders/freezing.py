@@ -1,0 +1,52 @@
+"""One switch for every tower: frozen, fully trained, or trained in its last N blocks only."""
+
+from __future__ import annotations
+
+from torch import nn
+
+Trainable = bool | int
+
+
+def block_list(module: nn.Module) -> nn.Module | None:
+    """The longest stack of repeated blocks in ``module`` (a ``ModuleList`` or ``Sequential``).
+
+    Transformers keep their layers in one such list (``encoder.layer``, ``h``, ``blocks``, ``resblocks``);
+    CNNs in timm keep their stages in ``blocks``. Ties go to the first one found, which is the outermost.
+    """
+    best: nn.Module | None = None
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList | nn.Sequential) and len(child) > (len(best) if best is not None else 1):
+            best = child
+    return best
+
+
+def set_trainable(module: nn.Module, trainable: Trainable) -> None:
+    """Freeze or unfreeze the parameters of ``module``.
+
+    Args:
+        module: the tower.
+        trainable: True trains everything, False freezes everything, an int N > 0 trains only the last N
+            blocks of the longest block stack plus every parameter registered after it (final norms, heads);
+            0 is the same as False.
+    """
+    if isinstance(trainable, bool) or trainable <= 0:
+        module.requires_grad_(bool(trainable))
+        return
+    blocks = block_list(module)
+    if blocks is None:
+        raise ValueError(f"cannot train the last {trainable} blocks of {type(module).__name__}: it has no block stack")
+    module.requires_grad_(False)
+    last = list(blocks)[-trainable:]
+    for block in last:
+        block.requires_grad_(True)
+    # Parameters that come after the block stack (final norm, projection) belong to the trained tail.
+    params = list(module.parameters())
+    in_blocks = {id(p) for p in blocks.parameters()}
+    last_block_param = max(i for i, p in enumerate(params) if id(p) in in_blocks)
+    for p in params[last_block_param + 1 :]:
+        p.requires_grad_(True)
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

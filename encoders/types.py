@@ -1,0 +1,101 @@
+"""The one typed output shared by every encoder and fusion block, and the encoder interfaces."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Features:
+    """Token features with their padding mask and one pooled vector per item.
+
+    Attributes:
+        tokens: ``(B, N, D)`` token features.
+        mask: ``(B, N)`` bool, True where the token is real, False where it is padding.
+        pooled: ``(B, D)`` one vector per item.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    pooled: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[-1]
+
+    def select(self, keep: Tensor, fallback: Features) -> Features:
+        """Per item, keep these features where ``keep`` is True, else take ``fallback``'s (broadcast on batch).
+
+        Args:
+            keep: ``(B,)`` bool.
+            fallback: features with batch size 1 or B; its token count may differ from this one's.
+        """
+        b, n = self.mask.shape
+        n_fb = fallback.tokens.shape[1]
+        width = max(n, n_fb)
+        tokens, mask = _pad_tokens(self.tokens, self.mask, width)
+        fb_tokens, fb_mask = _pad_tokens(fallback.tokens.expand(b, -1, -1), fallback.mask.expand(b, -1), width)
+        k = keep.view(b, 1, 1)
+        return Features(
+            tokens=torch.where(k, tokens, fb_tokens),
+            mask=torch.where(keep.view(b, 1), mask, fb_mask),
+            pooled=torch.where(keep.view(b, 1), self.pooled, fallback.pooled.expand(b, -1)),
+        )
+
+
+def _pad_tokens(tokens: Tensor, mask: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Right-pad ``(B, N, D)`` tokens and ``(B, N)`` mask to ``width`` tokens."""
+    extra = width - tokens.shape[1]
+    if extra == 0:
+        return tokens, mask
+    return nn.functional.pad(tokens, (0, 0, 0, extra)), nn.functional.pad(mask, (0, extra), value=False)
+
+
+ImageTransform = Callable[[Any], Tensor]
+
+
+class VisionEncoder(nn.Module, ABC):
+    """Maps ``pixel_values (B, 3, H, W)`` to :class:`Features` and owns its image preprocessing."""
+
+    output_dim: int
+
+    @abstractmethod
+    def forward(self, pixel_values: Tensor) -> Features:
+        """Encode images: ``(B, 3, H, W)`` -> tokens ``(B, N, D)``, pooled ``(B, D)``."""
+
+    @abstractmethod
+    def image_transform(self, train: bool) -> ImageTransform:
+        """A picklable callable that turns an RGB PIL image into a ``(3, H, W)`` float tensor."""
+
+
+class TextEncoder(nn.Module, ABC):
+    """Maps token ids to :class:`Features` and owns its tokenizer."""
+
+    output_dim: int
+    max_length: int
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """A Hugging Face tokenizer (callable on a list of strings)."""
+
+    @abstractmethod
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Features:
+        """Encode ``(B, T)`` token ids with their ``(B, T)`` attention mask."""
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
+        """Tokenize a batch into padded ``input_ids`` and ``attention_mask`` of shape ``(B, T)``."""
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -1,0 +1,1 @@
+"""Subcommands of ``multimodal`` beyond Lightning's fit/validate/test/predict (export, index, search, caption)."""

@@ -1,0 +1,287 @@
+"""``ProductDataModule``: a product manifest + image root -> split, vocabularies, batches for any task."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from encoders.types import ImageTransform
+from multimodal.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
+from multimodal.errors import BadSampleError, UserError
+from multimodal.images import resolve_image_path
+from multimodal.manifest import (
+    SPLITS,
+    assign_splits,
+    build_tag_vocabulary,
+    build_vocabulary,
+    clean_value,
+    read_manifest,
+    split_tags,
+    unseen_counts,
+)
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Preprocessing(Protocol):
+    """What a task supplies to the data side: its image transform and its text function (tokenizer)."""
+
+    def image_transform(self, train: bool) -> ImageTransform: ...
+
+    def text_fn(self) -> TextFn: ...
+
+
+class ProductDataModule(L.LightningDataModule):
+    """Products from a manifest, split deterministically, with label vocabularies from the training split.
+
+    Which columns are id, image, text, attributes and tags is configuration. Unknown values ("", "NA", null)
+    are masked out of losses and metrics, never a class. Validation/test labels never seen in training are
+    masked too and counted in the data report.
+
+    Args:
+        manifest: CSV, JSONL or Parquet file, one product per row.
+        image_root: folder that image paths are relative to (default: the manifest's folder).
+        id_column: unique product id.
+        image_column: image path relative to ``image_root``; empty for a product without a photo.
+        text_columns: text fields (title, description...), in the order the task joins them.
+        attributes: single-label attribute columns (one softmax head each).
+        tag_columns: multi-label columns holding ``tag_separator``-joined tags (one sigmoid head each).
+        tag_separator: separator inside tag cells.
+        split_column: column with train/val/test; when absent, rows are split by a stable hash of the id.
+        val_fraction: share of ids hashed into validation.
+        test_fraction: share of ids hashed into test.
+        split_salt: changes the hash split without changing the data.
+        predict_split: rows used by ``predict``: ``all``, ``train``, ``val`` or ``test``.
+        on_bad_sample: ``error`` stops at the first unreadable product; ``skip`` drops and reports it.
+        batch_size: products per batch.
+        num_workers: decoding worker processes.
+        report_path: where the data report (counts, skipped products, unseen labels) is written as JSON;
+            default: ``data_report.json`` in the trainer's log dir.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        image_root: str | None = None,
+        id_column: str = "id",
+        image_column: str = "image",
+        text_columns: list[str] | None = None,
+        attributes: list[str] | None = None,
+        tag_columns: list[str] | None = None,
+        tag_separator: str = "|",
+        split_column: str | None = "split",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_salt: str = "",
+        predict_split: str = "all",
+        on_bad_sample: BadSamplePolicy = "error",
+        batch_size: int = 32,
+        num_workers: int = 2,
+        report_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if on_bad_sample not in ("error", "skip"):
+            raise UserError(f"data.on_bad_sample must be 'error' or 'skip', not '{on_bad_sample}'")
+        if predict_split not in ("all", *SPLITS):
+            raise UserError(f"data.predict_split must be all, train, val or test, not '{predict_split}'")
+        self.manifest = Path(manifest)
+        self.image_root = Path(image_root) if image_root else self.manifest.parent
+        self.id_column, self.image_column = id_column, image_column
+        self.text_columns = list(text_columns or [])
+        self.attributes = list(attributes or [])
+        self.tag_columns = list(tag_columns or [])
+        self.tag_separator = tag_separator
+        self.predict_split = predict_split
+        self.on_bad_sample: BadSamplePolicy = on_bad_sample
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.report_path = Path(report_path) if report_path else None
+        self.skipped: dict[str, dict[str, Any]] = {}
+        self.splits: dict[str, list[ProductRecord]] = self._read(split_column, val_fraction, test_fraction, split_salt)
+        self.vocabularies: dict[str, list[str]] = {}
+        self.tag_vocabularies: dict[str, list[str]] = {}
+        self.set_vocabularies(*self._training_vocabularies())
+        self.preprocessing: Preprocessing | None = None
+
+    # ----------------------------------------------------------------------------------------------- reading
+    def _read(self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str) -> dict[str, list[ProductRecord]]:
+        required = [self.id_column, self.image_column, *self.text_columns, *self.attributes, *self.tag_columns]
+        df = read_manifest(self.manifest, required)
+        splits = assign_splits(df, self.id_column, split_column, val_fraction, test_fraction, salt)
+        out: dict[str, list[ProductRecord]] = {s: [] for s in SPLITS}
+        seen: dict[str, int] = {}
+        for row, (rec, split) in enumerate(zip(df.to_dict("records"), splits, strict=True)):
+            item_id = clean_value(rec[self.id_column])
+            if item_id is None or item_id in seen:
+                what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
+                self._bad(row, str(item_id), f"{self.manifest} row {row}: {what} in column '{self.id_column}'")
+                continue
+            seen[item_id] = row
+            image = clean_value(rec[self.image_column])
+            if image is not None:
+                try:
+                    path = resolve_image_path(self.image_root, image)
+                    if not path.is_file():
+                        raise BadSampleError(f"image not found: {path}")
+                except BadSampleError as err:
+                    self._bad(row, item_id, f"{self.manifest} row {row} (id {item_id}): {err}")
+                    continue
+            out[split].append(
+                ProductRecord(
+                    row=row,
+                    id=item_id,
+                    image=image,
+                    texts={c: clean_value(rec[c]) for c in self.text_columns},
+                    labels={a: clean_value(rec[a]) for a in self.attributes},
+                    tags={c: split_tags(clean_value(rec[c]), self.tag_separator) for c in self.tag_columns},
+                )
+            )
+        if not any(out.values()):
+            raise UserError(f"manifest {self.manifest}: no usable product (all {len(df)} rows skipped)")
+        return out
+
+    def _bad(self, row: int, item_id: str, message: str) -> None:
+        if self.on_bad_sample == "error":
+            raise UserError(message)
+        self.skipped[item_id] = {"id": item_id, "row": row, "reason": message}
+
+    def _training_vocabularies(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        train = self.splits["train"]
+        if (self.attributes or self.tag_columns) and not train:
+            raise UserError(f"manifest {self.manifest}: the training split is empty")
+        vocab = {a: build_vocabulary([r.labels[a] for r in train]) for a in self.attributes}
+        tags = {c: build_tag_vocabulary([r.tags[c] for r in train]) for c in self.tag_columns}
+        for name, values in {**vocab, **tags}.items():
+            if not values:
+                raise UserError(f"column '{name}': no known value in the training split of {self.manifest}")
+        return vocab, tags
+
+    def set_vocabularies(self, vocabularies: dict[str, list[str]], tag_vocabularies: dict[str, list[str]]) -> None:
+        """Use these vocabularies (from training, or from a checkpoint) to encode labels."""
+        if set(vocabularies) != set(self.attributes) or set(tag_vocabularies) != set(self.tag_columns):
+            raise UserError(
+                f"the checkpoint was trained on attributes {sorted(vocabularies)} and tags {sorted(tag_vocabularies)}, "
+                f"the data config names {sorted(self.attributes)} and {sorted(self.tag_columns)}"
+            )
+        self.vocabularies, self.tag_vocabularies = vocabularies, tag_vocabularies
+
+    # ------------------------------------------------------------------------------------------------ report
+    def report(self) -> dict[str, Any]:
+        """Counts per split, skipped products and labels never seen in training."""
+        unseen = {}
+        for split in ("val", "test"):
+            for a in self.attributes:
+                counts = unseen_counts([r.labels[a] for r in self.splits[split]], self.vocabularies[a])
+                if counts:
+                    unseen.setdefault(split, {})[a] = counts
+        return {
+            "manifest": str(self.manifest),
+            "rows": {s: len(r) for s, r in self.splits.items()},
+            "skipped": list(self.skipped.values()),
+            "unseen_labels": unseen,
+        }
+
+    def write_report(self) -> Path | None:
+        """Write the data report; warn once about anything skipped or masked."""
+        path = self.report_path
+        if path is None and self.trainer is not None and self.trainer.log_dir is not None:
+            path = Path(self.trainer.log_dir) / "data_report.json"
+        if path is None or (self.trainer is not None and not self.trainer.is_global_zero):
+            return None
+        report = self.report()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        n_unseen = sum(sum(c.values()) for per in report["unseen_labels"].values() for c in per.values())
+        if report["skipped"] or n_unseen:
+            log.warning(
+                "data: %d product(s) skipped, %d val/test label(s) never seen in training (masked); see %s",
+                len(report["skipped"]), n_unseen, path,
+            )
+        return path
+
+    # ------------------------------------------------------------------------------------------- lightning
+    def attach(self, preprocessing: Preprocessing) -> None:
+        """Take image transforms and the text function from the task (done by ``setup`` under a Trainer)."""
+        self.preprocessing = preprocessing
+
+    def setup(self, stage: str) -> None:
+        if self.preprocessing is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if not isinstance(module, Preprocessing):
+                raise UserError(f"{type(module).__name__} does not supply image_transform/text_fn for the data")
+            self.attach(module)
+        self.write_report()
+
+    def dataset(self, split: str, train: bool = False) -> ProductDataset:
+        """The dataset of one split (``all`` for every row), with train or eval transforms."""
+        assert self.preprocessing is not None, "call attach() or run under a Trainer first"
+        records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
+        transform = self.preprocessing.image_transform(train)
+        size = tuple(transform(_blank()).shape[-2:])
+        return ProductDataset(
+            records, self.image_root, transform, size, self.vocabularies, self.tag_vocabularies, self.on_bad_sample
+        )
+
+    def loader(self, split: str, train: bool = False) -> DataLoader:
+        """A DataLoader over one split; shuffled and with train transforms when ``train``."""
+        assert self.preprocessing is not None
+        dataset = self.dataset(split, train)
+        if len(dataset) == 0:
+            raise UserError(f"manifest {self.manifest}: the '{split}' split is empty")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=Collate(self.preprocessing.text_fn()),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_split)
+
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        for item_id, row, reason in batch.pop("skipped", []):
+            if item_id not in self.skipped:
+                self.skipped[item_id] = {"id": item_id, "row": row, "reason": reason}
+                log.warning("skipped product %s (row %s): %s", item_id, row, reason)
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        self.write_report()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vocabularies": self.vocabularies, "tag_vocabularies": self.tag_vocabularies}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.set_vocabularies(state_dict["vocabularies"], state_dict["tag_vocabularies"])
+
+
+def _blank() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64))
+
+
+def vocabularies_from_checkpoint(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[str]]] | None:
+    """The label vocabularies a task saved in its checkpoint, or None if it saved none."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "vocabularies" not in ckpt:
+        return None
+    return ckpt["vocabularies"], ckpt.get("tag_vocabularies", {})

@@ -1,0 +1,120 @@
+"""Product records, the map-style dataset over them, and the collate function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from encoders.types import ImageTransform
+from multimodal.errors import BadSampleError
+from multimodal.images import load_image, resolve_image_path
+
+IGNORE_INDEX = -100
+BadSamplePolicy = Literal["error", "skip"]
+TextFn = Callable[[dict[str, list[str | None]]], dict[str, Tensor]]
+
+
+@dataclass
+class ProductRecord:
+    """One manifest row, cleaned: texts and labels are None when unknown."""
+
+    row: int
+    id: str
+    image: str | None
+    texts: dict[str, str | None]
+    labels: dict[str, str | None] = field(default_factory=dict)
+    tags: dict[str, list[str] | None] = field(default_factory=dict)
+
+
+class ProductDataset(Dataset):
+    """Decodes one product per item: ``pixel_values (3, H, W)``, texts, encoded labels and multi-hot tags.
+
+    A product without an image gets zero pixels and ``has_image=False``. An unreadable image raises
+    :class:`BadSampleError` (policy ``error``) or yields an item with an ``error`` field (policy ``skip``) that the
+    collate function drops and reports.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ProductRecord],
+        image_root: Path,
+        transform: ImageTransform,
+        image_size: tuple[int, int],
+        vocabularies: dict[str, list[str]],
+        tag_vocabularies: dict[str, list[str]],
+        on_bad_sample: BadSamplePolicy = "error",
+    ) -> None:
+        self.records = list(records)
+        self.image_root = image_root
+        self.transform = transform
+        self.image_size = image_size
+        self.index = {a: {v: i for i, v in enumerate(vocab)} for a, vocab in vocabularies.items()}
+        self.tag_index = {c: {v: i for i, v in enumerate(vocab)} for c, vocab in tag_vocabularies.items()}
+        self.on_bad_sample = on_bad_sample
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = self.records[i]
+        try:
+            pixels, has_image = self._pixels(rec)
+        except BadSampleError as err:
+            if self.on_bad_sample == "error":
+                raise BadSampleError(f"row {rec.row} (id {rec.id}): {err}") from None
+            return {"id": rec.id, "row": rec.row, "error": str(err)}
+        labels = torch.tensor(
+            [self.index[a].get(v, IGNORE_INDEX) if v is not None else IGNORE_INDEX for a, v in rec.labels.items()],
+            dtype=torch.long,
+        )
+        tags = {}
+        for col, values in rec.tags.items():
+            hot = torch.zeros(len(self.tag_index[col]))
+            if values is None:
+                hot.fill_(float(IGNORE_INDEX))  # unknown row: masked out of loss and metrics
+            else:
+                for t in values:
+                    if t in self.tag_index[col]:
+                        hot[self.tag_index[col][t]] = 1.0
+            tags[col] = hot
+        return {"id": rec.id, "pixel_values": pixels, "has_image": has_image, "texts": rec.texts, "labels": labels, "tags": tags}
+
+    def _pixels(self, rec: ProductRecord) -> tuple[Tensor, bool]:
+        if rec.image is None:
+            return torch.zeros(3, *self.image_size), False
+        image = load_image(resolve_image_path(self.image_root, rec.image))
+        return self.transform(image), True
+
+
+class Collate:
+    """Batches dataset items; texts go through the task's text function (tokenizer) inside the worker.
+
+    Output keys: ``ids`` list, ``pixel_values (B, 3, H, W)``, ``has_image (B,)``, ``has_text (B,)``, the text
+    function's tensors (``input_ids``/``attention_mask (B, T)``...), ``labels (B, A)``, ``tags`` dict of
+    ``(B, K)``, and ``skipped``: ``[(id, row, reason)]`` of items dropped under the ``skip`` policy.
+    """
+
+    def __init__(self, text_fn: TextFn) -> None:
+        self.text_fn = text_fn
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [(it["id"], it["row"], it["error"]) for it in items if "error" in it]
+        items = [it for it in items if "error" not in it]
+        batch: dict[str, Any] = {"ids": [it["id"] for it in items], "skipped": skipped}
+        if not items:
+            return batch
+        batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])
+        batch["has_image"] = torch.tensor([it["has_image"] for it in items])
+        columns = list(items[0]["texts"])
+        texts = {c: [it["texts"][c] for it in items] for c in columns}
+        batch["has_text"] = torch.tensor([any(it["texts"][c] is not None for c in columns) for it in items])
+        batch.update(self.text_fn(texts))
+        batch["labels"] = torch.stack([it["labels"] for it in items])
+        batch["tags"] = {c: torch.stack([it["tags"][c] for it in items]) for c in items[0]["tags"]}
+        return batch

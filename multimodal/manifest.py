@@ -1,0 +1,107 @@
+"""Reading product manifests (CSV, JSONL, Parquet), deterministic splits and label vocabularies."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from multimodal.errors import UserError
+
+MISSING = {"", "NA", "N/A", "nan", "NaN", "None", "null"}
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a manifest as strings; check that every required column is present.
+
+    Args:
+        path: ``.csv``, ``.jsonl`` / ``.json`` (one object per line) or ``.parquet``.
+        required: column names the config refers to.
+
+    Raises:
+        UserError: unreadable or empty manifest, unknown format, or a missing column (named, with the ones present).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"manifest not found: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(p, lines=True, dtype=False).astype(object)
+        elif suffix == ".parquet":
+            df = pd.read_parquet(p).astype(object)
+        else:
+            raise UserError(f"manifest {p}: unknown format '{suffix}' (use .csv, .jsonl or .parquet)")
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any parser failure is a user file problem
+        raise UserError(f"manifest {p} could not be read: {err}") from err
+    if len(df) == 0:
+        raise UserError(f"manifest {p} is empty")
+    missing = [c for c in dict.fromkeys(required) if c not in df.columns]
+    if missing:
+        raise UserError(f"manifest {p} is missing column(s) {missing}; columns present: {list(df.columns)}")
+    return df
+
+
+def clean_value(value: object) -> str | None:
+    """A cell as a stripped string, or None when it is empty, ``NA`` or null."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return None if text in MISSING else text
+
+
+def hash_split(item_id: str, val_fraction: float, test_fraction: float, salt: str = "") -> str:
+    """Stable split of one id: the same id always lands in the same split, on every machine."""
+    h = int(hashlib.md5(f"{salt}{item_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if h < test_fraction:
+        return "test"
+    if h < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def assign_splits(
+    df: pd.DataFrame, id_column: str, split_column: str | None, val_fraction: float, test_fraction: float, salt: str = ""
+) -> list[str]:
+    """Split of every row: from ``split_column`` when the manifest has it, else by a hash of the id."""
+    if split_column and split_column in df.columns:
+        splits = []
+        for row, value in enumerate(df[split_column]):
+            name = _SPLIT_ALIASES.get(str(value).strip().lower())
+            if name is None:
+                raise UserError(f"row {row}: split column '{split_column}' has '{value}' (use train, val or test)")
+            splits.append(name)
+        return splits
+    return [hash_split(str(i), val_fraction, test_fraction, salt) for i in df[id_column]]
+
+
+def split_tags(value: str | None, separator: str) -> list[str] | None:
+    """``"cotton|slim fit"`` -> ``["cotton", "slim fit"]``; None when the cell is unknown."""
+    if value is None:
+        return None
+    return [t.strip() for t in value.split(separator) if t.strip()]
+
+
+def build_vocabulary(values: Sequence[str | None]) -> list[str]:
+    """Sorted distinct known values (the training split's)."""
+    return sorted({v for v in values if v is not None})
+
+
+def build_tag_vocabulary(values: Sequence[list[str] | None]) -> list[str]:
+    """Sorted distinct tags over the training split."""
+    return sorted({t for tags in values if tags for t in tags})
+
+
+def unseen_counts(values: Sequence[str | None], vocabulary: Sequence[str]) -> dict[str, int]:
+    """How often each known value outside the vocabulary occurs (labels never seen in training)."""
+    known = set(vocabulary)
+    return dict(Counter(v for v in values if v is not None and v not in known))

@@ -1,0 +1,1 @@
+"""LightningModules, one per task, composed from encoders, a fusion block and heads."""

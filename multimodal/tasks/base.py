@@ -1,0 +1,102 @@
+"""What every task shares: a vision tower, a text tower, their preprocessing and the optimizer set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
+from fusion.base import FusionBlock
+from multimodal.dataset import TextFn
+
+FusionFactory = Callable[[int, int], FusionBlock]
+
+
+class JoinedText:
+    """Text function for the collate: joins a product's text fields and tokenizes them (picklable).
+
+    Args:
+        tokenizer: Hugging Face tokenizer.
+        max_length: tokens kept.
+        separator: put between fields; missing fields are left out.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, separator: str = ". ") -> None:
+        self.tokenizer, self.max_length, self.separator = tokenizer, max_length, separator
+
+    def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Tensor]:
+        columns = list(texts.values())
+        n = len(columns[0]) if columns else 0
+        joined = [self.separator.join(col[i] for col in columns if col[i] is not None) for i in range(n)]
+        enc = self.tokenizer(joined, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class MissingModality(nn.Module):
+    """A learned stand-in for an absent image or text: one token plus a pooled vector of width ``dim``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pooled = nn.Parameter(torch.zeros(1, dim))
+
+    def fill(self, features: Features, present: Tensor) -> Features:
+        """Replace the features of items where ``present (B,)`` is False."""
+        mask = torch.ones(1, 1, dtype=torch.bool, device=present.device)
+        return features.select(present, Features(self.token, mask, self.pooled))
+
+
+class TowerTask(L.LightningModule):
+    """Base for tasks built on a vision encoder and a text encoder.
+
+    Args:
+        vision: the vision encoder.
+        text: the text encoder.
+        optimizer: optimizer factory over parameter groups (``class_path`` in YAML).
+        scheduler: optional LR scheduler factory.
+        encoder_lr_scale: the towers train at this fraction of the optimizer's learning rate; the new layers at
+            the full rate (pretrained towers need gentler steps).
+    """
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        text: TextEncoder,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        encoder_lr_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.vision, self.text = vision, text
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.encoder_lr_scale = encoder_lr_scale
+
+    # Preprocessing the data module asks for.
+    def image_transform(self, train: bool) -> ImageTransform:
+        return self.vision.image_transform(train)
+
+    def text_fn(self) -> TextFn:
+        return JoinedText(self.text.tokenizer, self.text.max_length)
+
+    def encode(self, batch: dict[str, Any]) -> tuple[Features, Features]:
+        """Run both towers on a batch."""
+        return self.vision(batch["pixel_values"]), self.text(batch["input_ids"], batch["attention_mask"])
+
+    def configure_optimizers(self) -> Any:
+        towers = {id(p) for p in [*self.vision.parameters(), *self.text.parameters()]}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        new = [p for p in trainable if id(p) not in towers]
+        old = [p for p in trainable if id(p) in towers]
+        groups = [g for g in ({"params": new}, {"params": old, "is_tower": True}) if g["params"]]
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            if group.get("is_tower"):
+                group["lr"] *= self.encoder_lr_scale
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}

@@ -1,0 +1,182 @@
+"""``ProductTagger``: attributes (softmax heads) and free tags (sigmoid heads) from a photo and its text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from encoders.types import Features, TextEncoder, VisionEncoder
+from multimodal.dataset import IGNORE_INDEX
+from multimodal.metrics import TaggingMetrics, save_confusion_matrices
+from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
+
+
+class ProductTagger(TowerTask):
+    """Vision encoder + text encoder + fusion block + one head per attribute and per tag column.
+
+    The heads are sized from the data module's vocabularies (built on the training split) when the Trainer
+    sets the task up, and the vocabularies are saved in every checkpoint, so ``predict --ckpt_path`` needs no
+    training data.
+
+    Args:
+        vision: vision encoder.
+        text: text encoder.
+        fusion: fusion block factory; called as ``fusion(vision.output_dim, text.output_dim)``.
+        modality_dropout: in training, the chance that a product's image (or, equally often, its text) is
+            replaced by the learned "missing" stand-in, so the tagger also works with one modality.
+        head_dropout: dropout before every head.
+        label_smoothing: for the attribute heads.
+        optimizer: optimizer factory.
+        scheduler: optional LR scheduler factory.
+        encoder_lr_scale: learning-rate factor for the two towers.
+        tag_threshold: probability above which a tag is predicted.
+    """
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        text: TextEncoder,
+        fusion: FusionFactory,
+        modality_dropout: float = 0.1,
+        head_dropout: float = 0.1,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        encoder_lr_scale: float = 0.1,
+        tag_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
+        self.fusion = fusion(vision.output_dim, text.output_dim)
+        self.missing_image = MissingModality(vision.output_dim)
+        self.missing_text = MissingModality(text.output_dim)
+        self.modality_dropout, self.head_dropout = modality_dropout, head_dropout
+        self.label_smoothing, self.tag_threshold = label_smoothing, tag_threshold
+        self.vocabularies: dict[str, list[str]] = {}
+        self.tag_vocabularies: dict[str, list[str]] = {}
+        self.heads = nn.ModuleDict()
+        self.tag_heads = nn.ModuleDict()
+        self.metrics = nn.ModuleDict()
+
+    # --------------------------------------------------------------------------------------------- building
+    def build_heads(self, vocabularies: dict[str, list[str]], tag_vocabularies: dict[str, list[str]]) -> None:
+        """Create one head per attribute / tag column (once; later calls must agree)."""
+        if self.vocabularies or self.tag_vocabularies:
+            if (vocabularies, tag_vocabularies) != (self.vocabularies, self.tag_vocabularies):
+                raise ValueError("the task's heads were built for other label vocabularies")
+            return
+        self.vocabularies, self.tag_vocabularies = vocabularies, tag_vocabularies
+        dim = self.fusion.output_dim
+        for name, vocab in vocabularies.items():
+            self.heads[name] = nn.Sequential(nn.Dropout(self.head_dropout), nn.Linear(dim, len(vocab)))
+        for name, vocab in tag_vocabularies.items():
+            self.tag_heads[name] = nn.Sequential(nn.Dropout(self.head_dropout), nn.Linear(dim, len(vocab)))
+        for stage in ("val", "test"):
+            self.metrics[stage] = TaggingMetrics(vocabularies, tag_vocabularies)
+        self.to(self.device)
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if datamodule is not None and not self.heads and not self.tag_heads:
+            self.build_heads(datamodule.vocabularies, datamodule.tag_vocabularies)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vocabularies"] = self.vocabularies
+        checkpoint["tag_vocabularies"] = self.tag_vocabularies
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.build_heads(checkpoint["vocabularies"], checkpoint.get("tag_vocabularies", {}))
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Logits per attribute ``(B, C_a)`` and per tag column ``(B, K_c)``."""
+        vision, text = self.encode(batch)
+        has_image, has_text = batch["has_image"], batch["has_text"]
+        if self.training and self.modality_dropout > 0:
+            has_image, has_text = self._drop_modalities(has_image, has_text)
+        vision = self.missing_image.fill(vision, has_image)
+        text = self.missing_text.fill(text, has_text)
+        fused: Features = self.fusion(vision, text)
+        logits = {name: head(fused.pooled) for name, head in self.heads.items()}
+        logits.update({f"tags/{name}": head(fused.pooled) for name, head in self.tag_heads.items()})
+        return logits
+
+    def _drop_modalities(self, has_image: Tensor, has_text: Tensor) -> tuple[Tensor, Tensor]:
+        """Hide the image or the text of random products; never both, never one that is already missing."""
+        r = torch.rand(has_image.shape, device=has_image.device)
+        drop_image = (r < self.modality_dropout / 2) & has_text
+        drop_text = (r > 1 - self.modality_dropout / 2) & has_image
+        return has_image & ~drop_image, has_text & ~drop_text
+
+    def loss(self, logits: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
+        """Mean over heads of cross-entropy (attributes) and masked BCE (tags); unknown labels are ignored."""
+        losses = []
+        for i, name in enumerate(self.heads):
+            target = batch["labels"][:, i]
+            if (target != IGNORE_INDEX).any():
+                losses.append(F.cross_entropy(logits[name], target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing))
+        for name in self.tag_heads:
+            target = batch["tags"][name]
+            known = (target != IGNORE_INDEX).all(dim=1)
+            if known.any():
+                losses.append(F.binary_cross_entropy_with_logits(logits[f"tags/{name}"][known], target[known]))
+        return torch.stack(losses).mean() if losses else logits[next(iter(logits))].sum() * 0.0
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if not batch["ids"]:
+            return None  # every product of this batch was skipped
+        loss = self.loss(self(batch), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if not batch["ids"]:
+            return
+        logits = self(batch)
+        self.log(f"{stage}/loss", self.loss(logits, batch), prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
+        self.metrics[stage].update(logits, batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.metrics["val"].compute_and_reset("val"), prog_bar=False, sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self.metrics["test"]
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            save_confusion_matrices(metrics, Path(self.trainer.log_dir) / "confusion")
+        self.log_dict(metrics.compute_and_reset("test"), sync_dist=False)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if not batch["ids"]:
+            return {"ids": [], "probs": {}}
+        logits = self(batch)
+        probs = {k: (v.sigmoid() if k.startswith("tags/") else v.softmax(-1)) for k, v in logits.items()}
+        return {"ids": batch["ids"], "probs": probs}
+
+    # ------------------------------------------------------------------------------------------------ decode
+    def decode(self, probs: dict[str, Tensor], top_k: int = 1) -> list[dict[str, Any]]:
+        """Turn head probabilities into per-product label names and scores."""
+        n = next(iter(probs.values())).shape[0]
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for name, vocab in self.vocabularies.items():
+            score, idx = probs[name].float().topk(min(top_k, len(vocab)), dim=-1)
+            for i in range(n):
+                out[i][name] = vocab[idx[i, 0]]
+                out[i][f"{name}_score"] = round(float(score[i, 0]), 6)
+                if top_k > 1:
+                    out[i][f"{name}_top"] = [[vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist())]
+        for name, vocab in self.tag_vocabularies.items():
+            p = probs[f"tags/{name}"].float()
+            for i in range(n):
+                out[i][name] = [vocab[j] for j in (p[i] > self.tag_threshold).nonzero().flatten().tolist()]
+        return out
