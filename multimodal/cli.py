@@ -51,6 +51,11 @@ class MultimodalCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         subcommand = self.config.get("subcommand")
+        if subcommand == "fit":
+            from multimodal.restore import StoreConfig
+
+            config = self.config.get(str(subcommand), self.config)
+            self.trainer.callbacks.append(StoreConfig(self._parser(subcommand).dump(config, skip_none=False)))
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         set_vocab = getattr(self.datamodule, "set_vocabularies", None)
         if ckpt_path and set_vocab is not None and os.path.isfile(ckpt_path):
