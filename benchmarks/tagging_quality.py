@@ -1,0 +1,365 @@
+"""Tagging quality: the three fusion blocks, image-only and title-only taggers vs a TF-IDF + logistic-regression peer.
+
+Every method is trained on the same training ids and scored on the same test ids of one
+:class:`multimodal.datamodule.ProductDataModule` (80/10/10 split by a stable hash of the id, unless the manifest
+has a ``split`` column). The taggers are :class:`multimodal.tasks.tagging.ProductTagger` with the offline
+pretrained towers (ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2), trained by a real ``lightning.Trainer.fit``;
+the peer is scikit-learn's TF-IDF (word 1-2 grams) + ``LogisticRegression`` on the title alone, one model per
+attribute, its ``C`` picked on the validation split.
+
+Single-modality variants drop the other modality *at data level*: ``image_only`` sets every product's text to
+unknown (the tagger sees its learned "missing text" stand-in), ``title_only`` sets every product's image to
+unknown (the "missing image" stand-in), in training and test alike. The unused tower is frozen (its output never
+reaches the heads, so training it would only cost time).
+
+Scores: accuracy and macro-F1 per attribute, computed by one function for every method
+(:func:`benchmarks.common.attribute_scores`), and the mean macro-F1 over the attributes.
+
+    python -m benchmarks.tagging_quality --data ../shared/data/fashion-products \
+        --out benchmarks/results/tagging_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import format_table, machine, quiet_lightning, say, score_table, seed_all, write_json
+
+ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
+ALL_VARIANTS = [*TAGGERS, "peer"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.tagging_quality",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default="examples/fashion-products", help="catalogue folder with metadata.csv and images/")
+    p.add_argument("--manifest", default=None, help="manifest file (default: DATA/metadata.csv)")
+    p.add_argument("--image-root", default=None, help="image folder (default: DATA/images)")
+    p.add_argument("--out", default="benchmarks/results/tagging_quality.json", help="JSON result file")
+    p.add_argument("--work-dir", default="runs/benchmarks/tagging_quality", help="checkpoints and data reports")
+    p.add_argument("--attributes", nargs="+", default=ATTRIBUTES, help="attribute columns scored")
+    p.add_argument("--text-columns", nargs="+", default=["title"], help="text columns fed to the taggers and the peer")
+    p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list out of {ALL_VARIANTS}")
+    p.add_argument("--resume", action="store_true", help="keep variants already in --out that ran with the same settings")
+    # Budget
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per tagger")
+    p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
+    p.add_argument("--max-eval", type=int, default=None, help="use at most this many val and test products (smoke runs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=1, help="image-decoding worker processes")
+    # Model and optimisation
+    p.add_argument("--vision-trainable", type=int, default=2, help="train the last N EfficientNet stages (0: frozen)")
+    p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all, 0: frozen)")
+    p.add_argument("--max-length", type=int, default=32, help="title tokens kept")
+    p.add_argument("--fusion-dim", type=int, default=256)
+    p.add_argument("--fusion-layers", type=int, default=2)
+    p.add_argument("--single-modality-fusion", default="early", choices=["early", "late", "cross_attention"],
+                   help="fusion block of the image_only and title_only taggers")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the new layers")
+    p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="towers train at lr * this")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--modality-dropout", type=float, default=0.1)
+    p.add_argument("--scheduler", default="cosine", choices=["none", "cosine"], help="per-epoch LR schedule")
+    p.add_argument("--select", default="best", choices=["best", "last"],
+                   help="test the epoch with the best val mean macro-F1, or the last epoch")
+    p.add_argument("--peer-c", type=float, nargs="+", default=[1.0, 10.0, 100.0],
+                   help="LogisticRegression C values; the best on the val split (macro-F1) is used per attribute")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in ALL_VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {ALL_VARIANTS}")
+    data = Path(args.data)
+    args.manifest = args.manifest or str(data / "metadata.csv")
+    args.image_root = args.image_root or str(data / "images")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def build_datamodule(args: argparse.Namespace, variant: str, report_dir: Path) -> Any:
+    """The one data module every method reads its split from; single-modality variants blank one modality."""
+    from multimodal.datamodule import ProductDataModule
+
+    dm = ProductDataModule(
+        manifest=args.manifest,
+        image_root=args.image_root,
+        text_columns=args.text_columns,
+        attributes=args.attributes,
+        on_bad_sample="skip",
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        predict_split="test",
+        report_path=str(report_dir / "data_report.json"),
+    )
+    caps = {"train": args.max_train, "val": args.max_eval, "test": args.max_eval}
+    for split, cap in caps.items():
+        if cap is not None:
+            dm.splits[split] = dm.splits[split][:cap]
+    if variant in ("image_only", "title_only"):
+        for split, records in dm.splits.items():
+            dm.splits[split] = [_drop(r, variant) for r in records]
+    return dm
+
+
+def _drop(record: Any, variant: str) -> Any:
+    if variant == "image_only":
+        return dataclasses.replace(record, texts={c: None for c in record.texts})
+    return dataclasses.replace(record, image=None)
+
+
+def split_ids(dm: Any) -> dict[str, list[str]]:
+    return {s: [r.id for r in records] for s, records in dm.splits.items()}
+
+
+# ------------------------------------------------------------------------------------------------------- peer
+def run_peer(args: argparse.Namespace, dm: Any) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """TF-IDF (word 1-2 grams) + LogisticRegression on the text, one model per attribute; C chosen on val."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    def text(r: Any) -> str:
+        return ". ".join(t for t in r.texts.values() if t is not None)
+
+    train, val, test = dm.splits["train"], dm.splits["val"], dm.splits["test"]
+    preds: dict[str, dict[str, str]] = {r.id: {} for r in test}
+    info: dict[str, Any] = {"chosen_C": {}}
+    for a in args.attributes:
+        rows = [r for r in train if r.labels[a] is not None]
+        y = [r.labels[a] for r in rows]
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+        x = vec.fit_transform([text(r) for r in rows])
+        if len(set(y)) == 1:  # LogisticRegression needs two classes
+            for r in test:
+                preds[r.id][a] = y[0]
+            continue
+        val_rows = [r for r in val if r.labels[a] is not None]
+        best: tuple[float, float, Any] | None = None
+        for c in args.peer_c:
+            clf = LogisticRegression(C=c, max_iter=3000).fit(x, y)
+            if not val_rows:
+                best = (0.0, c, clf)
+                break
+            yv = [r.labels[a] for r in val_rows]
+            pv = clf.predict(vec.transform([text(r) for r in val_rows]))
+            f1 = f1_score(yv, pv, labels=sorted(set(yv) | set(pv)), average="macro", zero_division=0)
+            if best is None or f1 > best[0]:
+                best = (f1, c, clf)
+        assert best is not None
+        info["chosen_C"][a] = best[1]
+        for r, label in zip(test, best[2].predict(vec.transform([text(r) for r in test])), strict=True):
+            preds[r.id][a] = str(label)
+        say(f"peer: {a}: C={best[1]} (val macro-F1 {best[0]:.3f})")
+    return preds, info
+
+
+# ----------------------------------------------------------------------------------------------------- tagger
+def build_tagger(args: argparse.Namespace, variant: str) -> Any:
+    """ProductTagger with the offline pretrained towers and the variant's fusion block."""
+    from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
+    from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
+    from multimodal.tasks.tagging import ProductTagger
+
+    fusion_name = args.single_modality_fusion if variant in ("image_only", "title_only") else variant
+    dim, layers = args.fusion_dim, args.fusion_layers
+    fusion = {
+        "early": functools.partial(EarlyFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
+        "late": functools.partial(LateFusion, dim=dim, mode="gated", dropout=0.1),
+        "cross_attention": functools.partial(CrossAttentionFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
+    }[fusion_name]
+    vision_trainable: bool | int = False if variant == "title_only" else (args.vision_trainable or False)
+    text_trainable: bool | int = True if args.text_trainable < 0 else (args.text_trainable or False)
+    if variant == "image_only":
+        text_trainable = False
+    vision = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=vision_trainable)
+    text = MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=text_trainable)
+    optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = None
+    if args.scheduler == "cosine":
+        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max(args.epochs, 1), eta_min=args.lr * 0.02)
+    return ProductTagger(
+        vision=vision,
+        text=text,
+        fusion=fusion,
+        modality_dropout=args.modality_dropout,
+        label_smoothing=args.label_smoothing,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        encoder_lr_scale=args.encoder_lr_scale,
+    )
+
+
+def progress_callback(variant: str, every: int) -> Any:
+    import lightning as L
+
+    class Progress(L.Callback):
+        """Prints loss and speed every ``every`` steps and the val scores after every epoch."""
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.t0, self.seen = time.perf_counter(), 0
+
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int) -> None:
+            self.seen += len(batch["ids"])
+            if (i + 1) % every == 0:
+                loss = float(outputs["loss"]) if isinstance(outputs, dict) else float("nan")
+                rate = self.seen / (time.perf_counter() - self.t0)
+                say(f"{variant}: epoch {trainer.current_epoch} step {i + 1}/{trainer.num_training_batches} "
+                    f"loss {loss:.3f} ({rate:.1f} samples/s)")
+
+        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            m = trainer.callback_metrics
+            if "val/mean_macro_f1" in m:
+                say(f"{variant}: epoch {trainer.current_epoch} val mean acc {float(m['val/mean_acc']):.3f} "
+                    f"mean macro-F1 {float(m['val/mean_macro_f1']):.3f}")
+
+    return Progress()
+
+
+def run_tagger(args: argparse.Namespace, variant: str, dm: Any, work: Path) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """Fit one tagger with ``lightning.Trainer.fit``; predict the test split with the selected epoch."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    seed_all(args.seed)
+    model = build_tagger(args, variant)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"{variant}: {trainable / 1e6:.2f}M trainable parameters; {len(dm.splits['train'])} train products")
+    ckpt = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val/mean_macro_f1", mode="max", save_top_k=1,
+                           filename="best", save_weights_only=True, enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(work),
+        callbacks=[ckpt, progress_callback(variant, every=10)],
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    fit_s = time.perf_counter() - t0
+    ckpt_path = "best" if args.select == "best" and ckpt.best_model_path else None
+    best_epoch = None
+    if ckpt_path:
+        best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True).get("epoch")
+    say(f"{variant}: fit took {fit_s:.0f}s; testing {'best epoch ' + str(best_epoch) if ckpt_path else 'last epoch'}")
+    tm = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False)[0]
+    outputs = trainer.predict(model, datamodule=dm, ckpt_path=ckpt_path)
+    preds: dict[str, dict[str, str]] = {}
+    for out in outputs:
+        for i, item_id in enumerate(out["ids"]):
+            preds[item_id] = {a: model.vocabularies[a][int(out["probs"][a][i].argmax())] for a in args.attributes}
+    info = {
+        "fit_seconds": round(fit_s, 1),
+        "trainable_params": trainable,
+        "selected_epoch": best_epoch,
+        "best_val_mean_macro_f1": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+        "torchmetrics_test_mean_macro_f1": tm.get("test/mean_macro_f1"),
+        "torchmetrics_test_mean_acc": tm.get("test/mean_acc"),
+        "skipped_products": len(dm.skipped),
+    }
+    for p in (work / "checkpoints").glob("*.ckpt"):
+        p.unlink()  # hundreds of MB each; the predictions are what the benchmark keeps
+    return preds, info
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    """The settings a variant's result depends on (used by --resume)."""
+    common = {"manifest": str(Path(args.manifest).resolve()), "attributes": args.attributes, "text_columns": args.text_columns,
+              "max_train": args.max_train, "max_eval": args.max_eval, "seed": args.seed}
+    if variant == "peer":
+        return {**common, "peer_c": args.peer_c}
+    keys = ["epochs", "image_size", "batch_size", "vision_trainable", "text_trainable", "max_length", "fusion_dim",
+            "fusion_layers", "lr", "encoder_lr_scale", "weight_decay", "label_smoothing", "modality_dropout",
+            "scheduler", "select"]
+    extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
+    return {**common, **{k: getattr(args, k) for k in keys}, **extra}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    quiet_lightning()
+    torch.set_num_threads(torch.get_num_threads())
+    work = Path(args.work_dir)
+    previous: dict[str, Any] = {}
+    if args.resume and Path(args.out).is_file():
+        previous = json.loads(Path(args.out).read_text()).get("variants", {})
+    base = build_datamodule(args, "early", work)
+    ids = split_ids(base)
+    say(f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
+        f"{len(base.skipped)} skipped")
+    truth_by_id = {r.id: r.labels for r in base.splits["test"]}
+    variants: dict[str, Any] = {}
+    payload: dict[str, Any] = {"benchmark": "tagging_quality", "machine": machine(), "args": vars(args),
+                               "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report()}
+    for variant in args.variants:
+        if variant in previous and previous[variant].get("settings") == settings(args, variant):
+            say(f"{variant}: kept from {args.out} (--resume, same settings)")
+            variants[variant] = previous[variant]
+            continue
+        dm = build_datamodule(args, variant, work / variant)
+        assert split_ids(dm) == ids, "every method must see the same train/val/test ids"
+        say(f"{variant}: start")
+        if variant == "peer":
+            preds, info = run_peer(args, dm)
+        else:
+            preds, info = run_tagger(args, variant, dm, work / variant)
+        variants[variant] = {"settings": settings(args, variant), "info": info, "predictions": preds}
+        single = score_table(*_truth_and_preds(truth_by_id, preds, args.attributes), args.attributes)
+        say(f"{variant}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")
+        payload["variants"] = variants
+        write_json(args.out, payload)  # partial results survive an interrupted run
+    # Score every method on the test ids that all of them predicted (a product skipped for a bad image is out).
+    common = set(truth_by_id)
+    for v in variants.values():
+        common &= set(v["predictions"])
+    common_ids = [i for i in truth_by_id if i in common]
+    results = {}
+    for name, v in variants.items():
+        truth = {a: [truth_by_id[i][a] for i in common_ids] for a in args.attributes}
+        preds = {a: [v["predictions"][i][a] for i in common_ids] for a in args.attributes}
+        results[name] = score_table(truth, preds, args.attributes)
+    table = format_table(results, args.attributes)
+    payload.update({"test_products_scored": len(common_ids), "results": results, "table_markdown": table})
+    if "peer" in results:
+        peer = results["peer"]["mean_macro_f1"]
+        payload["vs_peer"] = {n: {"mean_macro_f1_diff": r["mean_macro_f1"] - peer, "beats_peer": r["mean_macro_f1"] > peer}
+                              for n, r in results.items() if n != "peer"}
+    write_json(args.out, payload)
+    print()
+    print(f"Test split: {len(common_ids)} products; acc / macro-F1 per attribute (macro-F1: sklearn, labels in "
+          f"y_true or y_pred, unknown true labels left out)")
+    print(table)
+    for name, d in payload.get("vs_peer", {}).items():
+        print(f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({'beats' if d['beats_peer'] else 'does not beat'} the peer)")
+    say(f"wrote {args.out}")
+    return payload
+
+
+def _truth_and_preds(truth_by_id: dict[str, dict[str, str | None]], preds: dict[str, dict[str, str]],
+                     attributes: list[str]) -> tuple[dict[str, list[str | None]], dict[str, list[str]]]:
+    ids = [i for i in truth_by_id if i in preds]
+    return ({a: [truth_by_id[i][a] for i in ids] for a in attributes},
+            {a: [preds[i][a] for i in ids] for a in attributes})
+
+
+if __name__ == "__main__":
+    main()

