@@ -123,3 +123,134 @@ def format_table(results: dict[str, dict[str, Any]], attributes: Sequence[str]) 
         cells = [f"{res['per_attribute'][a]['acc']:.3f} / {res['per_attribute'][a]['macro_f1']:.3f}" for a in attributes]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {res['mean_acc']:.3f} | **{res['mean_macro_f1']:.3f}** |")
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------------ frozen vision cache
+class CachedFeatureTransform:
+    """Image "transform" that returns the frozen vision tower's precomputed output for a decoded image.
+
+    The key is an MD5 of the decoded RGB pixels, so the dataset's own loading (EXIF rotation, RGB conversion)
+    runs unchanged. Output: ``(3, 1 + N, D)``: row 0 is the pooled vector, rows 1.. the N tokens, repeated over a
+    dummy channel axis because the dataset makes ``(3, H, W)`` zeros for a product without a photo.
+    """
+
+    def __init__(self, cache: dict[str, Any], shape: tuple[int, int]) -> None:
+        self.cache, self.shape = cache, shape
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if image.size == (64, 64) and not image.getbbox():  # the data module's blank probe image
+            return torch.zeros(3, *self.shape)
+        key = image_key(image)
+        if key not in self.cache:
+            raise KeyError(f"image {image.size} not in the vision feature cache (cache built from another catalogue?)")
+        return self.cache[key].unsqueeze(0).expand(3, -1, -1)
+
+
+def image_key(image: Any) -> str:
+    import hashlib
+
+    return hashlib.md5(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def build_vision_cache(records: Any, image_root: Path, encoder: Any, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Run a frozen vision encoder (eval transform) once over every readable product photo.
+
+    Returns ``{image_key: (1 + N, D) float32}`` with the pooled vector in row 0 and the tokens after it.
+    """
+    from multimodal.errors import BadSampleError
+    from multimodal.images import load_image, resolve_image_path
+
+    transform = encoder.image_transform(train=False)
+    encoder.eval()
+    cache: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
+    pixels: list[torch.Tensor] = []
+
+    def flush() -> None:
+        with torch.inference_mode():
+            f = encoder(torch.stack(pixels))
+        for k, pooled, tokens in zip(keys, f.pooled, f.tokens, strict=True):
+            cache[k] = torch.cat([pooled[None], tokens]).clone()
+        keys.clear()
+        pixels.clear()
+
+    todo = [r for r in records if r.image is not None]
+    for n, rec in enumerate(todo, 1):
+        try:
+            image = load_image(resolve_image_path(image_root, rec.image))
+        except BadSampleError:
+            continue  # the dataset will report it as skipped
+        key = image_key(image)
+        if key in cache or key in keys:
+            continue
+        keys.append(key)
+        pixels.append(transform(image))
+        if len(keys) == batch_size:
+            flush()
+            say(f"vision cache: {n}/{len(todo)} photos")
+    if keys:
+        flush()
+    return cache
+
+
+def cached_vision_encoder(cache: dict[str, torch.Tensor], output_dim: int, tokens: int) -> Any:
+    """A :class:`encoders.types.VisionEncoder` that reads a frozen tower's cached output from ``pixel_values``."""
+    from encoders.types import Features, VisionEncoder
+
+    class CachedVisionEncoder(VisionEncoder):
+        """Frozen vision tower whose outputs were computed once (see :func:`build_vision_cache`); no parameters."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.output_dim = output_dim
+            self.transform = CachedFeatureTransform(cache, (1 + tokens, output_dim))
+
+        def image_transform(self, train: bool) -> Any:
+            return self.transform  # the frozen tower saw the eval transform: no train-time augmentation
+
+        def forward(self, pixel_values: torch.Tensor) -> Features:
+            x = pixel_values[:, 0]  # (B, 1 + N, D)
+            tokens = x[:, 1:]
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return Features(tokens=tokens, mask=mask, pooled=x[:, 0])
+
+    return CachedVisionEncoder()
+
+
+def cached_text_encoder(base: Any) -> Any:
+    """Wrap a *frozen* Hugging Face text encoder so each distinct text is encoded once (in eval mode) and reused.
+
+    The cache key is the unpadded token ids; a miss runs the frozen model on the missing rows only. The output
+    is the same :class:`encoders.types.Features` the wrapped encoder returns (tokens, mask, pooled).
+    """
+    from encoders.text import pool_tokens
+    from encoders.types import Features, TextEncoder
+
+    class CachedTextEncoder(TextEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base.requires_grad_(False)
+            self.output_dim, self.max_length = base.output_dim, base.max_length
+            self.cache: dict[bytes, torch.Tensor] = {}
+
+        @property
+        def tokenizer(self) -> Any:
+            return self.base.tokenizer
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
+            lengths = attention_mask.sum(1).tolist()
+            keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+            missing = [i for i, k in enumerate(keys) if k not in self.cache]
+            if missing:
+                self.base.eval()  # frozen: no dropout, so a cached text always gives the same features
+                with torch.no_grad():
+                    out = self.base(input_ids[missing], attention_mask[missing])
+                for j, i in enumerate(missing):
+                    self.cache[keys[i]] = out.tokens[j, : lengths[i]].clone()
+            tokens = input_ids.new_zeros(*input_ids.shape, self.output_dim, dtype=torch.float32)  # (B, T, D)
+            for i, k in enumerate(keys):
+                tokens[i, : lengths[i]] = self.cache[k]
+            mask = attention_mask.bool()
+            return Features(tokens=tokens, mask=mask, pooled=pool_tokens(tokens, mask, self.base.pooling))
+
+    return CachedTextEncoder()

@@ -31,7 +31,18 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import format_table, machine, quiet_lightning, say, score_table, seed_all, write_json
+from benchmarks.common import (
+    build_vision_cache,
+    cached_text_encoder,
+    cached_vision_encoder,
+    format_table,
+    machine,
+    quiet_lightning,
+    say,
+    score_table,
+    seed_all,
+    write_json,
+)
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
@@ -59,10 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
     p.add_argument("--max-eval", type=int, default=None, help="use at most this many val and test products (smoke runs)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=1, help="image-decoding worker processes")
+    p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
     # Model and optimisation
-    p.add_argument("--vision-trainable", type=int, default=2, help="train the last N EfficientNet stages (0: frozen)")
-    p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all, 0: frozen)")
+    p.add_argument("--vision-trainable", type=int, default=0, help="train the last N EfficientNet stages (0: frozen)")
+    p.add_argument("--vision-cache", default="auto", choices=["auto", "on", "off"],
+                   help="auto/on: with a frozen vision tower, compute its outputs once (eval transform) and reuse them")
+    p.add_argument("--text-trainable", type=int, default=0, help="train the last N MiniLM layers (-1: all, 0: frozen)")
+    p.add_argument("--text-cache", default="auto", choices=["auto", "off"],
+                   help="auto: a frozen MiniLM encodes each distinct title once (eval mode) and reuses it")
     p.add_argument("--max-length", type=int, default=32, help="title tokens kept")
     p.add_argument("--fusion-dim", type=int, default=256)
     p.add_argument("--fusion-layers", type=int, default=2)
@@ -169,7 +184,7 @@ def run_peer(args: argparse.Namespace, dm: Any) -> tuple[dict[str, dict[str, str
 
 
 # ----------------------------------------------------------------------------------------------------- tagger
-def build_tagger(args: argparse.Namespace, variant: str) -> Any:
+def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.Tensor] | None = None) -> Any:
     """ProductTagger with the offline pretrained towers and the variant's fusion block."""
     from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
     from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
@@ -186,8 +201,14 @@ def build_tagger(args: argparse.Namespace, variant: str) -> Any:
     text_trainable: bool | int = True if args.text_trainable < 0 else (args.text_trainable or False)
     if variant == "image_only":
         text_trainable = False
-    vision = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=vision_trainable)
+    if cache is not None:
+        n_tokens, width = next(iter(cache.values())).shape
+        vision = cached_vision_encoder(cache, width, n_tokens - 1)
+    else:
+        vision = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=vision_trainable)
     text = MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=text_trainable)
+    if text_trainable is False and args.text_cache != "off":
+        text = cached_text_encoder(text)
     optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = None
     if args.scheduler == "cosine":
@@ -230,13 +251,15 @@ def progress_callback(variant: str, every: int) -> Any:
     return Progress()
 
 
-def run_tagger(args: argparse.Namespace, variant: str, dm: Any, work: Path) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+def run_tagger(
+    args: argparse.Namespace, variant: str, dm: Any, work: Path, cache: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
     """Fit one tagger with ``lightning.Trainer.fit``; predict the test split with the selected epoch."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     seed_all(args.seed)
-    model = build_tagger(args, variant)
+    model = build_tagger(args, variant, cache)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"{variant}: {trainable / 1e6:.2f}M trainable parameters; {len(dm.splits['train'])} train products")
     ckpt = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val/mean_macro_f1", mode="max", save_top_k=1,
@@ -281,13 +304,37 @@ def run_tagger(args: argparse.Namespace, variant: str, dm: Any, work: Path) -> t
 
 
 # ------------------------------------------------------------------------------------------------------- main
+def use_cache(args: argparse.Namespace) -> bool:
+    if args.vision_cache == "on" and args.vision_trainable > 0:
+        raise SystemExit("error: --vision-cache on needs a frozen vision tower (--vision-trainable 0)")
+    return args.vision_cache == "on" or (args.vision_cache == "auto" and args.vision_trainable == 0)
+
+
+def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, torch.Tensor]:
+    """Frozen EfficientNet-Lite0 outputs for every photo of the catalogue, computed once (kept in --work-dir)."""
+    from encoders.pretrained import EfficientNetLiteEncoder
+
+    records = [r for split in dm.splits.values() for r in split]
+    path = work / f"vision_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.image_size}px.pt"
+    if path.is_file():
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        say(f"vision cache: {len(cache)} photos from {path}")
+        return cache
+    encoder = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=False)
+    cache = build_vision_cache(records, Path(args.image_root), encoder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache, path)
+    say(f"vision cache: {len(cache)} photos computed, saved to {path}")
+    return cache
+
+
 def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """The settings a variant's result depends on (used by --resume)."""
     common = {"manifest": str(Path(args.manifest).resolve()), "attributes": args.attributes, "text_columns": args.text_columns,
               "max_train": args.max_train, "max_eval": args.max_eval, "seed": args.seed}
     if variant == "peer":
         return {**common, "peer_c": args.peer_c}
-    keys = ["epochs", "image_size", "batch_size", "vision_trainable", "text_trainable", "max_length", "fusion_dim",
+    keys = ["epochs", "image_size", "batch_size", "vision_trainable", "vision_cache", "text_trainable", "text_cache", "max_length", "fusion_dim",
             "fusion_layers", "lr", "encoder_lr_scale", "weight_decay", "label_smoothing", "modality_dropout",
             "scheduler", "select"]
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
@@ -307,6 +354,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say(f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
         f"{len(base.skipped)} skipped")
     truth_by_id = {r.id: r.labels for r in base.splits["test"]}
+    cache = None
+    if any(v != "peer" for v in args.variants) and use_cache(args):
+        cache = vision_cache(args, base, work)
     variants: dict[str, Any] = {}
     payload: dict[str, Any] = {"benchmark": "tagging_quality", "machine": machine(), "args": vars(args),
                                "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report()}
@@ -321,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if variant == "peer":
             preds, info = run_peer(args, dm)
         else:
-            preds, info = run_tagger(args, variant, dm, work / variant)
+            preds, info = run_tagger(args, variant, dm, work / variant, cache)
         variants[variant] = {"settings": settings(args, variant), "info": info, "predictions": preds}
         single = score_table(*_truth_and_preds(truth_by_id, preds, args.attributes), args.attributes)
         say(f"{variant}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")

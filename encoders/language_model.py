@@ -14,6 +14,7 @@ from encoders.freezing import Trainable, set_trainable
 from encoders.types import Features
 
 HiddenTransform = Callable[[Tensor], Tensor]
+InputTransform = Callable[[Tensor, Tensor], Tensor]
 
 
 class CausalLM(nn.Module):
@@ -74,7 +75,8 @@ class CausalLM(nn.Module):
         self.trainable = trainable
         set_trainable(self.model, trainable)
         self._hidden_transform: HiddenTransform | None = None
-        self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
+        self._input_transform: InputTransform | None = None
+        self._install_hooks()
         if cross_attention:
             self.add_cross_attention()
 
@@ -107,13 +109,9 @@ class CausalLM(nn.Module):
             if name in missing:
                 param.requires_grad_(True)
         self.model = new
-        self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
+        self._install_hooks()
 
     # ------------------------------------------------------------------------------------------- running
-    def embed(self, input_ids: Tensor) -> Tensor:
-        """Token embeddings ``(B, T) -> (B, T, D)`` (the LM adds positions itself)."""
-        return self.model.get_input_embeddings()(input_ids)
-
     @contextmanager
     def hidden_transform(self, fn: HiddenTransform | None) -> Iterator[None]:
         """Within the block, ``fn`` rewrites the last hidden states ``(B', T, D)`` right before the output layer.
@@ -126,40 +124,56 @@ class CausalLM(nn.Module):
         finally:
             self._hidden_transform = previous
 
+    @contextmanager
+    def input_transform(self, fn: InputTransform | None) -> Iterator[None]:
+        """Within the block, ``fn(input_ids, embeddings)`` rewrites the token embeddings ``(B', T, D)`` before the
+        LM adds positions (used to put image embeddings in place of placeholder tokens)."""
+        previous, self._input_transform = self._input_transform, fn
+        try:
+            yield
+        finally:
+            self._input_transform = previous
+
     def _apply_hidden_transform(self, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
         if self._hidden_transform is None:
             return None
         return (self._hidden_transform(args[0]), *args[1:])
 
-    def forward(
-        self, inputs_embeds: Tensor, attention_mask: Tensor, encoder: Features | None = None
-    ) -> Tensor:
-        """Teacher-forced logits ``(B, T, V)`` for right-padded ``inputs_embeds (B, T, D)``.
+    def _apply_input_transform(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+        if self._input_transform is None:
+            return None
+        return self._input_transform(args[0], output)
+
+    def _install_hooks(self) -> None:
+        self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
+        self.model.get_input_embeddings().register_forward_hook(self._apply_input_transform)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, encoder: Features | None = None) -> Tensor:
+        """Teacher-forced logits ``(B, T, V)`` for right-padded ``input_ids (B, T)``.
 
         Args:
-            inputs_embeds: token (and prefix) embeddings.
+            input_ids: token ids (placeholders where an input transform puts other embeddings).
             attention_mask: ``(B, T)`` 1 for real positions.
             encoder: image tokens for the cross-attention layers (``(B, N, D)`` with mask).
         """
-        kwargs = self._encoder_kwargs(encoder)
         out = self.model(
-            inputs_embeds=inputs_embeds,
+            input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions(attention_mask),
             use_cache=False,
-            **kwargs,
+            **self._encoder_kwargs(encoder),
         )
         return out.logits
 
     def generate(
         self,
-        inputs_embeds: Tensor,
+        input_ids: Tensor,
         attention_mask: Tensor,
         encoder: Features | None = None,
         use_cache: bool = True,
         **generation: Any,
     ) -> Any:
-        """Hugging Face ``generate`` from left-padded ``inputs_embeds (B, T, D)``; returns only new tokens.
+        """Hugging Face ``generate`` from left-padded ``input_ids (B, T)``; sequences include the input.
 
         ``generation`` holds ``generate`` options (``max_new_tokens``, ``num_beams``, ``do_sample``...).
         """
@@ -168,7 +182,7 @@ class CausalLM(nn.Module):
             # transformers 5: a BERT decoder with cross-attention fails on the default DynamicCache.
             kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
         return self.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
         )
 
     def compute_transition_scores(self, *args: Any, **kwargs: Any) -> Tensor:

@@ -75,19 +75,37 @@ def user_message(err: BaseException) -> str:
     return text.strip().splitlines()[-1] if "\n" in text.strip() else text.strip()
 
 
+def find_user_error(err: BaseException) -> BaseException | None:
+    """The user error behind ``err``: itself, or one it was raised from (jsonargparse wraps errors raised
+    while it instantiates the model or data module in a ``ValueError``)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserError | FileNotFoundError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``multimodal`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if argv is None:
-        sys.argv = sys.argv[:1]  # LightningCLI gets the arguments explicitly
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args and args[0] in COMMANDS:
+            if argv is None:
+                sys.argv = sys.argv[:1]  # these commands hand their own arguments to any LightningCLI they build
             importlib.import_module(COMMANDS[args[0]]).main(args[1:])
         else:
-            MultimodalCLI(args=args)
-    except (UserError, FileNotFoundError) as err:
-        print(f"error: {user_message(err)}", file=sys.stderr)
+            # With argv None, LightningCLI reads sys.argv, which must stay whole: Lightning's DDP launcher starts
+            # the other ranks with the same command line.
+            MultimodalCLI(args=argv)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"error: {user_message(user_error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -106,7 +106,13 @@ class ProductDataModule(L.LightningDataModule):
         self.splits: dict[str, list[ProductRecord]] = self._read(split_column, val_fraction, test_fraction, split_salt)
         self.vocabularies: dict[str, list[str]] = {}
         self.tag_vocabularies: dict[str, list[str]] = {}
-        self.set_vocabularies(*self._training_vocabularies())
+        self._vocabulary_error: UserError | None = None
+        try:
+            self.set_vocabularies(*self._training_vocabularies())
+        except UserError as err:
+            # Predicting with a checkpoint's vocabularies needs no labelled training rows; fit (and any dataset
+            # built without vocabularies from a checkpoint) raises this error.
+            self._vocabulary_error = err
         self.preprocessing: Preprocessing | None = None
 
     # ----------------------------------------------------------------------------------------------- reading
@@ -170,13 +176,14 @@ class ProductDataModule(L.LightningDataModule):
                 f"the data config names {sorted(self.attributes)} and {sorted(self.tag_columns)}"
             )
         self.vocabularies, self.tag_vocabularies = vocabularies, tag_vocabularies
+        self._vocabulary_error = None
 
     # ------------------------------------------------------------------------------------------------ report
     def report(self) -> dict[str, Any]:
         """Counts per split, skipped products and labels never seen in training."""
         unseen = {}
         for split in ("val", "test"):
-            for a in self.attributes:
+            for a in self.vocabularies:
                 counts = unseen_counts([r.labels[a] for r in self.splits[split]], self.vocabularies[a])
                 if counts:
                     unseen.setdefault(split, {})[a] = counts
@@ -211,6 +218,8 @@ class ProductDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._vocabulary_error is not None:
+            raise self._vocabulary_error
         if self.preprocessing is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             if not isinstance(module, Preprocessing):
@@ -221,6 +230,8 @@ class ProductDataModule(L.LightningDataModule):
     def dataset(self, split: str, train: bool = False) -> ProductDataset:
         """The dataset of one split (``all`` for every row), with train or eval transforms."""
         assert self.preprocessing is not None, "call attach() or run under a Trainer first"
+        if self._vocabulary_error is not None:
+            raise self._vocabulary_error
         records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
         size = tuple(transform(_blank()).shape[-2:])

@@ -51,5 +51,5 @@ def load_image(path: Path) -> Image.Image:
             return to_rgb(img)
     except UnidentifiedImageError as err:
         raise BadSampleError(f"not an image or unsupported format: {path}") from err
-    except (OSError, SyntaxError, ValueError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadSampleError(f"unreadable image {path}: {err}") from err

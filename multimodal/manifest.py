@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,9 +35,12 @@ def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFram
         if suffix == ".csv":
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
         elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(p, lines=True, dtype=False).astype(object)
+            df = _read_jsonl(p)
         elif suffix == ".parquet":
-            df = pd.read_parquet(p).astype(object)
+            import pyarrow.parquet as pq
+
+            # Plain Python values: an integer column with nulls stays integer ("2010", not "2010.0" as in pandas).
+            df = pd.DataFrame(pq.read_table(p).to_pydict(), dtype=object)
         else:
             raise UserError(f"manifest {p}: unknown format '{suffix}' (use .csv, .jsonl or .parquet)")
     except UserError:
@@ -49,6 +53,22 @@ def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFram
     if missing:
         raise UserError(f"manifest {p} is missing column(s) {missing}; columns present: {list(df.columns)}")
     return df
+
+
+def _read_jsonl(p: Path) -> pd.DataFrame:
+    """One JSON object per line, kept as Python values (no float coercion of integer columns with nulls)."""
+    records = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"manifest {p} line {n}: invalid JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"manifest {p} line {n}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return pd.DataFrame(records, dtype=object)
 
 
 def clean_value(value: object) -> str | None:

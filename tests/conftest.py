@@ -29,7 +29,8 @@ TINY_CONFIG = ROOT / "configs" / "tagging" / "tiny.yaml"
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 ATTRIBUTES = ["gender", "masterCategory", "season"]
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models gain nothing from a second thread, and on a shared 2-core box spinning threads cost a lot.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +102,11 @@ class TinyPreprocessing:
     """What a task gives the data module: an image transform and a text function, from tiny towers."""
 
     def __init__(self, image_size: int = 32) -> None:
+        from timm.data import create_transform
+        from transformers import AutoTokenizer
+
         from encoders.pretrained import minilm_path
         from multimodal.tasks.base import JoinedText
-        from transformers import AutoTokenizer
-        from timm.data import create_transform
 
         self.size = image_size
         self._create_transform = create_transform

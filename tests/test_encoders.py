@@ -137,7 +137,7 @@ def test_open_clip_local_checkpoint_round_trip(tmp_path: Path) -> None:
     import open_clip
 
     name = "test-tiny-vit-b"
-    source = tiny_clip(name, seed=3)  # registers the config
+    tiny_clip(name)  # registers the custom config under this name
     torch.manual_seed(3)
     full = open_clip.create_model(name).eval()
     path = tmp_path / "clip_checkpoint.pt"
@@ -147,11 +147,9 @@ def test_open_clip_local_checkpoint_round_trip(tmp_path: Path) -> None:
     other = tiny_clip(name, seed=4).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = full.visual(x)[0] if isinstance(full.visual(x), tuple) else full.visual(x)
-        got = loaded(x)
-        assert torch.equal(got.pooled, expected)
+        expected = full.visual(x)  # (B, D): the stock tower returns only the pooled embedding
+        assert torch.equal(loaded(x).pooled, expected)
         assert not torch.allclose(other(x).pooled, expected)
-    del source
 
 
 def test_open_clip_errors(tmp_path: Path) -> None:
@@ -205,8 +203,11 @@ def test_hf_vision_last_blocks_trainable(tiny_hf_vit: Path) -> None:
     from encoders.hf_vision import HFVisionEncoder
 
     enc = HFVisionEncoder(str(tiny_hf_vit), trainable=1)
-    layers = enc.model.encoder.layer
-    assert all(p.requires_grad for p in layers[-1].parameters())
+    layers = block_list(enc.model)
+    assert layers is not None and len(layers) == 2
+    after = [enc.model.layernorm, enc.model.pooler]  # registered after the layer stack: the trained tail
+    expected = sum(p.numel() for m in [layers[-1], *after] for p in m.parameters())
+    assert count_trainable(enc) == expected
     assert not any(p.requires_grad for p in layers[0].parameters())
     assert not any(p.requires_grad for p in enc.model.embeddings.parameters())
 
@@ -339,7 +340,8 @@ def test_set_trainable_without_blocks_is_an_error() -> None:
 
 
 # ------------------------------------------------------------------------------------------- offline pretrained
-# ImageNet classes: analog clock, digital watch, stopwatch, wall clock / running shoe, clog, loafer, sandal, cowboy boot.
+# ImageNet classes: analog clock, digital watch, stopwatch, wall clock;
+# running shoe, clog, loafer, sandal, cowboy boot.
 WATCH_CLASSES = {409, 531, 826, 892}
 SHOE_CLASSES = {770, 502, 630, 774, 514}
 
@@ -384,5 +386,13 @@ def test_minilm_pretrained_similarity() -> None:
     with torch.no_grad():
         pooled = torch.nn.functional.normalize(enc(**enc.tokenize(texts)).pooled, dim=-1)
     sim = pooled @ pooled.T
-    assert sim[0, 1] > sim[0, 2] + 0.2
-    assert sim[0, 1] > 0.5
+    assert sim[0, 1] > sim[0, 2] + 0.1
+    assert sim[0, 1] > 0.45
+
+    # Mean pooling under the mask is what sentence-transformers does with this model.
+    from sentence_transformers import SentenceTransformer
+
+    from encoders.pretrained import minilm_path
+
+    reference = SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(pooled, torch.nn.functional.normalize(reference, dim=-1), atol=1e-4, rtol=1e-4)

@@ -38,17 +38,20 @@ class JoinedText:
 
 
 class MissingModality(nn.Module):
-    """A learned stand-in for an absent image or text: one token plus a pooled vector of width ``dim``."""
+    """A learned stand-in for an absent image or text: one token of width ``dim``, which is also its pooled vector.
+
+    One parameter serves both, so it is in the graph whether the fusion reads tokens or pooled vectors
+    (DDP fails on parameters that never get a gradient).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pooled = nn.Parameter(torch.zeros(1, dim))
 
     def fill(self, features: Features, present: Tensor) -> Features:
         """Replace the features of items where ``present (B,)`` is False."""
         mask = torch.ones(1, 1, dtype=torch.bool, device=present.device)
-        return features.select(present, Features(self.token, mask, self.pooled))
+        return features.select(present, Features(self.token, mask, self.token[:, 0]))
 
 
 class TowerTask(L.LightningModule):

@@ -135,16 +135,20 @@ class ProductRetriever(TowerTask):
         """Photo-query vectors ``(B, E)``, L2-normalised, from ``(B, 3, H, W)`` pixels."""
         return F.normalize(self.image_proj(self.vision(pixel_values).pooled), dim=-1)
 
-    def embed_products(self, batch: dict[str, Any], drop_text: Tensor | None = None) -> Tensor:
+    def embed_products(self, batch: dict[str, Any]) -> Tensor:
         """Product vectors ``(B, E)``, L2-normalised, as configured by ``product``."""
+        vision = self.vision(batch["pixel_values"]) if self.product != "text" else None
+        text = self.text(*_product_tokens(batch)) if self.product != "image" else None
+        return self._product_vectors(vision, text, batch["has_text"])
+
+    def _product_vectors(self, vision: Features | None, text: Features | None, has_text: Tensor) -> Tensor:
         if self.product == "image":
-            return self.embed_image(batch["pixel_values"])
-        ids, mask = _product_tokens(batch)
+            assert vision is not None
+            return F.normalize(self.image_proj(vision.pooled), dim=-1)
+        assert text is not None
         if self.product == "text":
-            return self.embed_text(ids, mask)
-        assert self.fusion is not None and self.product_proj is not None and self.missing_text is not None
-        vision, text = self.vision(batch["pixel_values"]), self.text(ids, mask)
-        has_text = batch["has_text"] if drop_text is None else batch["has_text"] & ~drop_text
+            return F.normalize(self.text_proj(text.pooled), dim=-1)
+        assert vision is not None and self.fusion is not None and self.product_proj is not None and self.missing_text is not None
         text = self.missing_text.fill(text, has_text)
         return F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
 
@@ -157,43 +161,49 @@ class ProductRetriever(TowerTask):
     # ----------------------------------------------------------------------------------------------- losses
     def _gather(self, x: Tensor) -> Tensor:
         """All rows of every process (with gradients) under DDP; ``x`` itself otherwise."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self.trainer.world_size == 1:
             return x
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Contrastive losses (query text vs product, and photo vs query text) plus the re-ranker's ITM loss."""
+        return self.losses_and_vectors(batch)[0]
+
+    def losses_and_vectors(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The losses of :meth:`loss` and the batch's query and product vectors ``(B, E)``.
+
+        Each tower runs once per batch; every vector and the re-ranker reuse its features.
+        """
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap on the inverse temperature
-        query = self.embed_text(batch["input_ids"], batch["attention_mask"])
-        drop = None
+        vision = self.vision(batch["pixel_values"])
+        query_features = self.text(batch["input_ids"], batch["attention_mask"])
+        query = F.normalize(self.text_proj(query_features.pooled), dim=-1)
+        product_text = self.text(*_product_tokens(batch)) if "product_input_ids" in batch else query_features
+        has_text = batch["has_text"]
         if self.training and self.product == "fused" and self.product_dropout > 0:
-            drop = torch.rand(query.shape[0], device=query.device) < self.product_dropout
-        product = self.embed_products(batch, drop)
+            has_text = has_text & (torch.rand(has_text.shape, device=has_text.device) >= self.product_dropout)
+        product = self._product_vectors(vision, product_text, has_text)
         q_all, p_all = self._gather(query), self._gather(product)
         losses = {"contrastive": info_nce(q_all, p_all, scale)}
         if self.product != "image" and self.image_loss_weight > 0:
-            image = self._gather(self.embed_image(batch["pixel_values"]))
+            image = self._gather(F.normalize(self.image_proj(vision.pooled), dim=-1))
             losses["image"] = self.image_loss_weight * info_nce(q_all, image, scale)
         if self.reranker is not None and self.rerank_loss_weight > 0:
-            losses["itm"] = self.rerank_loss_weight * self._itm_loss(batch, query.detach(), product.detach())
+            losses["itm"] = self.rerank_loss_weight * self._itm_loss(vision, query_features, query.detach(), product.detach())
         losses["loss"] = torch.stack(list(losses.values())).sum()
-        return losses
+        return losses, query, product
 
-    def _itm_loss(self, batch: dict[str, Any], query: Tensor, product: Tensor) -> Tensor:
+    def _itm_loss(self, vision: Features, text: Features, query: Tensor, product: Tensor) -> Tensor:
         """ALBEF-style image-text matching: positives plus one hard negative per image and per text."""
-        vision = self.vision(batch["pixel_values"])
-        text = self.text(batch["input_ids"], batch["attention_mask"])
         b = query.shape[0]
+        eye = torch.eye(b, dtype=torch.bool, device=query.device)
         with torch.no_grad():  # sample hard negatives in proportion to similarity, never the positive
-            sim = query @ product.t()
-            weights = sim.float().softmax(-1).masked_fill(torch.eye(b, dtype=torch.bool, device=sim.device), 0) + 1e-6
-            weights = weights.masked_fill(torch.eye(b, dtype=torch.bool, device=sim.device), 0)
+            weights = ((query @ product.t()).float().softmax(-1) + 1e-6).masked_fill(eye, 0)
             neg_image = torch.multinomial(weights, 1).squeeze(1)  # for each text, a hard image
             neg_text = torch.multinomial(weights.t(), 1).squeeze(1)  # for each image, a hard text
-        pos = self.match_scores(vision, text)
-        neg1 = self.match_scores(_index(vision, neg_image), text)
-        neg2 = self.match_scores(vision, _index(text, neg_text))
-        logits = torch.cat([pos, neg1, neg2])
+        pair_vision = _cat(vision, _index(vision, neg_image), vision)
+        pair_text = _cat(text, text, _index(text, neg_text))
+        logits = self.match_scores(pair_vision, pair_text)  # (3B,): positives, then the two negative sets
         target = torch.cat([torch.ones(b), torch.zeros(2 * b)]).to(logits)
         return F.binary_cross_entropy_with_logits(logits, target)
 
@@ -211,10 +221,10 @@ class ProductRetriever(TowerTask):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         if len(batch["ids"]) < 2:
             return
-        losses = self.loss(batch)
+        losses, query, product = self.losses_and_vectors(batch)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=len(batch["ids"]), sync_dist=True)
-        self._val["q"].append(self.embed_text(batch["input_ids"], batch["attention_mask"]).float().cpu())
-        self._val["p"].append(self.embed_products(batch).float().cpu())
+        self._val["q"].append(query.float().cpu())
+        self._val["p"].append(product.float().cpu())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -249,6 +259,12 @@ def _product_tokens(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     if "product_input_ids" in batch:
         return batch["product_input_ids"], batch["product_attention_mask"]
     return batch["input_ids"], batch["attention_mask"]
+
+
+def _cat(*features: Features) -> Features:
+    return Features(
+        tokens=torch.cat([f.tokens for f in features]), mask=torch.cat([f.mask for f in features]), pooled=torch.cat([f.pooled for f in features])
+    )
 
 
 def _index(features: Features, idx: Tensor) -> Features:

@@ -1,0 +1,257 @@
+"""Retrieval quality on the test split: image-only vs fused vs fused + re-rank product vectors, same run.
+
+Offline pretrained towers (EfficientNet-Lite0 ImageNet photos, MiniLM-L6 text) are frozen and run once; their
+outputs are cached and fed to the real ``ProductRetriever`` (projections, fusion block, temperature, re-ranker)
+through lookup encoders, so the three variants train in minutes on a 2-core CPU. Queries are titles; a fused
+product vector fuses the photo with the product's *attribute* text (not its title, which would make
+text->product search trivial). Also reports zero-shot tagging ("a photo of a {value}") with the image model.
+
+    python -m benchmarks.retrieval_quality --data /work/shared/data/fashion-products --out benchmarks/results/retrieval_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from benchmarks.common import attribute_scores, machine, quiet_lightning, say, seed_all, write_json
+from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
+from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
+from multimodal.datamodule import ProductDataModule
+from multimodal.dataset import Collate
+from multimodal.retrieval_metrics import ranks_of_matches, scores_from_ranks
+from multimodal.tasks.retrieval import ProductRetriever
+from multimodal.zero_shot import ZeroShotTagger
+from fusion.cross_attention import CrossAttentionFusion
+from fusion.late import LateFusion
+
+
+class CachedVision(VisionEncoder):
+    """Frozen photo features looked up by row: ``pixel_values`` carries row indices ``(B,)``."""
+
+    def __init__(self, tokens: Tensor, pooled: Tensor) -> None:
+        super().__init__()
+        self.tokens, self.pooled, self.output_dim = tokens, pooled, pooled.shape[1]
+
+    def forward(self, pixel_values: Tensor) -> Features:
+        idx = pixel_values.long()
+        tokens = self.tokens[idx].float()
+        return Features(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool), self.pooled[idx].float())
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        raise NotImplementedError
+
+
+class CachedText(TextEncoder):
+    """Frozen text features looked up by row: ``input_ids`` carries row indices ``(B, 1)``."""
+
+    def __init__(self, tokens: Tensor, mask: Tensor, pooled: Tensor, tokenizer: Any) -> None:
+        super().__init__()
+        self.tokens, self.mask, self.pooled, self._tok = tokens, mask, pooled, tokenizer
+        self.output_dim, self.max_length = pooled.shape[1], tokens.shape[1]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Features:
+        idx = input_ids[:, 0].long()
+        return Features(self.tokens[idx].float(), self.mask[idx], self.pooled[idx].float())
+
+
+@torch.inference_mode()
+def encode_images(dm: ProductDataModule, vision: EfficientNetLiteEncoder, batch_size: int, workers: int) -> tuple[Tensor, Tensor]:
+    class Pre:  # the data module's preprocessing hooks, with the pretrained tower's eval transform
+        def image_transform(self, train: bool) -> ImageTransform:
+            return vision.image_transform(False)
+
+        def text_fn(self) -> Any:
+            return lambda texts: {}
+
+    dm.attach(Pre())  # type: ignore[arg-type]
+    loader = DataLoader(dm.dataset("all"), batch_size=batch_size, num_workers=workers, collate_fn=Collate(lambda t: {}))
+    tokens, pooled = [], []
+    for i, batch in enumerate(loader):
+        f = vision(batch["pixel_values"])
+        tokens.append(f.tokens.half())
+        pooled.append(f.pooled)
+        if i % 10 == 0:
+            say(f"  photos {sum(len(p) for p in pooled)}/{len(loader.dataset)}")
+    return torch.cat(tokens), torch.cat(pooled)
+
+
+@torch.inference_mode()
+def encode_texts(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int = 128) -> tuple[Tensor, Tensor, Tensor]:
+    tokens, masks, pooled = [], [], []
+    for start in range(0, len(texts), batch_size):
+        enc = text.tokenize(list(texts[start : start + batch_size]))
+        f = text(enc["input_ids"], enc["attention_mask"])
+        pad = text.max_length - f.tokens.shape[1]
+        tokens.append(torch.nn.functional.pad(f.tokens, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(f.mask, (0, pad), value=False))
+        pooled.append(f.pooled)
+    return torch.cat(tokens), torch.cat(masks), torch.cat(pooled)
+
+
+def batch_of(rows: list[int], n: int, ids: list[str]) -> dict[str, Any]:
+    idx = torch.tensor(rows)
+    ones = torch.ones(len(rows), 1, dtype=torch.long)
+    return {
+        "ids": [ids[r] for r in rows], "pixel_values": idx, "input_ids": idx[:, None], "attention_mask": ones,
+        "product_input_ids": (idx + n)[:, None], "product_attention_mask": ones, "has_text": torch.ones(len(rows), dtype=torch.bool),
+    }
+
+
+def train(model: ProductRetriever, rows: list[int], n: int, ids: list[str], args: argparse.Namespace) -> float:
+    loader = DataLoader(rows, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: batch_of(r, n, ids))
+    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, loader)
+    return float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))
+
+
+@torch.inference_mode()
+def evaluate(model: ProductRetriever, rows: list[int], n: int, ids: list[str], rerank: int = 0) -> dict[str, float]:
+    model.eval()
+    batch = batch_of(rows, n, ids)
+    query = model.embed_text(batch["input_ids"], batch["attention_mask"])
+    product = model.embed_products(batch)
+    t2p = ranks_of_matches(query, product)
+    p2t = ranks_of_matches(product, query)
+    if rerank:
+        vision = model.vision(batch["pixel_values"])
+        text = model.text(batch["input_ids"], batch["attention_mask"])
+        t2p = reranked_ranks(model, query @ product.t(), t2p, rerank, lambda q, c: (vision_rows(vision, c), text_rows(text, [q] * len(c))))
+        p2t = reranked_ranks(model, product @ query.t(), p2t, rerank, lambda q, c: (vision_rows(vision, [q] * len(c)), text_rows(text, c)))
+    return {**scores_from_ranks(t2p, prefix="t2p_"), **scores_from_ranks(p2t, prefix="p2t_")}
+
+
+def vision_rows(f: Features, rows: Sequence[int]) -> Features:
+    return Features(f.tokens[list(rows)], f.mask[list(rows)], f.pooled[list(rows)])
+
+
+text_rows = vision_rows
+
+
+def reranked_ranks(model: ProductRetriever, sim: Tensor, ranks: Tensor, depth: int, pairs: Any) -> Tensor:
+    """Reorder each query's top ``depth`` by the re-ranker; a match outside the top ``depth`` keeps its rank."""
+    out = ranks.clone()
+    top = sim.topk(depth, dim=1).indices
+    for q in range(sim.shape[0]):
+        if ranks[q] >= depth:
+            continue
+        cands = top[q].tolist()
+        scores = model.match_scores(*pairs(q, cands))
+        out[q] = int((scores > scores[cands.index(q)]).sum())
+    return out
+
+
+def build(vision: CachedVision, text: CachedText, product: str, args: argparse.Namespace, rerank: bool) -> ProductRetriever:
+    def opt(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+    return ProductRetriever(
+        vision, text, embed_dim=256, product=product,  # type: ignore[arg-type]
+        fusion=(lambda dv, dt: LateFusion(dv, dt, dim=512, mode="gated", dropout=0.1)) if product == "fused" else None,
+        reranker=(lambda dv, dt: CrossAttentionFusion(dv, dt, dim=256, layers=1, heads=4, dropout=0.1)) if rerank else None,
+        optimizer=opt, encoder_lr_scale=0.0,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
+    p.add_argument("--query-column", default="title")
+    p.add_argument("--product-columns", nargs="+", default=["gender", "articleType", "baseColour", "season", "usage"])
+    p.add_argument("--attributes", nargs="+", default=["gender", "masterCategory", "subCategory", "articleType", "baseColour"], help="zero-shot attributes")
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--rerank", type=int, default=20, help="re-rank depth")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/retrieval_quality.json")
+    args = p.parse_args()
+    quiet_lightning()
+    seed_all(args.seed)
+    data = Path(args.data)
+    columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes]))
+    dm = ProductDataModule(str(data / "metadata.csv"), str(data / "images"), text_columns=columns, on_bad_sample="error", batch_size=args.batch_size)
+    records = [r for s in ("train", "val", "test") for r in dm.splits[s]]
+    n, ids = len(records), [r.id for r in records]
+    offsets = {"train": 0, "val": len(dm.splits["train"]), "test": len(dm.splits["train"]) + len(dm.splits["val"])}
+    split_rows = {s: list(range(offsets[s], offsets[s] + len(dm.splits[s]))) for s in offsets}
+    say(f"{n} products: train {len(split_rows['train'])}, test {len(split_rows['test'])}")
+    vision_tower = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
+    text_tower = MiniLMTextEncoder(max_length=32, trainable=False).eval()
+    v_tokens, v_pooled = encode_images(dm, vision_tower, args.batch_size, args.workers)
+    say("photos encoded")
+    titles = [r.texts[args.query_column] or "" for r in records]
+    product_texts = [". ".join(r.texts[c] for c in args.product_columns if r.texts[c]) for r in records]
+    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts, text_tower)
+    say("texts encoded")
+    vision, text = CachedVision(v_tokens, v_pooled), CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
+    results: dict[str, Any] = {}
+    for name, product, rerank in (("image-only", "image", False), ("fused", "fused", True)):
+        seed_all(args.seed)
+        model = build(vision, text, product, args, rerank)
+        loss = train(model, split_rows["train"], n, ids, args)
+        results[name] = {**evaluate(model, split_rows["test"], n, ids), "final_train_loss": loss}
+        say(f"{name}: {results[name]}")
+        if rerank:
+            results[f"{name} + re-rank top {args.rerank}"] = evaluate(model, split_rows["test"], n, ids, rerank=args.rerank)
+            say(f"re-rank: {results[f'{name} + re-rank top {args.rerank}']}")
+        if product == "image":
+            results["zero_shot"] = zero_shot(model, text_tower, records, split_rows, v_pooled, args)
+    payload = {"machine": machine(), "args": vars(args), "products": n, "test_products": len(split_rows["test"]), "results": results, "table": table(results)}
+    write_json(args.out, payload)
+    print(payload["table"])
+
+
+def zero_shot(model: ProductRetriever, text_tower: MiniLMTextEncoder, records: list[Any], split_rows: dict[str, list[int]], v_pooled: Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """Prompt-based tagging of test photos with the image-only retriever; majority class for reference."""
+    from collections import Counter
+
+    def embed(texts: list[str]) -> Tensor:  # the retriever's projection over the real (uncached) text tower
+        enc = text_tower.tokenize(texts)
+        return torch.nn.functional.normalize(model.text_proj(text_tower(enc["input_ids"], enc["attention_mask"]).pooled), dim=-1)
+
+    train_rows = set(split_rows["train"])
+    vocab = {a: sorted({r.texts[a] for i, r in enumerate(records) if i in train_rows and r.texts[a]}) for a in args.attributes}
+    tagger = ZeroShotTagger(embed, vocab)
+    test = split_rows["test"]
+    with torch.inference_mode():
+        vectors = torch.nn.functional.normalize(model.image_proj(v_pooled[test].float()), dim=-1)
+    predicted = tagger.predict(vectors)
+    out = {}
+    for a in args.attributes:
+        truth = [records[i].texts[a] for i in test]
+        majority = Counter(records[i].texts[a] for i in split_rows["train"]).most_common(1)[0][0]
+        out[a] = {"zero_shot": attribute_scores(truth, predicted[a]), "majority_class": attribute_scores(truth, [majority] * len(test))}
+    say(f"zero-shot: { {a: round(v['zero_shot']['acc'], 3) for a, v in out.items()} }")
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| product vector | text->product R@1 | R@5 | R@10 | median rank | product->text R@1 | R@5 | R@10 | median rank |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if name == "zero_shot":
+            continue
+        lines.append(f"| {name} | " + " | ".join(f"{r[f'{d}_{m}']:.3f}" if "recall" in m else f"{r[f'{d}_{m}']:.0f}" for d in ("t2p", "p2t") for m in ("recall@1", "recall@5", "recall@10", "median_rank")) + " |")
+    zs = results.get("zero_shot")
+    if zs:
+        lines += ["", "| attribute | zero-shot acc / macro-F1 | majority-class acc |", "|---|---|---|"]
+        lines += [f"| {a} | {v['zero_shot']['acc']:.3f} / {v['zero_shot']['macro_f1']:.3f} | {v['majority_class']['acc']:.3f} |" for a, v in zs.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Training overhead: samples/s of ``lightning.Trainer.fit`` on the ProductTagger vs a hand-written PyTorch loop.
+
+Both paths run in the same process on the same batches: the batches are decoded once from the
+ProductDataModule's training loader (train transforms, seeded) and kept in memory, then served to both by one
+``DataLoader`` over that list. Both start from the same initial weights (a deep copy of one seeded model) and the
+optimizer that ``ProductTagger.configure_optimizers`` returns (AdamW, two parameter groups). Each run trains
+``--warmup + --steps`` steps; only the last ``--steps`` are timed, from the end of the last warm-up step to the
+end of the last step, so the span holds batch fetch, forward, loss, backward, optimizer step and (for ``fit``)
+every Lightning hook and ``self.log`` call. Runs alternate (fit, hand, hand, fit, ...) over ``--repeats`` pairs;
+the report gives medians and the ratio fit / hand-written.
+
+Lightning features a hand loop does not have are switched off: logger, checkpointing, progress bar, model
+summary, sanity validation and validation (``limit_val_batches=0``). ``self.log`` in ``training_step`` stays, as
+it is part of the task.
+
+    python -m benchmarks.train_overhead --out benchmarks/results/train_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.common import machine, quiet_lightning, say, seed_all, write_json
+
+ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_overhead",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default="examples/fashion-products", help="catalogue folder with metadata.csv and images/")
+    p.add_argument("--out", default="benchmarks/results/train_overhead.json", help="JSON result file")
+    p.add_argument("--attributes", nargs="+", default=ATTRIBUTES)
+    p.add_argument("--fusion", default="early", choices=["early", "late", "cross_attention"])
+    p.add_argument("--image-size", type=int, default=96, help="EfficientNet-Lite0 input size")
+    p.add_argument("--vision-trainable", type=int, default=2, help="train the last N EfficientNet stages")
+    p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each path (alternating order)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+    """The seeded template model (heads built) and the pre-decoded batches."""
+    from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
+    from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
+    from multimodal.datamodule import ProductDataModule
+    from multimodal.tasks.tagging import ProductTagger
+
+    seed_all(args.seed)
+    fusion = {
+        "early": functools.partial(EarlyFusion, dim=256, layers=2, heads=4, dropout=0.1),
+        "late": functools.partial(LateFusion, dim=256, mode="gated", dropout=0.1),
+        "cross_attention": functools.partial(CrossAttentionFusion, dim=256, layers=2, heads=4, dropout=0.1),
+    }[args.fusion]
+    model = ProductTagger(
+        vision=EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=args.vision_trainable or False),
+        text=MiniLMTextEncoder(max_length=32, trainable=True if args.text_trainable < 0 else (args.text_trainable or False)),
+        fusion=fusion,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01),
+        encoder_lr_scale=0.1,
+    )
+    data = Path(args.data)
+    dm = ProductDataModule(
+        manifest=str(data / "metadata.csv"), image_root=str(data / "images"), text_columns=["title"],
+        attributes=args.attributes, on_bad_sample="skip", batch_size=args.batch_size, num_workers=0,
+    )
+    dm.attach(model)
+    model.build_heads(dm.vocabularies, dm.tag_vocabularies)
+    need = args.warmup + args.steps
+    batches = []
+    for batch in dm.loader("train", train=True):
+        batch.pop("skipped", None)
+        if len(batch["ids"]) == args.batch_size:
+            batches.append(batch)
+        if len(batches) == need:
+            break
+    if len(batches) < need:
+        raise SystemExit(f"error: {data} gives only {len(batches)} full training batches of {args.batch_size}; need {need}")
+    return model, batches
+
+
+def loader(batches: list[dict[str, Any]]) -> DataLoader:
+    """One DataLoader over the pre-decoded batches (each item is already a batch), used by both paths."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=0)
+
+
+def run_fit(template: Any, batches: list[dict[str, Any]], args: argparse.Namespace) -> float:
+    """Seconds for the timed steps of ``Trainer.fit``."""
+    import lightning as L
+
+    marks: dict[int, float] = {}
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int) -> None:
+            marks[i] = time.perf_counter()
+
+    model = copy.deepcopy(template)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Clock()],
+    )
+    torch.manual_seed(args.seed)
+    trainer.fit(model, train_dataloaders=loader(batches))
+    n = args.warmup + args.steps
+    assert len(marks) == n, f"fit ran {len(marks)} steps, expected {n}"
+    return marks[n - 1] - marks[args.warmup - 1]
+
+
+def run_hand(template: Any, batches: list[dict[str, Any]], args: argparse.Namespace) -> float:
+    """Seconds for the timed steps of a plain loop: forward, loss, zero_grad, backward, step."""
+    model = copy.deepcopy(template)
+    model.train()
+    optimizer = model.configure_optimizers()
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(loader(batches)):
+        loss = model.loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i == args.warmup - 1:
+            t0 = time.perf_counter()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
+        raise SystemExit("error: --warmup, --steps and --repeats must be at least 1")
+    quiet_lightning()
+    say(f"building the tagger (EfficientNet-Lite0 @{args.image_size}px, MiniLM-L6, {args.fusion} fusion) and "
+        f"{args.warmup + args.steps} batches of {args.batch_size}")
+    template, batches = build(args)
+    trainable = sum(p.numel() for p in template.parameters() if p.requires_grad)
+    say(f"{trainable / 1e6:.2f}M trainable of {sum(p.numel() for p in template.parameters()) / 1e6:.2f}M parameters")
+    samples = args.steps * args.batch_size
+    times: dict[str, list[float]] = {"fit": [], "hand": []}
+    paths = {"fit": run_fit, "hand": run_hand}
+    for r in range(args.repeats):
+        order = ["fit", "hand"] if r % 2 == 0 else ["hand", "fit"]
+        for name in order:
+            seconds = paths[name](template, batches, args)
+            times[name].append(seconds)
+            say(f"repeat {r + 1}/{args.repeats}: {name:4s} {samples / seconds:7.2f} samples/s ({seconds:.2f}s for {args.steps} steps)")
+    rate = {k: [samples / s for s in v] for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in rate.items()}
+    paired = [f / h for f, h in zip(rate["fit"], rate["hand"], strict=True)]
+    ratio = median["fit"] / median["hand"]
+    payload = {
+        "benchmark": "train_overhead",
+        "machine": machine(),
+        "args": vars(args),
+        "model": {"vision": f"EfficientNet-Lite0 (ImageNet) @{args.image_size}px, last {args.vision_trainable} stages trained",
+                  "text": "all-MiniLM-L6-v2, " + ("all layers trained" if args.text_trainable < 0 else f"last {args.text_trainable} layers trained"),
+                  "fusion": args.fusion, "trainable_params": trainable},
+        "samples_per_s": rate,
+        "median_samples_per_s": median,
+        "paired_ratios": paired,
+        "ratio_fit_over_hand": ratio,
+        "median_paired_ratio": statistics.median(paired),
+        "passes_0_97": ratio >= 0.97,
+    }
+    write_json(args.out, payload)
+    print()
+    print(f"median samples/s: Trainer.fit {median['fit']:.2f}, hand-written loop {median['hand']:.2f}")
+    print(f"ratio fit / hand-written = {ratio:.3f} (median of paired ratios {statistics.median(paired):.3f}; bar >= 0.97: "
+          f"{'met' if ratio >= 0.97 else 'NOT met'})")
+    say(f"wrote {args.out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""``ProductCaptioner``: a causal language model writes a product's title (or any text column) from its photo."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torch.nn import functional as F
+
+from encoders.language_model import CausalLM, InputTransform
+from encoders.types import ImageTransform, VisionEncoder
+from fusion.conditioning import LMCondition, LMConditioning
+from multimodal.caption_metrics import caption_scores
+from multimodal.dataset import IGNORE_INDEX, TextFn
+from multimodal.errors import UserError
+from multimodal.tasks.base import MissingModality, TowerTask
+
+log = logging.getLogger(__name__)
+
+ConditioningFactory = Callable[[int, int], LMConditioning]
+DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
+
+
+class CaptionText:
+    """Text function for the collate (picklable): prompt and target columns -> training and prompt tensors.
+
+    Training sequence (right-padded): ``[bos] prompt target [eos]``; ``caption_labels`` (the collate keeps ``labels`` for attributes) hold the target and ``[eos]``
+    only (-100 on ``[bos]``, the prompt and padding). Generation input (left-padded): ``[bos] prompt``.
+
+    Args:
+        tokenizer: Hugging Face tokenizer.
+        target_column: the text column to learn to write.
+        prompt_columns: known text columns placed before the target (missing values left out).
+        prompt: fixed text placed first in every prompt (e.g. a question).
+        max_length: tokens kept per sequence, special tokens included.
+        bos_id: begin token id.
+        eos_id: end token id.
+        pad_id: padding id.
+        separator: joins the prompt parts.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        target_column: str,
+        prompt_columns: list[str],
+        prompt: str,
+        max_length: int,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        separator: str = ". ",
+    ) -> None:
+        self.tokenizer, self.target_column = tokenizer, target_column
+        self.prompt_columns, self.prompt, self.separator = list(prompt_columns), prompt, separator
+        self.max_length, self.bos_id, self.eos_id, self.pad_id = max_length, bos_id, eos_id, pad_id
+
+    def prompt_texts(self, texts: dict[str, list[str | None]], n: int) -> list[str]:
+        """The prompt of each of ``n`` items."""
+        parts = [[self.prompt] * n if self.prompt else [None] * n] + [texts.get(c, [None] * n) for c in self.prompt_columns]
+        return [self.separator.join(p[i] for p in parts if p[i]) for i in range(n)]
+
+    def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Any]:
+        n = len(next(iter(texts.values()))) if texts else 0
+        targets = texts.get(self.target_column, [None] * n)
+        prompts = [self._ids(p)[: self.max_length - 2] for p in self.prompt_texts(texts, n)]
+        seqs, labels = [], []
+        for prompt, target in zip(prompts, targets, strict=True):
+            room = max(self.max_length - 2 - len(prompt), 0)
+            tgt = self._ids(target)[:room] + [self.eos_id] if target is not None else []
+            seqs.append([self.bos_id, *prompt, *tgt])
+            labels.append([IGNORE_INDEX] * (1 + len(prompt)) + tgt)
+        out = {
+            "input_ids": _pad(seqs, self.pad_id, left=False),
+            "caption_labels": _pad(labels, IGNORE_INDEX, left=False),
+            "prompt_ids": _pad([[self.bos_id, *p] for p in prompts], self.pad_id, left=True),
+            "references": list(targets),
+        }
+        out["attention_mask"] = _pad([[1] * len(s) for s in seqs], 0, left=False)
+        out["prompt_mask"] = _pad([[1] * (1 + len(p)) for p in prompts], 0, left=True)
+        return out
+
+    def _ids(self, text: str | None) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> Tensor:
+    """Pad lists of ids into a ``(B, T)`` long tensor, on the left or the right."""
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+@dataclass
+class Captions:
+    """Generated captions: ``texts`` and ``scores`` (mean token log-probability, or the beam score) per item."""
+
+    texts: list[str]
+    scores: list[float]
+
+
+class ProductCaptioner(TowerTask):
+    """Vision encoder + causal language model, conditioned through one fusion family picked by ``fusion``.
+
+    Trained with teacher forcing on ``target_column``; the prompt (fixed text and known columns) is masked out of
+    the loss. Validation and test generate with ``generation`` settings and report BLEU-4 and CIDEr.
+
+    Args:
+        vision: vision encoder.
+        language_model: causal LM wrapper (:class:`encoders.language_model.CausalLM`).
+        fusion: conditioning factory from :mod:`fusion.conditioning`, called as ``fusion(vision_dim, lm_dim)``.
+        target_column: the data module's text column to write.
+        prompt_columns: text columns given before the target (must be among the data's ``text_columns``).
+        prompt: fixed prompt text (e.g. ``"What is the material?"``).
+        generation: Hugging Face ``generate`` options for validation, test and predict (``max_new_tokens``,
+            ``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``...).
+        augment: train with the vision encoder's training transform (random crops...); False uses eval transform.
+        log_examples: validation examples written to the log each epoch.
+        optimizer: optimizer factory.
+        scheduler: optional LR scheduler factory.
+        encoder_lr_scale: learning-rate factor for the vision encoder and the language model.
+    """
+
+    def __init__(
+        self,
+        vision: VisionEncoder,
+        language_model: CausalLM,
+        fusion: ConditioningFactory,
+        target_column: str = "title",
+        prompt_columns: list[str] | None = None,
+        prompt: str = "",
+        generation: dict[str, Any] | None = None,
+        augment: bool = True,
+        log_examples: int = 3,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        encoder_lr_scale: float = 0.1,
+    ) -> None:
+        super().__init__(vision, language_model, optimizer, scheduler, encoder_lr_scale)  # type: ignore[arg-type]
+        conditioning = fusion(vision.output_dim, language_model.hidden_size)
+        if not isinstance(conditioning, LMConditioning):
+            raise UserError(
+                f"model.fusion: {type(conditioning).__name__} cannot condition a language model; use "
+                "fusion.conditioning.PrefixConditioning (early), CrossAttentionConditioning or LateConditioning"
+            )
+        if conditioning.needs_cross_attention:
+            language_model.add_cross_attention()
+        self.conditioning = conditioning
+        self.missing_image = MissingModality(vision.output_dim)
+        self.target_column, self.prompt_columns, self.prompt = target_column, list(prompt_columns or []), prompt
+        self.generation = {**DEFAULT_GENERATION, **(generation or {})}
+        self.augment, self.log_examples = augment, log_examples
+        self._outputs: dict[str, tuple[list[str], list[str]]] = {}
+
+    @property
+    def lm(self) -> CausalLM:
+        return self.text  # type: ignore[return-value]
+
+    # -------------------------------------------------------------------------------------- preprocessing
+    def image_transform(self, train: bool) -> ImageTransform:
+        return self.vision.image_transform(train and self.augment)
+
+    def text_fn(self, prompt: str | None = None) -> TextFn:
+        lm = self.lm
+        return CaptionText(  # type: ignore[return-value]
+            lm.tokenizer, self.target_column, self.prompt_columns, self.prompt if prompt is None else prompt,
+            lm.max_length, lm.bos_id, lm.eos_id, lm.pad_id,
+        )
+
+    # -------------------------------------------------------------------------------------------- forward
+    def condition(self, pixel_values: Tensor, has_image: Tensor | None = None) -> LMCondition:
+        """Encode images ``(B, 3, H, W)`` and turn them into the LM's condition."""
+        vision = self.vision(pixel_values)
+        if has_image is not None:
+            vision = self.missing_image.fill(vision, has_image)
+        return self.conditioning(vision)
+
+    def _inputs(self, cond: LMCondition, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, InputTransform | None]:
+        """Early fusion puts ``P`` placeholder columns before the ids ``(B, T)``; the returned input transform swaps
+        their embeddings for the image prefix. Returns ids and mask ``(B, P+T)`` and the transform (or None)."""
+        if cond.prefix is None:
+            return ids, mask, None
+        prefix = cond.prefix
+        n, width = prefix.tokens.shape[:2]
+        ids = torch.cat([ids.new_full((n, width), self.lm.pad_id), ids], 1)
+        mask = torch.cat([prefix.mask.to(mask.dtype), mask], 1)
+
+        def put_prefix(input_ids: Tensor, embeds: Tensor) -> Tensor:
+            # A one-token call is a cached generation step: the prefix already sits in the KV cache.
+            if input_ids.shape[1] <= 1:
+                return embeds
+            tokens = prefix.tokens.repeat_interleave(input_ids.shape[0] // n, dim=0).to(embeds.dtype)  # (B', P, D)
+            return torch.cat([tokens, embeds[:, width:]], 1)
+
+        return ids, mask, put_prefix
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Teacher-forced next-token logits ``(B, P+T, V)``."""
+        cond = self.condition(batch["pixel_values"], batch.get("has_image"))
+        ids, mask, put_prefix = self._inputs(cond, batch["input_ids"], batch["attention_mask"])
+        with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
+            return self.lm(ids, mask, cond.encoder)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Next-token cross-entropy on target tokens only; a prefix (if any) is left of ``labels``."""
+        labels = F.pad(labels, (logits.shape[1] - labels.shape[1], 0), value=IGNORE_INDEX)
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        if not (shift_labels != IGNORE_INDEX).any():
+            return shift_logits.sum() * 0.0
+        return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: Tensor,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        has_image: Tensor | None = None,
+        use_cache: bool = True,
+        **generation: Any,
+    ) -> Captions:
+        """Captions for images ``(B, 3, H, W)`` after left-padded prompts ``(B, T)`` through HF ``generate``.
+
+        ``generation`` overrides the model's settings (``num_beams``, ``do_sample``, ``max_new_tokens``...).
+        """
+        options = {**self.generation, **generation}
+        if int(options.get("max_new_tokens", 1)) <= 0:
+            raise UserError(f"max_new_tokens must be positive, not {options['max_new_tokens']}")
+        cond = self.condition(pixel_values, has_image)
+        ids, mask, put_prefix = self._inputs(cond, prompt_ids, prompt_mask)
+        with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
+            out = self.lm.generate(
+                ids, mask, cond.encoder, use_cache=use_cache, return_dict_in_generate=True, output_scores=True, **options
+            )
+        seqs = out.sequences[:, ids.shape[1] :]  # (B * num_return_sequences, L) new tokens only
+        texts = [t.strip() for t in self.lm.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+        return Captions(texts=texts, scores=self._scores(out, seqs))
+
+    def _scores(self, out: Any, seqs: Tensor) -> list[float]:
+        if getattr(out, "sequences_scores", None) is not None:  # beam search: length-normalised log-probability
+            return [round(float(s), 6) for s in out.sequences_scores]
+        logp = self.lm.compute_transition_scores(seqs, out.scores, normalize_logits=True)  # (B, L)
+        ended = (seqs == self.lm.eos_id).long().cumsum(1)
+        keep = (ended == 0) | ((ended == 1) & (seqs == self.lm.eos_id))  # tokens up to and including the first eos
+        mean = (logp.masked_fill(~keep, 0).sum(1) / keep.sum(1).clamp(min=1)).tolist()
+        return [round(float(s), 6) for s in mean]
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if not batch["ids"]:
+            return None
+        loss = self.loss(self(batch), batch["caption_labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if not batch["ids"]:
+            return
+        n = len(batch["ids"])
+        self.log(f"{stage}/loss", self.loss(self(batch), batch["caption_labels"]), prog_bar=True, batch_size=n, sync_dist=True)
+        captions = self.generate(batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"))
+        preds, refs = self._outputs.setdefault(stage, ([], []))
+        for text, ref in zip(captions.texts, batch["references"], strict=True):
+            if ref is not None:
+                preds.append(text)
+                refs.append(ref)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_end(self, stage: str) -> None:
+        preds, refs = self._outputs.pop(stage, ([], []))
+        if not preds:
+            return
+        scores = caption_scores(preds, refs)
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val")
+        for pred, ref in list(zip(preds, refs, strict=True))[: self.log_examples]:
+            log.info("%s example: generated %r, reference %r", stage, pred, ref)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if not batch["ids"]:
+            return {"ids": [], "captions": [], "scores": []}
+        captions = self.generate(batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"))
+        return {"ids": batch["ids"], "captions": captions.texts, "scores": captions.scores}

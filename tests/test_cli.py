@@ -1,0 +1,250 @@
+"""The ``multimodal`` command, driven like Lightning's own CLI tests: fit, predict, test, overrides and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST, TINY_CONFIG
+
+from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
+from multimodal.cli import MultimodalCLI, main
+
+
+@pytest.fixture(autouse=True)
+def command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arguments go to ``main`` explicitly; sys.argv holds only the program name, as in Lightning's CLI tests."""
+    monkeypatch.setattr(sys, "argv", ["multimodal"])
+
+
+def base_args(tmp_path: Path, *extra: str) -> list[str]:
+    """The tiny config with absolute data paths and everything written under ``tmp_path``."""
+    return [
+        "--config", str(TINY_CONFIG),
+        "--data.init_args.manifest", str(SAMPLE_MANIFEST),
+        "--data.init_args.image_root", str(SAMPLE_IMAGES),
+        "--data.init_args.num_workers", "0",
+        "--trainer.default_root_dir", str(tmp_path),
+        *extra,
+    ]  # fmt: skip
+
+
+def callbacks(*specs: dict) -> list[str]:
+    return ["--trainer.callbacks", json.dumps(list(specs))]
+
+
+def checkpoint_callback(dirpath: Path) -> dict:
+    init_args = {"dirpath": str(dirpath), "save_last": True}
+    return {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init_args}
+
+
+def writer_callback(output: Path) -> dict:
+    return {"class_path": "multimodal.writers.TaggingWriter", "init_args": {"output": str(output), "top_k": 2}}
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultimodalCLI, Path, Path]:
+    """One short ``fit`` through the CLI, shared by the checkpoint tests: (cli, last.ckpt, run folder)."""
+    tmp = tmp_path_factory.mktemp("fit")
+    args = base_args(
+        tmp,
+        "--trainer.max_steps", "4",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.enable_checkpointing", "true",
+        "--data.init_args.predict_split", "test",
+        *callbacks(checkpoint_callback(tmp / "ckpt")),
+    )  # fmt: skip
+    cli = MultimodalCLI(args=["fit", *args])
+    assert cli.trainer.global_step == 4
+    return cli, tmp / "ckpt" / "last.ckpt", tmp
+
+
+def in_memory_predictions(cli: MultimodalCLI) -> list[dict]:
+    """What the fitted model predicts without any checkpoint, decoded like the writer does."""
+    out = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    rows = []
+    for batch in out:
+        decoded = cli.model.decode(batch["probs"], top_k=2)
+        rows += [{"id": i, **row} for i, row in zip(batch["ids"], decoded, strict=True)]
+    return rows
+
+
+def test_predict_from_checkpoint_reproduces_the_fitted_model(
+    fitted: tuple[MultimodalCLI, Path, Path], tmp_path: Path
+) -> None:
+    cli, last, _ = fitted
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    state = cli.model.state_dict()
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())  # last.ckpt is the final state
+    assert ckpt["vocabularies"] == cli.datamodule.vocabularies
+    expected = in_memory_predictions(cli)
+    assert len(expected) == len(cli.datamodule.splits["test"])
+
+    outputs = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    for output in outputs:
+        main(["predict", *base_args(tmp_path, "--ckpt_path", str(last), "--data.init_args.predict_split", "test"),
+              *callbacks(writer_callback(output))])  # fmt: skip
+    rows = [json.loads(line) for line in outputs[0].read_text().splitlines()]
+    assert rows == expected  # ids, labels and scores (6 decimals), top-2 lists: all equal
+    assert outputs[1].read_text() == outputs[0].read_text()
+    assert {r["gender"] for r in rows} <= set(cli.datamodule.vocabularies["gender"])
+
+
+def test_predict_needs_no_training_rows(fitted: tuple[MultimodalCLI, Path, Path], tmp_path: Path) -> None:
+    """A new catalogue without attribute values: labels come from the checkpoint's vocabularies."""
+    import pandas as pd
+
+    cli, last, _ = fitted
+    df = pd.read_csv(SAMPLE_MANIFEST, dtype=str, keep_default_na=False).head(5)
+    for column in ("gender", "masterCategory", "season"):
+        df[column] = ""
+    df.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "new.csv.jsonl"
+    new = ["--ckpt_path", str(last), "--data.init_args.manifest", str(tmp_path / "new.csv")]
+    main(["predict", *base_args(tmp_path, *new), *callbacks(writer_callback(out))])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(df["id"])
+    assert all(r["season"] in cli.datamodule.vocabularies["season"] for r in rows)
+
+
+def test_test_subcommand_prints_and_logs_metrics(
+    fitted: tuple[MultimodalCLI, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, last, _ = fitted
+    csv_logger = {"save_dir": str(tmp_path), "name": "t"}
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": csv_logger}
+    main(["test", *base_args(tmp_path, "--ckpt_path", str(last), "--trainer.logger", json.dumps(logger))])
+    printed = capsys.readouterr().out
+    for key in ("test/mean_acc", "test/mean_macro_f1", "test/gender/acc"):
+        assert key in printed
+    run = tmp_path / "t" / "version_0"
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test/mean_acc" in header
+    assert sorted(p.name for p in (run / "confusion").iterdir()) == ["gender.png", "masterCategory.png", "season.png"]
+
+
+FUSION_OVERRIDES = {
+    "early": (
+        {"class_path": "fusion.early.EarlyFusion", "init_args": {"dim": 32, "layers": 1, "heads": 2}},
+        EarlyFusion,
+    ),
+    "late": ({"class_path": "fusion.late.LateFusion", "init_args": {"dim": 32, "mode": "gated"}}, LateFusion),
+    "cross_attention": (
+        {"class_path": "fusion.cross_attention.CrossAttentionFusion", "init_args": {"dim": 32, "bidirectional": True}},
+        CrossAttentionFusion,
+    ),
+}
+
+
+@pytest.mark.parametrize("fusion", list(FUSION_OVERRIDES))
+def test_fusion_is_swapped_by_one_override(fusion: str, tmp_path: Path) -> None:
+    spec, cls = FUSION_OVERRIDES[fusion]
+    args = base_args(tmp_path, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                     "--model.init_args.fusion", json.dumps(spec))  # fmt: skip
+    cli = MultimodalCLI(args=["fit", *args])
+    assert type(cli.model.fusion) is cls
+    assert cli.model.fusion.output_dim == 32
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("class_path", ["fusion.early.EarlyFusion", "fusion.late.LateFusion"])
+def test_fusion_swap_by_class_path_alone(class_path: str, tmp_path: Path) -> None:
+    """The README's form: ``--model.init_args.fusion <class path>`` (no model is trained here)."""
+    cli = MultimodalCLI(args=base_args(tmp_path, "--model.init_args.fusion", class_path), run=False)
+    assert f"{type(cli.model.fusion).__module__}.{type(cli.model.fusion).__name__}" == class_path
+
+
+def run_main_expecting_exit(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return info.value.code, err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (["--model.init_args.fusion", "fusion.nope.NoSuchFusion"], "fusion.nope.NoSuchFusion"),
+        (["--model.init_args.vision", "encoders.nope.NoSuchEncoder"], "encoders.nope.NoSuchEncoder"),
+        (["--trainer.max_stepz", "3"], "max_stepz"),
+        (["--model.init_args.fusion.init_args.dimm", "8"], "dimm"),
+    ],
+)
+def test_unknown_class_or_key_exits_with_a_clear_error(
+    override: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_main_expecting_exit(["fit", *base_args(tmp_path, *override)], capsys)
+    assert code == 2
+    assert "error:" in err and named in err
+
+
+def test_bad_key_in_a_yaml_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["data"]["init_args"]["manifst"] = "typo.csv"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    code, err = run_main_expecting_exit(["fit", *base_args(tmp_path), "--config", str(tmp_path / "bad.yaml")], capsys)
+    assert code == 2 and "manifst" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (["--data.init_args.attributes", "[gender, colour]"], "'colour'"),
+        (["--data.init_args.text_columns", "[description]"], "'description'"),
+        (["--data.init_args.manifest", "/no/such/catalogue.csv"], "/no/such/catalogue.csv"),
+    ],
+)
+def test_data_errors_exit_2_with_one_line(
+    override: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_main_expecting_exit(["fit", *base_args(tmp_path, *override)], capsys)
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0]
+    assert err.rstrip().endswith(errors[0])
+
+
+def test_console_command_prints_no_traceback(tmp_path: Path) -> None:
+    """The real command in a fresh process: the whole stderr ends in one ``error:`` line, no traceback."""
+    args = base_args(tmp_path, "--data.init_args.attributes", "[gender, colour]")
+    cmd = [sys.executable, "-m", "multimodal.cli", "fit", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: manifest ") and "missing column(s) ['colour']" in last
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = base_args(tmp_path, "--ckpt_path", str(tmp_path / "no.ckpt"))
+    code, err = run_main_expecting_exit(["predict", *args], capsys)
+    assert code == 2 and "no.ckpt" in err
+
+
+@pytest.mark.slow
+def test_fit_under_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "multimodal.cli", "fit",
+        *base_args(tmp_path,
+                   "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                   "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2",
+                   "--trainer.enable_checkpointing", "true"),
+        *callbacks(checkpoint_callback(tmp_path / "ckpt")),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr
+    assert "`Trainer.fit` stopped: `max_steps=3` reached." in proc.stderr
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert ckpt["vocabularies"].keys() == {"gender", "masterCategory", "season"}

@@ -1,0 +1,168 @@
+"""One contract for every fusion block: shapes, padding masks honoured exactly, gradients to both inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from encoders.types import Features
+from fusion import CrossAttentionFusion, EarlyFusion, FusionBlock, LateFusion
+from fusion.layers import masked_mean
+
+DV, DT, DIM = 24, 16, 32  # vision width, text width, fused width
+B, NV, NT = 3, 5, 6
+
+BLOCKS: dict[str, Callable[[], FusionBlock]] = {
+    "early": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1),
+    "late-concat": lambda: LateFusion(DV, DT, dim=DIM, mode="concat"),
+    "late-gated": lambda: LateFusion(DV, DT, dim=DIM, mode="gated"),
+    "late-bilinear": lambda: LateFusion(DV, DT, dim=DIM, mode="bilinear"),
+    "cross": lambda: CrossAttentionFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1),
+    "cross-bidirectional": lambda: CrossAttentionFusion(DV, DT, dim=DIM, layers=2, heads=4, bidirectional=True),
+}
+# Token count of the fused output, per block.
+OUT_TOKENS = {"early": 1 + NV + NT, "late-concat": 1, "late-gated": 1, "late-bilinear": 1, "cross": NT}
+OUT_TOKENS["cross-bidirectional"] = NT + NV
+
+V_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+T_MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+
+
+def features(tokens: torch.Tensor, mask: torch.Tensor) -> Features:
+    """Encoder-like features: the pooled vector is the masked mean, so it too ignores padding."""
+    return Features(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, NV, DV, generator=g), torch.randn(B, NT, DT, generator=g)
+
+
+def build(name: str) -> FusionBlock:
+    torch.manual_seed(0)
+    return BLOCKS[name]()
+
+
+def run(block: FusionBlock, v: torch.Tensor, t: torch.Tensor) -> Features:
+    return block(features(v, V_MASK), features(t, T_MASK))
+
+
+def poison(x: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with every padded position replaced by large random values."""
+    g = torch.Generator().manual_seed(seed)
+    noise = 100 * torch.randn(x.shape, generator=g)
+    return torch.where(mask[..., None], x, noise)
+
+
+@pytest.fixture(params=list(BLOCKS))
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_shapes_and_output_dim(name: str) -> None:
+    block = build(name).eval()
+    v, t = inputs()
+    with torch.no_grad():
+        out = run(block, v, t)
+    assert isinstance(out, Features)
+    assert block.output_dim == DIM
+    assert out.tokens.shape == (B, OUT_TOKENS[name], DIM)
+    assert out.mask.shape == (B, OUT_TOKENS[name]) and out.mask.dtype == torch.bool
+    assert out.pooled.shape == (B, DIM)
+    assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
+    # Masked output tokens are zero; every item has at least one real output token.
+    assert (out.tokens[~out.mask] == 0).all()
+    assert out.mask.any(1).all()
+    # Items are independent: one product encoded alone gives the same result as in the batch.
+    with torch.no_grad():
+        alone = block(features(v[1:2], V_MASK[1:2]), features(t[1:2], T_MASK[1:2]))
+    torch.testing.assert_close(alone.pooled[0], out.pooled[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_padded_positions_never_change_any_output(name: str, grad: bool) -> None:
+    block = build(name).eval()
+    v, t = inputs()
+    with torch.set_grad_enabled(grad):
+        ref = run(block, v, t)
+        text_poisoned = run(block, v, poison(t, T_MASK, seed=1))
+        vision_poisoned = run(block, poison(v, V_MASK, seed=2), t)
+    for out in (text_poisoned, vision_poisoned):
+        assert torch.equal(out.tokens, ref.tokens)
+        assert torch.equal(out.mask, ref.mask)
+        assert torch.equal(out.pooled, ref.pooled)
+
+
+def test_real_positions_do_change_the_output(name: str) -> None:
+    """The padding test is not vacuous: the same change to a real token of either modality shows up."""
+    block = build(name).eval()
+    v, t = inputs()
+    with torch.no_grad():
+        ref = run(block, v, t)
+        v2, t2 = v.clone(), t.clone()
+        v2[1, 0] += 3.0  # a real vision token of product 1
+        t2[2, 1] += 3.0  # a real text token of product 2
+        out_v, out_t = run(block, v2, t), run(block, v, t2)
+    assert not torch.allclose(out_v.pooled[1], ref.pooled[1])
+    assert not torch.allclose(out_t.pooled[2], ref.pooled[2])
+    torch.testing.assert_close(out_v.pooled[0], ref.pooled[0])  # other products untouched
+
+
+def test_gradients_reach_both_inputs_unmasked_tokens(name: str) -> None:
+    block = build(name).eval()  # no dropout, so the gradient is deterministic
+    v, t = inputs()
+    v.requires_grad_(True)
+    t.requires_grad_(True)
+    out = run(block, v, t)
+    # A random projection: the plain sum of a LayerNorm output is constant and would have zero gradient.
+    g = torch.Generator().manual_seed(5)
+    w_pooled = torch.randn(out.pooled.shape, generator=g)
+    w_tokens = torch.randn(out.tokens.shape, generator=g)
+    ((out.pooled * w_pooled).sum() + (out.tokens * w_tokens).sum()).backward()
+    for x, mask in ((v, V_MASK), (t, T_MASK)):
+        assert x.grad is not None
+        norms = x.grad.norm(dim=-1)  # (B, N)
+        assert (norms[mask] > 0).all(), "a real token got no gradient"
+        assert (norms[~mask] == 0).all(), "a padded token got a gradient"
+    missing = [n for n, p in block.named_parameters() if p.grad is None]
+    assert not missing, f"parameters outside the graph (DDP would fail): {missing}"
+
+
+def test_training_mode_dropout_is_seeded(name: str) -> None:
+    block = build(name).train()  # every block here has dropout > 0
+    v, t = inputs()
+    torch.manual_seed(0)
+    a = run(block, v, t)
+    torch.manual_seed(0)
+    b = run(block, v, t)
+    torch.manual_seed(1)
+    c = run(block, v, t)
+    assert torch.equal(a.pooled, b.pooled)
+    assert not torch.equal(a.pooled, c.pooled)
+
+
+def test_late_fusion_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="outer"):
+        LateFusion(DV, DT, mode="outer")  # type: ignore[arg-type]
+
+
+def test_cross_attention_bidirectional_streams() -> None:
+    """Uni-directional output holds the text stream only; bidirectional appends the image stream."""
+    v, t = inputs()
+    with torch.no_grad():
+        uni = run(build("cross").eval(), v, t)
+        bi = run(build("cross-bidirectional").eval(), v, t)
+    assert torch.equal(uni.mask, T_MASK)
+    assert torch.equal(bi.mask, torch.cat([T_MASK, V_MASK], dim=1))
+    torch.testing.assert_close(bi.pooled, masked_mean(bi.tokens, bi.mask))
+
+
+def test_early_fusion_pooled_is_cls_token() -> None:
+    v, t = inputs()
+    with torch.no_grad():
+        out = run(build("early").eval(), v, t)
+    assert torch.equal(out.pooled, out.tokens[:, 0])
+    assert out.mask[:, 0].all()
+    assert torch.equal(out.mask[:, 1:], torch.cat([V_MASK, T_MASK], dim=1))

@@ -1,0 +1,332 @@
+"""ProductTagger: real Lightning training through every fusion block, missing modalities, tags, metrics, writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from conftest import SAMPLE_IMAGES, tiny_text, tiny_vision
+from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
+
+from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
+from multimodal.datamodule import ProductDataModule
+from multimodal.dataset import IGNORE_INDEX
+from multimodal.metrics import TaggingMetrics
+from multimodal.tasks.tagging import ProductTagger
+from multimodal.writers import TaggingWriter, merge_parts
+
+FUSIONS = {
+    "early": partial(EarlyFusion, dim=32, layers=1, heads=2, dropout=0.0),
+    "late": partial(LateFusion, dim=32, mode="concat", dropout=0.0),
+    "cross_attention": partial(CrossAttentionFusion, dim=32, layers=1, heads=2, dropout=0.0),
+}
+ATTRIBUTES = ["gender", "masterCategory"]
+
+
+def make_tagger(fusion: str = "cross_attention", seed: int = 0, **kwargs: Any) -> ProductTagger:
+    kwargs.setdefault("modality_dropout", 0.0)
+    kwargs.setdefault("head_dropout", 0.0)
+    vision, text = tiny_vision(seed, image_size=32), tiny_text(seed)
+    torch.manual_seed(seed)
+    return ProductTagger(
+        vision=vision,
+        text=text,
+        fusion=FUSIONS[fusion],
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        encoder_lr_scale=1.0,
+        **kwargs,
+    )
+
+
+def make_datamodule(manifest: Path, **kwargs: Any) -> ProductDataModule:
+    kwargs.setdefault("image_root", str(SAMPLE_IMAGES))
+    kwargs.setdefault("text_columns", ["title"])
+    kwargs.setdefault("attributes", ATTRIBUTES)
+    return ProductDataModule(str(manifest), batch_size=16, num_workers=0, **kwargs)
+
+
+def trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
+    kwargs.setdefault("logger", False)
+    kwargs.setdefault("max_epochs", 1)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def manifest(make_manifest: Callable[..., Path]) -> Path:
+    """32 training, 8 validation and 8 test products from the sample."""
+    return make_manifest(n=48, splits=["train"] * 4 + ["val", "test"])
+
+
+def ready(model: ProductTagger, dm: ProductDataModule) -> ProductTagger:
+    """What the Trainer does at set-up: heads from the data's vocabularies, preprocessing from the task."""
+    model.build_heads(dm.vocabularies, dm.tag_vocabularies)
+    dm.attach(model)
+    return model
+
+
+def eval_loss(model: ProductTagger, batches: list[dict[str, Any]]) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(model.loss(model(b), b).item() for b in batches) / len(batches)
+
+
+# -------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+def test_fit_lowers_training_loss_through_each_fusion(fusion: str, manifest: Path, tmp_path: Path) -> None:
+    dm = make_datamodule(manifest)
+    model = ready(make_tagger(fusion), dm)
+    assert type(model.fusion).__name__ == FUSIONS[fusion].func.__name__
+    batches = list(dm.loader("train"))  # a fixed set: eval transforms, no shuffling
+    assert [len(b["ids"]) for b in batches] == [16, 16]
+    before = eval_loss(model, batches)
+    model.train()  # Lightning trains modules in the mode it finds them in
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    trainer(tmp_path, max_steps=16, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0).fit(model, dm)
+
+    after = eval_loss(model, batches)
+    assert torch.isfinite(torch.tensor([before, after])).all()
+    assert after < 0.6 * before, f"{fusion}: loss {before:.3f} -> {after:.3f}"
+    changed = {k.split(".")[0] for k, v in model.named_parameters() if not torch.equal(v, params[k])}
+    assert {"vision", "text", "fusion", "heads"} <= changed
+
+
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+def test_every_parameter_gets_a_gradient(fusion: str, manifest: Path) -> None:
+    """DDP (without find_unused_parameters) fails on a parameter outside the graph; the missing-modality
+    stand-ins are in it even when no product of the batch lacks a photo or a title."""
+    dm = make_datamodule(manifest)
+    model = ready(make_tagger(fusion), dm).train()
+    batch = next(iter(dm.loader("train")))
+    assert batch["has_image"].all() and batch["has_text"].all()
+    model.loss(model(batch), batch).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_trained_vocabularies_are_saved_in_the_checkpoint(manifest: Path, tmp_path: Path) -> None:
+    dm = make_datamodule(manifest)
+    model = make_tagger("late")
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
+    t.fit(model, dm)
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["vocabularies"] == dm.vocabularies
+    assert ckpt["ProductDataModule"]["vocabularies"] == dm.vocabularies  # the data module's own state
+    # A fresh task sized from the checkpoint alone gives the same outputs.
+    fresh = make_tagger("late", seed=1)
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"])
+    batch = next(iter(dm.loader("val")))
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        a, b = model(batch), fresh(batch)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+
+
+# -------------------------------------------------------------------------------------------- missing modality
+def test_missing_modality_ignores_the_absent_input(manifest: Path) -> None:
+    dm = make_datamodule(manifest)
+    model = ready(make_tagger("early"), dm).eval()
+    batch = next(iter(dm.loader("val")))
+    n = len(batch["ids"])
+    no_image = {**batch, "has_image": torch.zeros(n, dtype=torch.bool)}
+    no_text = {**batch, "has_text": torch.zeros(n, dtype=torch.bool)}
+    with torch.no_grad():
+        full = model(batch)
+        a = model(no_image)
+        a2 = model({**no_image, "pixel_values": torch.randn_like(batch["pixel_values"])})
+        b = model(no_text)
+        b2 = model({**no_text, "input_ids": torch.randint_like(batch["input_ids"], 1000, 2000)})
+    for name in ATTRIBUTES:
+        assert torch.equal(a[name], a2[name])  # the photo is not looked at
+        assert torch.equal(b[name], b2[name])  # nor the text
+        assert not torch.allclose(a[name], full[name])
+        assert not torch.allclose(b[name], full[name])
+
+
+def test_predict_with_missing_photo_or_title(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
+    def edit(df: pd.DataFrame) -> pd.DataFrame:
+        df.loc[1, "image"] = ""
+        df.loc[2, "title"] = ""
+        df.loc[3, ["image", "title"]] = ["", "NA"]  # neither: still a prediction (from the stand-ins)
+        return df
+
+    path = make_manifest(n=24, splits=["train", "train", "train", "test"], edit=edit)
+    dm = make_datamodule(path, predict_split="all")
+    model = make_tagger("cross_attention")
+    out = trainer(tmp_path).predict(model, datamodule=dm)
+    ids = [i for batch in out for i in batch["ids"]]
+    expected = pd.read_csv(path, dtype=str).id.tolist()
+    assert sorted(ids) == sorted(expected) and len(ids) == len(expected)  # every product, once
+    for batch in out:
+        for name in ATTRIBUTES:
+            p = batch["probs"][name]
+            assert torch.isfinite(p).all()
+            torch.testing.assert_close(p.sum(-1), torch.ones(len(batch["ids"])))
+        rows = model.decode(batch["probs"], top_k=2)
+        assert all(r["gender"] in dm.vocabularies["gender"] for r in rows)
+        assert all(len(r["gender_top"]) == 2 for r in rows)
+
+
+def test_modality_dropout_never_hides_both() -> None:
+    model = make_tagger("late", modality_dropout=1.0)
+    torch.manual_seed(0)
+    ones = torch.ones(2000, dtype=torch.bool)
+    img, txt = model._drop_modalities(ones, ones)
+    assert (img | txt).all()
+    assert 0.4 < (~img).float().mean() < 0.6 and 0.4 < (~txt).float().mean() < 0.6
+    img, txt = model._drop_modalities(ones, torch.zeros_like(ones))  # no text: the photo is always kept
+    assert img.all()
+
+
+# ------------------------------------------------------------------------------------------------- loss masking
+def test_unknown_labels_are_masked_out_of_the_loss() -> None:
+    model = make_tagger("late")
+    model.build_heads({"a": ["x", "y", "z"], "b": ["u", "v"]}, {"t": ["p", "q"]})
+    torch.manual_seed(0)
+    logits = {"a": torch.randn(4, 3), "b": torch.randn(4, 2), "tags/t": torch.randn(4, 2)}
+    labels = torch.tensor([[0, IGNORE_INDEX], [2, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX], [1, IGNORE_INDEX]])
+    tags = torch.tensor([[1.0, 0.0], [IGNORE_INDEX, IGNORE_INDEX], [0.0, 1.0], [1.0, 1.0]])
+    loss = model.loss(logits, {"labels": labels, "tags": {"t": tags}})
+    ce = torch.nn.functional.cross_entropy(logits["a"][[0, 1, 3]], torch.tensor([0, 2, 1]))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits["tags/t"][[0, 2, 3]], tags[[0, 2, 3]])
+    torch.testing.assert_close(loss, (ce + bce) / 2)  # head "b" has no known label: left out, not a zero
+    all_unknown = {"labels": torch.full((4, 2), IGNORE_INDEX), "tags": {"t": torch.full((4, 2), float(IGNORE_INDEX))}}
+    assert model.loss(logits, all_unknown).item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def test_tagging_metrics_values() -> None:
+    metrics = TaggingMetrics({"a": ["x", "y", "z"]}, {"t": ["p", "q", "r"]})
+    logits = {
+        "a": torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0], [0, 5.0, 0]]),
+        "tags/t": torch.tensor([[5.0, -5, -5], [-5, 5, -5], [5, 5, -5], [-5, -5, 5], [0, 0, 0]]),
+    }
+    batch = {
+        "labels": torch.tensor([[0], [1], [2], [1], [IGNORE_INDEX]]),  # one wrong, one unknown
+        "tags": {"t": torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [IGNORE_INDEX] * 3])},
+    }
+    metrics.update(logits, batch)
+    out = metrics.compute_and_reset("val")
+    assert out["val/a/acc"].item() == pytest.approx(0.75)
+    assert out["val/mean_acc"].item() == pytest.approx(0.75)
+    # Per-class F1: x = 2/3 (one false positive), y = 2/3 (one false negative), z = 1.
+    assert out["val/a/macro_f1"].item() == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert out["val/t/mAP"].item() == pytest.approx(1.0)
+    assert out["val/t/f1"].item() == pytest.approx(1.0)
+    assert metrics.compute_and_reset("val") == {}  # reset, and nothing is reported without updates
+
+
+def test_multilabel_tag_columns_train_and_report_map_f1(make_manifest: Callable[..., Path], tmp_path: Path) -> None:
+    vocab = ["cotton", "slim fit", "leather", "round neck"]
+
+    def edit(df: pd.DataFrame) -> pd.DataFrame:
+        # Tags that follow the gender, so they are learnable; one unknown cell.
+        df["tags"] = [f"{vocab[i % 2]}|{vocab[2 + (g == 'Men')]}" for i, g in enumerate(df["gender"])]
+        df.loc[5, "tags"] = "NA"
+        return df
+
+    path = make_manifest(n=48, splits=["train", "train", "train", "val"], edit=edit)
+    dm = make_datamodule(path, tag_columns=["tags"])
+    assert dm.tag_vocabularies == {"tags": sorted(vocab)}
+    model = make_tagger("early")
+    t = trainer(tmp_path, max_epochs=3, num_sanity_val_steps=0)
+    t.fit(model, dm)
+    metrics = {k: float(v) for k, v in t.callback_metrics.items()}
+    for key in ("val/tags/mAP", "val/tags/f1", "val/gender/acc", "val/mean_macro_f1"):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["val/tags/mAP"] > 0.25  # better than nothing after 9 steps; the exact value is not the point
+    assert "tags/tags" in model.predict_step(next(iter(dm.loader("val"))), 0)["probs"]
+
+
+def test_test_stage_writes_confusion_matrices_and_skip_report(
+    make_manifest: Callable[..., Path], tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(SAMPLE_IMAGES, images, ignore=lambda d, names: [n for n in names if not n.startswith("1")])
+
+    def edit(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[df["image"].str.startswith("1")].reset_index(drop=True)
+        df.loc[0, "image"] = "broken.jpg"  # a corrupt photo in training: skipped and reported
+        df.loc[len(df) - 1, "image"] = "broken.jpg"  # ...and one in test
+        return df
+
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    path = make_manifest(n=64, splits=["train", "train", "test"], edit=edit)
+    dm = make_datamodule(path, image_root=str(images), on_bad_sample="skip")
+    model = make_tagger("late")
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, logger=CSVLogger(tmp_path, "logs"))
+    t.fit(model, dm)
+    results = t.test(model, datamodule=dm)[0]
+    assert 0.0 <= results["test/mean_acc"] <= 1.0 and "test/gender/macro_f1" in results
+    log_dir = Path(t.log_dir)
+    for name in ATTRIBUTES:
+        png = log_dir / "confusion" / f"{name}.png"
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.size[0] >= 300
+    metrics_csv = pd.read_csv(log_dir / "metrics.csv")
+    assert "test/mean_acc" in metrics_csv.columns
+    report = json.loads((log_dir / "data_report.json").read_text())
+    skipped = {(s["id"], s["row"]) for s in report["skipped"]}
+    df = pd.read_csv(path, dtype=str)
+    assert skipped == {(df.id[0], 0), (df.id[len(df) - 1], len(df) - 1)}
+    assert all("broken.jpg" in s["reason"] for s in report["skipped"])
+
+
+# ------------------------------------------------------------------------------------------------------ writers
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_tagging_writer_streams_every_product(manifest: Path, tmp_path: Path, suffix: str) -> None:
+    dm = make_datamodule(manifest, predict_split="test")
+    model = make_tagger("late")
+    out = tmp_path / f"predictions{suffix}"
+    t = trainer(tmp_path, callbacks=[TaggingWriter(str(out), top_k=2)])
+    returned = t.predict(model, datamodule=dm)
+    expected = [row for batch in returned for row in model.decode(batch["probs"], top_k=2 if suffix == ".jsonl" else 1)]
+    ids = [i for batch in returned for i in batch["ids"]]
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert rows == [{"id": i, **r} for i, r in zip(ids, expected, strict=True)]
+        assert all(len(r["gender_top"]) == 2 for r in rows)
+    else:
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["id"] for r in rows] == ids
+        assert [r["gender"] for r in rows] == [e["gender"] for e in expected]
+        assert [float(r["gender_score"]) for r in rows] == [e["gender_score"] for e in expected]
+
+
+def test_writer_rejects_other_formats_and_merges_rank_parts(tmp_path: Path) -> None:
+    from multimodal.errors import UserError
+
+    with pytest.raises(UserError, match="predictions.txt"):
+        TaggingWriter(str(tmp_path / "predictions.txt"))
+    parts = [tmp_path / "p.rank0.jsonl", tmp_path / "p.rank1.jsonl"]
+    parts[0].write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
+    parts[1].write_text('{"id": "c", "x": 3}\n{"id": "a", "x": 1}\n')  # DDP pads with a repeated sample
+    merge_parts(parts, tmp_path / "p.jsonl")
+    assert [json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+    assert not any(p.exists() for p in parts)
+    csv_parts = [tmp_path / "q.rank0.csv", tmp_path / "q.rank1.csv"]
+    csv_parts[0].write_text("id,x\na,1\n")
+    csv_parts[1].write_text("id,x\nb,2\na,1\n")
+    merge_parts(csv_parts, tmp_path / "q.csv")
+    assert (tmp_path / "q.csv").read_text() == "id,x\na,1\nb,2\n"
