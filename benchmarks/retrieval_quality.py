@@ -6,7 +6,8 @@ through lookup encoders, so the three variants train in minutes on a 2-core CPU.
 product vector fuses the photo with the product's *attribute* text (not its title, which would make
 text->product search trivial). Also reports zero-shot tagging ("a photo of a {value}") with the image model.
 
-    python -m benchmarks.retrieval_quality --data /work/shared/data/fashion-products --out benchmarks/results/retrieval_quality.json
+    python -m benchmarks.retrieval_quality --data /work/shared/data/fashion-products \
+        --out benchmarks/results/retrieval_quality.json
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader
 from benchmarks.common import attribute_scores, machine, quiet_lightning, say, seed_all, write_json
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
+from fusion.cross_attention import CrossAttentionFusion
+from fusion.late import LateFusion
 from multimodal.datamodule import ProductDataModule
 from multimodal.dataset import Collate
 from multimodal.retrieval_metrics import ranks_of_matches, scores_from_ranks
 from multimodal.tasks.retrieval import ProductRetriever
 from multimodal.zero_shot import ZeroShotTagger
-from fusion.cross_attention import CrossAttentionFusion
-from fusion.late import LateFusion
 
 
 class CachedVision(VisionEncoder):
@@ -68,7 +68,9 @@ class CachedText(TextEncoder):
 
 
 @torch.inference_mode()
-def encode_images(dm: ProductDataModule, vision: EfficientNetLiteEncoder, batch_size: int, workers: int) -> tuple[Tensor, Tensor]:
+def encode_images(
+    dm: ProductDataModule, vision: EfficientNetLiteEncoder, batch_size: int, workers: int
+) -> tuple[Tensor, Tensor]:
     class Pre:  # the data module's preprocessing hooks, with the pretrained tower's eval transform
         def image_transform(self, train: bool) -> ImageTransform:
             return vision.image_transform(False)
@@ -105,14 +107,28 @@ def batch_of(rows: list[int], n: int, ids: list[str]) -> dict[str, Any]:
     idx = torch.tensor(rows)
     ones = torch.ones(len(rows), 1, dtype=torch.long)
     return {
-        "ids": [ids[r] for r in rows], "pixel_values": idx, "input_ids": idx[:, None], "attention_mask": ones,
-        "product_input_ids": (idx + n)[:, None], "product_attention_mask": ones, "has_text": torch.ones(len(rows), dtype=torch.bool),
+        "ids": [ids[r] for r in rows],
+        "pixel_values": idx,
+        "input_ids": idx[:, None],
+        "attention_mask": ones,
+        "product_input_ids": (idx + n)[:, None],
+        "product_attention_mask": ones,
+        "has_text": torch.ones(len(rows), dtype=torch.bool),
     }
 
 
 def train(model: ProductRetriever, rows: list[int], n: int, ids: list[str], args: argparse.Namespace) -> float:
-    loader = DataLoader(rows, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: batch_of(r, n, ids))
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(
+        rows, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: batch_of(r, n, ids)
+    )
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, loader)
     return float(trainer.callback_metrics.get("train/loss", torch.tensor(float("nan"))))
 
@@ -128,8 +144,12 @@ def evaluate(model: ProductRetriever, rows: list[int], n: int, ids: list[str], r
     if rerank:
         vision = model.vision(batch["pixel_values"])
         text = model.text(batch["input_ids"], batch["attention_mask"])
-        t2p = reranked_ranks(model, query @ product.t(), t2p, rerank, lambda q, c: (vision_rows(vision, c), text_rows(text, [q] * len(c))))
-        p2t = reranked_ranks(model, product @ query.t(), p2t, rerank, lambda q, c: (vision_rows(vision, [q] * len(c)), text_rows(text, c)))
+        t2p = reranked_ranks(
+            model, query @ product.t(), t2p, rerank, lambda q, c: (vision_rows(vision, c), text_rows(text, q))
+        )
+        p2t = reranked_ranks(
+            model, product @ query.t(), p2t, rerank, lambda q, c: (vision_rows(vision, q), text_rows(text, c))
+        )
     return {**scores_from_ranks(t2p, prefix="t2p_"), **scores_from_ranks(p2t, prefix="p2t_")}
 
 
@@ -140,28 +160,44 @@ def vision_rows(f: Features, rows: Sequence[int]) -> Features:
 text_rows = vision_rows
 
 
-def reranked_ranks(model: ProductRetriever, sim: Tensor, ranks: Tensor, depth: int, pairs: Any) -> Tensor:
+def reranked_ranks(
+    model: ProductRetriever, sim: Tensor, ranks: Tensor, depth: int, pairs: Any, chunk: int = 256
+) -> Tensor:
     """Reorder each query's top ``depth`` by the re-ranker; a match outside the top ``depth`` keeps its rank."""
     out = ranks.clone()
-    top = sim.topk(depth, dim=1).indices
-    for q in range(sim.shape[0]):
-        if ranks[q] >= depth:
-            continue
+    top = sim.topk(depth, dim=1).indices  # (Q, depth)
+    queries = [q for q in range(sim.shape[0]) if ranks[q] < depth]
+    flat = [(q, c) for q in queries for c in top[q].tolist()]
+    scores = []
+    for start in range(0, len(flat), chunk):  # the re-ranker runs on batches of (query, candidate) pairs
+        part = flat[start : start + chunk]
+        scores.append(model.match_scores(*pairs([q for q, _ in part], [c for _, c in part])))
+    if not flat:
+        return out
+    table = torch.cat(scores).view(len(queries), depth)
+    for row, q in enumerate(queries):
         cands = top[q].tolist()
-        scores = model.match_scores(*pairs(q, cands))
-        out[q] = int((scores > scores[cands.index(q)]).sum())
+        out[q] = int((table[row] > table[row, cands.index(q)]).sum())
     return out
 
 
-def build(vision: CachedVision, text: CachedText, product: str, args: argparse.Namespace, rerank: bool) -> ProductRetriever:
+def build(
+    vision: CachedVision, text: CachedText, product: str, args: argparse.Namespace, rerank: bool
+) -> ProductRetriever:
     def opt(params: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
     return ProductRetriever(
-        vision, text, embed_dim=256, product=product,  # type: ignore[arg-type]
+        vision,
+        text,
+        embed_dim=256,
+        product=product,  # type: ignore[arg-type]
         fusion=(lambda dv, dt: LateFusion(dv, dt, dim=512, mode="gated", dropout=0.1)) if product == "fused" else None,
-        reranker=(lambda dv, dt: CrossAttentionFusion(dv, dt, dim=256, layers=1, heads=4, dropout=0.1)) if rerank else None,
-        optimizer=opt, encoder_lr_scale=0.0,
+        reranker=(lambda dv, dt: CrossAttentionFusion(dv, dt, dim=args.rerank_dim, layers=1, heads=4, dropout=0.1))
+        if rerank
+        else None,
+        optimizer=opt,
+        encoder_lr_scale=0.0,
     )
 
 
@@ -170,9 +206,15 @@ def main() -> None:
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--query-column", default="title")
     p.add_argument("--product-columns", nargs="+", default=["gender", "articleType", "baseColour", "season", "usage"])
-    p.add_argument("--attributes", nargs="+", default=["gender", "masterCategory", "subCategory", "articleType", "baseColour"], help="zero-shot attributes")
-    p.add_argument("--image-size", type=int, default=160)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument(
+        "--attributes",
+        nargs="+",
+        default=["gender", "masterCategory", "subCategory", "articleType", "baseColour"],
+        help="zero-shot attributes",
+    )
+    p.add_argument("--image-size", type=int, default=128, help="photo size (128 px: 4x4 feature tokens)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rerank-dim", type=int, default=128, help="width of the re-ranker's cross-attention")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rerank", type=int, default=20, help="re-rank depth")
@@ -184,7 +226,13 @@ def main() -> None:
     seed_all(args.seed)
     data = Path(args.data)
     columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes]))
-    dm = ProductDataModule(str(data / "metadata.csv"), str(data / "images"), text_columns=columns, on_bad_sample="error", batch_size=args.batch_size)
+    dm = ProductDataModule(
+        str(data / "metadata.csv"),
+        str(data / "images"),
+        text_columns=columns,
+        on_bad_sample="error",
+        batch_size=args.batch_size,
+    )
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]]
     n, ids = len(records), [r.id for r in records]
     offsets = {"train": 0, "val": len(dm.splits["train"]), "test": len(dm.splits["train"]) + len(dm.splits["val"])}
@@ -207,25 +255,46 @@ def main() -> None:
         results[name] = {**evaluate(model, split_rows["test"], n, ids), "final_train_loss": loss}
         say(f"{name}: {results[name]}")
         if rerank:
-            results[f"{name} + re-rank top {args.rerank}"] = evaluate(model, split_rows["test"], n, ids, rerank=args.rerank)
+            results[f"{name} + re-rank top {args.rerank}"] = evaluate(
+                model, split_rows["test"], n, ids, rerank=args.rerank
+            )
             say(f"re-rank: {results[f'{name} + re-rank top {args.rerank}']}")
         if product == "image":
             results["zero_shot"] = zero_shot(model, text_tower, records, split_rows, v_pooled, args)
-    payload = {"machine": machine(), "args": vars(args), "products": n, "test_products": len(split_rows["test"]), "results": results, "table": table(results)}
+    payload = {
+        "machine": machine(),
+        "args": vars(args),
+        "products": n,
+        "test_products": len(split_rows["test"]),
+        "results": results,
+        "table": table(results),
+    }
     write_json(args.out, payload)
     print(payload["table"])
 
 
-def zero_shot(model: ProductRetriever, text_tower: MiniLMTextEncoder, records: list[Any], split_rows: dict[str, list[int]], v_pooled: Tensor, args: argparse.Namespace) -> dict[str, Any]:
+def zero_shot(
+    model: ProductRetriever,
+    text_tower: MiniLMTextEncoder,
+    records: list[Any],
+    split_rows: dict[str, list[int]],
+    v_pooled: Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """Prompt-based tagging of test photos with the image-only retriever; majority class for reference."""
     from collections import Counter
 
     def embed(texts: list[str]) -> Tensor:  # the retriever's projection over the real (uncached) text tower
         enc = text_tower.tokenize(texts)
-        return torch.nn.functional.normalize(model.text_proj(text_tower(enc["input_ids"], enc["attention_mask"]).pooled), dim=-1)
+        return torch.nn.functional.normalize(
+            model.text_proj(text_tower(enc["input_ids"], enc["attention_mask"]).pooled), dim=-1
+        )
 
     train_rows = set(split_rows["train"])
-    vocab = {a: sorted({r.texts[a] for i, r in enumerate(records) if i in train_rows and r.texts[a]}) for a in args.attributes}
+    vocab = {
+        a: sorted({r.texts[a] for i, r in enumerate(records) if i in train_rows and r.texts[a]})
+        for a in args.attributes
+    }
     tagger = ZeroShotTagger(embed, vocab)
     test = split_rows["test"]
     with torch.inference_mode():
@@ -235,21 +304,38 @@ def zero_shot(model: ProductRetriever, text_tower: MiniLMTextEncoder, records: l
     for a in args.attributes:
         truth = [records[i].texts[a] for i in test]
         majority = Counter(records[i].texts[a] for i in split_rows["train"]).most_common(1)[0][0]
-        out[a] = {"zero_shot": attribute_scores(truth, predicted[a]), "majority_class": attribute_scores(truth, [majority] * len(test))}
+        out[a] = {
+            "zero_shot": attribute_scores(truth, predicted[a]),
+            "majority_class": attribute_scores(truth, [majority] * len(test)),
+        }
     say(f"zero-shot: { {a: round(v['zero_shot']['acc'], 3) for a, v in out.items()} }")
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| product vector | text->product R@1 | R@5 | R@10 | median rank | product->text R@1 | R@5 | R@10 | median rank |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| product vector | text->product R@1 | R@5 | R@10 | median rank | product->text R@1 | R@5 | R@10 | median rank |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         if name == "zero_shot":
             continue
-        lines.append(f"| {name} | " + " | ".join(f"{r[f'{d}_{m}']:.3f}" if "recall" in m else f"{r[f'{d}_{m}']:.0f}" for d in ("t2p", "p2t") for m in ("recall@1", "recall@5", "recall@10", "median_rank")) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{r[f'{d}_{m}']:.3f}" if "recall" in m else f"{r[f'{d}_{m}']:.0f}"
+                for d in ("t2p", "p2t")
+                for m in ("recall@1", "recall@5", "recall@10", "median_rank")
+            )
+            + " |"
+        )
     zs = results.get("zero_shot")
     if zs:
         lines += ["", "| attribute | zero-shot acc / macro-F1 | majority-class acc |", "|---|---|---|"]
-        lines += [f"| {a} | {v['zero_shot']['acc']:.3f} / {v['zero_shot']['macro_f1']:.3f} | {v['majority_class']['acc']:.3f} |" for a, v in zs.items()]
+        lines += [
+            f"| {a} | {v['zero_shot']['acc']:.3f} / {v['zero_shot']['macro_f1']:.3f} | {v['majority_class']['acc']:.3f} |"  # noqa: E501
+            for a, v in zs.items()
+        ]
     return "\n".join(lines)
 
 

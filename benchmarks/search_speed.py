@@ -9,7 +9,9 @@ does), batch throughput, and recall@10 of the approximate indexes against exact 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,10 +51,28 @@ def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generato
     truth = None
     configs = [
         ("exact", "flat", {}, "", []),
-        ("ivf", "ivf", {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)}, "nprobe", args.nprobe),
-        ("hnsw", "hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search[0]}, "efSearch", args.ef_search),
+        (
+            "ivf",
+            "ivf",
+            {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)},
+            "nprobe",
+            args.nprobe,
+        ),
+        (
+            "hnsw",
+            "hnsw",
+            {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search[0]},
+            "efSearch",
+            args.ef_search,
+        ),
     ]
     for name, kind, options, knob, values in configs:
+        if kind == "hnsw" and n > args.hnsw_max_n:
+            say(
+                f"n={n} hnsw: skipped (n > --hnsw-max-n {args.hnsw_max_n}: the build alone takes too long on this machine)"  # noqa: E501
+            )
+            result[name] = {"skipped": f"n > --hnsw-max-n {args.hnsw_max_n}"}
+            continue
         t = time.perf_counter()
         index = build_index(x, kind, seed=args.seed, **options)  # type: ignore[arg-type]
         build_s = time.perf_counter() - t
@@ -68,7 +88,13 @@ def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generato
             if truth is None:
                 truth = found
             label = f"{name} {knob}={value}" if knob else name
-            row = {"build_s": round(build_s, 2), **{k: round(v, 3) for k, v in lat.items()}, "batch_qps": round(batch_qps, 1), f"recall@{args.k}_vs_exact": round(recall(found, truth), 4), "options": {**options, **({knob: value} if knob else {})}}
+            row = {
+                "build_s": round(build_s, 2),
+                **{k: round(v, 3) for k, v in lat.items()},
+                "batch_qps": round(batch_qps, 1),
+                f"recall@{args.k}_vs_exact": round(recall(found, truth), 4),
+                "options": {**options, **({knob: value} if knob else {})},
+            }
             result[label] = row
             say(f"n={n} {label}: {row}")
         del index
@@ -76,11 +102,19 @@ def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generato
 
 
 def table(results: list[dict[str, Any]], k: int) -> str:
-    lines = ["| n | index | build s | p50 ms | p99 ms | batch q/s | recall@%d vs exact |" % k, "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| n | index | build s | p50 ms | p99 ms | batch q/s | recall@{k} vs exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         for name in [k for k in res if isinstance(res[k], dict)]:
             r = res[name]
-            lines.append(f"| {res['n']:,} | {name} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | {r[f'recall@{k}_vs_exact']} |")
+            if "skipped" in r:
+                lines.append(f"| {res['n']:,} | {name} | skipped: {r['skipped']} | | | | |")
+                continue
+            lines.append(
+                f"| {res['n']:,} | {name} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | {r[f'recall@{k}_vs_exact']} |"  # noqa: E501
+            )
     return "\n".join(lines)
 
 
@@ -92,19 +126,27 @@ def main() -> None:
     p.add_argument("--latency-queries", type=int, default=200, help="single queries timed for p50/p99")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nprobe", type=int, nargs="+", default=[16, 64, 256], help="IVF cells searched (a sweep)")
-    p.add_argument("--max-nlist", type=int, default=1024, help="IVF cells: 4*sqrt(n) capped here (k-means cost on 2 cores)")
+    p.add_argument(
+        "--max-nlist", type=int, default=1024, help="IVF cells: 4*sqrt(n) capped here (k-means cost on 2 cores)"
+    )
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=80)
     p.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW search beams (a sweep)")
+    p.add_argument("--hnsw-max-n", type=int, default=200_000, help="skip HNSW above this size (build time)")
+    p.add_argument("--append", action="store_true", help="add these sizes to the results already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []
+    if args.append and Path(args.out).is_file():
+        results = [r for r in json.loads(Path(args.out).read_text())["results"] if r["n"] not in args.sizes]
     for n in args.sizes:
         results.append(run_size(n, args.dim, args, rng))
-        write_json(args.out, {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)})
+        write_json(
+            args.out, {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)}
+        )
     print(table(results, args.k))
 
 

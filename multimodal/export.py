@@ -36,7 +36,17 @@ PRODUCTS = "products.parquet"
 FORMATS = ("safetensors", "npy")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # Keys that must agree before shards of an earlier run are reused.
-IDENTITY_KEYS = ("checkpoint_sha256", "model", "product", "dim", "dtype", "format", "normalisation", "shard_size", "ids_sha256")
+IDENTITY_KEYS = (
+    "checkpoint_sha256",
+    "model",
+    "product",
+    "dim",
+    "dtype",
+    "format",
+    "normalisation",
+    "shard_size",
+    "ids_sha256",
+)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -99,12 +109,18 @@ def check_same_model(folder: Path, spec: dict[str, Any]) -> None:
     old = read_manifest(folder)
     diff = [f"{k}: folder has {old.get(k)!r}, this run {spec[k]!r}" for k in IDENTITY_KEYS if old.get(k) != spec[k]]
     if diff:
-        raise UserError(f"{folder} holds an export of another model or catalogue ({'; '.join(diff)}); use another --out folder")
+        raise UserError(
+            f"{folder} holds an export of another model or catalogue ({'; '.join(diff)}); use another --out folder"
+        )
 
 
 def finished_blocks(folder: Path, blocks: Blocks, fmt: str) -> set[int]:
     """Blocks whose vector file (written last) and metadata file are both present."""
-    return {b for b in range(blocks.count) if (folder / shard_name(b, fmt)).is_file() and (folder / shard_name(b, "parquet")).is_file()}
+    return {
+        b
+        for b in range(blocks.count)
+        if (folder / shard_name(b, fmt)).is_file() and (folder / shard_name(b, "parquet")).is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------------- data + writer
@@ -115,7 +131,9 @@ class ExportData(L.LightningDataModule):
     so every product is computed by exactly one rank.
     """
 
-    def __init__(self, dataset: Any, collate: Any, batch_size: int, num_workers: int, todo: list[int], blocks: Blocks) -> None:
+    def __init__(
+        self, dataset: Any, collate: Any, batch_size: int, num_workers: int, todo: list[int], blocks: Blocks
+    ) -> None:
         super().__init__()
         self.dataset, self.collate, self.batch_size, self.num_workers = dataset, collate, batch_size, num_workers
         self.todo, self.blocks = todo, blocks
@@ -126,8 +144,12 @@ class ExportData(L.LightningDataModule):
         self.my_blocks = self.todo[rank::world]
         positions = [p for b in self.my_blocks for p in self.blocks.positions(b)]
         return DataLoader(
-            Subset(self.dataset, positions), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, persistent_workers=False, collate_fn=self.collate,
+            Subset(self.dataset, positions),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            collate_fn=self.collate,
         )
 
 
@@ -142,7 +164,15 @@ class EmbeddingWriter(BasePredictionWriter):
         batches_per_block: batches in a full block (``shard_size / batch_size``).
     """
 
-    def __init__(self, folder: Path, fmt: str, dtype: str, metadata: dict[str, dict[str, Any]], data: ExportData, batches_per_block: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        fmt: str,
+        dtype: str,
+        metadata: dict[str, dict[str, Any]],
+        data: ExportData,
+        batches_per_block: int,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.folder, self.fmt, self.dtype = folder, fmt, DTYPES[dtype]
         self.metadata, self.data, self.batches_per_block = metadata, data, batches_per_block
@@ -154,7 +184,16 @@ class EmbeddingWriter(BasePredictionWriter):
     def _expected_batches(self, block: int) -> int:
         return math.ceil(len(self.data.blocks.positions(block)) / self.data.batch_size)
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         block = self.data.my_blocks[batch_idx // self.batches_per_block]
         self._ids.extend(prediction["ids"])
         self._vectors.append(prediction["embeddings"].detach().to("cpu", self.dtype))
@@ -205,7 +244,9 @@ def load_vectors(path: Path) -> np.ndarray:
         else:
             arr = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any decoding failure means a corrupt shard
-        raise UserError(f"corrupt shard {path} ({type(err).__name__}): delete it and re-run `multimodal export`") from err
+        raise UserError(
+            f"corrupt shard {path} ({type(err).__name__}): delete it and re-run `multimodal export`"
+        ) from err
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -224,7 +265,10 @@ def load_export(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.Data
         except Exception as err:  # noqa: BLE001
             raise UserError(f"missing or corrupt shard {meta_path}: re-run `multimodal export`") from err
         if vec.ndim != 2 or len(vec) != len(meta) or (len(vec) and vec.shape[1] != manifest["dim"]):
-            raise UserError(f"corrupt shard {folder / shard_name(block, manifest['format'])}: shape {vec.shape}, {len(meta)} ids, dim {manifest['dim']}")
+            raise UserError(
+                f"corrupt shard {folder / shard_name(block, manifest['format'])}: "
+                f"shape {vec.shape}, {len(meta)} ids, dim {manifest['dim']}"
+            )
         parts.append(vec)
         tables.append(meta)
     vectors = np.concatenate(parts) if parts else np.zeros((0, manifest["dim"]), np.float32)

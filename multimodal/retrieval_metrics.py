@@ -46,7 +46,9 @@ def scores_from_ranks(ranks: Tensor, ks: Sequence[int] = (1, 5, 10), prefix: str
     return out
 
 
-def retrieval_scores(text: Tensor, products: Tensor, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
+def retrieval_scores(
+    text: Tensor, products: Tensor, ks: Sequence[int] = (1, 5, 10), chunk: int = 1024
+) -> dict[str, float]:
     """Text->product (``t2p_``) and product->text (``p2t_``) recall@K and median rank; row i matches row i."""
     t2p = scores_from_ranks(ranks_of_matches(text, products, chunk=chunk), ks, "t2p_")
     p2t = scores_from_ranks(ranks_of_matches(products, text, chunk=chunk), ks, "p2t_")

@@ -30,7 +30,16 @@ def _faiss() -> Any:
     return faiss
 
 
-def build_index(vectors: np.ndarray, kind: IndexKind = "flat", nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64, seed: int = 0) -> Any:
+def build_index(
+    vectors: np.ndarray,
+    kind: IndexKind = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+    seed: int = 0,
+) -> Any:
     """A FAISS inner-product index over ``vectors (N, E)`` float32 (L2-normalised: IP = cosine).
 
     Args:
@@ -90,7 +99,9 @@ class SearchIndex:
         if k < 1 or k > self.index.ntotal:
             raise UserError(f"k={k} is outside 1..{self.index.ntotal} (the index holds {self.index.ntotal} products)")
         if queries.shape[1] != self.dim:
-            raise UserError(f"query vectors have dimension {queries.shape[1]}, the index {self.dim}: index and model do not match")
+            raise UserError(
+                f"query vectors have dimension {queries.shape[1]}, the index {self.dim}: index and model do not match"
+            )
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
@@ -113,13 +124,23 @@ def load_index(folder: str | Path) -> SearchIndex:
         index = _faiss().read_index(str(folder / INDEX_FILE))
         products = pd.read_parquet(folder / PRODUCTS_FILE)
     except Exception as err:  # noqa: BLE001 - any read failure means a damaged index folder
-        raise UserError(f"index {folder} could not be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+        raise UserError(
+            f"index {folder} could not be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
     if index.ntotal != len(products):
         raise UserError(f"index {folder}: {index.ntotal} vectors but {len(products)} products")
     return SearchIndex(index=index, products=products, info=info)
 
 
-def build_from_export(export_folder: str | Path, out: str | Path, kind: IndexKind = "flat", check_queries: int = 1000, min_recall: float | None = None, seed: int = 0, **options: Any) -> dict[str, Any]:
+def build_from_export(
+    export_folder: str | Path,
+    out: str | Path,
+    kind: IndexKind = "flat",
+    check_queries: int = 1000,
+    min_recall: float | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, Any]:
     """Build, check and save an index over a complete export; returns the build info."""
     from multimodal.export import load_export
 
@@ -129,12 +150,23 @@ def build_from_export(export_folder: str | Path, out: str | Path, kind: IndexKin
     start = time.perf_counter()
     index = build_index(vectors, kind, seed=seed, **options)
     build_s = time.perf_counter() - start
-    info: dict[str, Any] = {"kind": kind, "dim": int(vectors.shape[1]), "count": len(vectors), "build_s": round(build_s, 3), "options": options, "export": manifest, "export_folder": str(Path(export_folder).resolve())}
+    info: dict[str, Any] = {
+        "kind": kind,
+        "dim": int(vectors.shape[1]),
+        "count": len(vectors),
+        "build_s": round(build_s, 3),
+        "options": options,
+        "export": manifest,
+        "export_folder": str(Path(export_folder).resolve()),
+    }
     if kind != "flat":
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(vectors), size=min(check_queries, len(vectors)), replace=False)
         info["recall@10_vs_exact"] = round(recall_against_exact(index, vectors, vectors[rows]), 4)
         if min_recall is not None and info["recall@10_vs_exact"] < min_recall:
-            raise UserError(f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: raise nprobe / ef_search")
+            raise UserError(
+                f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
+                "raise --nprobe / --ef-search"
+            )
     save_index(out, index, products, info)
     return info

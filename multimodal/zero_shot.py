@@ -32,7 +32,9 @@ class ZeroShotTagger:
         template: prompt template with ``{value}``.
     """
 
-    def __init__(self, embed_text: TextEmbedder, vocabularies: dict[str, list[str]], template: str = "a photo of a {value}") -> None:
+    def __init__(
+        self, embed_text: TextEmbedder, vocabularies: dict[str, list[str]], template: str = "a photo of a {value}"
+    ) -> None:
         self.vocabularies = vocabularies
         with torch.inference_mode():
             self.prompt_vectors = {a: embed_text(prompts(v, template)).float() for a, v in vocabularies.items() if v}

@@ -55,15 +55,43 @@ def checkpoint(catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A retriever trained for a few epochs: tiny image tower, frozen pretrained MiniLM, fused product vectors."""
     run = tmp_path_factory.mktemp("fit")
     text = "--model.init_args.text.init_args."
-    cli.main([
-        "fit", "--config", "configs/retrieval/tiny.yaml",
-        f"{text}random_init", "false", f"{text}config_overrides", "{}", f"{text}trainable", "false",
-        "--model.init_args.embed_dim", "64", "--model.init_args.fusion.init_args.dim", "128", "--model.init_args.optimizer.init_args.lr", "0.01",
-        "--data.manifest", str(catalogue), "--data.image_root", str(SAMPLE / "images"),
-        "--data.val_fraction", "0", "--data.test_fraction", "0", "--data.batch_size", "32",
-        "--trainer.max_epochs", "20", "--trainer.limit_val_batches", "0",
-        "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(run),
-    ])
+    cli.main(
+        [
+            "fit",
+            "--config",
+            "configs/retrieval/tiny.yaml",
+            f"{text}random_init",
+            "false",
+            f"{text}config_overrides",
+            "{}",
+            f"{text}trainable",
+            "false",
+            "--model.init_args.embed_dim",
+            "64",
+            "--model.init_args.fusion.init_args.dim",
+            "128",
+            "--model.init_args.optimizer.init_args.lr",
+            "0.01",
+            "--data.manifest",
+            str(catalogue),
+            "--data.image_root",
+            str(SAMPLE / "images"),
+            "--data.val_fraction",
+            "0",
+            "--data.test_fraction",
+            "0",
+            "--data.batch_size",
+            "32",
+            "--trainer.max_epochs",
+            "20",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.enable_checkpointing",
+            "true",
+            "--trainer.default_root_dir",
+            str(run),
+        ]
+    )
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     return ckpt
 
@@ -71,7 +99,20 @@ def checkpoint(catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def export(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("emb") / "full"
-    cli.main(["export", "--ckpt_path", str(checkpoint), "--out", str(out), "--shard-size", "32", "--batch-size", "16", "--no-progress"])
+    cli.main(
+        [
+            "export",
+            "--ckpt_path",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--shard-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ]
+    )
     return out
 
 
@@ -93,7 +134,9 @@ def test_export_writes_every_product_once(export: Path, catalogue: Path) -> None
     assert pd.read_parquet(export / "products.parquet")["id"].tolist() == products["id"].tolist()
 
 
-def test_search_finds_a_product_by_its_own_title(index: Path, catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_finds_a_product_by_its_own_title(
+    index: Path, catalogue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = pd.read_csv(catalogue, dtype=str).iloc[[0, 17, 42, 63, 90]]
     for item_id, title in zip(rows["id"], rows["title"], strict=True):
         out = run_cli(["search", index, "--text", title, "-k", "3"], capsys)
@@ -111,7 +154,17 @@ def test_search_by_photo_and_rerank(index: Path, catalogue: Path, capsys: pytest
     assert [r["rerank_score"] for r in results] == sorted((r["rerank_score"] for r in results), reverse=True)
 
 
-def test_killed_export_resumes_to_the_same_result(checkpoint: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_more_like_this_product(index: Path, catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = pd.read_csv(catalogue, dtype=str).iloc[0]
+    out = run_cli(["search", index, "--like", first["id"], "-k", "4"], capsys)
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == 4 and first["id"] not in [r["id"] for r in results]
+    assert "not in the index" in cli_error(["search", index, "--like", "no-such-id"], capsys)
+
+
+def test_killed_export_resumes_to_the_same_result(
+    checkpoint: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "resumed"
     base = ["export", "--ckpt_path", checkpoint, "--out", out, "--shard-size", "32", "--no-progress"]
     run_cli([*base, "--limit-batches", "3", "--batch-size", "16"], capsys)  # "killed" in the middle of shard 1
@@ -127,7 +180,9 @@ def test_killed_export_resumes_to_the_same_result(checkpoint: Path, export: Path
     pd.testing.assert_frame_equal(products, expected_products)
 
 
-def test_export_refuses_a_folder_of_another_model(checkpoint: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_a_folder_of_another_model(
+    checkpoint: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other.ckpt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["state_dict"]["logit_scale"] = state["state_dict"]["logit_scale"] + 1.0
@@ -136,7 +191,9 @@ def test_export_refuses_a_folder_of_another_model(checkpoint: Path, export: Path
     shutil.copytree(export, folder)
     err = cli_error(["export", "--ckpt_path", other, "--out", folder, "--shard-size", "32"], capsys)
     assert "another model" in err and "checkpoint_sha256" in err
-    err = cli_error(["export", "--ckpt_path", checkpoint, "--out", folder, "--shard-size", "32", "--dtype", "float32"], capsys)
+    err = cli_error(
+        ["export", "--ckpt_path", checkpoint, "--out", folder, "--shard-size", "32", "--dtype", "float32"], capsys
+    )
     assert "dtype" in err
 
 
@@ -161,7 +218,9 @@ def test_index_model_dimension_mismatch(index: Path, tmp_path: Path, capsys: pyt
     assert "64" in err and "8" in err
 
 
-def test_missing_or_corrupt_shards_are_refused(export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_or_corrupt_shards_are_refused(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "emb"
     shutil.copytree(export, folder)
     (folder / "shard-000001.safetensors").write_bytes(b"\x00garbage")
@@ -186,8 +245,27 @@ def test_approximate_indexes_are_checked_against_exact() -> None:
 def test_ddp_export_writes_every_id_once(checkpoint: Path, catalogue: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "multimodal.cli", "export", "--ckpt_path", str(checkpoint), "--out", str(out),
-           "--shard-size", "16", "--batch-size", "16", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "multimodal.cli",
+        "export",
+        "--ckpt_path",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--shard-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest, vectors, products = load_export(out)

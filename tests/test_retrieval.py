@@ -49,11 +49,14 @@ def test_info_nce_prefers_aligned_pairs() -> None:
 
 
 def test_fused_products_need_a_fusion_block() -> None:
-    from encoders.timm_encoder import TimmVisionEncoder
     from encoders.pretrained import MiniLMTextEncoder
+    from encoders.timm_encoder import TimmVisionEncoder
 
     vision = TimmVisionEncoder("test_efficientnet", image_size=64)
-    text = MiniLMTextEncoder(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    text = MiniLMTextEncoder(
+        random_init=True,
+        config_overrides={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     with pytest.raises(UserError, match="needs model.fusion"):
         ProductRetriever(vision, text, product="fused")
 

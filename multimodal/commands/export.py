@@ -14,6 +14,7 @@ from multimodal.errors import UserError
 from multimodal.export import (
     DTYPES,
     FORMATS,
+    MANIFEST,
     Blocks,
     EmbeddingWriter,
     ExportData,
@@ -23,7 +24,6 @@ from multimodal.export import (
     finished_blocks,
     ids_sha256,
     write_json_atomic,
-    MANIFEST,
 )
 from multimodal.manifest import clean_value, read_manifest
 
@@ -33,13 +33,29 @@ Re-running the same command after a kill finishes the missing shards only."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="multimodal export", description="Export one L2-normalised vector per product.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit` (ProductRetriever)")
-    p.add_argument("--out", required=True, help="export folder (created; an earlier export of the same model is resumed)")
-    p.add_argument("--columns", nargs="*", default=None, help="manifest columns stored with the ids (default: the data's text columns)")
+    p = argparse.ArgumentParser(
+        prog="multimodal export",
+        description="Export one L2-normalised vector per product.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit` (ProductRetriever)"
+    )
+    p.add_argument(
+        "--out", required=True, help="export folder (created; an earlier export of the same model is resumed)"
+    )
+    p.add_argument(
+        "--columns",
+        nargs="*",
+        default=None,
+        help="manifest columns stored with the ids (default: the data's text columns)",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="stored precision (default float16)")
     p.add_argument("--format", choices=FORMATS, default="safetensors", help="vector shard format (default safetensors)")
-    p.add_argument("--shard-size", type=int, default=8192, help="products per shard, rounded up to whole batches (default 8192)")
+    p.add_argument(
+        "--shard-size", type=int, default=8192, help="products per shard, rounded up to whole batches (default 8192)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="products per batch (default: the data config's)")
     p.add_argument("--num-workers", type=int, default=None, help="decoding workers (default: the data config's)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
@@ -64,7 +80,10 @@ def main(argv: list[str]) -> None:
     manifest = run_export(args, split_overrides(rest), argv)
     if manifest is not None:
         state = "complete" if manifest["complete"] else f"incomplete (missing shards {manifest['missing_shards'][:10]})"
-        print(f"export {state}: {manifest.get('count', '?')} products, dim {manifest['dim']}, {manifest['shards']} shard(s) in {args.out}")
+        print(
+            f"export {state}: {manifest.get('count', '?')} products, dim {manifest['dim']}, "
+            f"{manifest['shards']} shard(s) in {args.out}"
+        )
 
 
 def run_export(args: argparse.Namespace, overrides: list[str], argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -108,12 +127,27 @@ def run_export(args: argparse.Namespace, overrides: list[str], argv: list[str] |
     spec["columns"] = columns = list(args.columns) if args.columns is not None else list(dm.text_columns)
     metadata = product_metadata(dm, columns, set(ids))
     if todo:
-        data = ExportData(dataset, _collate(model), batch_size, args.num_workers if args.num_workers is not None else dm.num_workers, todo, blocks)
+        data = ExportData(
+            dataset,
+            _collate(model),
+            batch_size,
+            args.num_workers if args.num_workers is not None else dm.num_workers,
+            todo,
+            blocks,
+        )
         writer = EmbeddingWriter(out, args.format, args.dtype, metadata, data, shard_size // batch_size)
         trainer = L.Trainer(
-            accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy, precision=args.precision,
-            logger=False, enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
-            enable_progress_bar=not args.no_progress, callbacks=[writer], limit_predict_batches=args.limit_batches,
+            accelerator=args.accelerator,
+            devices=_devices(args.devices),
+            strategy=args.strategy,
+            precision=args.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            enable_progress_bar=not args.no_progress,
+            callbacks=[writer],
+            limit_predict_batches=args.limit_batches,
         )
         if trainer.num_devices > 1 or trainer.num_nodes > 1:
             # Lightning relaunches this command in the other processes from sys.argv, which cli.main emptied.

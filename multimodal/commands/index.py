@@ -9,10 +9,17 @@ from multimodal.search_index import build_from_export
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="multimodal index", description="Build a FAISS inner-product index over an export folder.")
+    p = argparse.ArgumentParser(
+        prog="multimodal index", description="Build a FAISS inner-product index over an export folder."
+    )
     p.add_argument("export", help="folder written by `multimodal export`")
     p.add_argument("--out", required=True, help="index folder to write")
-    p.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat", help="flat = exact (default); ivf / hnsw = approximate")
+    p.add_argument(
+        "--kind",
+        choices=("flat", "ivf", "hnsw"),
+        default="flat",
+        help="flat = exact (default); ivf / hnsw = approximate",
+    )
     p.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query (default 16)")
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default 32)")

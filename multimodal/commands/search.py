@@ -28,7 +28,14 @@ class QueryEncoder:
         ckpt = Path(export["checkpoint"])
         if not ckpt.is_file():
             raise UserError(f"the checkpoint named by the export, {ckpt}, is missing")
-        overrides = ["--data.manifest", export["data_manifest"], "--data.image_root", export["image_root"], "--data.num_workers", "0"]
+        overrides = [
+            "--data.manifest",
+            export["data_manifest"],
+            "--data.image_root",
+            export["image_root"],
+            "--data.num_workers",
+            "0",
+        ]
         self.restored = restore(ckpt, overrides, task=ProductRetriever)
         self.model: ProductRetriever = self.restored.model.to(device)
         self.device = device
@@ -50,7 +57,12 @@ class QueryEncoder:
         if not query or not query.strip():
             raise UserError("empty query text")
         enc = self.model.text.tokenize([query.strip()])
-        return self.model.embed_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)).float().cpu().numpy()
+        return (
+            self.model.embed_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+            .float()
+            .cpu()
+            .numpy()
+        )
 
     def pixels(self, path: Path) -> torch.Tensor:
         from multimodal.images import load_image
@@ -82,22 +94,32 @@ class QueryEncoder:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="multimodal search", description="Search an index by text or by photo; prints JSON lines (rank, id, score, metadata).")
+    p = argparse.ArgumentParser(
+        prog="multimodal search",
+        description="Search an index by text or by photo; prints JSON lines (rank, id, score, metadata).",
+    )
     p.add_argument("index", help="folder written by `multimodal index`")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="text query")
     q.add_argument("--image", help="path of a query photo")
+    q.add_argument("--like", metavar="ID", help="more like this product: its stored vector is the query")
     p.add_argument("-k", type=int, default=10, help="results to print (default 10)")
-    p.add_argument("--rerank", type=int, default=0, metavar="N", help="re-order the top N with the checkpoint's re-ranker")
+    p.add_argument(
+        "--rerank", type=int, default=0, metavar="N", help="re-order the top N with the checkpoint's re-ranker"
+    )
     p.add_argument("--show", nargs="*", default=None, help="metadata columns to print (default: all stored at export)")
     p.add_argument("--device", default="cpu", help="torch device for the query towers")
     return p
 
 
-def search(index: SearchIndex, encoder: QueryEncoder, text: str | None, image: str | None, k: int, rerank: int = 0) -> list[dict[str, Any]]:
+def search(
+    index: SearchIndex, encoder: QueryEncoder, text: str | None, image: str | None, k: int, rerank: int = 0
+) -> list[dict[str, Any]]:
     """Top-k products for one query, optionally re-ranked from the top ``rerank``."""
     if encoder.model.embed_dim != index.dim:
-        raise UserError(f"the model embeds in {encoder.model.embed_dim} dimensions, the index holds {index.dim}: rebuild the index")
+        raise UserError(
+            f"the model embeds in {encoder.model.embed_dim} dimensions, the index holds {index.dim}: rebuild the index"
+        )
     query = encoder.text(text) if text is not None else encoder.image(Path(str(image)))
     depth = max(k, rerank)
     if depth > index.index.ntotal:
@@ -121,14 +143,39 @@ def main(argv: list[str]) -> None:
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"query image not found: {args.image}")
     index = load_index(args.index)
+    if args.like is not None:
+        print_results(more_like(index, args.like, args.k), args.show)
+        return
     if args.k < 1 or args.k > index.index.ntotal:
-        raise UserError(f"k={args.k} is outside 1..{index.index.ntotal} (the index holds {index.index.ntotal} products)")
+        raise UserError(
+            f"k={args.k} is outside 1..{index.index.ntotal} (the index holds {index.index.ntotal} products)"
+        )
     encoder = QueryEncoder(index.info, args.device)
-    results = search(index, encoder, args.text, args.image, args.k, args.rerank)
+    print_results(search(index, encoder, args.text, args.image, args.k, args.rerank), args.show)
+
+
+def more_like(index: SearchIndex, item_id: str, k: int) -> list[dict[str, Any]]:
+    """The k products nearest to a catalogue product's own vector (the product itself left out)."""
+    import faiss
+
+    rows = index.products.index[index.products["id"].astype(str) == item_id].tolist()
+    if not rows:
+        raise UserError(f"product id '{item_id}' is not in the index")
+    if isinstance(index.index, faiss.IndexIVF):
+        index.index.make_direct_map()
+    vector = index.index.reconstruct(rows[0])[None]
+    scores, found = index.search(vector, min(k + 1, index.index.ntotal))
+    records = index.products.iloc[found[0]].to_dict("records")
+    results = [{"score": float(s), **rec} for s, rec in zip(scores[0], records, strict=True) if rec["id"] != item_id]
+    return results[:k]
+
+
+def print_results(results: list[dict[str, Any]], show: list[str] | None) -> None:
+    """One JSON line per result: rank, id, score (and rerank_score), then the metadata columns."""
     for rank, res in enumerate(results, 1):
         meta = {c: v for c, v in res.items() if c not in ("id", "score", "rerank_score") and c not in HIDDEN_COLUMNS}
-        if args.show is not None:
-            meta = {c: meta.get(c) for c in args.show}
+        if show is not None:
+            meta = {c: meta.get(c) for c in show}
         line = {"rank": rank, "id": res["id"], "score": round(res["score"], 6)}
         if "rerank_score" in res:
             line["rerank_score"] = round(res["rerank_score"], 6)

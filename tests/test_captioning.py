@@ -1,0 +1,148 @@
+"""ProductCaptioner: each fusion family memorises 8 titles, cached == uncached generation, prompt masking, bad input."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from multimodal.caption_metrics import caption_scores, normalise
+from multimodal.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CAPTION = ROOT / "configs" / "captioning" / "tiny.yaml"
+SAMPLE_IMAGES = ROOT / "examples" / "fashion-products" / "images"
+MODES = ["PrefixConditioning", "CrossAttentionConditioning", "LateConditioning"]
+STEPS = 120
+
+
+def eight_titles(tmp_path: Path, sample: pd.DataFrame) -> Path:
+    """8 sample products with distinct titles, all in the training split."""
+    df = sample.drop_duplicates("title").head(8).copy()
+    df["split"] = "train"
+    path = tmp_path / "eight.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def tiny_cli(mode: str, manifest: Path, *extra: str, run: bool = False) -> Any:
+    from multimodal.cli import MultimodalCLI
+
+    args = [
+        "--config", str(TINY_CAPTION),
+        "--model.init_args.fusion.class_path", f"fusion.conditioning.{mode}",
+        "--data.init_args.manifest", str(manifest),
+        "--data.init_args.image_root", str(SAMPLE_IMAGES),
+        *extra,
+    ]  # fmt: skip
+    return MultimodalCLI(args=args, run=run)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, dict[str, Any]]:
+    """A tiny captioner of one fusion family trained for STEPS steps on 8 products, and one batch of them."""
+    sample = pd.read_csv(ROOT / "examples" / "fashion-products" / "metadata.csv", dtype=str, keep_default_na=False)
+    manifest = eight_titles(tmp_path_factory.mktemp(request.param), sample)
+    cli = tiny_cli(
+        request.param, manifest,
+        "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0",
+        "--model.init_args.optimizer.init_args.lr", "0.01",
+    )  # fmt: skip
+    cli.trainer.fit(cli.model, cli.datamodule)
+    batch = next(iter(cli.datamodule.loader("train")))
+    return request.param, cli.model.eval(), batch
+
+
+def _generate(model: Any, batch: dict[str, Any], **kwargs: Any) -> Any:
+    return model.generate(batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], **kwargs)
+
+
+def test_each_fusion_family_memorises_eight_titles(trained: tuple[str, Any, dict[str, Any]]) -> None:
+    mode, model, batch = trained
+    captions = _generate(model, batch)
+    assert len(set(batch["references"])) == 8
+    wrong = [(p, r) for p, r in zip(captions.texts, batch["references"], strict=True) if normalise(p) != normalise(r)]
+    assert not wrong, f"{mode}: {wrong}"
+    assert all(s > -0.5 for s in captions.scores), captions.scores  # confident: mean token log-probability
+
+
+def test_cached_and_uncached_generation_agree(trained: tuple[str, Any, dict[str, Any]]) -> None:
+    _, model, batch = trained
+    for options in ({}, {"num_beams": 3}, {"do_sample": True, "top_k": 20, "temperature": 1.5, "max_new_tokens": 6}):
+        torch.manual_seed(3)
+        cached = _generate(model, batch, **options)
+        torch.manual_seed(3)
+        uncached = _generate(model, batch, use_cache=False, **options)
+        assert cached.texts == uncached.texts, options
+        assert cached.scores == pytest.approx(uncached.scores, abs=1e-3)
+
+
+def test_sampling_is_seeded_and_length_limited(trained: tuple[str, Any, dict[str, Any]]) -> None:
+    _, model, batch = trained
+    options = {"do_sample": True, "temperature": 2.0, "top_p": 0.95, "max_new_tokens": 3, "repetition_penalty": 1.3}
+    torch.manual_seed(7)
+    first = _generate(model, batch, **options)
+    torch.manual_seed(7)
+    assert _generate(model, batch, **options).texts == first.texts
+    tokenizer = model.lm.tokenizer
+    assert all(len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= 3 for t in first.texts)
+
+
+def test_prompt_is_masked_out_of_the_loss() -> None:
+    from encoders.language_model import MiniLMLanguageModel
+    from multimodal.dataset import IGNORE_INDEX
+    from multimodal.tasks.captioning import CaptionText
+
+    lm = MiniLMLanguageModel(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "intermediate_size": 64})  # fmt: skip
+    fn = CaptionText(lm.tokenizer, "title", ["brand"], "describe", 32, lm.bos_id, lm.eos_id, lm.pad_id)
+    out = fn({"title": ["red shoe", None], "brand": ["nike", None]})
+    prompt = lm.tokenizer("describe. nike", add_special_tokens=False)["input_ids"]
+    target = lm.tokenizer("red shoe", add_special_tokens=False)["input_ids"]
+    assert out["input_ids"][0].tolist() == [lm.bos_id, *prompt, *target, lm.eos_id]
+    assert out["caption_labels"][0].tolist() == [IGNORE_INDEX] * (1 + len(prompt)) + [*target, lm.eos_id]
+    assert (out["caption_labels"][1] == IGNORE_INDEX).all()  # no target: nothing to learn
+    # Generation input is left-padded [bos] prompt.
+    describe = lm.tokenizer("describe", add_special_tokens=False)["input_ids"]
+    assert out["prompt_ids"][1].tolist()[-1 - len(describe) :] == [lm.bos_id, *describe]
+    assert out["prompt_mask"][1].tolist() == [0] * (len(prompt) - len(describe)) + [1] * (1 + len(describe))
+
+
+def test_caption_metrics_values() -> None:
+    perfect = caption_scores(["nike men blue shoes", "red shirt"], ["Nike Men Blue Shoes", "Red Shirt"])
+    assert perfect["bleu4"] == pytest.approx(1.0) and perfect["exact"] == 1.0
+    assert perfect["cider"] > 0
+    wrong = caption_scores(["green hat", "blue bag"], ["Nike Men Blue Shoes", "Red Shirt"])
+    assert wrong["bleu4"] == 0.0 and wrong["exact"] == 0.0 and wrong["cider"] < perfect["cider"]
+
+
+def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
+    from encoders.language_model import MiniLMLanguageModel
+    from encoders.timm_encoder import TimmVisionEncoder
+    from fusion.conditioning import LateConditioning
+    from fusion.early import EarlyFusion
+    from multimodal.tasks.captioning import ProductCaptioner
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    vision = TimmVisionEncoder("test_efficientnet", image_size=32)
+    with pytest.raises(UserError, match="cannot condition a language model"):
+        ProductCaptioner(vision, MiniLMLanguageModel(random_init=True, config_overrides=small), partial(EarlyFusion, dim=16))
+    model = ProductCaptioner(vision, MiniLMLanguageModel(random_init=True, config_overrides=small), LateConditioning).eval()
+    ids = torch.full((1, 1), model.lm.bos_id)
+    with pytest.raises(UserError, match="max_new_tokens must be positive"):
+        model.generate(torch.zeros(1, 3, 32, 32), ids, torch.ones_like(ids), max_new_tokens=0)
+
+
+def test_unknown_fusion_mode_is_a_one_line_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from multimodal.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(TINY_CAPTION), "--model.init_args.fusion.class_path", "fusion.early.EarlyFusion",
+              "--trainer.fast_dev_run", "true"])  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "cannot condition a language model" in err and "\n" not in err
