@@ -113,7 +113,9 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     vision = _NoVision(vision_dim)
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1})  # fmt: skip
-    pretrained = {id(p) for n, p in model.lm.model.named_parameters() if id(p) in pretrained or "crossattention" not in n}
+    pretrained = {
+        id(p) for n, p in model.lm.model.named_parameters() if id(p) in pretrained or "crossattention" not in n
+    }
     return model, pretrained
 
 
@@ -130,13 +132,19 @@ class _NoVision(nn.Module):
 
 def build_peer(vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
     """VisionEncoderDecoderModel: ViT-shaped adapter encoder (width = vision features) + MiniLM decoder."""
-    from transformers import AutoModelForCausalLM, ViTConfig, ViTModel, VisionEncoderDecoderModel
+    from transformers import AutoModelForCausalLM, VisionEncoderDecoderModel, ViTConfig, ViTModel
 
     from encoders.pretrained import minilm_path
 
     decoder = AutoModelForCausalLM.from_pretrained(str(minilm_path()), is_decoder=True, add_cross_attention=True)
-    encoder = ViTModel(ViTConfig(hidden_size=vision_dim, num_hidden_layers=1, num_attention_heads=1,
-                                 intermediate_size=8, image_size=32, patch_size=32), add_pooling_layer=False)  # fmt: skip
+    shape = {
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "intermediate_size": 8,
+        "image_size": 32,
+        "patch_size": 32,
+    }
+    encoder = ViTModel(ViTConfig(hidden_size=vision_dim, **shape), add_pooling_layer=False)
     model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
     tok = _tokenizer()
     model.config.decoder_start_token_id = tok.cls_token_id
@@ -172,7 +180,9 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
 
     seed_all(args.seed)
     vision_dim = feats.tokens.shape[-1]
-    model, pretrained = build_peer(vision_dim, args) if method == "hf_vision_encoder_decoder" else build_ours(method, vision_dim, args)
+    model, pretrained = (
+        build_peer(vision_dim, args) if method == "hf_vision_encoder_decoder" else build_ours(method, vision_dim, args)
+    )
     opt = optimizer(model, pretrained, args)
     text_fn = None if method == "hf_vision_encoder_decoder" else model.text_fn()
     model.train()
@@ -184,7 +194,9 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
             f = take(feats, idx)
             batch_texts = [texts[j] for j in idx.tolist()]
             if text_fn is None:
-                out = model(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), labels=peer_batch(batch_texts, args))
+                out = model(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), labels=peer_batch(batch_texts, args)
+                )
                 loss = out.loss
             else:
                 enc = text_fn({args.target: batch_texts})
@@ -237,17 +249,25 @@ def main() -> None:
         model, seconds, steps = train(method, feats["train"], train_texts, args)
         preds = predict(method, model, feats["test"], args)
         scores = caption_scores(preds, refs)
-        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps,
-                           "examples": [{"generated": p, "reference": r} for p, r in list(zip(preds, refs))[:5]]}  # fmt: skip
-        say(f"{method}: BLEU-4 {scores['bleu4']:.4f}  CIDEr {scores['cider']:.4f}  exact {scores['exact']:.3f}  ({seconds:.0f}s)")
+        examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
+        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples}
+        b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]
+        say(f"{method}: BLEU-4 {b4:.4f}  CIDEr {cd:.4f}  exact {ex:.3f}  ({seconds:.0f}s)")
     peer = results.get("hf_vision_encoder_decoder")
     table = ["| method | BLEU-4 | CIDEr | exact match | train s | CIDEr / peer |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         ratio = r["cider"] / peer["cider"] if peer and peer["cider"] > 0 else math.nan
-        table.append(f"| {name} | {r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f} |")
+        cells = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f}"
+        table.append(f"| {name} | {cells} |")
     print("\n".join(table))
-    payload = {"machine": machine(), "settings": {k: v for k, v in vars(args).items()},
-               "splits": {k: len(v) for k, v in splits.items()}, "results": results, "table": "\n".join(table)}  # fmt: skip
+    splits_n = {k: len(v) for k, v in splits.items()}
+    payload = {
+        "machine": machine(),
+        "settings": vars(args),
+        "splits": splits_n,
+        "results": results,
+        "table": "\n".join(table),
+    }
     write_json(args.out, payload)
     say(f"wrote {args.out}")
 

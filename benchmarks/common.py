@@ -217,11 +217,12 @@ def cached_vision_encoder(cache: dict[str, torch.Tensor], output_dim: int, token
     return CachedVisionEncoder()
 
 
-def cached_text_encoder(base: Any) -> Any:
+def cached_text_encoder(base: Any, cache: dict[bytes, torch.Tensor] | None = None) -> Any:
     """Wrap a *frozen* Hugging Face text encoder so each distinct text is encoded once (in eval mode) and reused.
 
     The cache key is the unpadded token ids; a miss runs the frozen model on the missing rows only. The output
-    is the same :class:`encoders.types.Features` the wrapped encoder returns (tokens, mask, pooled).
+    is the same :class:`encoders.types.Features` the wrapped encoder returns (tokens, mask, pooled). Pass the
+    same ``cache`` dict to share it between models built on the same frozen weights.
     """
     from encoders.text import pool_tokens
     from encoders.types import Features, TextEncoder
@@ -231,7 +232,7 @@ def cached_text_encoder(base: Any) -> Any:
             super().__init__()
             self.base = base.requires_grad_(False)
             self.output_dim, self.max_length = base.output_dim, base.max_length
-            self.cache: dict[bytes, torch.Tensor] = {}
+            self.cache: dict[bytes, torch.Tensor] = {} if cache is None else cache
 
         @property
         def tokenizer(self) -> Any:

@@ -47,6 +47,7 @@ from benchmarks.common import (
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
 ALL_VARIANTS = [*TAGGERS, "peer"]
+TEXT_CACHE: dict[bytes, torch.Tensor] = {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -208,7 +209,7 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         vision = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=vision_trainable)
     text = MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=text_trainable)
     if text_trainable is False and args.text_cache != "off":
-        text = cached_text_encoder(text)
+        text = cached_text_encoder(text, TEXT_CACHE)  # frozen MiniLM weights are the same in every variant
     optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = None
     if args.scheduler == "cosine":

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -64,8 +65,10 @@ class CausalLM(nn.Module):
         self.bos_id, self.eos_id, self.pad_id = _special_ids(self._tokenizer)
         for key, value in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
             setattr(config, key, value)
-        self.model = AutoModelForCausalLM.from_config(config) if random_init else AutoModelForCausalLM.from_pretrained(
-            model_name_or_path, config=config
+        self.model = (
+            AutoModelForCausalLM.from_config(config)
+            if random_init
+            else AutoModelForCausalLM.from_pretrained(model_name_or_path, config=config)
         )
         self.model.generation_config.pad_token_id = self.pad_id
         self.model.generation_config.eos_token_id = self.eos_id
@@ -148,19 +151,24 @@ class CausalLM(nn.Module):
         self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
         self.model.get_input_embeddings().register_forward_hook(self._apply_input_transform)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, encoder: Features | None = None) -> Tensor:
-        """Teacher-forced logits ``(B, T, V)`` for right-padded ``input_ids (B, T)``.
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, encoder: Features | None = None, keep_from: int = 0
+    ) -> Tensor:
+        """Teacher-forced logits ``(B, T - keep_from, V)`` for right-padded ``input_ids (B, T)``.
 
         Args:
             input_ids: token ids (placeholders where an input transform puts other embeddings).
             attention_mask: ``(B, T)`` 1 for real positions.
             encoder: image tokens for the cross-attention layers (``(B, N, D)`` with mask).
+            keep_from: logits are computed from this position on only.
         """
+        keep = torch.arange(keep_from, input_ids.shape[1], device=input_ids.device) if keep_from else 0
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions(attention_mask),
             use_cache=False,
+            logits_to_keep=keep,
             **self._encoder_kwargs(encoder),
         )
         return out.logits
@@ -239,5 +247,3 @@ class MiniLMLanguageModel(CausalLM):
             config_overrides=config_overrides,
             random_init=random_init,
         )
-
-

@@ -53,7 +53,10 @@ def folder_items(folder: Path) -> tuple[int, Iterator[CaptionItem]]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     if not files:
         raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
-    items = (CaptionItem(id=p.relative_to(folder).with_suffix("").as_posix(), image=p.relative_to(folder).as_posix(), path=p) for p in files)
+    items = (
+        CaptionItem(id=p.relative_to(folder).with_suffix("").as_posix(), image=p.relative_to(folder).as_posix(), path=p)
+        for p in files
+    )
     return len(files), items
 
 
@@ -167,13 +170,15 @@ def run_caption_job(
     target = out if world_size == 1 else part_path(out, rank)
     done = read_done(out) | set().union(*(read_done(part_path(out, r)) for r in range(max(world_size, 1))))
     transform, text_fn = model.image_transform(False), model.text_fn(prompt)
-    summary, seen = JobSummary(), set()
+    summary, seen = JobSummary(), set[str]()
     target.parent.mkdir(parents=True, exist_ok=True)
     mine = islice(items, rank, None, world_size) if world_size > 1 else iter(items)
     bar = tqdm(total=total // world_size if total else None, disable=not progress, unit="img", desc="caption")
     with target.open("a") as f:
         for number, batch in enumerate(_batches(mine, batch_size)):
-            lines = _caption_batch(model, batch, done, seen, summary, transform, text_fn, options, seed + number, device)
+            lines = _caption_batch(
+                model, batch, done, seen, summary, transform, text_fn, options, seed + number, device
+            )
             for line in lines:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
             f.flush()
@@ -222,7 +227,9 @@ def _caption_batch(
             lines[i] = {"id": item.id, "image": item.image, "error": str(err)}
             summary.errors += 1
     if ok:
-        texts = {c: [it.texts.get(c) for _, it, _ in ok] for c in ok[0][1].texts} or {model.target_column: [None] * len(ok)}
+        texts = {c: [it.texts.get(c) for _, it, _ in ok] for c in ok[0][1].texts} or {
+            model.target_column: [None] * len(ok)
+        }
         enc = text_fn(texts)
         torch.manual_seed(seed)
         captions = model.generate(

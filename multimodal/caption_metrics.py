@@ -11,7 +11,10 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def caption_tokens(text: str) -> list[str]:
-    """Lower-cased runs of letters and digits (punctuation splits words, so "men's" and "men ' s" agree) (stands in for the Java PTB tokenizer of the COCO toolkit)."""
+    """Lower-cased runs of letters and digits; punctuation splits words, so "men's" and "men ' s" agree.
+
+    Stands in for the Java PTB tokenizer of the COCO toolkit.
+    """
     return _WORD.findall(text.lower())
 
 

@@ -100,7 +100,9 @@ def test_sigkilled_cli_job_resumes_without_duplicates(checkpoint: Path, photos: 
            "--out", str(out), "--batch_size", "1", "--max_new_tokens", "20", "--no_progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and (not out.exists() or len(out.read_bytes().splitlines()) < 2):
+    while (
+        time.time() < deadline and proc.poll() is None and (not out.exists() or len(out.read_bytes().splitlines()) < 2)
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -147,13 +149,26 @@ def test_merge_parts_keeps_each_id_once(tmp_path: Path) -> None:
 def test_bad_arguments(checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                        args: list[str], message: str) -> None:  # fmt: skip
     with pytest.raises(SystemExit) as exc:
-        main(["caption", "--ckpt_path", str(checkpoint), "--input", str(photos), "--out", str(tmp_path / "o.jsonl"), *args])
+        main(
+            [
+                "caption",
+                "--ckpt_path",
+                str(checkpoint),
+                "--input",
+                str(photos),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                *args,
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
 
 
-def test_empty_folder_and_foreign_checkpoint(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_folder_and_foreign_checkpoint(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no image files"):
         folder_items(tmp_path / "empty")
@@ -161,6 +176,16 @@ def test_empty_folder_and_foreign_checkpoint(checkpoint: Path, tmp_path: Path, c
     config = {"model": {"class_path": "multimodal.tasks.tagging.ProductTagger", "init_args": {}}}
     torch.save({"multimodal_config": yaml.safe_dump(config), "state_dict": {}}, tagger)
     with pytest.raises(SystemExit) as exc:
-        main(["caption", "--ckpt_path", str(tagger), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o.jsonl")])
+        main(
+            [
+                "caption",
+                "--ckpt_path",
+                str(tagger),
+                "--input",
+                str(tmp_path / "empty"),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
     assert exc.value.code == 2
     assert "ProductTagger checkpoint, not a captioner" in capsys.readouterr().err

@@ -43,7 +43,9 @@ def tiny_cli(mode: str, manifest: Path, *extra: str, run: bool = False) -> Any:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, dict[str, Any]]:
+def trained(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Any, dict[str, Any]]:
     """A tiny captioner of one fusion family trained for STEPS steps on 8 products, and one batch of them."""
     sample = pd.read_csv(ROOT / "examples" / "fashion-products" / "metadata.csv", dtype=str, keep_default_na=False)
     manifest = eight_titles(tmp_path_factory.mktemp(request.param), sample)
@@ -130,19 +132,39 @@ def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     vision = TimmVisionEncoder("test_efficientnet", image_size=32)
     with pytest.raises(UserError, match="cannot condition a language model"):
-        ProductCaptioner(vision, MiniLMLanguageModel(random_init=True, config_overrides=small), partial(EarlyFusion, dim=16))
-    model = ProductCaptioner(vision, MiniLMLanguageModel(random_init=True, config_overrides=small), LateConditioning).eval()
+        ProductCaptioner(
+            vision, MiniLMLanguageModel(random_init=True, config_overrides=small), partial(EarlyFusion, dim=16)
+        )
+    model = ProductCaptioner(
+        vision, MiniLMLanguageModel(random_init=True, config_overrides=small), LateConditioning
+    ).eval()
     ids = torch.full((1, 1), model.lm.bos_id)
     with pytest.raises(UserError, match="max_new_tokens must be positive"):
         model.generate(torch.zeros(1, 3, 32, 32), ids, torch.ones_like(ids), max_new_tokens=0)
 
 
-def test_unknown_fusion_mode_is_a_one_line_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_or_unknown_fusion_mode_is_a_cli_error(capsys: pytest.CaptureFixture[str]) -> None:
     from multimodal.cli import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(TINY_CAPTION), "--model.init_args.fusion.class_path", "fusion.early.EarlyFusion",
-              "--trainer.fast_dev_run", "true"])  # fmt: skip
+    base = ["fit", "--config", str(TINY_CAPTION), "--trainer.fast_dev_run", "true"]
+    with pytest.raises(SystemExit) as exc:  # a fusion block of the tagging family
+        main([*base, "--model.init_args.fusion.class_path", "fusion.early.EarlyFusion"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "cannot condition a language model" in err and "\n" not in err
+    with pytest.raises(SystemExit) as exc:  # no such class: LightningCLI's parser names it
+        main([*base, "--model.init_args.fusion.class_path", "fusion.conditioning.NoSuchMode"])
+    assert exc.value.code == 2
+    assert "NoSuchMode" in capsys.readouterr().err
+
+
+def test_fit_validates_with_bleu_and_cider(tmp_path: Path) -> None:
+    from multimodal.cli import MultimodalCLI
+
+    cli = MultimodalCLI(
+        args=["fit", "--config", str(TINY_CAPTION), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+              "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    )
+    metrics = cli.trainer.callback_metrics
+    assert {"val/loss", "val/bleu4", "val/cider", "val/exact"} <= set(metrics)
+    assert 0.0 <= float(metrics["val/bleu4"]) <= 1.0 and float(metrics["val/cider"]) >= 0.0

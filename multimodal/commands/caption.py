@@ -67,10 +67,9 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_captioner(ckpt_path: str | Path) -> tuple[ProductCaptioner, dict[str, Any]]:
     """Rebuild the captioner stored in a checkpoint (no training data needed) and its data config."""
+    import lightning as L
     import yaml
     from jsonargparse import ArgumentParser
-
-    import lightning as L
 
     checkpoint = load_checkpoint(ckpt_path)
     text = checkpoint.get(CONFIG_KEY)
@@ -110,8 +109,18 @@ def _run(rank: int, world_size: int, args: argparse.Namespace, device: Any = "cp
     if args.no_cache:
         options["use_cache"] = False
     summary = run_caption_job(
-        model, items, Path(args.out), batch_size=args.batch_size, generation=options, prompt=args.prompt,
-        seed=args.seed, total=total, rank=rank, world_size=world_size, progress=not args.no_progress, device=device,
+        model,
+        items,
+        Path(args.out),
+        batch_size=args.batch_size,
+        generation=options,
+        prompt=args.prompt,
+        seed=args.seed,
+        total=total,
+        rank=rank,
+        world_size=world_size,
+        progress=not args.no_progress,
+        device=device,
     )
     return vars(summary)
 

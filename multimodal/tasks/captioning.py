@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from encoders.language_model import CausalLM, InputTransform
@@ -22,15 +22,16 @@ from multimodal.tasks.base import MissingModality, TowerTask
 
 log = logging.getLogger(__name__)
 
-ConditioningFactory = Callable[[int, int], LMConditioning]
+# Typed loosely on purpose: a fusion block of another family gets a one-line UserError, not a parser dump.
+ConditioningFactory = Callable[[int, int], nn.Module]
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
 
 
 class CaptionText:
     """Text function for the collate (picklable): prompt and target columns -> training and prompt tensors.
 
-    Training sequence (right-padded): ``[bos] prompt target [eos]``; ``caption_labels`` (the collate keeps ``labels`` for attributes) hold the target and ``[eos]``
-    only (-100 on ``[bos]``, the prompt and padding). Generation input (left-padded): ``[bos] prompt``.
+    Training sequence (right-padded): ``[bos] prompt target [eos]``; ``caption_labels`` (the collate keeps
+    ``labels`` for attributes) hold the target and ``[eos]`` only (-100 on ``[bos]``, the prompt and padding). Generation input (left-padded): ``[bos] prompt``.
 
     Args:
         tokenizer: Hugging Face tokenizer.
@@ -62,7 +63,9 @@ class CaptionText:
 
     def prompt_texts(self, texts: dict[str, list[str | None]], n: int) -> list[str]:
         """The prompt of each of ``n`` items."""
-        parts = [[self.prompt] * n if self.prompt else [None] * n] + [texts.get(c, [None] * n) for c in self.prompt_columns]
+        parts = [[self.prompt] * n if self.prompt else [None] * n] + [
+            texts.get(c, [None] * n) for c in self.prompt_columns
+        ]
         return [self.separator.join(p[i] for p in parts if p[i]) for i in range(n)]
 
     def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Any]:
@@ -92,7 +95,9 @@ class CaptionText:
 def _pad(rows: list[list[int]], value: int, left: bool) -> Tensor:
     """Pad lists of ids into a ``(B, T)`` long tensor, on the left or the right."""
     width = max((len(r) for r in rows), default=0)
-    return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+    return torch.tensor(
+        [[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows], dtype=torch.long
+    )
 
 
 @dataclass
@@ -167,8 +172,14 @@ class ProductCaptioner(TowerTask):
     def text_fn(self, prompt: str | None = None) -> TextFn:
         lm = self.lm
         return CaptionText(  # type: ignore[return-value]
-            lm.tokenizer, self.target_column, self.prompt_columns, self.prompt if prompt is None else prompt,
-            lm.max_length, lm.bos_id, lm.eos_id, lm.pad_id,
+            lm.tokenizer,
+            self.target_column,
+            self.prompt_columns,
+            self.prompt if prompt is None else prompt,
+            lm.max_length,
+            lm.bos_id,
+            lm.eos_id,
+            lm.pad_id,
         )
 
     # -------------------------------------------------------------------------------------------- forward
@@ -197,24 +208,28 @@ class ProductCaptioner(TowerTask):
         return ids, mask, put_prefix
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        """Teacher-forced next-token logits ``(B, P+T, V)``."""
+        """Teacher-forced next-token logits ``(B, T, V)`` of the text positions."""
         vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
         return self.logits(vision, batch["input_ids"], batch["attention_mask"])
 
     def logits(self, vision: Features, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Next-token logits ``(B, P+T, V)`` for right-padded ids ``(B, T)`` given vision features."""
+        """Next-token logits ``(B, T, V)`` for right-padded ids ``(B, T)`` given vision features."""
         cond = self.conditioning(vision)
         ids, mask, put_prefix = self._inputs(cond, input_ids, attention_mask)
+        # No prefix position is ever a target: skip their vocabulary projection (the costliest layer).
+        keep_from = ids.shape[1] - input_ids.shape[1]
         with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
-            return self.lm(ids, mask, cond.encoder)
+            return self.lm(ids, mask, cond.encoder, keep_from=keep_from)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Next-token cross-entropy on target tokens only; a prefix (if any) is left of ``labels``."""
+        """Next-token cross-entropy on target tokens only; ``logits (B, T', V)`` end where ``labels (B, T)`` end."""
         labels = F.pad(labels, (logits.shape[1] - labels.shape[1], 0), value=IGNORE_INDEX)
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
         if not (shift_labels != IGNORE_INDEX).any():
             return shift_logits.sum() * 0.0
-        return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
 
     @torch.no_grad()
     def generate(
@@ -245,7 +260,13 @@ class ProductCaptioner(TowerTask):
         ids, mask, put_prefix = self._inputs(cond, prompt_ids, prompt_mask)
         with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
             out = self.lm.generate(
-                ids, mask, cond.encoder, use_cache=use_cache, return_dict_in_generate=True, output_scores=True, **options
+                ids,
+                mask,
+                cond.encoder,
+                use_cache=use_cache,
+                return_dict_in_generate=True,
+                output_scores=True,
+                **options,
             )
         seqs = out.sequences[:, ids.shape[1] :]  # (B * num_return_sequences, L) new tokens only
         texts = [t.strip() for t in self.lm.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
@@ -272,8 +293,16 @@ class ProductCaptioner(TowerTask):
         if not batch["ids"]:
             return
         n = len(batch["ids"])
-        self.log(f"{stage}/loss", self.loss(self(batch), batch["caption_labels"]), prog_bar=True, batch_size=n, sync_dist=True)
-        captions = self.generate(batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"))
+        self.log(
+            f"{stage}/loss",
+            self.loss(self(batch), batch["caption_labels"]),
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        captions = self.generate(
+            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image")
+        )
         preds, refs = self._outputs.setdefault(stage, ([], []))
         for text, ref in zip(captions.texts, batch["references"], strict=True):
             if ref is not None:
@@ -304,5 +333,7 @@ class ProductCaptioner(TowerTask):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if not batch["ids"]:
             return {"ids": [], "captions": [], "scores": []}
-        captions = self.generate(batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"))
+        captions = self.generate(
+            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image")
+        )
         return {"ids": batch["ids"], "captions": captions.texts, "scores": captions.scores}

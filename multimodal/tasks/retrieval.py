@@ -152,9 +152,9 @@ class ProductRetriever(TowerTask):
         """Product vectors ``(B, E)``, L2-normalised, as configured by ``product``."""
         vision = self.vision(batch["pixel_values"]) if self.product != "text" else None
         text = self.text(*_product_tokens(batch)) if self.product != "image" else None
-        return self._product_vectors(vision, text, batch["has_text"])
+        return self._product_vectors(vision, text, batch.get("has_text"))
 
-    def _product_vectors(self, vision: Features | None, text: Features | None, has_text: Tensor) -> Tensor:
+    def _product_vectors(self, vision: Features | None, text: Features | None, has_text: Tensor | None) -> Tensor:
         if self.product == "image":
             assert vision is not None
             return F.normalize(self.image_proj(vision.pooled), dim=-1)
@@ -167,7 +167,8 @@ class ProductRetriever(TowerTask):
             and self.product_proj is not None
             and self.missing_text is not None
         )
-        text = self.missing_text.fill(text, has_text)
+        if has_text is not None:
+            text = self.missing_text.fill(text, has_text)
         return F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
 
     def match_scores(self, vision: Features, text: Features) -> Tensor:
