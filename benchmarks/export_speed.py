@@ -1,9 +1,11 @@
 """Export speed and memory: `multimodal export` end to end vs the raw image-tower forward, in the same run.
 
-The model is ``configs/retrieval/dual_encoder.yaml`` (EfficientNet-Lite0 at 160 px, image product vectors, untrained
-projection: speed does not depend on training). Catalogues are synthetic: the committed sample's photos and
-titles repeated under new ids (1k and 10k products). Each export runs in its own process so its peak memory
-(RSS of the process and its data-loader workers) is its own.
+Speed: ``configs/retrieval/dual_encoder.yaml`` (EfficientNet-Lite0 at 160 px, image product vectors, untrained
+projection: speed does not depend on training), raw forward timed before and after the export.
+Memory: peak RSS of a 1k and a 10k export (``--memory-config``, default the tiny config so that 11k images fit in
+the time of a 2-core box; the writer holds one shard at a time whatever the model). Catalogues are synthetic:
+the committed sample's photos and titles repeated under new ids. Each export runs in its own process, so its
+peak RSS (the process or its largest data-loader worker) is its own.
 
 - raw: ``embed_products`` on pre-decoded, pre-transformed tensors (the limit: no decoding, no writing);
 - end to end: ``trainer.predict`` with decoding workers and the shard writer (the predict loop only), and the
@@ -32,7 +34,7 @@ from benchmarks.common import machine, quiet_lightning, say, seed_all, write_jso
 CONFIG = "configs/retrieval/dual_encoder.yaml"
 
 
-def make_checkpoint(path: Path, catalogue: Path, image_root: Path) -> None:
+def make_checkpoint(path: Path, catalogue: Path, image_root: Path, config: str = CONFIG) -> None:
     """A checkpoint as `multimodal fit` writes it (weights + stored config), without training."""
     from multimodal.cli import MultimodalCLI
     from multimodal.restore import CONFIG_KEY
@@ -40,7 +42,7 @@ def make_checkpoint(path: Path, catalogue: Path, image_root: Path) -> None:
     cli = MultimodalCLI(
         args=[
             "--config",
-            CONFIG,
+            config,
             "--data.manifest",
             str(catalogue),
             "--data.image_root",
@@ -163,13 +165,26 @@ def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Na
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def export_run(ckpt: Path, sample: Path, tmp: Path, n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    catalogue = tmp / f"catalogue-{tag}-{n}.csv"
+    make_catalogue(sample, n, catalogue)
+    res = run_export_process(ckpt, catalogue, tmp / f"emb-{tag}-{n}", args)
+    res["images_per_s"] = res["n"] / res["predict_s"]
+    res["images_per_s_whole_command"] = res["n"] / res["total_s"]
+    say(f"export {tag} {n}: {res}")
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="examples/fashion-products", help="sample whose photos and titles are repeated")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--config", default=CONFIG, help="model of the speed comparison")
+    p.add_argument("--speed-n", type=int, default=1000, help="products exported for the speed comparison")
+    p.add_argument("--memory-config", default="configs/retrieval/tiny.yaml", help="model of the memory comparison")
+    p.add_argument("--sizes", type=int, nargs=2, default=[1000, 10000], help="catalogue sizes compared for memory")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decoding workers of the export")
-    p.add_argument("--raw-batches", type=int, default=10)
+    p.add_argument("--raw-batches", type=int, default=4, help="batches timed for the raw forward (before and after)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/export_speed.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -185,53 +200,55 @@ def main() -> None:
     sample = Path(args.data).resolve()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        ckpt = tmp / "model.ckpt"
-        make_checkpoint(ckpt, sample / "metadata.csv", sample / "images")
-        say("checkpoint written")
-        runs: dict[str, Any] = {"raw_images_per_s": []}
-        for n in args.sizes:
-            catalogue = tmp / f"catalogue-{n}.csv"
-            make_catalogue(sample, n, catalogue)
-            raw = raw_forward(ckpt, sample, args.batch_size, args.raw_batches)
-            runs["raw_images_per_s"].append(raw)
-            say(f"raw forward: {raw:.1f} images/s")
-            res = run_export_process(ckpt, catalogue, tmp / f"emb-{n}", args)
-            res["images_per_s"] = res["n"] / res["predict_s"]
-            res["images_per_s_whole_command"] = res["n"] / res["total_s"]
-            runs[str(n)] = res
-            say(f"export {n}: {res}")
-        runs["raw_images_per_s"].append(raw_forward(ckpt, sample, args.batch_size, args.raw_batches))
-        say(f"raw forward: {runs['raw_images_per_s'][-1]:.1f} images/s")
-    raw = sum(runs["raw_images_per_s"]) / len(runs["raw_images_per_s"])
-    big, small = runs[str(max(args.sizes))], runs[str(min(args.sizes))]
+        speed_ckpt, memory_ckpt = tmp / "speed.ckpt", tmp / "memory.ckpt"
+        make_checkpoint(speed_ckpt, sample / "metadata.csv", sample / "images", args.config)
+        make_checkpoint(memory_ckpt, sample / "metadata.csv", sample / "images", args.memory_config)
+        say("checkpoints written")
+        raw = [raw_forward(speed_ckpt, sample, args.batch_size, args.raw_batches)]
+        say(f"raw forward: {raw[-1]:.1f} images/s")
+        speed = export_run(speed_ckpt, sample, tmp, args.speed_n, args, "speed")
+        raw.append(raw_forward(speed_ckpt, sample, args.batch_size, args.raw_batches))
+        say(f"raw forward: {raw[-1]:.1f} images/s")
+        memory = {str(n): export_run(memory_ckpt, sample, tmp, n, args, "memory") for n in args.sizes}
+    small, big = memory[str(args.sizes[0])], memory[str(args.sizes[1])]
     summary = {
-        "raw_images_per_s_mean": raw,
-        "export_images_per_s": {n: runs[str(n)]["images_per_s"] for n in args.sizes},
-        "ratio_export_vs_raw": big["images_per_s"] / raw,
+        "raw_images_per_s": raw,
+        "raw_images_per_s_mean": sum(raw) / len(raw),
+        "export_images_per_s": speed["images_per_s"],
+        "ratio_export_vs_raw": speed["images_per_s"] / (sum(raw) / len(raw)),
+        "peak_rss_mb": {n: memory[str(n)]["peak_rss_mb"] for n in args.sizes},
         "peak_rss_ratio_big_vs_small": big["peak_rss_mb"] / small["peak_rss_mb"],
     }
     payload = {
         "machine": machine(),
         "args": vars(args),
-        "runs": runs,
+        "speed": speed,
+        "memory": memory,
         "summary": summary,
-        "table": table(runs, summary, args.sizes),
+        "table": table(speed, memory, summary, args),
     }
     write_json(args.out, payload)
     print(payload["table"])
 
 
-def table(runs: dict[str, Any], summary: dict[str, Any], sizes: list[int]) -> str:
+def table(speed: dict[str, Any], memory: dict[str, Any], summary: dict[str, Any], args: argparse.Namespace) -> str:
+    raw = summary["raw_images_per_s_mean"]
     lines = [
-        "| products | export images/s (predict loop) | whole command images/s | raw forward images/s | ratio | peak RSS MB |",  # noqa: E501
-        "|---|---|---|---|---|---|",
+        f"Speed ({args.config}, {args.speed_n:,} products, batch {args.batch_size}, {args.workers} workers):",
+        "",
+        "| raw forward images/s (before, after) | export images/s (predict loop) | ratio | whole command images/s |",
+        "|---|---|---|---|",
+        f"| {raw:.1f} ({', '.join(f'{r:.1f}' for r in summary['raw_images_per_s'])}) | {speed['images_per_s']:.1f} "
+        f"| **{summary['ratio_export_vs_raw']:.2f}** | {speed['images_per_s_whole_command']:.1f} |",
+        "",
+        f"Memory ({args.memory_config}):",
+        "",
+        "| products | peak RSS MB | export images/s |",
+        "|---|---|---|",
     ]
-    for n in sizes:
-        r = runs[str(n)]
-        lines.append(
-            f"| {n:,} | {r['images_per_s']:.1f} | {r['images_per_s_whole_command']:.1f} | {summary['raw_images_per_s_mean']:.1f} | {r['images_per_s'] / summary['raw_images_per_s_mean']:.2f} | {r['peak_rss_mb']:.0f} |"  # noqa: E501
-        )
-    lines.append(f"\npeak RSS {max(sizes):,} vs {min(sizes):,} products: {summary['peak_rss_ratio_big_vs_small']:.2f}x")
+    lines += [f"| {int(n):,} | {r['peak_rss_mb']:.0f} | {r['images_per_s']:.1f} |" for n, r in memory.items()]
+    ratio = summary["peak_rss_ratio_big_vs_small"]
+    lines.append(f"\npeak RSS {args.sizes[1]:,} vs {args.sizes[0]:,} products: **{ratio:.3f}x**")
     return "\n".join(lines)
 
 

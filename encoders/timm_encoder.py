@@ -64,4 +64,3 @@ class TimmVisionEncoder(VisionEncoder):
             tokens = fmap
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return Features(tokens=tokens, mask=mask, pooled=pooled)
-

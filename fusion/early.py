@@ -34,7 +34,9 @@ class EarlyFusion(FusionBlock):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.modality, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 

@@ -35,7 +35,9 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, self_attention: bool = True) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        self.self_attn = (
+            nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if self_attention else None
+        )
         self.norm_self = nn.LayerNorm(dim) if self_attention else None
         self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_q = nn.LayerNorm(dim)

@@ -116,7 +116,9 @@ class ProductDataModule(L.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
 
     # ----------------------------------------------------------------------------------------------- reading
-    def _read(self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str) -> dict[str, list[ProductRecord]]:
+    def _read(
+        self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str
+    ) -> dict[str, list[ProductRecord]]:
         required = [self.id_column, self.image_column, *self.text_columns, *self.attributes, *self.tag_columns]
         df = read_manifest(self.manifest, required)
         splits = assign_splits(df, self.id_column, split_column, val_fraction, test_fraction, salt)
@@ -208,7 +210,9 @@ class ProductDataModule(L.LightningDataModule):
         if report["skipped"] or n_unseen:
             log.warning(
                 "data: %d product(s) skipped, %d val/test label(s) never seen in training (masked); see %s",
-                len(report["skipped"]), n_unseen, path,
+                len(report["skipped"]),
+                n_unseen,
+                path,
             )
         return path
 

@@ -83,7 +83,14 @@ class ProductDataset(Dataset):
                     if t in self.tag_index[col]:
                         hot[self.tag_index[col][t]] = 1.0
             tags[col] = hot
-        return {"id": rec.id, "pixel_values": pixels, "has_image": has_image, "texts": rec.texts, "labels": labels, "tags": tags}
+        return {
+            "id": rec.id,
+            "pixel_values": pixels,
+            "has_image": has_image,
+            "texts": rec.texts,
+            "labels": labels,
+            "tags": tags,
+        }
 
     def _pixels(self, rec: ProductRecord) -> tuple[Tensor, bool]:
         if rec.image is None:

@@ -14,7 +14,14 @@ from multimodal.errors import UserError
 
 MISSING = {"", "NA", "N/A", "nan", "NaN", "None", "null"}
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFrame:
@@ -90,7 +97,12 @@ def hash_split(item_id: str, val_fraction: float, test_fraction: float, salt: st
 
 
 def assign_splits(
-    df: pd.DataFrame, id_column: str, split_column: str | None, val_fraction: float, test_fraction: float, salt: str = ""
+    df: pd.DataFrame,
+    id_column: str,
+    split_column: str | None,
+    val_fraction: float,
+    test_fraction: float,
+    salt: str = "",
 ) -> list[str]:
     """Split of every row: from ``split_column`` when the manifest has it, else by a hash of the id."""
     if split_column and split_column in df.columns:

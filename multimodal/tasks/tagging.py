@@ -118,7 +118,11 @@ class ProductTagger(TowerTask):
         for i, name in enumerate(self.heads):
             target = batch["labels"][:, i]
             if (target != IGNORE_INDEX).any():
-                losses.append(F.cross_entropy(logits[name], target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing))
+                losses.append(
+                    F.cross_entropy(
+                        logits[name], target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing
+                    )
+                )
         for name in self.tag_heads:
             target = batch["tags"][name]
             known = (target != IGNORE_INDEX).all(dim=1)
@@ -174,7 +178,9 @@ class ProductTagger(TowerTask):
                 out[i][name] = vocab[idx[i, 0]]
                 out[i][f"{name}_score"] = round(float(score[i, 0]), 6)
                 if top_k > 1:
-                    out[i][f"{name}_top"] = [[vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist())]
+                    out[i][f"{name}_top"] = [
+                        [vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist(), strict=True)
+                    ]
         for name, vocab in self.tag_vocabularies.items():
             p = probs[f"tags/{name}"].float()
             for i in range(n):
