@@ -279,7 +279,18 @@ class ProductDataModule(L.LightningDataModule):
         return batch
 
     def teardown(self, stage: str) -> None:
+        self._gather_skipped()
         self.write_report()
+
+    def _gather_skipped(self) -> None:
+        """Under DDP each rank sees only its own skipped products: collect them all before rank 0 reports."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        parts: list[dict[str, dict[str, Any]]] = [{} for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(parts, self.skipped)
+        for part in parts:
+            for item_id, entry in part.items():
+                self.skipped.setdefault(item_id, entry)
 
     def state_dict(self) -> dict[str, Any]:
         return {"vocabularies": self.vocabularies, "tag_vocabularies": self.tag_vocabularies}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -232,19 +234,37 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_fit_under_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    """Two CPU ranks train; corrupt photos met by either rank all reach rank 0's data report (skip policy)."""
+    rows = pd.read_csv(SAMPLE_MANIFEST, dtype=str, keep_default_na=False).head(64).copy()
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in rows["image"]:
+        shutil.copy(SAMPLE_IMAGES / name, images / name)
+    corrupt = rows["id"].iloc[:48:8].tolist()  # six training products
+    for item_id in corrupt:
+        (images / f"{item_id}.jpg").write_bytes(b"not a jpeg")
+    rows["split"] = ["train"] * 48 + ["val"] * 16
+    rows.to_csv(tmp_path / "manifest.csv", index=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [
         sys.executable, "-m", "multimodal.cli", "fit",
         *base_args(tmp_path,
+                   "--data.init_args.manifest", str(tmp_path / "manifest.csv"),
+                   "--data.init_args.image_root", str(images),
+                   "--data.init_args.on_bad_sample", "skip",
+                   "--data.init_args.batch_size", "8",  # 24 training rows per rank: no batch dropped
+                   "--data.init_args.report_path", str(tmp_path / "report.json"),
                    "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                   "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2",
+                   "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
                    "--trainer.enable_checkpointing", "true"),
         *callbacks(checkpoint_callback(tmp_path / "ckpt")),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr
-    assert "`Trainer.fit` stopped: `max_steps=3` reached." in proc.stderr
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached." in proc.stderr
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 3
+    assert ckpt["global_step"] >= 1
     assert ckpt["vocabularies"].keys() == {"gender", "masterCategory", "season"}
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(item["id"] for item in report["skipped"]) == sorted(corrupt)
