@@ -51,7 +51,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=24)
     p.add_argument("--max_new_tokens", type=int, default=20)
     p.add_argument("--methods", default="early,cross_attention,late,hf_vision_encoder_decoder")
-    p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all), for smoke runs")
+    p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all): the CPU budget")
+    p.add_argument("--max_test", type=int, default=0, help="cap on test items (0 = all)")
+    p.add_argument("--features_cache", default="", help="torch file to keep the frozen image features in between runs")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -70,6 +72,8 @@ def load_split(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, str]
                       if r.image is not None and r.texts[args.target]]  # fmt: skip
     if args.max_train:
         out["train"] = out["train"][: args.max_train]
+    if args.max_test:
+        out["test"] = out["test"][: args.max_test]
     return out
 
 
@@ -238,10 +242,19 @@ def main() -> None:
     splits = load_split(args)
     say(f"data {args.data}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     vision = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
-    feats = {}
-    for split in ("train", "test"):
-        feats[split] = image_features(splits[split], vision)
-        say(f"features {split}: {tuple(feats[split].tokens.shape)}")
+    cache = Path(args.features_cache) if args.features_cache else None
+    key = [args.data, args.image_size, [i for i, _, _ in splits["train"]], [i for i, _, _ in splits["test"]]]
+    saved = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
+    if saved is not None and saved["key"] == key:
+        feats = {s: Features(**saved[s]) for s in ("train", "test")}
+        say(f"features from {cache}")
+    else:
+        feats = {}
+        for split in ("train", "test"):
+            feats[split] = image_features(splits[split], vision)
+            say(f"features {split}: {tuple(feats[split].tokens.shape)}")
+        if cache:
+            torch.save({"key": key, **{s: vars(f) for s, f in feats.items()}}, cache)
     train_texts = [t for _, _, t in splits["train"]]
     refs = [t for _, _, t in splits["test"]]
     results: dict[str, Any] = {}

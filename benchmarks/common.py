@@ -217,7 +217,7 @@ def cached_vision_encoder(cache: dict[str, torch.Tensor], output_dim: int, token
     return CachedVisionEncoder()
 
 
-def cached_text_encoder(base: Any, cache: dict[bytes, torch.Tensor] | None = None) -> Any:
+def cached_text_encoder(base: Any, cache: dict[str, torch.Tensor] | None = None) -> Any:
     """Wrap a *frozen* Hugging Face text encoder so each distinct text is encoded once (in eval mode) and reused.
 
     The cache key is the unpadded token ids; a miss runs the frozen model on the missing rows only. The output
@@ -232,7 +232,7 @@ def cached_text_encoder(base: Any, cache: dict[bytes, torch.Tensor] | None = Non
             super().__init__()
             self.base = base.requires_grad_(False)
             self.output_dim, self.max_length = base.output_dim, base.max_length
-            self.cache: dict[bytes, torch.Tensor] = {} if cache is None else cache
+            self.cache: dict[str, torch.Tensor] = {} if cache is None else cache
 
         @property
         def tokenizer(self) -> Any:
@@ -240,7 +240,7 @@ def cached_text_encoder(base: Any, cache: dict[bytes, torch.Tensor] | None = Non
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Features:
             lengths = attention_mask.sum(1).tolist()
-            keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+            keys = [input_ids[i, :n].cpu().numpy().tobytes().hex() for i, n in enumerate(lengths)]
             missing = [i for i, k in enumerate(keys) if k not in self.cache]
             if missing:
                 self.base.eval()  # frozen: no dropout, so a cached text always gives the same features

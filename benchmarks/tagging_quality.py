@@ -47,7 +47,7 @@ from benchmarks.common import (
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
 ALL_VARIANTS = [*TAGGERS, "peer"]
-TEXT_CACHE: dict[bytes, torch.Tensor] = {}
+TEXT_CACHE: dict[str, torch.Tensor] = {}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-columns", nargs="+", default=["title"], help="text columns fed to the taggers and the peer")
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list out of {ALL_VARIANTS}")
     p.add_argument("--resume", action="store_true", help="keep variants already in --out that ran with the same settings")
+    p.add_argument("--resume-from", nargs="+", default=[], metavar="JSON",
+                   help="also keep variants from these result files (same settings), e.g. variants run in parallel")
     # Budget
     p.add_argument("--epochs", type=int, default=5, help="training epochs per tagger")
     p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
@@ -329,6 +331,31 @@ def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, tor
     return cache
 
 
+def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
+    """Frozen MiniLM outputs for every distinct title of the catalogue, computed once (kept in --work-dir)."""
+    from encoders.pretrained import MiniLMTextEncoder
+    from multimodal.tasks.base import JoinedText
+
+    records = [r for split in dm.splits.values() for r in split]
+    path = work / f"text_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.max_length}tok.pt"
+    if path.is_file():
+        TEXT_CACHE.update(torch.load(path, map_location="cpu", weights_only=True))
+        say(f"text cache: {len(TEXT_CACHE)} titles from {path}")
+        return
+    encoder = cached_text_encoder(MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=False), TEXT_CACHE)
+    tokenize = JoinedText(encoder.tokenizer, args.max_length)
+    columns = args.text_columns
+    for start in range(0, len(records), 64):
+        chunk = records[start : start + 64]
+        encoder(**tokenize({c: [r.texts[c] for r in chunk] for c in columns}))
+        if (start // 64) % 5 == 0:
+            say(f"text cache: {start + len(chunk)}/{len(records)} titles")
+    encoder(**tokenize({c: [None] for c in columns}))  # the empty text of a product without one
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(TEXT_CACHE), path)
+    say(f"text cache: {len(TEXT_CACHE)} titles computed, saved to {path}")
+
+
 def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """The settings a variant's result depends on (used by --resume)."""
     common = {"manifest": str(Path(args.manifest).resolve()), "attributes": args.attributes, "text_columns": args.text_columns,
@@ -348,8 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(torch.get_num_threads())
     work = Path(args.work_dir)
     previous: dict[str, Any] = {}
-    if args.resume and Path(args.out).is_file():
-        previous = json.loads(Path(args.out).read_text()).get("variants", {})
+    sources = [*args.resume_from, *([args.out] if args.resume else [])]
+    for source in sources:
+        if Path(source).is_file():
+            previous.update(json.loads(Path(source).read_text()).get("variants", {}))
     base = build_datamodule(args, "early", work)
     ids = split_ids(base)
     say(f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
@@ -358,12 +387,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = None
     if any(v != "peer" for v in args.variants) and use_cache(args):
         cache = vision_cache(args, base, work)
+    if any(v not in ("peer", "image_only") for v in args.variants) and args.text_trainable == 0 and args.text_cache != "off":
+        fill_text_cache(args, base, work)
     variants: dict[str, Any] = {}
     payload: dict[str, Any] = {"benchmark": "tagging_quality", "machine": machine(), "args": vars(args),
                                "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report()}
     for variant in args.variants:
         if variant in previous and previous[variant].get("settings") == settings(args, variant):
-            say(f"{variant}: kept from {args.out} (--resume, same settings)")
+            say(f"{variant}: kept from {' / '.join(sources)} (same settings)")
             variants[variant] = previous[variant]
             continue
         dm = build_datamodule(args, variant, work / variant)

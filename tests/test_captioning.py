@@ -162,9 +162,19 @@ def test_fit_validates_with_bleu_and_cider(tmp_path: Path) -> None:
     from multimodal.cli import MultimodalCLI
 
     cli = MultimodalCLI(
-        args=["fit", "--config", str(TINY_CAPTION), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+        args=["fit", "--config", str(TINY_CAPTION), "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
               "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     )
     metrics = cli.trainer.callback_metrics
     assert {"val/loss", "val/bleu4", "val/cider", "val/exact"} <= set(metrics)
     assert 0.0 <= float(metrics["val/bleu4"]) <= 1.0 and float(metrics["val/cider"]) >= 0.0
+
+
+def test_target_column_missing_from_the_data_is_a_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from multimodal.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(TINY_CAPTION), "--model.init_args.target_column", "description",
+              "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert exc.value.code == 2
+    assert "['description'] are not in data.text_columns ['title']" in capsys.readouterr().err

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -20,8 +20,6 @@ from multimodal.dataset import IGNORE_INDEX, TextFn
 from multimodal.errors import UserError
 from multimodal.tasks.base import MissingModality, TowerTask
 
-log = logging.getLogger(__name__)
-
 # Typed loosely on purpose: a fusion block of another family gets a one-line UserError, not a parser dump.
 ConditioningFactory = Callable[[int, int], nn.Module]
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
@@ -31,7 +29,8 @@ class CaptionText:
     """Text function for the collate (picklable): prompt and target columns -> training and prompt tensors.
 
     Training sequence (right-padded): ``[bos] prompt target [eos]``; ``caption_labels`` (the collate keeps
-    ``labels`` for attributes) hold the target and ``[eos]`` only (-100 on ``[bos]``, the prompt and padding). Generation input (left-padded): ``[bos] prompt``.
+    ``labels`` for attributes) hold the target and ``[eos]`` only (-100 on ``[bos]``, the prompt and padding).
+    Generation input (left-padded): ``[bos] prompt``.
 
     Args:
         tokenizer: Hugging Face tokenizer.
@@ -164,6 +163,15 @@ class ProductCaptioner(TowerTask):
     @property
     def lm(self) -> CausalLM:
         return self.text  # type: ignore[return-value]
+
+    def setup(self, stage: str) -> None:
+        columns = getattr(self.trainer.datamodule, "text_columns", None) if self.trainer is not None else None
+        if columns is None:
+            return
+        needed = [*self.prompt_columns] + ([self.target_column] if stage in ("fit", "validate", "test") else [])
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise UserError(f"model.target_column/prompt_columns {missing} are not in data.text_columns {columns}")
 
     # -------------------------------------------------------------------------------------- preprocessing
     def image_transform(self, train: bool) -> ImageTransform:
@@ -322,7 +330,7 @@ class ProductCaptioner(TowerTask):
         scores = caption_scores(preds, refs)
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val")
         for pred, ref in list(zip(preds, refs, strict=True))[: self.log_examples]:
-            log.info("%s example: generated %r, reference %r", stage, pred, ref)
+            rank_zero_info(f"{stage} example: generated {pred!r}, reference {ref!r}")
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
