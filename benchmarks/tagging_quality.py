@@ -384,16 +384,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say(f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
         f"{len(base.skipped)} skipped")
     truth_by_id = {r.id: r.labels for r in base.splits["test"]}
+    kept = [v for v in args.variants if v in previous and previous[v].get("settings") == settings(args, v)]
+    todo = [v for v in args.variants if v not in kept]
     cache = None
-    if any(v != "peer" for v in args.variants) and use_cache(args):
+    if any(v != "peer" for v in todo) and use_cache(args):
         cache = vision_cache(args, base, work)
-    if any(v not in ("peer", "image_only") for v in args.variants) and args.text_trainable == 0 and args.text_cache != "off":
+    if any(v not in ("peer", "image_only") for v in todo) and args.text_trainable == 0 and args.text_cache != "off":
         fill_text_cache(args, base, work)
     variants: dict[str, Any] = {}
     payload: dict[str, Any] = {"benchmark": "tagging_quality", "machine": machine(), "args": vars(args),
-                               "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report()}
+                               "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report(),
+                               "variants": variants}
     for variant in args.variants:
-        if variant in previous and previous[variant].get("settings") == settings(args, variant):
+        if variant in kept:
             say(f"{variant}: kept from {' / '.join(sources)} (same settings)")
             variants[variant] = previous[variant]
             continue
@@ -407,7 +410,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants[variant] = {"settings": settings(args, variant), "info": info, "predictions": preds}
         single = score_table(*_truth_and_preds(truth_by_id, preds, args.attributes), args.attributes)
         say(f"{variant}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")
-        payload["variants"] = variants
         write_json(args.out, payload)  # partial results survive an interrupted run
     # Score every method on the test ids that all of them predicted (a product skipped for a bad image is out).
     common = set(truth_by_id)

@@ -179,6 +179,7 @@ class EmbeddingWriter(BasePredictionWriter):
         self._ids: list[str] = []
         self._vectors: list[torch.Tensor] = []
         self._seen = 0
+        self._skipped: list[dict[str, Any]] = []  # unreadable products (data.on_bad_sample=skip), reported
         self.written: list[int] = []
 
     def _expected_batches(self, block: int) -> int:
@@ -196,6 +197,7 @@ class EmbeddingWriter(BasePredictionWriter):
     ) -> None:
         block = self.data.my_blocks[batch_idx // self.batches_per_block]
         self._ids.extend(prediction["ids"])
+        self._skipped.extend({"id": i, "row": r, "reason": why} for i, r, why in batch.get("skipped", []))
         self._vectors.append(prediction["embeddings"].detach().to("cpu", self.dtype))
         self._seen += 1
         if self._seen == self._expected_batches(block):
@@ -208,9 +210,11 @@ class EmbeddingWriter(BasePredictionWriter):
         tmp = meta.with_name("." + meta.name + ".tmp")
         pd.DataFrame(rows, columns=["id", *_meta_columns(self.metadata)]).to_parquet(tmp, index=False)
         os.replace(tmp, meta)
-        save_vectors(self.folder / shard_name(block, self.fmt), vectors.contiguous())
+        if self._skipped:
+            write_json_atomic(self.folder / shard_name(block, "skipped.json"), {"skipped": self._skipped})
+        save_vectors(self.folder / shard_name(block, self.fmt), vectors.contiguous())  # last: marks the shard done
         self.written.append(block)
-        self._ids, self._vectors, self._seen = [], [], 0
+        self._ids, self._vectors, self._seen, self._skipped = [], [], 0, []
 
 
 def _meta_columns(metadata: dict[str, dict[str, Any]]) -> list[str]:
@@ -293,5 +297,12 @@ def finalize(folder: Path, spec: dict[str, Any], blocks: Blocks) -> dict[str, An
         raise UserError(f"export {folder}: duplicate ids {products['id'][products['id'].duplicated()].tolist()[:5]}")
     products.to_parquet(folder / PRODUCTS, index=False)
     manifest["count"] = len(products)
+    skipped = [
+        item
+        for b in range(blocks.count)
+        if (folder / shard_name(b, "skipped.json")).is_file()
+        for item in json.loads((folder / shard_name(b, "skipped.json")).read_text())["skipped"]
+    ]
+    manifest["skipped"] = skipped  # products the data module could not read (on_bad_sample=skip)
     write_json_atomic(folder / MANIFEST, manifest)
     return manifest

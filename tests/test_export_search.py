@@ -180,6 +180,25 @@ def test_killed_export_resumes_to_the_same_result(
     pd.testing.assert_frame_equal(products, expected_products)
 
 
+def test_unreadable_products_are_skipped_and_reported(
+    checkpoint: Path, catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = pd.read_csv(catalogue, dtype=str).head(8)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in rows["image"][1:]:
+        shutil.copy(SAMPLE / "images" / name, images / name)
+    (images / rows["image"][0]).write_bytes(b"not a jpeg")  # present, but unreadable
+    rows.to_csv(tmp_path / "catalogue.csv", index=False)
+    out = tmp_path / "emb"
+    data = ["--data.manifest", tmp_path / "catalogue.csv", "--data.image_root", images, "--data.on_bad_sample", "skip"]
+    printed = run_cli(["export", "--ckpt_path", checkpoint, "--out", out, "--no-progress", *data], capsys)
+    assert "1 unreadable product(s) skipped" in printed
+    manifest, vectors, products = load_export(out)
+    assert manifest["count"] == 7 and len(vectors) == 7 and rows["id"][0] not in set(products["id"])
+    assert [s["id"] for s in manifest["skipped"]] == [rows["id"][0]]
+
+
 def test_export_refuses_a_folder_of_another_model(
     checkpoint: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -84,6 +84,8 @@ def main(argv: list[str]) -> None:
             f"export {state}: {manifest.get('count', '?')} products, dim {manifest['dim']}, "
             f"{manifest['shards']} shard(s) in {args.out}"
         )
+        if manifest.get("skipped"):
+            print(f"{len(manifest['skipped'])} unreadable product(s) skipped: listed under 'skipped' in export.json")
 
 
 def run_export(args: argparse.Namespace, overrides: list[str], argv: list[str] | None = None) -> dict[str, Any] | None:
