@@ -36,6 +36,20 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads (0 keeps torch's default).
+
+    On a box whose cores other jobs also use, one thread per process avoids the OpenMP threads waiting on each
+    other: measured here (2 cores, load ~15) one tagger step took 1.6 s with 1 thread and 10 s with 2.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            pass  # already set once in this process
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's info lines (GPU available, model summary hints...); warnings stay."""
     import logging
@@ -120,7 +134,9 @@ def format_table(results: dict[str, dict[str, Any]], attributes: Sequence[str]) 
     rule = "|---|" + "---|" * (len(attributes) + 2)
     rows = [head, rule]
     for name, res in results.items():
-        cells = [f"{res['per_attribute'][a]['acc']:.3f} / {res['per_attribute'][a]['macro_f1']:.3f}" for a in attributes]
+        cells = [
+            f"{res['per_attribute'][a]['acc']:.3f} / {res['per_attribute'][a]['macro_f1']:.3f}" for a in attributes
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {res['mean_acc']:.3f} | **{res['mean_macro_f1']:.3f}** |")
     return "\n".join(rows)
 

@@ -41,6 +41,7 @@ from benchmarks.common import (
     say,
     score_table,
     seed_all,
+    set_threads,
     write_json,
 )
 
@@ -64,39 +65,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attributes", nargs="+", default=ATTRIBUTES, help="attribute columns scored")
     p.add_argument("--text-columns", nargs="+", default=["title"], help="text columns fed to the taggers and the peer")
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list out of {ALL_VARIANTS}")
-    p.add_argument("--resume", action="store_true", help="keep variants already in --out that ran with the same settings")
-    p.add_argument("--resume-from", nargs="+", default=[], metavar="JSON",
-                   help="also keep variants from these result files (same settings), e.g. variants run in parallel")
+    p.add_argument(
+        "--resume", action="store_true", help="keep variants already in --out that ran with the same settings"
+    )
+    p.add_argument(
+        "--resume-from",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="also keep variants from these result files (same settings), e.g. variants run in parallel",
+    )
     # Budget
     p.add_argument("--epochs", type=int, default=5, help="training epochs per tagger")
     p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
-    p.add_argument("--max-eval", type=int, default=None, help="use at most this many val and test products (smoke runs)")
+    p.add_argument(
+        "--max-eval", type=int, default=None, help="use at most this many val and test products (smoke runs)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
     # Model and optimisation
     p.add_argument("--vision-trainable", type=int, default=0, help="train the last N EfficientNet stages (0: frozen)")
-    p.add_argument("--vision-cache", default="auto", choices=["auto", "on", "off"],
-                   help="auto/on: with a frozen vision tower, compute its outputs once (eval transform) and reuse them")
+    p.add_argument(
+        "--vision-cache",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto/on: with a frozen vision tower, compute its outputs once (eval transform) and reuse them",
+    )
     p.add_argument("--text-trainable", type=int, default=0, help="train the last N MiniLM layers (-1: all, 0: frozen)")
-    p.add_argument("--text-cache", default="auto", choices=["auto", "off"],
-                   help="auto: a frozen MiniLM encodes each distinct title once (eval mode) and reuses it")
+    p.add_argument(
+        "--text-cache",
+        default="auto",
+        choices=["auto", "off"],
+        help="auto: a frozen MiniLM encodes each distinct title once (eval mode) and reuses it",
+    )
     p.add_argument("--max-length", type=int, default=32, help="title tokens kept")
     p.add_argument("--fusion-dim", type=int, default=256)
     p.add_argument("--fusion-layers", type=int, default=2)
-    p.add_argument("--single-modality-fusion", default="early", choices=["early", "late", "cross_attention"],
-                   help="fusion block of the image_only and title_only taggers")
+    p.add_argument(
+        "--single-modality-fusion",
+        default="early",
+        choices=["early", "late", "cross_attention"],
+        help="fusion block of the image_only and title_only taggers",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the new layers")
     p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="towers train at lr * this")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--modality-dropout", type=float, default=0.1)
     p.add_argument("--scheduler", default="cosine", choices=["none", "cosine"], help="per-epoch LR schedule")
-    p.add_argument("--select", default="best", choices=["best", "last"],
-                   help="test the epoch with the best val mean macro-F1, or the last epoch")
-    p.add_argument("--peer-c", type=float, nargs="+", default=[1.0, 10.0, 100.0],
-                   help="LogisticRegression C values; the best on the val split (macro-F1) is used per attribute")
+    p.add_argument(
+        "--select",
+        default="best",
+        choices=["best", "last"],
+        help="test the epoch with the best val mean macro-F1, or the last epoch",
+    )
+    p.add_argument(
+        "--peer-c",
+        type=float,
+        nargs="+",
+        default=[1.0, 10.0, 100.0],
+        help="LogisticRegression C values; the best on the val split (macro-F1) is used per attribute",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
+    )
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in ALL_VARIANTS]
@@ -215,7 +252,9 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
     optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = None
     if args.scheduler == "cosine":
-        scheduler = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max(args.epochs, 1), eta_min=args.lr * 0.02)
+        scheduler = functools.partial(
+            torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max(args.epochs, 1), eta_min=args.lr * 0.02
+        )
     return ProductTagger(
         vision=vision,
         text=text,
@@ -237,19 +276,25 @@ def progress_callback(variant: str, every: int) -> Any:
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             self.t0, self.seen = time.perf_counter(), 0
 
-        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int) -> None:
+        def on_train_batch_end(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+        ) -> None:
             self.seen += len(batch["ids"])
             if (i + 1) % every == 0:
                 loss = float(outputs["loss"]) if isinstance(outputs, dict) else float("nan")
                 rate = self.seen / (time.perf_counter() - self.t0)
-                say(f"{variant}: epoch {trainer.current_epoch} step {i + 1}/{trainer.num_training_batches} "
-                    f"loss {loss:.3f} ({rate:.1f} samples/s)")
+                say(
+                    f"{variant}: epoch {trainer.current_epoch} step {i + 1}/{trainer.num_training_batches} "
+                    f"loss {loss:.3f} ({rate:.1f} samples/s)"
+                )
 
         def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             m = trainer.callback_metrics
             if "val/mean_macro_f1" in m:
-                say(f"{variant}: epoch {trainer.current_epoch} val mean acc {float(m['val/mean_acc']):.3f} "
-                    f"mean macro-F1 {float(m['val/mean_macro_f1']):.3f}")
+                say(
+                    f"{variant}: epoch {trainer.current_epoch} val mean acc {float(m['val/mean_acc']):.3f} "
+                    f"mean macro-F1 {float(m['val/mean_macro_f1']):.3f}"
+                )
 
     return Progress()
 
@@ -265,8 +310,15 @@ def run_tagger(
     model = build_tagger(args, variant, cache)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"{variant}: {trainable / 1e6:.2f}M trainable parameters; {len(dm.splits['train'])} train products")
-    ckpt = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val/mean_macro_f1", mode="max", save_top_k=1,
-                           filename="best", save_weights_only=True, enable_version_counter=False)
+    ckpt = ModelCheckpoint(
+        dirpath=work / "checkpoints",
+        monitor="val/mean_macro_f1",
+        mode="max",
+        save_top_k=1,
+        filename="best",
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
@@ -342,7 +394,9 @@ def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
         TEXT_CACHE.update(torch.load(path, map_location="cpu", weights_only=True))
         say(f"text cache: {len(TEXT_CACHE)} titles from {path}")
         return
-    encoder = cached_text_encoder(MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=False), TEXT_CACHE)
+    encoder = cached_text_encoder(
+        MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=False), TEXT_CACHE
+    )
     tokenize = JoinedText(encoder.tokenizer, args.max_length)
     columns = args.text_columns
     for start in range(0, len(records), 64):
@@ -358,13 +412,35 @@ def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
 
 def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """The settings a variant's result depends on (used by --resume)."""
-    common = {"manifest": str(Path(args.manifest).resolve()), "attributes": args.attributes, "text_columns": args.text_columns,
-              "max_train": args.max_train, "max_eval": args.max_eval, "seed": args.seed}
+    common = {
+        "manifest": str(Path(args.manifest).resolve()),
+        "attributes": args.attributes,
+        "text_columns": args.text_columns,
+        "max_train": args.max_train,
+        "max_eval": args.max_eval,
+        "seed": args.seed,
+    }
     if variant == "peer":
         return {**common, "peer_c": args.peer_c}
-    keys = ["epochs", "image_size", "batch_size", "vision_trainable", "vision_cache", "text_trainable", "text_cache", "max_length", "fusion_dim",
-            "fusion_layers", "lr", "encoder_lr_scale", "weight_decay", "label_smoothing", "modality_dropout",
-            "scheduler", "select"]
+    keys = [
+        "epochs",
+        "image_size",
+        "batch_size",
+        "vision_trainable",
+        "vision_cache",
+        "text_trainable",
+        "text_cache",
+        "max_length",
+        "fusion_dim",
+        "fusion_layers",
+        "lr",
+        "encoder_lr_scale",
+        "weight_decay",
+        "label_smoothing",
+        "modality_dropout",
+        "scheduler",
+        "select",
+    ]
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
     return {**common, **{k: getattr(args, k) for k in keys}, **extra}
 
@@ -372,7 +448,7 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet_lightning()
-    torch.set_num_threads(torch.get_num_threads())
+    set_threads(args.threads)
     work = Path(args.work_dir)
     previous: dict[str, Any] = {}
     sources = [*args.resume_from, *([args.out] if args.resume else [])]
@@ -381,8 +457,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             previous.update(json.loads(Path(source).read_text()).get("variants", {}))
     base = build_datamodule(args, "early", work)
     ids = split_ids(base)
-    say(f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
-        f"{len(base.skipped)} skipped")
+    say(
+        f"data: {args.manifest}: train {len(ids['train'])}, val {len(ids['val'])}, test {len(ids['test'])} products; "
+        f"{len(base.skipped)} skipped"
+    )
     truth_by_id = {r.id: r.labels for r in base.splits["test"]}
     kept = [v for v in args.variants if v in previous and previous[v].get("settings") == settings(args, v)]
     todo = [v for v in args.variants if v not in kept]
@@ -392,9 +470,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(v not in ("peer", "image_only") for v in todo) and args.text_trainable == 0 and args.text_cache != "off":
         fill_text_cache(args, base, work)
     variants: dict[str, Any] = {}
-    payload: dict[str, Any] = {"benchmark": "tagging_quality", "machine": machine(), "args": vars(args),
-                               "split": {s: len(v) for s, v in ids.items()}, "data_report": base.report(),
-                               "variants": variants}
+    payload: dict[str, Any] = {
+        "benchmark": "tagging_quality",
+        "machine": machine(),
+        "args": vars(args),
+        "split": {s: len(v) for s, v in ids.items()},
+        "data_report": base.report(),
+        "variants": variants,
+    }
     for variant in args.variants:
         if variant in kept:
             say(f"{variant}: kept from {' / '.join(sources)} (same settings)")
@@ -425,24 +508,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload.update({"test_products_scored": len(common_ids), "results": results, "table_markdown": table})
     if "peer" in results:
         peer = results["peer"]["mean_macro_f1"]
-        payload["vs_peer"] = {n: {"mean_macro_f1_diff": r["mean_macro_f1"] - peer, "beats_peer": r["mean_macro_f1"] > peer}
-                              for n, r in results.items() if n != "peer"}
+        payload["vs_peer"] = {
+            n: {"mean_macro_f1_diff": r["mean_macro_f1"] - peer, "beats_peer": r["mean_macro_f1"] > peer}
+            for n, r in results.items()
+            if n != "peer"
+        }
     write_json(args.out, payload)
     print()
-    print(f"Test split: {len(common_ids)} products; acc / macro-F1 per attribute (macro-F1: sklearn, labels in "
-          f"y_true or y_pred, unknown true labels left out)")
+    print(
+        f"Test split: {len(common_ids)} products; acc / macro-F1 per attribute (macro-F1: sklearn, labels in "
+        f"y_true or y_pred, unknown true labels left out)"
+    )
     print(table)
     for name, d in payload.get("vs_peer", {}).items():
-        print(f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({'beats' if d['beats_peer'] else 'does not beat'} the peer)")
+        verdict = "beats" if d["beats_peer"] else "does not beat"
+        print(f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({verdict} the peer)")
     say(f"wrote {args.out}")
     return payload
 
 
-def _truth_and_preds(truth_by_id: dict[str, dict[str, str | None]], preds: dict[str, dict[str, str]],
-                     attributes: list[str]) -> tuple[dict[str, list[str | None]], dict[str, list[str]]]:
+def _truth_and_preds(
+    truth_by_id: dict[str, dict[str, str | None]], preds: dict[str, dict[str, str]], attributes: list[str]
+) -> tuple[dict[str, list[str | None]], dict[str, list[str]]]:
     ids = [i for i in truth_by_id if i in preds]
-    return ({a: [truth_by_id[i][a] for i in ids] for a in attributes},
-            {a: [preds[i][a] for i in ids] for a in attributes})
+    return (
+        {a: [truth_by_id[i][a] for i in ids] for a in attributes},
+        {a: [preds[i][a] for i in ids] for a in attributes},
+    )
 
 
 if __name__ == "__main__":

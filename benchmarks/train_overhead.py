@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import machine, quiet_lightning, say, seed_all, write_json
+from benchmarks.common import machine, quiet_lightning, say, seed_all, set_threads, write_json
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 
@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="timed steps per run")
     p.add_argument("--repeats", type=int, default=3, help="runs of each path (alternating order)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
+    )
     return p.parse_args(argv)
 
 
@@ -70,15 +76,22 @@ def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
     }[args.fusion]
     model = ProductTagger(
         vision=EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=args.vision_trainable or False),
-        text=MiniLMTextEncoder(max_length=32, trainable=True if args.text_trainable < 0 else (args.text_trainable or False)),
+        text=MiniLMTextEncoder(
+            max_length=32, trainable=True if args.text_trainable < 0 else (args.text_trainable or False)
+        ),
         fusion=fusion,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01),
         encoder_lr_scale=0.1,
     )
     data = Path(args.data)
     dm = ProductDataModule(
-        manifest=str(data / "metadata.csv"), image_root=str(data / "images"), text_columns=["title"],
-        attributes=args.attributes, on_bad_sample="skip", batch_size=args.batch_size, num_workers=0,
+        manifest=str(data / "metadata.csv"),
+        image_root=str(data / "images"),
+        text_columns=["title"],
+        attributes=args.attributes,
+        on_bad_sample="skip",
+        batch_size=args.batch_size,
+        num_workers=0,
     )
     dm.attach(model)
     model.build_heads(dm.vocabularies, dm.tag_vocabularies)
@@ -91,7 +104,9 @@ def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
         if len(batches) == need:
             break
     if len(batches) < need:
-        raise SystemExit(f"error: {data} gives only {len(batches)} full training batches of {args.batch_size}; need {need}")
+        raise SystemExit(
+            f"error: {data} gives only {len(batches)} full training batches of {args.batch_size}; need {need}"
+        )
     return model, batches
 
 
@@ -107,7 +122,9 @@ def run_fit(template: Any, batches: list[dict[str, Any]], args: argparse.Namespa
     marks: dict[int, float] = {}
 
     class Clock(L.Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int) -> None:
+        def on_train_batch_end(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+        ) -> None:
             marks[i] = time.perf_counter()
 
     model = copy.deepcopy(template)
@@ -152,8 +169,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         raise SystemExit("error: --warmup, --steps and --repeats must be at least 1")
     quiet_lightning()
-    say(f"building the tagger (EfficientNet-Lite0 @{args.image_size}px, MiniLM-L6, {args.fusion} fusion) and "
-        f"{args.warmup + args.steps} batches of {args.batch_size}")
+    set_threads(args.threads)
+    say(
+        f"building the tagger (EfficientNet-Lite0 @{args.image_size}px, MiniLM-L6, {args.fusion} fusion) and "
+        f"{args.warmup + args.steps} batches of {args.batch_size}"
+    )
     template, batches = build(args)
     trainable = sum(p.numel() for p in template.parameters() if p.requires_grad)
     say(f"{trainable / 1e6:.2f}M trainable of {sum(p.numel() for p in template.parameters()) / 1e6:.2f}M parameters")
@@ -165,19 +185,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in order:
             seconds = paths[name](template, batches, args)
             times[name].append(seconds)
-            say(f"repeat {r + 1}/{args.repeats}: {name:4s} {samples / seconds:7.2f} samples/s ({seconds:.2f}s for {args.steps} steps)")
-    rate = {k: [samples / s for s in v] for k, v in times.items()}
-    median = {k: statistics.median(v) for k, v in rate.items()}
-    paired = [f / h for f, h in zip(rate["fit"], rate["hand"], strict=True)]
+            rate = samples / seconds
+            say(f"repeat {r + 1}/{args.repeats}: {name:4s} {rate:7.2f} samples/s ({seconds:.2f}s, {args.steps} steps)")
+    rates = {k: [samples / s for s in v] for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    paired = [f / h for f, h in zip(rates["fit"], rates["hand"], strict=True)]
     ratio = median["fit"] / median["hand"]
     payload = {
         "benchmark": "train_overhead",
         "machine": machine(),
         "args": vars(args),
-        "model": {"vision": f"EfficientNet-Lite0 (ImageNet) @{args.image_size}px, last {args.vision_trainable} stages trained",
-                  "text": "all-MiniLM-L6-v2, " + ("all layers trained" if args.text_trainable < 0 else f"last {args.text_trainable} layers trained"),
-                  "fusion": args.fusion, "trainable_params": trainable},
-        "samples_per_s": rate,
+        "model": {
+            "vision": f"EfficientNet-Lite0 (ImageNet) @{args.image_size}px, "
+            f"last {args.vision_trainable} stages trained",
+            "text": "all-MiniLM-L6-v2, "
+            + ("all layers trained" if args.text_trainable < 0 else f"last {args.text_trainable} layers trained"),
+            "fusion": args.fusion,
+            "trainable_params": trainable,
+        },
+        "samples_per_s": rates,
         "median_samples_per_s": median,
         "paired_ratios": paired,
         "ratio_fit_over_hand": ratio,
@@ -187,8 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(args.out, payload)
     print()
     print(f"median samples/s: Trainer.fit {median['fit']:.2f}, hand-written loop {median['hand']:.2f}")
-    print(f"ratio fit / hand-written = {ratio:.3f} (median of paired ratios {statistics.median(paired):.3f}; bar >= 0.97: "
-          f"{'met' if ratio >= 0.97 else 'NOT met'})")
+    print(
+        f"ratio fit / hand-written = {ratio:.3f} (median of paired ratios {statistics.median(paired):.3f}; "
+        f"bar >= 0.97: {'met' if ratio >= 0.97 else 'NOT met'})"
+    )
     say(f"wrote {args.out}")
     return payload
 
