@@ -134,7 +134,9 @@ def train(model: ProductRetriever, rows: list[int], n: int, ids: list[str], args
 
 
 @torch.inference_mode()
-def evaluate(model: ProductRetriever, rows: list[int], n: int, ids: list[str], rerank: int = 0) -> dict[str, float]:
+def evaluate(
+    model: ProductRetriever, rows: list[int], n: int, ids: list[str], rerank: int = 0, combine: bool = False
+) -> dict[str, float]:
     model.eval()
     batch = batch_of(rows, n, ids)
     query = model.embed_text(batch["input_ids"], batch["attention_mask"])
@@ -145,10 +147,22 @@ def evaluate(model: ProductRetriever, rows: list[int], n: int, ids: list[str], r
         vision = model.vision(batch["pixel_values"])
         text = model.text(batch["input_ids"], batch["attention_mask"])
         t2p = reranked_ranks(
-            model, query @ product.t(), t2p, rerank, lambda q, c: (vision_rows(vision, c), text_rows(text, q))
+            model,
+            query @ product.t(),
+            t2p,
+            rerank,
+            lambda q, c: (vision_rows(vision, c), text_rows(text, q)),
+            256,
+            combine,
         )
         p2t = reranked_ranks(
-            model, product @ query.t(), p2t, rerank, lambda q, c: (vision_rows(vision, q), text_rows(text, c))
+            model,
+            product @ query.t(),
+            p2t,
+            rerank,
+            lambda q, c: (vision_rows(vision, q), text_rows(text, c)),
+            256,
+            combine,
         )
     return {**scores_from_ranks(t2p, prefix="t2p_"), **scores_from_ranks(p2t, prefix="p2t_")}
 
@@ -161,9 +175,18 @@ text_rows = vision_rows
 
 
 def reranked_ranks(
-    model: ProductRetriever, sim: Tensor, ranks: Tensor, depth: int, pairs: Any, chunk: int = 256
+    model: ProductRetriever,
+    sim: Tensor,
+    ranks: Tensor,
+    depth: int,
+    pairs: Any,
+    chunk: int = 256,
+    combine: bool = False,
 ) -> Tensor:
-    """Reorder each query's top ``depth`` by the re-ranker; a match outside the top ``depth`` keeps its rank."""
+    """Reorder each query's top ``depth`` by the re-ranker; a match outside the top ``depth`` keeps its rank.
+
+    With ``combine`` the order is by ITM logit + the contrastive logit (cosine / temperature) instead of ITM alone.
+    """
     out = ranks.clone()
     top = sim.topk(depth, dim=1).indices  # (Q, depth)
     queries = [q for q in range(sim.shape[0]) if ranks[q] < depth]
@@ -175,6 +198,8 @@ def reranked_ranks(
     if not flat:
         return out
     table = torch.cat(scores).view(len(queries), depth)
+    if combine:
+        table = table + model.logit_scale.exp() * sim[queries].gather(1, top[queries])
     for row, q in enumerate(queries):
         cands = top[q].tolist()
         out[q] = int((table[row] > table[row, cands.index(q)]).sum())
@@ -259,6 +284,9 @@ def main() -> None:
                 model, split_rows["test"], n, ids, rerank=args.rerank
             )
             say(f"re-rank: {results[f'{name} + re-rank top {args.rerank}']}")
+            both = f"{name} + re-rank top {args.rerank} (ITM + cosine)"
+            results[both] = evaluate(model, split_rows["test"], n, ids, rerank=args.rerank, combine=True)
+            say(f"re-rank, ITM + cosine: {results[both]}")
         if product == "image":
             results["zero_shot"] = zero_shot(model, text_tower, records, split_rows, v_pooled, args)
     payload = {

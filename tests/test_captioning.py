@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CAPTION = ROOT / "configs" / "captioning" / "tiny.yaml"
 SAMPLE_IMAGES = ROOT / "examples" / "fashion-products" / "images"
 MODES = ["PrefixConditioning", "CrossAttentionConditioning", "LateConditioning"]
-STEPS = 120
+STEPS = 150
 
 
 def eight_titles(tmp_path: Path, sample: pd.DataFrame) -> Path:
@@ -52,7 +52,6 @@ def trained(
     cli = tiny_cli(
         request.param, manifest,
         "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0",
-        "--model.init_args.optimizer.init_args.lr", "0.01",
     )  # fmt: skip
     cli.trainer.fit(cli.model, cli.datamodule)
     batch = next(iter(cli.datamodule.loader("train")))
@@ -161,9 +160,10 @@ def test_fit_validates_with_bleu_and_cider(tmp_path: Path) -> None:
     from multimodal.cli import MultimodalCLI
 
     cli = MultimodalCLI(
-        args=["fit", "--config", str(TINY_CAPTION), "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-              "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    )
+        args=["fit", "--config", str(TINY_CAPTION), "--trainer.limit_train_batches", "1",
+              "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+              "--trainer.default_root_dir", str(tmp_path)],
+    )  # fmt: skip
     metrics = cli.trainer.callback_metrics
     assert {"val/loss", "val/bleu4", "val/cider", "val/exact"} <= set(metrics)
     assert 0.0 <= float(metrics["val/bleu4"]) <= 1.0 and float(metrics["val/cider"]) >= 0.0

@@ -219,7 +219,9 @@ class ProductRetriever(TowerTask):
         b = query.shape[0]
         eye = torch.eye(b, dtype=torch.bool, device=query.device)
         with torch.no_grad():  # sample hard negatives in proportion to similarity, never the positive
-            weights = ((query @ product.t()).float().softmax(-1) + 1e-6).masked_fill(eye, 0)
+            # at the contrastive temperature: plain cosines in [-1, 1] would make the softmax nearly uniform
+            scale = self.logit_scale.detach().clamp(max=math.log(100.0)).exp()
+            weights = ((scale * query @ product.t()).float().softmax(-1) + 1e-6).masked_fill(eye, 0)
             neg_image = torch.multinomial(weights, 1).squeeze(1)  # for each text, a hard image
             neg_text = torch.multinomial(weights.t(), 1).squeeze(1)  # for each image, a hard text
         pair_vision = _cat(vision, _index(vision, neg_image), vision)
