@@ -1,6 +1,6 @@
 """``ProductRetriever``: image and text towers projected to one space, trained with symmetric InfoNCE.
 
-A *query* is text (e.g. a title) or a photo; a *product vector* is, by config, the product's image, its text, or
+A *query* is text (e.g. a product name) or a photo; a *product vector* is, by config, the product's image, its text, or
 its image and text fused by any fusion block. An optional re-ranker (fusion block + image-text-matching head,
 trained with in-batch hard negatives as in ALBEF / BLIP) reorders the top N of a search.
 """
