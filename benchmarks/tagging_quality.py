@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also keep variants from these result files (same settings), e.g. variants run in parallel",
     )
     # Budget
-    p.add_argument("--epochs", type=int, default=5, help="training epochs per tagger")
+    p.add_argument("--epochs", type=int, default=16, help="training epochs per tagger")
     p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
     p.add_argument(
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: a frozen MiniLM encodes each distinct title once (eval mode) and reuses it",
     )
     p.add_argument("--max-length", type=int, default=32, help="title tokens kept")
-    p.add_argument("--fusion-dim", type=int, default=256)
+    p.add_argument("--fusion-dim", type=int, default=128)
     p.add_argument("--fusion-layers", type=int, default=2)
     p.add_argument(
         "--single-modality-fusion",
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["early", "late", "cross_attention"],
         help="fusion block of the image_only and title_only taggers",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the new layers")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate of the new layers")
     p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="towers train at lr * this")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -131,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
+        default=1,
         help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
     )
     args = p.parse_args(argv)
@@ -288,7 +288,8 @@ def progress_callback(variant: str, every: int) -> Any:
                     f"loss {loss:.3f} ({rate:.1f} samples/s)"
                 )
 
-        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            # Not on_validation_epoch_end: callbacks run before the task's hook that logs this epoch's metrics.
             m = trainer.callback_metrics
             if "val/mean_macro_f1" in m:
                 say(

@@ -6,8 +6,9 @@ ProductDataModule's training loader (train transforms, seeded) and kept in memor
 optimizer that ``ProductTagger.configure_optimizers`` returns (AdamW, two parameter groups). Each run trains
 ``--warmup + --steps`` steps; only the last ``--steps`` are timed, from the end of the last warm-up step to the
 end of the last step, so the span holds batch fetch, forward, loss, backward, optimizer step and (for ``fit``)
-every Lightning hook and ``self.log`` call. Runs alternate (fit, hand, hand, fit, ...) over ``--repeats`` pairs;
-the report gives medians and the ratio fit / hand-written.
+every Lightning hook and ``self.log`` call. After ``--warmup-runs`` untimed runs of each path (the first runs in
+a process pay one-off costs), runs alternate (fit, hand, hand, fit, ...) over ``--repeats`` pairs; the report
+gives medians and the ratio fit / hand-written.
 
 Lightning features a hand loop does not have are switched off: logger, checkpointing, progress bar, model
 summary, sanity validation and validation (``limit_val_batches=0``). ``self.log`` in ``training_step`` stays, as
@@ -48,15 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vision-trainable", type=int, default=2, help="train the last N EfficientNet stages")
     p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
-    p.add_argument("--steps", type=int, default=12, help="timed steps per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each path (alternating order)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every run")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    p.add_argument("--repeats", type=int, default=7, help="runs of each path (alternating order)")
+    p.add_argument("--warmup-runs", type=int, default=1, help="untimed runs of each path before the repeats")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
+        default=1,
+        help="torch CPU threads (0: torch's default); 1 keeps the timing stable when other jobs share the cores",
     )
     return p.parse_args(argv)
 
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples = args.steps * args.batch_size
     times: dict[str, list[float]] = {"fit": [], "hand": []}
     paths = {"fit": run_fit, "hand": run_hand}
+    for name in ("fit", "hand") if args.warmup_runs else ():
+        for _ in range(args.warmup_runs):  # first runs in a process pay one-off costs (allocator, lazy inits)
+            seconds = paths[name](template, batches, args)
+            say(f"untimed warm-up run: {name:4s} {samples / seconds:7.2f} samples/s")
     for r in range(args.repeats):
         order = ["fit", "hand"] if r % 2 == 0 else ["hand", "fit"]
         for name in order:
