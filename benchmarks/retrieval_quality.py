@@ -6,7 +6,7 @@ through lookup encoders, so the three variants train in minutes on a 2-core CPU.
 product vector fuses the photo with the product's *attribute* text (not its title, which would make
 text->product search trivial). Also reports zero-shot tagging ("a photo of a {value}") with the image model.
 
-    python -m benchmarks.retrieval_quality --data /work/shared/data/fashion-products \
+    python -m benchmarks.retrieval_quality --data data/fashion-products \
         --out benchmarks/results/retrieval_quality.json
 """
 

@@ -15,7 +15,7 @@ reaches the heads, so training it would only cost time).
 Scores: accuracy and macro-F1 per attribute, computed by one function for every method
 (:func:`benchmarks.common.attribute_scores`), and the mean macro-F1 over the attributes.
 
-    python -m benchmarks.tagging_quality --data ../shared/data/fashion-products \
+    python -m benchmarks.tagging_quality --data data/fashion-products \
         --out benchmarks/results/tagging_quality.json
 """
 
