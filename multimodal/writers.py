@@ -35,9 +35,7 @@ class TaggingWriter(BasePredictionWriter):
         self._csv: csv.DictWriter | None = None
 
     def _part(self, trainer: L.Trainer) -> Path:
-        if trainer.world_size == 1:
-            return self.output
-        return self.output.with_name(f"{self.output.stem}.rank{trainer.global_rank}{self.output.suffix}")
+        return self.output if trainer.world_size == 1 else self._part_for(trainer.global_rank)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._default_location and trainer.log_dir is not None:
