@@ -13,6 +13,7 @@ text->product search trivial). Also reports zero-shot tagging ("a photo of a {va
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rerank", type=int, default=20, help="re-rank depth")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--tagger-results",
+        default="benchmarks/results/tagging_quality.json",
+        help="tagging_quality result file whose trained taggers are scored beside zero-shot (same test ids)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/retrieval_quality.json")
     args = p.parse_args()
@@ -325,6 +331,7 @@ def zero_shot(
     }
     tagger = ZeroShotTagger(embed, vocab)
     test = split_rows["test"]
+    trained = trained_taggers(args.tagger_results, [records[i].id for i in test])
     with torch.inference_mode():
         vectors = torch.nn.functional.normalize(model.image_proj(v_pooled[test].float()), dim=-1)
     predicted = tagger.predict(vectors)
@@ -336,7 +343,27 @@ def zero_shot(
             "zero_shot": attribute_scores(truth, predicted[a]),
             "majority_class": attribute_scores(truth, [majority] * len(test)),
         }
+        for name, preds in trained.items():
+            if all(a in p for p in preds):
+                out[a][f"trained {name} tagger"] = attribute_scores(truth, [p[a] for p in preds])
     say(f"zero-shot: { {a: round(v['zero_shot']['acc'], 3) for a, v in out.items()} }")
+    return out
+
+
+def trained_taggers(path: str, test_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """Test predictions of the taggers in a tagging_quality result file, when it scored the same test ids."""
+    file = Path(path)
+    if not file.is_file():
+        say(f"zero-shot: no trained-tagger results at {path}; zero-shot is reported alone")
+        return {}
+    variants = json.loads(file.read_text()).get("variants", {})
+    out = {}
+    for name in ("image_only", "cross_attention"):
+        preds = variants.get(name, {}).get("predictions", {})
+        if preds and all(i in preds for i in test_ids):
+            out[name.replace("_", "-")] = [preds[i] for i in test_ids]
+        elif preds:
+            say(f"zero-shot: {path} '{name}' did not predict the same test ids; left out of the comparison")
     return out
 
 
@@ -359,9 +386,13 @@ def table(results: dict[str, Any]) -> str:
         )
     zs = results.get("zero_shot")
     if zs:
-        lines += ["", "| attribute | zero-shot acc / macro-F1 | majority-class acc |", "|---|---|---|"]
+        columns = list(next(iter(zs.values())))  # zero_shot, majority_class, trained ... tagger
+        columns = [c for c in columns if c != "majority_class"] + ["majority_class"]
+        names = [c.replace("_", "-") for c in columns]
+        lines += ["", "| attribute | " + " | ".join(f"{n} acc / macro-F1" for n in names) + " |"]
+        lines += ["|---|" + "---|" * len(columns)]
         lines += [
-            f"| {a} | {v['zero_shot']['acc']:.3f} / {v['zero_shot']['macro_f1']:.3f} | {v['majority_class']['acc']:.3f} |"  # noqa: E501
+            f"| {a} | " + " | ".join(f"{v[c]['acc']:.3f} / {v[c]['macro_f1']:.3f}" for c in columns) + " |"
             for a, v in zs.items()
         ]
     return "\n".join(lines)

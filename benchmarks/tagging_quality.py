@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also keep variants from these result files (same settings), e.g. variants run in parallel",
     )
     # Budget
-    p.add_argument("--epochs", type=int, default=16, help="training epochs per tagger")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs per tagger")
     p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
     p.add_argument(
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "on", "off"],
         help="auto/on: with a frozen vision tower, compute its outputs once (eval transform) and reuse them",
     )
-    p.add_argument("--text-trainable", type=int, default=0, help="train the last N MiniLM layers (-1: all, 0: frozen)")
+    p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all, 0: frozen)")
     p.add_argument(
         "--text-cache",
         default="auto",

@@ -79,3 +79,20 @@ def test_training_lowers_the_loss() -> None:
     vectors = model.predict_step(batch, 0)["embeddings"]
     assert vectors.shape == (16, 32)
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(16), atol=1e-5)
+
+
+def test_zero_shot_tagger_picks_the_nearest_ensembled_prompt() -> None:
+    from multimodal.zero_shot import ZeroShotTagger
+
+    words = ["watch", "shoe", "shirt", "photo", "product", "a", "of"]
+
+    def embed(texts: list[str]) -> torch.Tensor:  # bag of words: a prompt is near the products that share its value
+        rows = [[float(w in t.lower().split()) for w in words] for t in texts]
+        return F.normalize(torch.tensor(rows) + 1e-6, dim=-1)
+
+    tagger = ZeroShotTagger(embed, {"kind": ["watch", "shoe", "shirt"]}, ["a photo of a {value}", "{value}"])
+    products = embed(["watch", "shirt", "shoe", "watch"])
+    assert tagger.predict(products) == {"kind": ["watch", "shirt", "shoe", "watch"]}
+    assert tagger.scores(products)["kind"].shape == (4, 3)
+    with pytest.raises(UserError, match="placeholder"):
+        ZeroShotTagger(embed, {"kind": ["watch"]}, "a photo")
