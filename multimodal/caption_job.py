@@ -109,14 +109,28 @@ def part_path(out: Path, rank: int) -> Path:
     return out.with_name(f"{out.stem}.part{rank}{out.suffix}")
 
 
-def merge_parts(out: Path, world_size: int) -> None:
-    """Append every rank's part to ``out`` (ids not yet there, in rank order) and delete the parts."""
+def leftover_parts(out: Path) -> list[Path]:
+    """Part files of an earlier run of ``out`` (any number of processes), in rank order."""
+    ranks = []
+    for part in out.parent.glob(f"{out.stem}.part*{out.suffix}"):
+        rank = part.name[len(out.stem) + len(".part") : len(part.name) - len(out.suffix)]
+        if rank.isdigit():
+            ranks.append((int(rank), part))
+    return [part for _, part in sorted(ranks)]
+
+
+def merge_parts(out: Path, world_size: int | None = None) -> None:
+    """Append every rank's part to ``out`` (ids not yet there, in rank order) and delete the parts.
+
+    ``world_size=None`` merges every part file found, e.g. those a killed run with more processes left behind.
+    """
+    parts = leftover_parts(out) if world_size is None else [part_path(out, r) for r in range(world_size)]
+    parts = [part for part in parts if part.is_file()]
+    if not parts:
+        return
     done = read_done(out)
     with out.open("a") as f:
-        for rank in range(world_size):
-            part = part_path(out, rank)
-            if not part.is_file():
-                continue
+        for part in parts:
             read_done(part)  # drop a cut-short last line
             for line in part.read_text().splitlines():
                 item_id = str(json.loads(line)["id"])
@@ -148,7 +162,9 @@ def run_caption_job(
     Args:
         model: a trained captioner (eval mode is set here).
         items: streamed once; only one batch of images is held in memory.
-        out: the JSONL file; ids already in it (or in any rank's part) are skipped.
+        out: the JSONL file; ids already in it (or in this rank's part) are skipped. Parts an earlier, killed
+            run left behind must be merged into ``out`` first (:func:`merge_parts` with ``world_size=None``,
+            which the ``caption`` command does before it starts any process).
         batch_size: images per ``generate`` call.
         generation: ``generate`` options overriding the model's (``num_beams``, ``do_sample``...).
         prompt: fixed prompt text instead of the trained one.
@@ -168,7 +184,7 @@ def run_caption_job(
         raise UserError("num_return_sequences must be 1 for a caption job (one caption per id)")
     model.eval().to(device)
     target = out if world_size == 1 else part_path(out, rank)
-    done = read_done(out) | set().union(*(read_done(part_path(out, r)) for r in range(max(world_size, 1))))
+    done = read_done(out) | (read_done(target) if target != out else set())
     transform, text_fn = model.image_transform(False), model.text_fn(prompt)
     summary, seen = JobSummary(), set[str]()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -137,6 +138,56 @@ def test_merge_parts_keeps_each_id_once(tmp_path: Path) -> None:
     merge_parts(out, 2)
     assert [x["id"] for x in _lines(out)] == ["a", "b", "c"]
     assert not part_path(out, 0).exists() and not part_path(out, 1).exists()
+
+
+def test_parts_of_a_killed_multiprocess_run_are_merged_before_a_resume(
+    checkpoint: Path, photos: Path, tmp_path: Path
+) -> None:
+    """A 3-process run killed mid-way, resumed with one process: nothing lost, nothing twice, no part left."""
+    job = ["caption", "--ckpt_path", str(checkpoint), "--input", str(photos), "--batch_size", "4",
+           "--max_new_tokens", "5", "--no_progress"]  # fmt: skip
+    full = tmp_path / "full.jsonl"
+    main([*job, "--out", str(full)])
+    lines = _lines(full)
+    out = tmp_path / "resumed.jsonl"
+    kept = {0: lines[0:2], 2: lines[5:6]}  # rank 1 wrote nothing; rank 2's last line was cut short
+    for rank, rows in kept.items():
+        text = "".join(json.dumps(x) + "\n" for x in rows)
+        part_path(out, rank).write_text(text + ('{"id": "cut' if rank == 2 else ""))
+    main([*job, "--out", str(out)])
+    got = _lines(out)
+    assert sorted(x["id"] for x in got) == sorted(x["id"] for x in lines)  # every id exactly once
+    assert [x["id"] for x in got[:3]] == [x["id"] for x in lines[0:2] + lines[5:6]]  # the parts' lines kept
+    assert not list(tmp_path.glob("resumed.part*"))
+    want = {x["id"]: x for x in lines}
+    assert all(x.get("caption") == want[x["id"]].get("caption") for x in got)
+
+
+@pytest.mark.slow
+def test_ddp_job_writes_each_id_once_and_matches_one_process(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    """2 CPU processes: rank R captions items R, R + 2, ... into its part; rank 0 merges both parts at the end."""
+    job = ["caption", "--ckpt_path", str(checkpoint), "--input", str(photos), "--batch_size", "2",
+           "--num_beams", "1", "--max_new_tokens", "6", "--no_progress"]  # fmt: skip
+    single = tmp_path / "single.jsonl"
+    main([*job, "--out", str(single)])
+    out = tmp_path / "ddp.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "multimodal.cli", *job, "--out", str(out), "--accelerator", "cpu", "--devices", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]  # rank 0 only
+    assert summary == {"out": str(out), "written": 11, "errors": 1, "resumed": 0, "duplicates": 0}  # both ranks
+    ids = [item.id for item in folder_items(photos)[1]]
+    got = _lines(out)
+    assert [x["id"] for x in got] == ids[0::2] + ids[1::2]  # each id once: rank 0's part, then rank 1's (uneven)
+    assert not part_path(out, 0).exists() and not part_path(out, 1).exists()
+    want = {x["id"]: x for x in _lines(single)}
+    assert sorted(want) == sorted(ids)
+    for line in got:  # greedy decoding: the same caption whatever process and batch an image landed in
+        ref = want[line["id"]]
+        assert line.get("caption") == ref.get("caption") and line.get("error") == ref.get("error"), line["id"]
+        assert line.get("score", 0.0) == pytest.approx(ref.get("score", 0.0), abs=1e-4)
+    assert all(x["caption"] for x in got if "error" not in x)
 
 
 @pytest.mark.parametrize(

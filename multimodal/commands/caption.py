@@ -144,6 +144,9 @@ def _ddp_worker(fabric: Any, args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     generation_options(args)  # fail fast on bad numbers, before loading anything
+    # A killed run (with any number of processes) may have left per-rank parts: fold them into --out first, in this
+    # one process, so every rank of this run skips their ids and no rank reads a part another rank is writing.
+    merge_parts(Path(args.out))
     if args.devices > 1:
         _ddp(args)
         return
