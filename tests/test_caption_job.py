@@ -174,8 +174,10 @@ def test_ddp_job_writes_each_id_once_and_matches_one_process(checkpoint: Path, p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "multimodal.cli", *job, "--out", str(out), "--accelerator", "cpu", "--devices", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (summary,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]  # rank 0 only
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]
+    assert len(summaries) == 1, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"  # rank 0 only
+    (summary,) = summaries
     assert summary == {"out": str(out), "written": 11, "errors": 1, "resumed": 0, "duplicates": 0}  # both ranks
     ids = [item.id for item in folder_items(photos)[1]]
     got = _lines(out)
