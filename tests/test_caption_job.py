@@ -175,7 +175,9 @@ def test_ddp_job_writes_each_id_once_and_matches_one_process(checkpoint: Path, p
     cmd = [sys.executable, "-m", "multimodal.cli", *job, "--out", str(out), "--accelerator", "cpu", "--devices", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]
+    # The summary line is looked for anywhere in a line: another rank's output may land on the same stdout line.
+    decode = json.JSONDecoder().raw_decode
+    summaries = [decode(line[line.index('{"out"') :])[0] for line in proc.stdout.splitlines() if '{"out"' in line]
     assert len(summaries) == 1, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"  # rank 0 only
     (summary,) = summaries
     assert summary == {"out": str(out), "written": 11, "errors": 1, "resumed": 0, "duplicates": 0}  # both ranks
