@@ -147,24 +147,13 @@ def evaluate(
     if rerank:
         vision = model.vision(batch["pixel_values"])
         text = model.text(batch["input_ids"], batch["attention_mask"])
-        t2p = reranked_ranks(
-            model,
-            query @ product.t(),
-            t2p,
-            rerank,
-            lambda q, c: (vision_rows(vision, c), text_rows(text, q)),
-            256,
-            combine,
-        )
-        p2t = reranked_ranks(
-            model,
-            product @ query.t(),
-            p2t,
-            rerank,
-            lambda q, c: (vision_rows(vision, q), text_rows(text, c)),
-            256,
-            combine,
-        )
+
+        def pairs(photos: Sequence[int], titles: Sequence[int]) -> tuple[Features, Features]:
+            return vision_rows(vision, photos), text_rows(text, titles)
+
+        # A query q's candidates c are products for text->product and titles for product->text.
+        t2p = reranked_ranks(model, query @ product.t(), t2p, rerank, lambda q, c: pairs(c, q), 256, combine)
+        p2t = reranked_ranks(model, product @ query.t(), p2t, rerank, lambda q, c: pairs(q, c), 256, combine)
     return {**scores_from_ranks(t2p, prefix="t2p_"), **scores_from_ranks(p2t, prefix="p2t_")}
 
 

@@ -174,11 +174,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []
     if args.append and Path(args.out).is_file():
-        results = [
-            r
-            for r in json.loads(Path(args.out).read_text())["results"]
-            if (r["n"], r.get("distribution", "uniform")) not in {(n, args.distribution) for n in args.sizes}
-        ]
+        rerun = {(n, args.distribution) for n in args.sizes}
+        previous = json.loads(Path(args.out).read_text())["results"]
+        results = [r for r in previous if (r["n"], r.get("distribution", "uniform")) not in rerun]
     for n in args.sizes:
         results.append(run_size(n, args.dim, args, rng))
         write_json(

@@ -109,23 +109,22 @@ def part_path(out: Path, rank: int) -> Path:
     return out.with_name(f"{out.stem}.part{rank}{out.suffix}")
 
 
-def leftover_parts(out: Path) -> list[Path]:
-    """Part files of an earlier run of ``out`` (any number of processes), in rank order."""
+def rank_parts(out: Path) -> list[Path]:
+    """The part files next to ``out`` (whatever number of processes wrote them), in rank order."""
     ranks = []
     for part in out.parent.glob(f"{out.stem}.part*{out.suffix}"):
-        rank = part.name[len(out.stem) + len(".part") : len(part.name) - len(out.suffix)]
+        rank = part.name.removeprefix(f"{out.stem}.part").removesuffix(out.suffix)
         if rank.isdigit():
             ranks.append((int(rank), part))
     return [part for _, part in sorted(ranks)]
 
 
-def merge_parts(out: Path, world_size: int | None = None) -> None:
+def merge_parts(out: Path) -> None:
     """Append every rank's part to ``out`` (ids not yet there, in rank order) and delete the parts.
 
-    ``world_size=None`` merges every part file found, e.g. those a killed run with more processes left behind.
+    Used at the end of a multi-process job and before any job starts, for the parts a killed run left behind.
     """
-    parts = leftover_parts(out) if world_size is None else [part_path(out, r) for r in range(world_size)]
-    parts = [part for part in parts if part.is_file()]
+    parts = rank_parts(out)
     if not parts:
         return
     done = read_done(out)
@@ -163,8 +162,8 @@ def run_caption_job(
         model: a trained captioner (eval mode is set here).
         items: streamed once; only one batch of images is held in memory.
         out: the JSONL file; ids already in it (or in this rank's part) are skipped. Parts an earlier, killed
-            run left behind must be merged into ``out`` first (:func:`merge_parts` with ``world_size=None``,
-            which the ``caption`` command does before it starts any process).
+            run left behind must be merged into ``out`` first (:func:`merge_parts`, which the ``caption``
+            command does before it starts any process).
         batch_size: images per ``generate`` call.
         generation: ``generate`` options overriding the model's (``num_beams``, ``do_sample``...).
         prompt: fixed prompt text instead of the trained one.

@@ -135,7 +135,7 @@ def test_merge_parts_keeps_each_id_once(tmp_path: Path) -> None:
     out.write_text('{"id": "a", "caption": "x"}\n')
     part_path(out, 0).write_text('{"id": "a", "caption": "x"}\n{"id": "b", "caption": "y"}\n')
     part_path(out, 1).write_text('{"id": "c", "caption": "z"}\n{"id": "d", "cap')
-    merge_parts(out, 2)
+    merge_parts(out)
     assert [x["id"] for x in _lines(out)] == ["a", "b", "c"]
     assert not part_path(out, 0).exists() and not part_path(out, 1).exists()
 

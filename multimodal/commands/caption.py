@@ -137,7 +137,7 @@ def _ddp_worker(fabric: Any, args: argparse.Namespace) -> None:
     fabric.barrier()
     totals = {k: int(fabric.all_reduce(torch.tensor(v), reduce_op="sum")) for k, v in summary.items()}
     if fabric.global_rank == 0:
-        merge_parts(Path(args.out), fabric.world_size)
+        merge_parts(Path(args.out))
         print(json.dumps({"out": args.out, **totals}))
 
 
