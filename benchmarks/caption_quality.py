@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all): the CPU budget")
     p.add_argument("--max_test", type=int, default=0, help="cap on test items (0 = all)")
     p.add_argument("--features_cache", default="", help="torch file to keep the frozen image features in between runs")
+    p.add_argument(
+        "--word_dropout",
+        type=float,
+        default=0.0,
+        help="ProductCaptioner word_dropout for our methods (target input tokens masked in training); peer: none",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -116,7 +122,8 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     pretrained = {id(p) for p in lm.parameters()}
     vision = _NoVision(vision_dim)
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1),
-                             generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1})  # fmt: skip
+                             generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
+                             word_dropout=args.word_dropout)  # fmt: skip
     pretrained = {
         id(p) for n, p in model.lm.model.named_parameters() if id(p) in pretrained or "crossattention" not in n
     }
@@ -204,7 +211,8 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
                 loss = out.loss
             else:
                 enc = text_fn({args.target: batch_texts})
-                loss = model.loss(model.logits(f, enc["input_ids"], enc["attention_mask"]), enc["caption_labels"])
+                ids = model.drop_words(enc["input_ids"], enc["caption_labels"])  # unchanged when word_dropout is 0
+                loss = model.loss(model.logits(f, ids, enc["attention_mask"]), enc["caption_labels"])
             opt.zero_grad()
             loss.backward()
             opt.step()

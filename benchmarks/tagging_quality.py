@@ -113,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--modality-dropout", type=float, default=0.1)
+    p.add_argument(
+        "--ngram-buckets",
+        type=int,
+        default=32768,
+        help="hash rows of the taggers' wide token n-gram head (ProductTagger ngram_buckets; 0: off)",
+    )
     p.add_argument("--scheduler", default="cosine", choices=["none", "cosine"], help="per-epoch LR schedule")
     p.add_argument(
         "--select",
@@ -264,6 +270,7 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         optimizer=optimizer,
         scheduler=scheduler,
         encoder_lr_scale=args.encoder_lr_scale,
+        ngram_buckets=0 if variant == "image_only" else args.ngram_buckets,  # image_only never sees text
     )
 
 
@@ -443,6 +450,8 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "select",
     ]
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
+    if variant != "image_only":
+        extra["ngram_buckets"] = args.ngram_buckets
     return {**common, **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -451,11 +460,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_lightning()
     set_threads(args.threads)
     work = Path(args.work_dir)
-    previous: dict[str, Any] = {}
+    previous: dict[str, Any] = {}  # per variant, the first result recorded with this command's settings
     sources = [*args.resume_from, *([args.out] if args.resume else [])]
     for source in sources:
         if Path(source).is_file():
-            previous.update(json.loads(Path(source).read_text()).get("variants", {}))
+            for variant, record in json.loads(Path(source).read_text()).get("variants", {}).items():
+                if variant in args.variants and record.get("settings") == settings(args, variant):
+                    previous.setdefault(variant, record)
     base = build_datamodule(args, "early", work)
     ids = split_ids(base)
     say(
@@ -463,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{len(base.skipped)} skipped"
     )
     truth_by_id = {r.id: r.labels for r in base.splits["test"]}
-    kept = [v for v in args.variants if v in previous and previous[v].get("settings") == settings(args, v)]
+    kept = [v for v in args.variants if v in previous]
     todo = [v for v in args.variants if v not in kept]
     cache = None
     if any(v != "peer" for v in todo) and use_cache(args):

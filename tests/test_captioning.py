@@ -112,6 +112,33 @@ def test_prompt_is_masked_out_of_the_loss() -> None:
     assert out["prompt_mask"][1].tolist() == [0] * (len(prompt) - len(describe)) + [1] * (1 + len(describe))
 
 
+def test_word_dropout_masks_only_target_inputs() -> None:
+    from encoders.language_model import MiniLMLanguageModel
+    from encoders.timm_encoder import TimmVisionEncoder
+    from fusion.conditioning import PrefixConditioning
+    from multimodal.tasks.captioning import CaptionText, ProductCaptioner
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    vision = TimmVisionEncoder("test_efficientnet", image_size=32)
+    lm = MiniLMLanguageModel(random_init=True, config_overrides=small)
+    model = ProductCaptioner(vision, lm, PrefixConditioning, prompt_columns=["brand"], word_dropout=0.5)
+    fn = CaptionText(lm.tokenizer, "title", ["brand"], "", 64, lm.bos_id, lm.eos_id, lm.pad_id)
+    words = " ".join(["red"] * 40)
+    out = fn({"title": [words, "blue shoe"], "brand": ["nike", None]})
+    ids, labels = out["input_ids"], out["caption_labels"]
+    torch.manual_seed(0)
+    dropped = model.drop_words(ids, labels)
+    changed = dropped != ids
+    assert (dropped[changed] == lm.tokenizer.mask_token_id).all()
+    target = (labels != -100) & (ids != lm.eos_id)
+    assert not (changed & ~target).any()  # [bos], the prompt, [eos] and padding stay
+    assert 0.3 < changed[0].sum().item() / target[0].sum().item() < 0.7
+    assert torch.equal(ProductCaptioner(vision, lm, PrefixConditioning).drop_words(ids, labels), ids)  # off
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match="word_dropout"):
+            ProductCaptioner(vision, lm, PrefixConditioning, word_dropout=bad)
+
+
 def test_caption_metrics_values() -> None:
     perfect = caption_scores(["nike men blue shoes", "red shirt"], ["Nike Men Blue Shoes", "Red Shirt"])
     assert perfect["bleu4"] == pytest.approx(1.0) and perfect["exact"] == 1.0
@@ -162,8 +189,9 @@ def test_fit_validates_with_bleu_and_cider(tmp_path: Path) -> None:
     cli = MultimodalCLI(
         args=["fit", "--config", str(TINY_CAPTION), "--trainer.limit_train_batches", "1",
               "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-              "--trainer.default_root_dir", str(tmp_path)],
+              "--trainer.default_root_dir", str(tmp_path), "--model.init_args.word_dropout", "0.3"],
     )  # fmt: skip
+    assert cli.model.word_dropout == 0.3  # trained with words dropped from the inputs
     metrics = cli.trainer.callback_metrics
     assert {"val/loss", "val/bleu4", "val/cider", "val/exact"} <= set(metrics)
     assert 0.0 <= float(metrics["val/bleu4"]) <= 1.0 and float(metrics["val/cider"]) >= 0.0

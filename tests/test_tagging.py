@@ -22,7 +22,7 @@ from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
 from multimodal.datamodule import ProductDataModule
 from multimodal.dataset import IGNORE_INDEX
 from multimodal.metrics import TaggingMetrics
-from multimodal.tasks.tagging import ProductTagger
+from multimodal.tasks.tagging import NgramHead, ProductTagger
 from multimodal.writers import TaggingWriter, merge_parts
 
 FUSIONS = {
@@ -43,8 +43,7 @@ def make_tagger(fusion: str = "cross_attention", seed: int = 0, **kwargs: Any) -
         text=text,
         fusion=FUSIONS[fusion],
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
-        encoder_lr_scale=1.0,
-        **kwargs,
+        **{"encoder_lr_scale": 1.0, **kwargs},
     )
 
 
@@ -123,7 +122,7 @@ def test_every_parameter_gets_a_gradient(fusion: str, manifest: Path) -> None:
 
 def test_trained_vocabularies_are_saved_in_the_checkpoint(manifest: Path, tmp_path: Path) -> None:
     dm = make_datamodule(manifest)
-    model = make_tagger("late")
+    model = make_tagger("late", ngram_buckets=512)
     t = trainer(tmp_path, max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
     t.fit(model, dm)
     t.save_checkpoint(tmp_path / "m.ckpt")
@@ -131,8 +130,9 @@ def test_trained_vocabularies_are_saved_in_the_checkpoint(manifest: Path, tmp_pa
     assert ckpt["vocabularies"] == dm.vocabularies
     assert ckpt["ProductDataModule"]["vocabularies"] == dm.vocabularies  # the data module's own state
     # A fresh task sized from the checkpoint alone gives the same outputs.
-    fresh = make_tagger("late", seed=1)
+    fresh = make_tagger("late", seed=1, ngram_buckets=512)
     fresh.on_load_checkpoint(ckpt)
+    assert fresh.ngram_head is not None and ckpt["state_dict"]["ngram_head.table.weight"].abs().sum() > 0
     fresh.load_state_dict(ckpt["state_dict"])
     batch = next(iter(dm.loader("val")))
     model.eval(), fresh.eval()
@@ -142,10 +142,47 @@ def test_trained_vocabularies_are_saved_in_the_checkpoint(manifest: Path, tmp_pa
         assert torch.equal(a[k], b[k])
 
 
+def test_ngram_head_reads_only_real_tokens() -> None:
+    """Padding, special tokens and absent texts add nothing; each product sums its own unigrams and bigrams."""
+    head = NgramHead({"a": 3, "tags/t": 2}, buckets=97, ngrams=2, ignore_ids=[101, 102])
+    torch.nn.init.normal_(head.table.weight)
+    ids = torch.tensor([[101, 7, 8, 102, 0, 0], [101, 7, 102, 0, 0, 0]])
+    mask = (ids > 0).long()
+    rows = head.ngram_ids(ids, mask)
+    assert rows.shape == (2, 6 + 5) and rows.min() >= 0 and rows.max() < 97
+    assert (rows[0] > 0).sum() == 3 and (rows[1] > 0).sum() == 1  # "7", "8", "7 8" / "7"
+    assert rows[0, 1] == rows[1, 1]  # the same token hashes to the same row in every product
+    present = torch.tensor([True, True])
+    out = head(ids, mask, present)
+    assert set(out) == {"a", "tags/t"} and out["a"].shape == (2, 3) and out["tags/t"].shape == (2, 2)
+    other_padding = ids.masked_fill(mask == 0, 555)  # what sits under the mask never counts
+    for key, value in head(other_padding, mask, present).items():
+        assert torch.equal(value, out[key])
+    expected = head.table.weight[rows[0][rows[0] > 0]].sum(0) / 3**0.5  # L2-normalised binary features
+    assert torch.allclose(torch.cat([out["a"][0], out["tags/t"][0]]), expected, atol=1e-6)
+    absent = head(ids, mask, torch.tensor([True, False]))
+    assert torch.equal(absent["a"][0], out["a"][0]) and not absent["a"][1].any()
+    with pytest.raises(ValueError, match="buckets"):
+        NgramHead({"a": 2}, buckets=1)
+
+
+def test_optimizer_groups_follow_the_lr_scales(manifest: Path) -> None:
+    dm = make_datamodule(manifest)
+    model = ready(make_tagger("late", ngram_buckets=64, encoder_lr_scale=0.1, ngram_lr_scale=5.0), dm)
+    groups = model.configure_optimizers().param_groups
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert groups[0]["lr"] == pytest.approx(3e-3)  # the new layers, at the optimizer's own rate, come first
+    assert [lr[id(p)] for p in model.heads.parameters()] == pytest.approx([3e-3] * len(list(model.heads.parameters())))
+    assert [lr[id(p)] for p in model.text.parameters()] == pytest.approx([3e-4] * len(list(model.text.parameters())))
+    assert lr[id(model.ngram_head.table.weight)] == pytest.approx(1.5e-2)
+    assert len(lr) == sum(p.requires_grad for p in model.parameters())
+
+
 # -------------------------------------------------------------------------------------------- missing modality
 def test_missing_modality_ignores_the_absent_input(manifest: Path) -> None:
     dm = make_datamodule(manifest)
-    model = ready(make_tagger("early"), dm).eval()
+    model = ready(make_tagger("early", ngram_buckets=512), dm).eval()
+    torch.nn.init.normal_(model.ngram_head.table.weight)  # the text's n-grams count, unless the text is absent
     batch = next(iter(dm.loader("val")))
     n = len(batch["ids"])
     no_image = {**batch, "has_image": torch.zeros(n, dtype=torch.bool)}

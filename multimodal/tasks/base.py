@@ -90,16 +90,21 @@ class TowerTask(L.LightningModule):
         """Run both towers on a batch."""
         return self.vision(batch["pixel_values"]), self.text(batch["input_ids"], batch["attention_mask"])
 
+    def lr_scales(self) -> dict[int, float]:
+        """Learning-rate factor per parameter (by ``id``) for parameters not at the optimizer's rate: the towers at
+        ``encoder_lr_scale``. Tasks add their own."""
+        return {id(p): self.encoder_lr_scale for p in [*self.vision.parameters(), *self.text.parameters()]}
+
     def configure_optimizers(self) -> Any:
-        towers = {id(p) for p in [*self.vision.parameters(), *self.text.parameters()]}
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        new = [p for p in trainable if id(p) not in towers]
-        old = [p for p in trainable if id(p) in towers]
-        groups = [g for g in ({"params": new}, {"params": old, "is_tower": True}) if g["params"]]
+        scales = self.lr_scales()
+        by_scale: dict[float, list[nn.Parameter]] = {1.0: []}  # the optimizer's own rate first
+        for p in self.parameters():
+            if p.requires_grad:
+                by_scale.setdefault(scales.get(id(p), 1.0), []).append(p)
+        groups = [{"params": params, "lr_scale": scale} for scale, params in by_scale.items() if params]
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:
-            if group.get("is_tower"):
-                group["lr"] *= self.encoder_lr_scale
+            group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return optimizer
         return {

@@ -123,6 +123,9 @@ class ProductCaptioner(TowerTask):
         generation: Hugging Face ``generate`` options for validation, test and predict (``max_new_tokens``,
             ``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``...).
         augment: train with the vision encoder's training transform (random crops...); False uses eval transform.
+        word_dropout: in training, the chance that each target token *given as input* is replaced by the
+            tokenizer's mask (or unknown) token; the labels stay. With less of the title to lean on, the LM has to
+            read the image; this is what gets an image prefix (early fusion) used at all in a short run.
         log_examples: validation examples written to the log each epoch.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
@@ -139,6 +142,7 @@ class ProductCaptioner(TowerTask):
         prompt: str = "",
         generation: dict[str, Any] | None = None,
         augment: bool = True,
+        word_dropout: float = 0.0,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -158,6 +162,17 @@ class ProductCaptioner(TowerTask):
         self.target_column, self.prompt_columns, self.prompt = target_column, list(prompt_columns or []), prompt
         self.generation = {**DEFAULT_GENERATION, **(generation or {})}
         self.augment, self.log_examples = augment, log_examples
+        self.word_dropout, self._dropped_word_id = word_dropout, None
+        tok = language_model.tokenizer
+        specials = {language_model.eos_id, language_model.pad_id, language_model.bos_id}
+        choices = [i for i in (tok.mask_token_id, tok.unk_token_id) if i is not None and i not in specials]
+        if not 0 <= word_dropout < 1 or (word_dropout > 0 and not choices):
+            raise UserError(
+                f"model.word_dropout={word_dropout}: needs 0 <= p < 1 and a tokenizer with a mask or unknown "
+                "token distinct from its begin/end/padding tokens"
+            )
+        if word_dropout > 0:
+            self._dropped_word_id = choices[0]
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
 
     @property
@@ -289,10 +304,21 @@ class ProductCaptioner(TowerTask):
         mean = (logp.masked_fill(~keep, 0).sum(1) / keep.sum(1).clamp(min=1)).tolist()
         return [round(float(s), 6) for s in mean]
 
+    def drop_words(self, input_ids: Tensor, labels: Tensor) -> Tensor:
+        """``input_ids (B, T)`` with each target token (a label other than ``[eos]``) replaced by the mask
+        token with chance ``word_dropout``; prompt, ``[bos]`` and padding are never touched."""
+        if self._dropped_word_id is None:
+            return input_ids
+        target = (labels != IGNORE_INDEX) & (input_ids != self.lm.eos_id)
+        drop = target & (torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout)
+        return input_ids.masked_fill(drop, self._dropped_word_id)
+
     # ---------------------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if not batch["ids"]:
             return None
+        if self.word_dropout > 0:
+            batch = {**batch, "input_ids": self.drop_words(batch["input_ids"], batch["caption_labels"])}
         loss = self.loss(self(batch), batch["caption_labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss

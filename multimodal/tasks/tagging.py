@@ -16,6 +16,58 @@ from multimodal.metrics import TaggingMetrics, save_confusion_matrices
 from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
 
 
+class NgramHead(nn.Module):
+    """The "wide" part of a wide-and-deep tagger: a linear model on the hashed token n-grams of the product text,
+    whose output is added to the fused heads' logits.
+
+    A fused vector learns a class that has one or two training products last; a per-n-gram weight learns it at
+    once when the text names it (as a bag-of-words logistic regression does). Token n-grams (1..``ngrams``) that
+    contain no padding and no special token are hashed into ``buckets`` rows (row 0 is "nothing"); a product's
+    n-grams are summed with weight ``1/sqrt(count)`` (L2-normalised binary features). Rows start at zero, so an
+    untrained head adds nothing.
+
+    Args:
+        sizes: output width per logits key (classes per attribute, tags per tag column).
+        buckets: hash table rows.
+        ngrams: longest n-gram.
+        ignore_ids: token ids that never form an n-gram (the tokenizer's special tokens).
+    """
+
+    _PRIMES = (1_000_003, 998_244_353, 1_000_000_007, 19_260_817)
+
+    def __init__(self, sizes: dict[str, int], buckets: int, ngrams: int = 2, ignore_ids: list[int] | None = None):
+        super().__init__()
+        if buckets < 2 or not 1 <= ngrams <= len(self._PRIMES):
+            raise ValueError(f"NgramHead needs buckets >= 2 and 1 <= ngrams <= {len(self._PRIMES)}")
+        self.sizes, self.buckets, self.ngrams = dict(sizes), buckets, ngrams
+        self.register_buffer("ignore_ids", torch.tensor(sorted(set(ignore_ids or [])), dtype=torch.long), False)
+        self.table = nn.EmbeddingBag(buckets, sum(self.sizes.values()), mode="sum", padding_idx=0)
+        nn.init.zeros_(self.table.weight)
+
+    def ngram_ids(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Hash rows ``(B, G)`` of every n-gram; 0 where a window holds padding or a special token."""
+        valid = attention_mask.bool() & ~torch.isin(input_ids, self.ignore_ids)  # (B, T)
+        t = input_ids.shape[1]
+        rows = []
+        for n in range(1, min(self.ngrams, t) + 1):
+            code = torch.full_like(input_ids[:, : t - n + 1], n)
+            ok = torch.ones_like(valid[:, : t - n + 1])
+            for j in range(n):
+                code = code + input_ids[:, j : t - n + 1 + j] * self._PRIMES[j]
+                ok = ok & valid[:, j : t - n + 1 + j]
+            rows.append(torch.where(ok, 1 + code.remainder(self.buckets - 1), 0))
+        return torch.cat(rows, 1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, present: Tensor) -> dict[str, Tensor]:
+        """Logits per key for ``(B, T)`` ids; rows where ``present (B,)`` is False get zeros."""
+        rows = self.ngram_ids(input_ids, attention_mask)
+        rows = torch.where(present.unsqueeze(1), rows, 0)
+        used = (rows > 0).float()
+        weights = used / used.sum(1, keepdim=True).clamp(min=1).sqrt()
+        out = self.table(rows, per_sample_weights=weights)  # (B, sum of sizes)
+        return dict(zip(self.sizes, out.split(list(self.sizes.values()), dim=1), strict=True))
+
+
 class ProductTagger(TowerTask):
     """Vision encoder + text encoder + fusion block + one head per attribute and per tag column.
 
@@ -35,6 +87,10 @@ class ProductTagger(TowerTask):
         scheduler: optional LR scheduler factory.
         encoder_lr_scale: learning-rate factor for the two towers.
         tag_threshold: probability above which a tag is predicted.
+        ngram_buckets: if > 0, add a :class:`NgramHead` with this many hash rows on the text's token n-grams
+            to every head (wide and deep); 0 = fused heads only.
+        ngram_order: longest token n-gram of that head.
+        ngram_lr_scale: learning-rate factor of that head (its rows see few updates: one per product naming them).
     """
 
     def __init__(
@@ -49,6 +105,9 @@ class ProductTagger(TowerTask):
         scheduler: LRSchedulerCallable | None = None,
         encoder_lr_scale: float = 0.1,
         tag_threshold: float = 0.5,
+        ngram_buckets: int = 0,
+        ngram_order: int = 2,
+        ngram_lr_scale: float = 5.0,
     ) -> None:
         super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
         self.fusion = fusion(vision.output_dim, text.output_dim)
@@ -60,6 +119,8 @@ class ProductTagger(TowerTask):
         self.tag_vocabularies: dict[str, list[str]] = {}
         self.heads = nn.ModuleDict()
         self.tag_heads = nn.ModuleDict()
+        self.ngram_buckets, self.ngram_order, self.ngram_lr_scale = ngram_buckets, ngram_order, ngram_lr_scale
+        self.ngram_head: NgramHead | None = None
         self.metrics = nn.ModuleDict()
 
     # --------------------------------------------------------------------------------------------- building
@@ -75,9 +136,20 @@ class ProductTagger(TowerTask):
             self.heads[name] = nn.Sequential(nn.Dropout(self.head_dropout), nn.Linear(dim, len(vocab)))
         for name, vocab in tag_vocabularies.items():
             self.tag_heads[name] = nn.Sequential(nn.Dropout(self.head_dropout), nn.Linear(dim, len(vocab)))
+        if self.ngram_buckets > 0:
+            sizes = {name: len(v) for name, v in vocabularies.items()}
+            sizes.update({f"tags/{name}": len(v) for name, v in tag_vocabularies.items()})
+            special = list(getattr(self.text.tokenizer, "all_special_ids", []))
+            self.ngram_head = NgramHead(sizes, self.ngram_buckets, self.ngram_order, special)
         for stage in ("val", "test"):
             self.metrics[stage] = TaggingMetrics(vocabularies, tag_vocabularies)
         self.to(self.device)
+
+    def lr_scales(self) -> dict[int, float]:
+        scales = super().lr_scales()
+        if self.ngram_head is not None:
+            scales.update({id(p): self.ngram_lr_scale for p in self.ngram_head.parameters()})
+        return scales
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self.trainer is not None else None
@@ -103,6 +175,9 @@ class ProductTagger(TowerTask):
         fused: Features = self.fusion(vision, text)
         logits = {name: head(fused.pooled) for name, head in self.heads.items()}
         logits.update({f"tags/{name}": head(fused.pooled) for name, head in self.tag_heads.items()})
+        if self.ngram_head is not None:
+            wide = self.ngram_head(batch["input_ids"], batch["attention_mask"], has_text)
+            logits = {key: value + wide[key] for key, value in logits.items()}
         return logits
 
     def _drop_modalities(self, has_image: Tensor, has_text: Tensor) -> tuple[Tensor, Tensor]:
