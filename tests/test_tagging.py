@@ -21,6 +21,7 @@ from PIL import Image
 from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
 from multimodal.datamodule import ProductDataModule
 from multimodal.dataset import IGNORE_INDEX
+from multimodal.errors import UserError
 from multimodal.metrics import TaggingMetrics
 from multimodal.tasks.tagging import NgramHead, ProductTagger
 from multimodal.writers import TaggingWriter, merge_parts
@@ -164,6 +165,9 @@ def test_ngram_head_reads_only_real_tokens() -> None:
     assert torch.equal(absent["a"][0], out["a"][0]) and not absent["a"][1].any()
     with pytest.raises(ValueError, match="buckets"):
         NgramHead({"a": 2}, buckets=1)
+    for bad in ({"ngram_buckets": 1}, {"ngram_buckets": 64, "ngram_order": 9}):  # a config mistake: one clear line
+        with pytest.raises(UserError, match="model.ngram_buckets"):
+            make_tagger(**bad)
 
 
 def test_optimizer_groups_follow_the_lr_scales(manifest: Path) -> None:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.dataset import IGNORE_INDEX
+from multimodal.errors import UserError
 from multimodal.metrics import TaggingMetrics, save_confusion_matrices
 from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
 
@@ -110,6 +111,11 @@ class ProductTagger(TowerTask):
         ngram_lr_scale: float = 5.0,
     ) -> None:
         super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
+        if ngram_buckets < 0 or ngram_buckets == 1 or not 1 <= ngram_order <= len(NgramHead._PRIMES):
+            raise UserError(
+                f"model.ngram_buckets={ngram_buckets} / ngram_order={ngram_order}: buckets must be 0 (off) or >= 2, "
+                f"the order 1 to {len(NgramHead._PRIMES)}"
+            )
         self.fusion = fusion(vision.output_dim, text.output_dim)
         self.missing_image = MissingModality(vision.output_dim)
         self.missing_text = MissingModality(text.output_dim)
