@@ -38,12 +38,19 @@ class NgramHead(nn.Module):
 
     def __init__(self, sizes: dict[str, int], buckets: int, ngrams: int = 2, ignore_ids: list[int] | None = None):
         super().__init__()
-        if buckets < 2 or not 1 <= ngrams <= len(self._PRIMES):
-            raise ValueError(f"NgramHead needs buckets >= 2 and 1 <= ngrams <= {len(self._PRIMES)}")
+        if problem := self.problem(buckets, ngrams):
+            raise ValueError(f"NgramHead {problem}")
         self.sizes, self.buckets, self.ngrams = dict(sizes), buckets, ngrams
         self.register_buffer("ignore_ids", torch.tensor(sorted(set(ignore_ids or [])), dtype=torch.long), False)
         self.table = nn.EmbeddingBag(buckets, sum(self.sizes.values()), mode="sum", padding_idx=0)
         nn.init.zeros_(self.table.weight)
+
+    @classmethod
+    def problem(cls, buckets: int, ngrams: int) -> str | None:
+        """What is wrong with these sizes, or None."""
+        if buckets < 2 or not 1 <= ngrams <= len(cls._PRIMES):
+            return f"needs buckets >= 2 and 1 <= ngrams <= {len(cls._PRIMES)}"
+        return None
 
     def ngram_ids(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Hash rows ``(B, G)`` of every n-gram; 0 where a window holds padding or a special token."""
@@ -111,10 +118,10 @@ class ProductTagger(TowerTask):
         ngram_lr_scale: float = 5.0,
     ) -> None:
         super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
-        if ngram_buckets < 0 or ngram_buckets == 1 or not 1 <= ngram_order <= len(NgramHead._PRIMES):
+        if problem := NgramHead.problem(ngram_buckets or 2, ngram_order):  # 0 buckets: the head is off
             raise UserError(
-                f"model.ngram_buckets={ngram_buckets} / ngram_order={ngram_order}: buckets must be 0 (off) or >= 2, "
-                f"the order 1 to {len(NgramHead._PRIMES)}"
+                f"model.ngram_buckets={ngram_buckets} / ngram_order={ngram_order}: 0 buckets turns the head off; "
+                f"otherwise it {problem}"
             )
         self.fusion = fusion(vision.output_dim, text.output_dim)
         self.missing_image = MissingModality(vision.output_dim)
