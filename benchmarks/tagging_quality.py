@@ -13,7 +13,10 @@ unknown (the "missing image" stand-in), in training and test alike. The unused t
 reaches the heads, so training it would only cost time).
 
 Scores: accuracy and macro-F1 per attribute, computed by one function for every method
-(:func:`benchmarks.common.attribute_scores`), and the mean macro-F1 over the attributes.
+(:func:`benchmarks.common.attribute_scores`), and the mean macro-F1 over the attributes. Each method's difference
+to the peer comes with a paired bootstrap over the test products (:func:`benchmarks.common.paired_bootstrap`):
+a 95% interval and the share of resamples in which the method is ahead, so a gap smaller than the split's noise
+reads as such.
 
     python -m benchmarks.tagging_quality --data data/fashion-products \
         --out benchmarks/results/tagging_quality.json
@@ -37,6 +40,7 @@ from benchmarks.common import (
     cached_vision_encoder,
     format_table,
     machine,
+    paired_bootstrap,
     quiet_lightning,
     say,
     score_table,
@@ -103,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion-dim", type=int, default=128)
     p.add_argument("--fusion-layers", type=int, default=2)
     p.add_argument(
+        "--early-pooling",
+        default="cls",
+        choices=["cls", "mean", "text"],
+        help="EarlyFusion pooling: the [CLS] output, the mean of all output tokens, or of the text tokens' outputs",
+    )
+    p.add_argument(
         "--single-modality-fusion",
         default="early",
         choices=["early", "late", "cross_attention"],
@@ -132,6 +142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[1.0, 10.0, 100.0],
         help="LogisticRegression C values; the best on the val split (macro-F1) is used per attribute",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="paired bootstrap resamples of the test products for each method's difference to the peer (0: off)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -239,7 +255,9 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
     fusion_name = args.single_modality_fusion if variant in ("image_only", "title_only") else variant
     dim, layers = args.fusion_dim, args.fusion_layers
     fusion = {
-        "early": functools.partial(EarlyFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
+        "early": functools.partial(
+            EarlyFusion, dim=dim, layers=layers, heads=4, dropout=0.1, pooling=args.early_pooling
+        ),
         "late": functools.partial(LateFusion, dim=dim, mode="gated", dropout=0.1),
         "cross_attention": functools.partial(CrossAttentionFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
     }[fusion_name]
@@ -452,6 +470,9 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
     if variant != "image_only":
         extra["ngram_buckets"] = args.ngram_buckets
+    fusion = args.single_modality_fusion if variant in ("image_only", "title_only") else variant
+    if fusion == "early" and args.early_pooling != "cls":  # absent: the [CLS] pooling of earlier results
+        extra["early_pooling"] = args.early_pooling
     return {**common, **{k: getattr(args, k) for k in keys}, **extra}
 
 
@@ -520,11 +541,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload.update({"test_products_scored": len(common_ids), "results": results, "table_markdown": table})
     if "peer" in results:
         peer = results["peer"]["mean_macro_f1"]
-        payload["vs_peer"] = {
-            n: {"mean_macro_f1_diff": r["mean_macro_f1"] - peer, "beats_peer": r["mean_macro_f1"] > peer}
-            for n, r in results.items()
-            if n != "peer"
-        }
+        truth = {a: [truth_by_id[i][a] for i in common_ids] for a in args.attributes}
+        peer_preds = {a: [variants["peer"]["predictions"][i][a] for i in common_ids] for a in args.attributes}
+        payload["vs_peer"] = {}
+        for n, r in results.items():
+            if n == "peer":
+                continue
+            d: dict[str, Any] = {
+                "mean_macro_f1_diff": r["mean_macro_f1"] - peer,
+                "beats_peer": r["mean_macro_f1"] > peer,
+            }
+            if args.bootstrap > 0:
+                preds = {a: [variants[n]["predictions"][i][a] for i in common_ids] for a in args.attributes}
+                d["bootstrap"] = paired_bootstrap(truth, preds, peer_preds, args.attributes, args.bootstrap, args.seed)
+            payload["vs_peer"][n] = d
     write_json(args.out, payload)
     print()
     print(
@@ -534,7 +564,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     for name, d in payload.get("vs_peer", {}).items():
         verdict = "beats" if d["beats_peer"] else "does not beat"
-        print(f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({verdict} the peer)")
+        line = f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({verdict} the peer)"
+        if "bootstrap" in d:
+            b = d["bootstrap"]
+            line += (
+                f"; paired bootstrap 95% interval [{b['ci95_low']:+.3f}, {b['ci95_high']:+.3f}], "
+                f"ahead in {100 * b['share_ahead']:.0f}% of {b['samples']} resamples"
+            )
+        print(line)
     say(f"wrote {args.out}")
     return payload
 

@@ -7,12 +7,12 @@ from torch import nn
 
 from encoders.types import Features
 from fusion.base import FusionBlock
-from fusion.layers import zero_padding
+from fusion.layers import masked_mean, zero_padding
 
 
 class EarlyFusion(FusionBlock):
     """Project vision and text tokens to one width, add modality embeddings, prepend a [CLS] token,
-    concatenate and run a joint transformer. Pooled output is the [CLS] token.
+    concatenate and run a joint transformer. Pooled output per ``pooling``.
 
     Args:
         vision_dim: input vision width ``Dv``.
@@ -21,12 +21,26 @@ class EarlyFusion(FusionBlock):
         layers: joint transformer layers.
         heads: attention heads.
         dropout: dropout inside the transformer.
+        pooling: the pooled vector: ``cls`` (the [CLS] token's output), ``mean`` (mean of every real output
+            token, [CLS] included) or ``text`` (mean of the text tokens' outputs).
     """
 
+    POOLINGS = ("cls", "mean", "text")
+
     def __init__(
-        self, vision_dim: int, text_dim: int, dim: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1
+        self,
+        vision_dim: int,
+        text_dim: int,
+        dim: int = 256,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        pooling: str = "cls",
     ) -> None:
         super().__init__(vision_dim, text_dim)
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"EarlyFusion pooling '{pooling}' is not one of {self.POOLINGS}")
+        self.pooling = pooling
         self.output_dim = dim
         self.vision_proj = nn.Linear(vision_dim, dim)
         self.text_proj = nn.Linear(text_dim, dim)
@@ -49,4 +63,11 @@ class EarlyFusion(FusionBlock):
         mask = torch.cat([vision.mask.new_ones(b, 1), vision.mask, text.mask], dim=1)
         x = self.norm(self.encoder(x, src_key_padding_mask=~mask))
         x = zero_padding(x, mask)
-        return Features(tokens=x, mask=mask, pooled=x[:, 0])
+        if self.pooling == "cls":
+            pooled = x[:, 0]
+        elif self.pooling == "mean":
+            pooled = masked_mean(x, mask)
+        else:
+            n_text = t.shape[1]
+            pooled = masked_mean(x[:, -n_text:], mask[:, -n_text:])
+        return Features(tokens=x, mask=mask, pooled=pooled)

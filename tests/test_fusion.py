@@ -16,6 +16,8 @@ B, NV, NT = 3, 5, 6
 
 BLOCKS: dict[str, Callable[[], FusionBlock]] = {
     "early": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1),
+    "early-mean": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1, pooling="mean"),
+    "early-text": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1, pooling="text"),
     "late-concat": lambda: LateFusion(DV, DT, dim=DIM, mode="concat"),
     "late-gated": lambda: LateFusion(DV, DT, dim=DIM, mode="gated"),
     "late-bilinear": lambda: LateFusion(DV, DT, dim=DIM, mode="bilinear"),
@@ -23,7 +25,15 @@ BLOCKS: dict[str, Callable[[], FusionBlock]] = {
     "cross-bidirectional": lambda: CrossAttentionFusion(DV, DT, dim=DIM, layers=2, heads=4, bidirectional=True),
 }
 # Token count of the fused output, per block.
-OUT_TOKENS = {"early": 1 + NV + NT, "late-concat": 1, "late-gated": 1, "late-bilinear": 1, "cross": NT}
+OUT_TOKENS = {
+    "early": 1 + NV + NT,
+    "early-mean": 1 + NV + NT,
+    "early-text": 1 + NV + NT,
+    "late-concat": 1,
+    "late-gated": 1,
+    "late-bilinear": 1,
+    "cross": NT,
+}
 OUT_TOKENS["cross-bidirectional"] = NT + NV
 
 V_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -166,3 +176,15 @@ def test_early_fusion_pooled_is_cls_token() -> None:
     assert torch.equal(out.pooled, out.tokens[:, 0])
     assert out.mask[:, 0].all()
     assert torch.equal(out.mask[:, 1:], torch.cat([V_MASK, T_MASK], dim=1))
+
+
+def test_early_fusion_mean_and_text_pooling() -> None:
+    """``mean`` averages every real output token; ``text`` only the text tokens' outputs."""
+    v, t = inputs()
+    with torch.no_grad():
+        mean = run(build("early-mean").eval(), v, t)
+        text = run(build("early-text").eval(), v, t)
+    torch.testing.assert_close(mean.pooled, masked_mean(mean.tokens, mean.mask))
+    torch.testing.assert_close(text.pooled, masked_mean(text.tokens[:, 1 + NV :], T_MASK))
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        EarlyFusion(DV, DT, pooling="max")
