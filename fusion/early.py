@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
 from encoders.types import Features
 from fusion.base import FusionBlock
 from fusion.layers import masked_mean, zero_padding
+
+EarlyPooling = Literal["cls", "mean", "text"]
 
 
 class EarlyFusion(FusionBlock):
@@ -25,8 +29,6 @@ class EarlyFusion(FusionBlock):
             token, [CLS] included) or ``text`` (mean of the text tokens' outputs).
     """
 
-    POOLINGS = ("cls", "mean", "text")
-
     def __init__(
         self,
         vision_dim: int,
@@ -35,11 +37,11 @@ class EarlyFusion(FusionBlock):
         layers: int = 2,
         heads: int = 4,
         dropout: float = 0.1,
-        pooling: str = "cls",
+        pooling: EarlyPooling = "cls",
     ) -> None:
         super().__init__(vision_dim, text_dim)
-        if pooling not in self.POOLINGS:
-            raise ValueError(f"EarlyFusion pooling '{pooling}' is not one of {self.POOLINGS}")
+        if pooling not in get_args(EarlyPooling):
+            raise ValueError(f"unknown early fusion pooling '{pooling}' (choose cls, mean or text)")
         self.pooling = pooling
         self.output_dim = dim
         self.vision_proj = nn.Linear(vision_dim, dim)

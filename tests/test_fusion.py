@@ -187,4 +187,4 @@ def test_early_fusion_mean_and_text_pooling() -> None:
     torch.testing.assert_close(mean.pooled, masked_mean(mean.tokens, mean.mask))
     torch.testing.assert_close(text.pooled, masked_mean(text.tokens[:, 1 + NV :], T_MASK))
     with pytest.raises(ValueError, match="pooling 'max'"):
-        EarlyFusion(DV, DT, pooling="max")
+        EarlyFusion(DV, DT, pooling="max")  # type: ignore[arg-type]
