@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     # Budget
     p.add_argument("--epochs", type=int, default=12, help="training epochs per tagger")
-    p.add_argument("--image-size", type=int, default=160, help="square image size for EfficientNet-Lite0")
+    p.add_argument("--image-size", type=int, default=224, help="square image size for EfficientNet-Lite0")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training products (smoke runs)")
     p.add_argument(
         "--max-eval", type=int, default=None, help="use at most this many val and test products (smoke runs)"
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion-layers", type=int, default=2)
     p.add_argument(
         "--early-pooling",
-        default="cls",
+        default="text",
         choices=["cls", "mean", "text"],
         help="EarlyFusion pooling: the [CLS] output, the mean of all output tokens, or of the text tokens' outputs",
     )
