@@ -246,13 +246,18 @@ def run_peer(args: argparse.Namespace, dm: Any) -> tuple[dict[str, dict[str, str
 
 
 # ----------------------------------------------------------------------------------------------------- tagger
+def fusion_of(args: argparse.Namespace, variant: str) -> str:
+    """The fusion block a tagger variant uses (the single-modality variants use ``--single-modality-fusion``)."""
+    return args.single_modality_fusion if variant in ("image_only", "title_only") else variant
+
+
 def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.Tensor] | None = None) -> Any:
     """ProductTagger with the offline pretrained towers and the variant's fusion block."""
     from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
     from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
     from multimodal.tasks.tagging import ProductTagger
 
-    fusion_name = args.single_modality_fusion if variant in ("image_only", "title_only") else variant
+    fusion_name = fusion_of(args, variant)
     dim, layers = args.fusion_dim, args.fusion_layers
     fusion = {
         "early": functools.partial(
@@ -470,8 +475,8 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
     if variant != "image_only":
         extra["ngram_buckets"] = args.ngram_buckets
-    fusion = args.single_modality_fusion if variant in ("image_only", "title_only") else variant
-    if fusion == "early" and args.early_pooling != "cls":  # absent: the [CLS] pooling of earlier results
+    # Recorded only when not [CLS], the pooling of results from before the option existed.
+    if fusion_of(args, variant) == "early" and args.early_pooling != "cls":
         extra["early_pooling"] = args.early_pooling
     return {**common, **{k: getattr(args, k) for k in keys}, **extra}
 
