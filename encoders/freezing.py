@@ -47,6 +47,23 @@ def set_trainable(module: nn.Module, trainable: Trainable) -> None:
         p.requires_grad_(True)
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def freeze_norm_statistics(module: nn.Module) -> None:
+    """Put every batch-norm layer of ``module`` whose parameters are all frozen into eval mode.
+
+    ``module.train()`` switches batch norms to batch statistics and updates their running statistics, so a
+    tower frozen by ``requires_grad`` alone would still change in training and compute other features in
+    training than at inference. Call after ``train()``: frozen batch norms then use (and keep) their running
+    statistics; those in trained blocks train as usual. Batch norms without parameters follow ``module``.
+    """
+    for layer in module.modules():
+        params = list(layer.parameters(recurse=False))
+        if isinstance(layer, BATCH_NORMS) and params and not any(p.requires_grad for p in params):
+            layer.eval()
+
+
 def count_trainable(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

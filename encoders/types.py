@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
+
+from encoders.freezing import freeze_norm_statistics
 
 
 @dataclass
@@ -60,7 +62,19 @@ def _pad_tokens(tokens: Tensor, mask: Tensor, width: int) -> tuple[Tensor, Tenso
 ImageTransform = Callable[[Any], Tensor]
 
 
-class VisionEncoder(nn.Module, ABC):
+class Tower(nn.Module):
+    """Base of the vision and text encoders: frozen batch norms keep using their running statistics in training
+    (:func:`encoders.freezing.freeze_norm_statistics`), so a frozen tower is the same function in training and
+    at inference."""
+
+    def train(self, mode: bool = True) -> Self:
+        super().train(mode)
+        if mode:
+            freeze_norm_statistics(self)
+        return self
+
+
+class VisionEncoder(Tower, ABC):
     """Maps ``pixel_values (B, 3, H, W)`` to :class:`Features` and owns its image preprocessing."""
 
     output_dim: int
@@ -74,7 +88,7 @@ class VisionEncoder(nn.Module, ABC):
         """A picklable callable that turns an RGB PIL image into a ``(3, H, W)`` float tensor."""
 
 
-class TextEncoder(nn.Module, ABC):
+class TextEncoder(Tower, ABC):
     """Maps token ids to :class:`Features` and owns its tokenizer."""
 
     output_dim: int

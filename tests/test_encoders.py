@@ -327,6 +327,30 @@ def test_set_trainable_false_true_and_last_blocks() -> None:
     assert count_trainable(cnn) == sum(p.numel() for p in stages[-1].parameters()) + head
 
 
+@pytest.mark.parametrize("trainable", [False, 1])
+def test_frozen_batch_norms_keep_running_statistics_in_training(trainable: bool | int) -> None:
+    """train() must not turn a frozen CNN into another function: frozen batch norms use and keep their running
+    statistics; those of trained stages still train."""
+    torch.manual_seed(0)
+    enc = TimmVisionEncoder("test_efficientnet", trainable=trainable)
+    frozen_bn = enc.model.bn1
+    before = {k: v.clone() for k, v in enc.state_dict().items() if "running" in k}
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        reference = enc.eval()(x).pooled
+        trained = enc.train()(x).pooled
+    assert enc.training and not frozen_bn.training
+    after = {k: v for k, v in enc.state_dict().items() if "running" in k}
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    if trainable is False:
+        assert not moved
+        torch.testing.assert_close(trained, reference)
+    else:
+        assert enc.model.bn2.training  # the trained tail's batch norm trains
+        assert moved and all(k.startswith(("model.blocks.4", "model.bn2")) for k in moved), sorted(moved)
+        assert not any(k.startswith("model.bn1") for k in moved)
+
+
 def test_text_last_block_and_frozen() -> None:
     enc = tiny_text(trainable=1)
     layers = enc.model.encoder.layer

@@ -18,6 +18,7 @@ from conftest import SAMPLE_IMAGES, tiny_text, tiny_vision
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
+from encoders.freezing import set_trainable
 from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
 from multimodal.datamodule import ProductDataModule
 from multimodal.dataset import IGNORE_INDEX
@@ -107,6 +108,23 @@ def test_fit_lowers_training_loss_through_each_fusion(fusion: str, manifest: Pat
     assert after < 0.6 * before, f"{fusion}: loss {before:.3f} -> {after:.3f}"
     changed = {k.split(".")[0] for k, v in model.named_parameters() if not torch.equal(v, params[k])}
     assert {"vision", "text", "fusion", "heads"} <= changed
+
+
+def test_fit_leaves_a_frozen_vision_tower_unchanged(manifest: Path, tmp_path: Path) -> None:
+    """Through Lightning's own train/eval switching (validation included): a frozen CNN's weights and batch-norm
+    statistics stay as they were, while the rest of the tagger trains."""
+    dm = make_datamodule(manifest)
+    model = ready(make_tagger(), dm)
+    set_trainable(model.vision, False)
+    model.train()
+    vision = {k: v.clone() for k, v in model.vision.state_dict().items()}
+    assert any("running_mean" in k for k in vision)
+    heads = {k: v.clone() for k, v in model.heads.state_dict().items()}
+
+    trainer(tmp_path, max_steps=6, max_epochs=-1, val_check_interval=2, num_sanity_val_steps=1).fit(model, dm)
+
+    assert all(torch.equal(v, model.vision.state_dict()[k]) for k, v in vision.items())
+    assert not all(torch.equal(v, model.heads.state_dict()[k]) for k, v in heads.items())
 
 
 @pytest.mark.parametrize("fusion", list(FUSIONS))
