@@ -31,6 +31,7 @@ def set_trainable(module: nn.Module, trainable: Trainable) -> None:
     """
     if isinstance(trainable, bool) or trainable <= 0:
         module.requires_grad_(bool(trainable))
+        freeze_norm_statistics(module)
         return
     blocks = block_list(module)
     if blocks is None:
@@ -45,23 +46,26 @@ def set_trainable(module: nn.Module, trainable: Trainable) -> None:
     last_block_param = max(i for i, p in enumerate(params) if id(p) in in_blocks)
     for p in params[last_block_param + 1 :]:
         p.requires_grad_(True)
+    freeze_norm_statistics(module)
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def freeze_norm_statistics(module: nn.Module) -> None:
-    """Put every batch-norm layer of ``module`` whose parameters are all frozen into eval mode.
+    """Give every batch-norm layer of ``module`` the mode ``module.training and <its parameters train>``.
 
-    ``module.train()`` switches batch norms to batch statistics and updates their running statistics, so a
+    In training mode a batch norm normalises with batch statistics and updates its running statistics, so a
     tower frozen by ``requires_grad`` alone would still change in training and compute other features in
-    training than at inference. Call after ``train()``: frozen batch norms then use (and keep) their running
-    statistics; those in trained blocks train as usual. Batch norms without parameters follow ``module``.
+    training than at inference. After this, frozen batch norms use (and keep) their running statistics and
+    those of trained blocks train as usual. Batch norms without parameters follow ``module``. Called by
+    :func:`set_trainable` and by the towers' ``train()``; Lightning keeps the modes it finds (it never calls
+    ``train()`` on the model), so setting them when a tower is frozen is what makes ``fit`` respect them.
     """
     for layer in module.modules():
-        params = list(layer.parameters(recurse=False))
-        if isinstance(layer, BATCH_NORMS) and params and not any(p.requires_grad for p in params):
-            layer.eval()
+        if isinstance(layer, BATCH_NORMS):
+            params = list(layer.parameters(recurse=False))
+            layer.training = module.training and (not params or any(p.requires_grad for p in params))
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -69,8 +69,7 @@ class Tower(nn.Module):
 
     def train(self, mode: bool = True) -> Self:
         super().train(mode)
-        if mode:
-            freeze_norm_statistics(self)
+        freeze_norm_statistics(self)
         return self
 
 

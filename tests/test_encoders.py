@@ -334,6 +334,7 @@ def test_frozen_batch_norms_keep_running_statistics_in_training(trainable: bool 
     torch.manual_seed(0)
     enc = TimmVisionEncoder("test_efficientnet", trainable=trainable)
     frozen_bn = enc.model.bn1
+    assert enc.training and not frozen_bn.training  # from construction on: Lightning never calls train()
     before = {k: v.clone() for k, v in enc.state_dict().items() if "running" in k}
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
@@ -349,6 +350,9 @@ def test_frozen_batch_norms_keep_running_statistics_in_training(trainable: bool 
         assert enc.model.bn2.training  # the trained tail's batch norm trains
         assert moved and all(k.startswith(("model.blocks.4", "model.bn2")) for k in moved), sorted(moved)
         assert not any(k.startswith("model.bn1") for k in moved)
+    set_trainable(enc, True)  # unfreezing gives the batch norms back to training
+    assert frozen_bn.training
+    assert not enc.eval().model.bn2.training
 
 
 def test_text_last_block_and_frozen() -> None:

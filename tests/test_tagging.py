@@ -18,7 +18,7 @@ from conftest import SAMPLE_IMAGES, tiny_text, tiny_vision
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from encoders.freezing import set_trainable
+from encoders.timm_encoder import TimmVisionEncoder
 from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
 from multimodal.datamodule import ProductDataModule
 from multimodal.dataset import IGNORE_INDEX
@@ -111,12 +111,17 @@ def test_fit_lowers_training_loss_through_each_fusion(fusion: str, manifest: Pat
 
 
 def test_fit_leaves_a_frozen_vision_tower_unchanged(manifest: Path, tmp_path: Path) -> None:
-    """Through Lightning's own train/eval switching (validation included): a frozen CNN's weights and batch-norm
-    statistics stay as they were, while the rest of the tagger trains."""
+    """Through Lightning's own mode handling (it keeps the modes the model was built with and restores them after
+    validation): a CNN built frozen keeps its weights and batch-norm statistics, while the rest trains."""
     dm = make_datamodule(manifest)
-    model = ready(make_tagger(), dm)
-    set_trainable(model.vision, False)
-    model.train()
+    torch.manual_seed(0)
+    model = ProductTagger(
+        vision=TimmVisionEncoder("test_efficientnet", image_size=32, trainable=False),
+        text=tiny_text(0),
+        fusion=FUSIONS["cross_attention"],
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+    )
+    ready(model, dm)
     vision = {k: v.clone() for k, v in model.vision.state_dict().items()}
     assert any("running_mean" in k for k in vision)
     heads = {k: v.clone() for k, v in model.heads.state_dict().items()}
