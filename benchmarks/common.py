@@ -229,8 +229,8 @@ def build_vision_cache(records: Any, image_root: Path, encoder: Any, batch_size:
 
     Returns ``{image_key: (1 + N, D) float32}`` with the pooled vector in row 0 and the tokens after it.
     """
+    from multimodal.data.images import load_image, resolve_image_path
     from multimodal.errors import BadSampleError
-    from multimodal.images import load_image, resolve_image_path
 
     transform = encoder.image_transform(train=False)
     encoder.eval()

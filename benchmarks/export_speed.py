@@ -9,7 +9,7 @@ peak RSS (the process or its largest data-loader worker) is its own.
 
 - raw: ``embed_products`` on pre-decoded, pre-transformed tensors (the limit: no decoding, no writing);
 - end to end: ``trainer.predict`` with decoding workers and the shard writer (the predict loop only), and the
-  whole command (restore + hash + predict + finalize).
+  whole command (load + hash + predict + finalize).
 
     python -m benchmarks.export_speed --out benchmarks/results/export_speed.json
 """
@@ -36,8 +36,8 @@ CONFIG = "configs/retrieval/dual_encoder.yaml"
 
 def make_checkpoint(path: Path, catalogue: Path, image_root: Path, config: str = CONFIG) -> None:
     """A checkpoint as `multimodal fit` writes it (weights + stored config), without training."""
-    from multimodal.cli import MultimodalCLI
-    from multimodal.restore import CONFIG_KEY
+    from multimodal.lightning_cli import MultimodalCLI
+    from multimodal.loading import CONFIG_KEY
 
     cli = MultimodalCLI(
         args=[
@@ -65,9 +65,10 @@ def make_catalogue(sample: Path, n: int, path: Path) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     """One export in this process; prints a JSON line with times and peak memory."""
+    import lightning
     from lightning.pytorch.callbacks import Callback
 
-    import multimodal.commands.export as command
+    import multimodal.predict_cli as command
 
     times: dict[str, float] = {}
 
@@ -84,30 +85,30 @@ def worker(args: argparse.Namespace) -> None:
         def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
             times["end"] = time.perf_counter()
 
-    original = command.L.Trainer
+    original = lightning.Trainer
 
     def trainer_with_clock(*a: Any, **kw: Any) -> Any:
         kw["callbacks"] = [*kw.get("callbacks", []), Clock()]
         return original(*a, **kw)
 
-    command.L.Trainer = trainer_with_clock  # type: ignore[misc]
+    lightning.Trainer = trainer_with_clock  # type: ignore[misc]
     start = time.perf_counter()
-    ns = command.parser().parse_args(
-        [
-            "--ckpt_path",
-            args.ckpt,
-            "--out",
-            args.export_out,
-            "--no-progress",
-            "--batch-size",
-            str(args.batch_size),
-            "--num-workers",
-            str(args.workers),
-            "--accelerator",
-            "cpu",
-        ]
-    )
-    manifest = command.run_export(ns, ["--data.manifest", args.catalogue])
+    argv = [
+        "--ckpt_path",
+        args.ckpt,
+        "--out",
+        args.export_out,
+        "--no-progress",
+        "--batch-size",
+        str(args.batch_size),
+        "--num-workers",
+        str(args.workers),
+        "--accelerator",
+        "cpu",
+        "--data.manifest",
+        args.catalogue,
+    ]
+    manifest = command.run(command.parser("export").parse_args(argv), "export", argv)
     total = time.perf_counter() - start
     rss = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -140,12 +141,10 @@ def current_rss_mb() -> float:
 
 def raw_forward(ckpt: Path, sample: Path, batch_size: int, batches: int) -> float:
     """Images/s of the product-vector forward on pre-decoded tensors (same model, same threads)."""
-    from multimodal.images import load_image
-    from multimodal.restore import restore
+    from multimodal.data.images import load_image
+    from multimodal.loading import load
 
-    model = restore(
-        ckpt, ["--data.manifest", str(sample / "metadata.csv"), "--data.image_root", str(sample / "images")]
-    ).model
+    model = load(ckpt).model
     transform = model.image_transform(False)
     files = sorted((sample / "images").iterdir())[:batch_size]
     x = torch.stack([transform(load_image(f)) for f in files])  # (B, 3, H, W), decoded once

@@ -28,11 +28,11 @@ from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from fusion.cross_attention import CrossAttentionFusion
 from fusion.late import LateFusion
-from multimodal.datamodule import ProductDataModule
-from multimodal.dataset import Collate
-from multimodal.retrieval_metrics import ranks_of_matches, scores_from_ranks
-from multimodal.tasks.retrieval import ProductRetriever
-from multimodal.zero_shot import ZeroShotTagger
+from multimodal.data.datamodule import ProductDataModule
+from multimodal.data.dataset import Collate
+from multimodal.search.metrics import ranks_of_matches, scores_from_ranks
+from multimodal.search.retriever import ProductRetriever
+from multimodal.tagging.zero_shot import ZeroShotTagger
 
 
 class CachedVision(VisionEncoder):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, say, seed_all, write_json
-from multimodal.search_index import build_index
+from multimodal.search.index import build_index
 
 
 def random_unit(n: int, dim: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Tagging quality: the three fusion blocks, image-only and title-only taggers vs a TF-IDF + logistic-regression peer.
 
 Every method is trained on the same training ids and scored on the same test ids of one
-:class:`multimodal.datamodule.ProductDataModule` (80/10/10 split by a stable hash of the id, unless the manifest
-has a ``split`` column). The taggers are :class:`multimodal.tasks.tagging.ProductTagger` with the offline
+:class:`multimodal.data.datamodule.ProductDataModule` (80/10/10 split by a stable hash of the id, unless the manifest
+has a ``split`` column). The taggers are :class:`multimodal.tagging.tagger.ProductTagger` with the offline
 pretrained towers (ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2), trained by a real ``lightning.Trainer.fit``;
 the peer is scikit-learn's TF-IDF (word 1-2 grams) + ``LogisticRegression`` on the title alone, one model per
 attribute, its ``C`` picked on the validation split.
@@ -170,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------------- data
 def build_datamodule(args: argparse.Namespace, variant: str, report_dir: Path) -> Any:
     """The one data module every method reads its split from; single-modality variants blank one modality."""
-    from multimodal.datamodule import ProductDataModule
+    from multimodal.data.datamodule import ProductDataModule
 
     dm = ProductDataModule(
         manifest=args.manifest,
@@ -255,7 +255,7 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
     """ProductTagger with the offline pretrained towers and the variant's fusion block."""
     from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
     from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
-    from multimodal.tasks.tagging import ProductTagger
+    from multimodal.tagging.tagger import ProductTagger
 
     fusion_name = fusion_of(args, variant)
     dim, layers = args.fusion_dim, args.fusion_layers
@@ -417,7 +417,7 @@ def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, tor
 def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
     """Frozen MiniLM outputs for every distinct title of the catalogue, computed once (kept in --work-dir)."""
     from encoders.pretrained import MiniLMTextEncoder
-    from multimodal.tasks.base import JoinedText
+    from multimodal.towers import JoinedText
 
     records = [r for split in dm.splits.values() for r in split]
     path = work / f"text_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.max_length}tok.pt"

@@ -67,8 +67,8 @@ def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
     """The seeded template model (heads built) and the pre-decoded batches."""
     from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
     from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
-    from multimodal.datamodule import ProductDataModule
-    from multimodal.tasks.tagging import ProductTagger
+    from multimodal.data.datamodule import ProductDataModule
+    from multimodal.tagging.tagger import ProductTagger
 
     seed_all(args.seed)
     fusion = {

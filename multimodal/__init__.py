@@ -1,3 +1,48 @@
-"""Multimodal product understanding: tagging, captioning and image-text search on Lightning."""
+"""Multimodal product understanding: tagging, captioning and image-text search on Lightning.
+
+``multimodal.load(path)`` turns any task's checkpoint into its Python API (:class:`~multimodal.tagging.predictor.
+Tagger`, :class:`~multimodal.search.predictor.Retriever` or :class:`~multimodal.captioning.predictor.Captioner`).
+Importing the package imports nothing heavy; torch is imported by the first ``load``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Task class name -> its Python API (module, class).
+APIS = {
+    "ProductTagger": ("multimodal.tagging.predictor", "Tagger"),
+    "ProductRetriever": ("multimodal.search.predictor", "Retriever"),
+    "ProductCaptioner": ("multimodal.captioning.predictor", "Captioner"),
+}
+
+
+def load(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Any:
+    """Load a checkpoint written by ``multimodal fit`` (any task) as its Python API.
+
+    No config, data module or training catalogue is needed: the checkpoint holds the architecture, the label
+    vocabularies and the columns the model reads.
+
+    Args:
+        path: the checkpoint (``.ckpt``).
+        device: torch device to run on.
+        batch_size: items per forward pass.
+
+    Returns:
+        A ``Tagger`` (``predict``, ``predict_proba``, ``extract_embedding``), a ``Retriever`` (``embed_text``,
+        ``embed_images``, ``extract_embedding``) or a ``Captioner`` (``caption``).
+    """
+    import importlib
+
+    from multimodal.errors import UserError
+    from multimodal.loading import load as load_task
+
+    loaded = load_task(path)
+    if loaded.task not in APIS:
+        raise UserError(f"{path} holds a {loaded.task}, which has no Python API (known: {sorted(APIS)})")
+    module, name = APIS[loaded.task]
+    api = getattr(importlib.import_module(module), name)
+    return api(loaded, device=device, batch_size=batch_size)

@@ -1,4 +1,9 @@
-"""The ``multimodal`` command: LightningCLI (fit, validate, test, predict) plus export, index, search, caption."""
+"""The ``multimodal`` command. Light on purpose: nothing heavy (torch, Lightning) is imported until a command runs,
+so ``multimodal --help``, ``multimodal <command> --help`` of the batch commands and argument errors answer at once.
+
+Lightning subcommands (``fit``, ``validate``, ``test``) go to :mod:`multimodal.lightning_cli`; the others are
+modules with a ``main(argv)``, imported only when used.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +12,35 @@ import os
 import sys
 from collections.abc import Sequence
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
-
 from multimodal.errors import UserError
 
-# Extra subcommands, each a module with ``main(argv: list[str]) -> None``; imported only when used.
+LIGHTNING = ("fit", "validate", "test")
+# command -> (module, function); each takes the arguments after the command.
 COMMANDS = {
-    "export": "multimodal.commands.export",
-    "index": "multimodal.commands.index",
-    "search": "multimodal.commands.search",
-    "caption": "multimodal.commands.caption",
+    "predict": ("multimodal.predict_cli", "main"),
+    "export": ("multimodal.predict_cli", "export_main"),
+    "caption": ("multimodal.predict_cli", "caption_main"),
+    "index": ("multimodal.search.index_cli", "main"),
+    "search": ("multimodal.search.search_cli", "main"),
 }
 
+USAGE = """usage: multimodal <command> [options]
 
-DESCRIPTION = """Multimodal product understanding.
+Multimodal product understanding: tagging, search and captioning.
 
-Lightning subcommands (configs/<task>/<fusion>.yaml): fit, validate, test, predict.
-Search: export (one vector per product), index (FAISS), search (by text or photo).
-Captioning: caption (titles from photos, in batches).
-Run `multimodal <subcommand> --help` for the options of each."""
+Training (LightningCLI, configs/<task>/<fusion>.yaml):
+  fit         train a task:                 multimodal fit --config configs/tagging/cross_attention.yaml
+  validate    validation metrics of a checkpoint
+  test        test metrics of a checkpoint (confusion matrices for tagging)
 
+Using a trained model (the checkpoint alone: no config, no training data):
+  predict     tags, product vectors or captions for a manifest or a folder of photos
+  export      product vectors of a retriever to resumable shards (for `index`)
+  caption     captions of product photos, in batches
+  index       build a FAISS index over an export
+  search      query an index by text, by photo or "more like this"
 
-class MultimodalCLI(LightningCLI):
-    """LightningCLI for every task: the model and data module are chosen by ``class_path`` in the config.
-
-    With ``--ckpt_path`` the data module encodes labels with the vocabularies saved in the checkpoint, so
-    predicting on a new catalogue uses the label set the model was trained with.
-    """
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=list(args) if args is not None else None,
-            run=run,
-            parser_kwargs={"description": DESCRIPTION},
-        )
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        subcommand = self.config.get("subcommand")
-        if subcommand == "fit":
-            from multimodal.restore import StoreConfig
-
-            config = self.config.get(str(subcommand), self.config)
-            self.trainer.callbacks.append(StoreConfig(self._parser(subcommand).dump(config, skip_none=False)))
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        set_vocab = getattr(self.datamodule, "set_vocabularies", None)
-        if ckpt_path and set_vocab is not None and os.path.isfile(ckpt_path):
-            from multimodal.datamodule import vocabularies_from_checkpoint
-
-            saved = vocabularies_from_checkpoint(ckpt_path)
-            if saved is not None:
-                set_vocab(*saved)
+Run `multimodal <command> --help` for the options of each."""
 
 
 def user_message(err: BaseException) -> str:
@@ -92,12 +69,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``multimodal`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if args[0] not in COMMANDS and args[0] not in LIGHTNING:
+        print(USAGE, file=sys.stderr)
+        print(f"\nerror: unknown command '{args[0]}'", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        if args and args[0] in COMMANDS:
+        if args[0] in COMMANDS:
             if argv is None:
-                sys.argv = sys.argv[:1]  # these commands hand their own arguments to any LightningCLI they build
-            importlib.import_module(COMMANDS[args[0]]).main(args[1:])
+                sys.argv = sys.argv[:1]  # these commands hand their own arguments to any Trainer they build
+            module, function = COMMANDS[args[0]]
+            getattr(importlib.import_module(module), function)(args[1:])
         else:
+            from multimodal.lightning_cli import MultimodalCLI
+
             # With argv None, LightningCLI reads sys.argv, which must stay whole: Lightning's DDP launcher starts
             # the other ranks with the same command line.
             MultimodalCLI(args=argv)

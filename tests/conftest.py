@@ -106,7 +106,7 @@ class TinyPreprocessing:
         from transformers import AutoTokenizer
 
         from encoders.pretrained import minilm_path
-        from multimodal.tasks.base import JoinedText
+        from multimodal.towers import JoinedText
 
         self.size = image_size
         self._create_transform = create_transform
@@ -124,3 +124,79 @@ class TinyPreprocessing:
 @pytest.fixture(scope="session")
 def preprocessing() -> TinyPreprocessing:
     return TinyPreprocessing()
+
+
+# ------------------------------------------------------------------------------------------- task checkpoints
+TINY_CONFIGS = {
+    "tagger": ROOT / "configs" / "tagging" / "tiny.yaml",
+    "retriever": ROOT / "configs" / "retrieval" / "tiny.yaml",
+    "captioner": ROOT / "configs" / "captioning" / "tiny.yaml",
+}
+
+
+def fit_tiny(task: str, root: Path, manifest: Path, image_root: Path, steps: int = 2, *extra: str) -> Path:
+    """``multimodal fit`` of a task's tiny config for a few steps; returns its checkpoint (which stores the config)."""
+    from multimodal.cli import main
+
+    main(["fit", "--config", str(TINY_CONFIGS[task]), "--data.init_args.manifest", str(manifest),
+          "--data.init_args.image_root", str(image_root), "--trainer.max_steps", str(steps),
+          "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+          "--trainer.enable_checkpointing", "true", "--trainer.default_root_dir", str(root), *extra])  # fmt: skip
+    (ckpt,) = list(root.rglob("*.ckpt"))
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, sample_df: pd.DataFrame) -> dict[str, Path]:
+    """A checkpoint of each task (tiny, 2 steps), trained on a copy of 48 sample products that is deleted
+    afterwards: every use of these checkpoints shows that no training catalogue is needed."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "catalogue"
+    (data / "images").mkdir(parents=True)
+    df = sample_df.iloc[::17].head(48).reset_index(drop=True)
+    for name in df["image"]:
+        shutil.copy(SAMPLE_IMAGES / name, data / "images" / name)
+    df.to_csv(data / "metadata.csv", index=False)
+    checkpoints = {task: fit_tiny(task, root / task, data / "metadata.csv", data / "images") for task in TINY_CONFIGS}
+    shutil.rmtree(data)
+    return checkpoints
+
+
+@pytest.fixture
+def job_input(tmp_path: Path, sample_df: pd.DataFrame) -> tuple[Path, Path, list[str]]:
+    """A new catalogue to predict: 10 sample products (id, image, title only: no label column) with their photos
+    copied, one row whose photo is corrupt (row 3) and one duplicate id (last row). Returns (manifest, image
+    folder, the ids expected in the output, in input order)."""
+    import shutil
+
+    images = tmp_path / "new-images"
+    images.mkdir()
+    df = sample_df.iloc[5::31].head(10)[["id", "image", "title"]].reset_index(drop=True)
+    for name in df["image"]:
+        shutil.copy(SAMPLE_IMAGES / name, images / name)
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    broken = pd.DataFrame([{"id": "broken-photo", "image": "broken.jpg", "title": "Red cotton shirt"}])
+    df = pd.concat([df.iloc[:3], broken, df.iloc[3:], df.iloc[[0]]], ignore_index=True)
+    manifest = tmp_path / "new.csv"
+    df.to_csv(manifest, index=False)
+    return manifest, images, df["id"].tolist()[:-1]
+
+
+def kill_9_after_blocks(args: list[str], job: Path, blocks: int = 2) -> int:
+    """Run ``multimodal <args>`` in a new process, SIGKILL it once ``job`` holds ``blocks`` finished blocks (or it
+    ended); returns the blocks finished then."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(list(job.glob("block-*.jsonl"))) < blocks:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(job.glob("block-*.jsonl")))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from multimodal.caption_metrics import caption_scores, normalise
+from multimodal.captioning.metrics import caption_scores, normalise
 from multimodal.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def eight_titles(tmp_path: Path, sample: pd.DataFrame) -> Path:
 
 
 def tiny_cli(mode: str, manifest: Path, *extra: str, run: bool = False) -> Any:
-    from multimodal.cli import MultimodalCLI
+    from multimodal.lightning_cli import MultimodalCLI
 
     args = [
         "--config", str(TINY_CAPTION),
@@ -94,8 +94,8 @@ def test_sampling_is_seeded_and_length_limited(trained: tuple[str, Any, dict[str
 
 def test_prompt_is_masked_out_of_the_loss() -> None:
     from encoders.language_model import MiniLMLanguageModel
-    from multimodal.dataset import IGNORE_INDEX
-    from multimodal.tasks.captioning import CaptionText
+    from multimodal.captioning.captioner import CaptionText
+    from multimodal.data.dataset import IGNORE_INDEX
 
     lm = MiniLMLanguageModel(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1,
                              "num_attention_heads": 2, "intermediate_size": 64})  # fmt: skip
@@ -116,7 +116,7 @@ def test_word_dropout_masks_only_target_inputs() -> None:
     from encoders.language_model import MiniLMLanguageModel
     from encoders.timm_encoder import TimmVisionEncoder
     from fusion.conditioning import PrefixConditioning
-    from multimodal.tasks.captioning import CaptionText, ProductCaptioner
+    from multimodal.captioning.captioner import CaptionText, ProductCaptioner
 
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     vision = TimmVisionEncoder("test_efficientnet", image_size=32)
@@ -152,7 +152,7 @@ def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
     from encoders.timm_encoder import TimmVisionEncoder
     from fusion.conditioning import LateConditioning
     from fusion.early import EarlyFusion
-    from multimodal.tasks.captioning import ProductCaptioner
+    from multimodal.captioning.captioner import ProductCaptioner
 
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     vision = TimmVisionEncoder("test_efficientnet", image_size=32)
@@ -184,7 +184,7 @@ def test_wrong_or_unknown_fusion_mode_is_a_cli_error(capsys: pytest.CaptureFixtu
 
 
 def test_fit_validates_with_bleu_and_cider(tmp_path: Path) -> None:
-    from multimodal.cli import MultimodalCLI
+    from multimodal.lightning_cli import MultimodalCLI
 
     cli = MultimodalCLI(
         args=["fit", "--config", str(TINY_CAPTION), "--trainer.limit_train_batches", "1",

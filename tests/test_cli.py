@@ -16,7 +16,8 @@ import yaml
 from conftest import ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST, TINY_CONFIG
 
 from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
-from multimodal.cli import MultimodalCLI, main
+from multimodal.cli import main
+from multimodal.lightning_cli import MultimodalCLI
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +45,6 @@ def callbacks(*specs: dict) -> list[str]:
 def checkpoint_callback(dirpath: Path) -> dict:
     init_args = {"dirpath": str(dirpath), "save_last": True}
     return {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init_args}
-
-
-def writer_callback(output: Path) -> dict:
-    return {"class_path": "multimodal.writers.TaggingWriter", "init_args": {"output": str(output), "top_k": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -86,32 +83,32 @@ def test_predict_from_checkpoint_reproduces_the_fitted_model(
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())  # last.ckpt is the final state
     assert ckpt["vocabularies"] == cli.datamodule.vocabularies
     expected = in_memory_predictions(cli)
-    assert len(expected) == len(cli.datamodule.splits["test"])
+    test_ids = [r.id for r in cli.datamodule.splits["test"]]
+    assert [r["id"] for r in expected] == test_ids
 
+    df = pd.read_csv(SAMPLE_MANIFEST, dtype=str, keep_default_na=False)
+    df[df["id"].isin(set(test_ids))].to_csv(tmp_path / "test.csv", index=False)
     outputs = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
     for output in outputs:
-        main(["predict", *base_args(tmp_path, "--ckpt_path", str(last), "--data.init_args.predict_split", "test"),
-              *callbacks(writer_callback(output))])  # fmt: skip
+        main(["predict", "--ckpt_path", str(last), "--data.manifest", str(tmp_path / "test.csv"),
+              "--data.image_root", str(SAMPLE_IMAGES), "--out", str(output), "--top_k", "2",
+              "--no_progress"])  # fmt: skip
     rows = [json.loads(line) for line in outputs[0].read_text().splitlines()]
-    assert rows == expected  # ids, labels and scores (6 decimals), top-2 lists: all equal
+    assert rows == expected  # ids in input order, labels and scores (6 decimals), top-2 lists: all equal
     assert outputs[1].read_text() == outputs[0].read_text()
     assert {r["gender"] for r in rows} <= set(cli.datamodule.vocabularies["gender"])
 
 
-def test_predict_needs_no_training_rows(fitted: tuple[MultimodalCLI, Path, Path], tmp_path: Path) -> None:
-    """A new catalogue without attribute values: labels come from the checkpoint's vocabularies."""
-    import pandas as pd
-
+def test_predict_needs_no_label_columns(fitted: tuple[MultimodalCLI, Path, Path], tmp_path: Path) -> None:
+    """A new catalogue with no attribute column at all: labels come from the checkpoint's vocabularies."""
     cli, last, _ = fitted
-    df = pd.read_csv(SAMPLE_MANIFEST, dtype=str, keep_default_na=False).head(5)
-    for column in ("gender", "masterCategory", "season"):
-        df[column] = ""
+    df = pd.read_csv(SAMPLE_MANIFEST, dtype=str, keep_default_na=False).head(5)[["id", "image", "title"]]
     df.to_csv(tmp_path / "new.csv", index=False)
-    out = tmp_path / "new.csv.jsonl"
-    new = ["--ckpt_path", str(last), "--data.init_args.manifest", str(tmp_path / "new.csv")]
-    main(["predict", *base_args(tmp_path, *new), *callbacks(writer_callback(out))])
+    out = tmp_path / "new.jsonl"
+    main(["predict", "--ckpt_path", str(last), "--data.manifest", str(tmp_path / "new.csv"),
+          "--data.image_root", str(SAMPLE_IMAGES), "--out", str(out), "--no_progress"])  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["id"] for r in rows) == sorted(df["id"])
+    assert [r["id"] for r in rows] == df["id"].tolist()
     assert all(r["season"] in cli.datamodule.vocabularies["season"] for r in rows)
 
 
@@ -227,9 +224,12 @@ def test_console_command_prints_no_traceback(tmp_path: Path) -> None:
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = base_args(tmp_path, "--ckpt_path", str(tmp_path / "no.ckpt"))
-    code, err = run_main_expecting_exit(["predict", *args], capsys)
+    args = ["test", *base_args(tmp_path, "--ckpt_path", str(tmp_path / "no.ckpt"))]
+    code, err = run_main_expecting_exit(args, capsys)
     assert code == 2 and "no.ckpt" in err
+    args = ["predict", "--ckpt_path", str(tmp_path / "no.ckpt"), "--out", str(tmp_path / "o.jsonl")]
+    code, err = run_main_expecting_exit(args, capsys)
+    assert code == 2 and "checkpoint not found" in err and "no.ckpt" in err
 
 
 @pytest.mark.slow

@@ -16,11 +16,11 @@ from conftest import SAMPLE_IMAGES, SAMPLE_MANIFEST, TinyPreprocessing, write_ma
 from PIL import Image
 
 from multimodal.cli import user_message
-from multimodal.datamodule import ProductDataModule
-from multimodal.dataset import IGNORE_INDEX
+from multimodal.data.datamodule import ProductDataModule
+from multimodal.data.dataset import IGNORE_INDEX
+from multimodal.data.images import load_image, resolve_image_path, to_rgb
+from multimodal.data.manifest import clean_value, hash_split, read_manifest
 from multimodal.errors import BadSampleError, UserError
-from multimodal.images import load_image, resolve_image_path, to_rgb
-from multimodal.manifest import clean_value, hash_split, read_manifest
 
 POLICIES = ["error", "skip"]
 

@@ -12,7 +12,7 @@ from encoders.freezing import block_list, count_trainable, set_trainable
 from encoders.text import HFTextEncoder, pool_tokens
 from encoders.timm_encoder import TimmVisionEncoder
 from encoders.types import Features
-from multimodal.images import load_image
+from multimodal.data.images import load_image
 
 # Products of the committed sample (ids are file names).
 WATCHES = ["10397", "16771", "16779", "18529", "18530"]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from multimodal.cli import MultimodalCLI
 from multimodal.errors import UserError
-from multimodal.retrieval_metrics import ranks_of_matches, retrieval_scores, scores_from_ranks
-from multimodal.tasks.retrieval import ProductRetriever, info_nce
+from multimodal.lightning_cli import MultimodalCLI
+from multimodal.search.metrics import ranks_of_matches, retrieval_scores, scores_from_ranks
+from multimodal.search.retriever import ProductRetriever, info_nce
 
 TINY = "configs/retrieval/tiny.yaml"
 
@@ -82,7 +82,7 @@ def test_training_lowers_the_loss() -> None:
 
 
 def test_zero_shot_tagger_picks_the_nearest_ensembled_prompt() -> None:
-    from multimodal.zero_shot import ZeroShotTagger
+    from multimodal.tagging.zero_shot import ZeroShotTagger
 
     words = ["watch", "shoe", "shirt", "photo", "product", "a", "of"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Callable
@@ -20,12 +19,11 @@ from PIL import Image
 
 from encoders.timm_encoder import TimmVisionEncoder
 from fusion import CrossAttentionFusion, EarlyFusion, LateFusion
-from multimodal.datamodule import ProductDataModule
-from multimodal.dataset import IGNORE_INDEX
+from multimodal.data.datamodule import ProductDataModule
+from multimodal.data.dataset import IGNORE_INDEX
 from multimodal.errors import UserError
-from multimodal.metrics import TaggingMetrics
-from multimodal.tasks.tagging import NgramHead, ProductTagger
-from multimodal.writers import TaggingWriter, merge_parts
+from multimodal.tagging.metrics import TaggingMetrics
+from multimodal.tagging.tagger import NgramHead, ProductTagger
 
 FUSIONS = {
     "early": partial(EarlyFusion, dim=32, layers=1, heads=2, dropout=0.0),
@@ -354,43 +352,3 @@ def test_test_stage_writes_confusion_matrices_and_skip_report(
     df = pd.read_csv(path, dtype=str)
     assert skipped == {(df.id[0], 0), (df.id[len(df) - 1], len(df) - 1)}
     assert all("broken.jpg" in s["reason"] for s in report["skipped"])
-
-
-# ------------------------------------------------------------------------------------------------------ writers
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_tagging_writer_streams_every_product(manifest: Path, tmp_path: Path, suffix: str) -> None:
-    dm = make_datamodule(manifest, predict_split="test")
-    model = make_tagger("late")
-    out = tmp_path / f"predictions{suffix}"
-    t = trainer(tmp_path, callbacks=[TaggingWriter(str(out), top_k=2)])
-    returned = t.predict(model, datamodule=dm)
-    expected = [row for batch in returned for row in model.decode(batch["probs"], top_k=2 if suffix == ".jsonl" else 1)]
-    ids = [i for batch in returned for i in batch["ids"]]
-    if suffix == ".jsonl":
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-        assert rows == [{"id": i, **r} for i, r in zip(ids, expected, strict=True)]
-        assert all(len(r["gender_top"]) == 2 for r in rows)
-    else:
-        with open(out, newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert [r["id"] for r in rows] == ids
-        assert [r["gender"] for r in rows] == [e["gender"] for e in expected]
-        assert [float(r["gender_score"]) for r in rows] == [e["gender_score"] for e in expected]
-
-
-def test_writer_rejects_other_formats_and_merges_rank_parts(tmp_path: Path) -> None:
-    from multimodal.errors import UserError
-
-    with pytest.raises(UserError, match="predictions.txt"):
-        TaggingWriter(str(tmp_path / "predictions.txt"))
-    parts = [tmp_path / "p.rank0.jsonl", tmp_path / "p.rank1.jsonl"]
-    parts[0].write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
-    parts[1].write_text('{"id": "c", "x": 3}\n{"id": "a", "x": 1}\n')  # DDP pads with a repeated sample
-    merge_parts(parts, tmp_path / "p.jsonl")
-    assert [json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == ["a", "b", "c"]
-    assert not any(p.exists() for p in parts)
-    csv_parts = [tmp_path / "q.rank0.csv", tmp_path / "q.rank1.csv"]
-    csv_parts[0].write_text("id,x\na,1\n")
-    csv_parts[1].write_text("id,x\nb,2\na,1\n")
-    merge_parts(csv_parts, tmp_path / "q.csv")
-    assert (tmp_path / "q.csv").read_text() == "id,x\na,1\nb,2\n"

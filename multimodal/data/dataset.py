@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from encoders.types import ImageTransform
+from multimodal.data.images import load_image, resolve_image_path, to_rgb
 from multimodal.errors import BadSampleError
-from multimodal.images import load_image, resolve_image_path
 
 IGNORE_INDEX = -100
 BadSamplePolicy = Literal["error", "skip"]
@@ -26,10 +27,11 @@ class ProductRecord:
 
     row: int
     id: str
-    image: str | None
+    image: str | Image.Image | None  # a path relative to the image root, or an image given in memory
     texts: dict[str, str | None]
     labels: dict[str, str | None] = field(default_factory=dict)
     tags: dict[str, list[str] | None] = field(default_factory=dict)
+    error: str | None = None  # known unusable before decoding (e.g. no image where one is required)
 
 
 class ProductDataset(Dataset):
@@ -37,13 +39,14 @@ class ProductDataset(Dataset):
 
     A product without an image gets zero pixels and ``has_image=False``. An unreadable image raises
     :class:`BadSampleError` (policy ``error``) or yields an item with an ``error`` field (policy ``skip``) that the
-    collate function drops and reports.
+    collate function drops and reports. ``image_root`` None takes image paths as given (the Python API).
+    Every item carries its ``position`` in ``records``, so batch jobs can keep the input order.
     """
 
     def __init__(
         self,
         records: Sequence[ProductRecord],
-        image_root: Path,
+        image_root: Path | None,
         transform: ImageTransform,
         image_size: tuple[int, int],
         vocabularies: dict[str, list[str]],
@@ -64,11 +67,13 @@ class ProductDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         try:
+            if rec.error is not None:
+                raise BadSampleError(rec.error)
             pixels, has_image = self._pixels(rec)
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise BadSampleError(f"row {rec.row} (id {rec.id}): {err}") from None
-            return {"id": rec.id, "row": rec.row, "error": str(err)}
+            return {"id": rec.id, "row": rec.row, "position": i, "error": str(err)}
         labels = torch.tensor(
             [self.index[a].get(v, IGNORE_INDEX) if v is not None else IGNORE_INDEX for a, v in rec.labels.items()],
             dtype=torch.long,
@@ -85,6 +90,7 @@ class ProductDataset(Dataset):
             tags[col] = hot
         return {
             "id": rec.id,
+            "position": i,
             "pixel_values": pixels,
             "has_image": has_image,
             "texts": rec.texts,
@@ -95,25 +101,36 @@ class ProductDataset(Dataset):
     def _pixels(self, rec: ProductRecord) -> tuple[Tensor, bool]:
         if rec.image is None:
             return torch.zeros(3, *self.image_size), False
-        image = load_image(resolve_image_path(self.image_root, rec.image))
-        return self.transform(image), True
+        if isinstance(rec.image, Image.Image):
+            return self.transform(to_rgb(rec.image)), True
+        path = Path(rec.image) if self.image_root is None else resolve_image_path(self.image_root, rec.image)
+        return self.transform(load_image(path)), True
 
 
 class Collate:
     """Batches dataset items; texts go through the task's text function (tokenizer) inside the worker.
 
-    Output keys: ``ids`` list, ``pixel_values (B, 3, H, W)``, ``has_image (B,)``, ``has_text (B,)``, the text
-    function's tensors (``input_ids``/``attention_mask (B, T)``...), ``labels (B, A)``, ``tags`` dict of
-    ``(B, K)``, and ``skipped``: ``[(id, row, reason)]`` of items dropped under the ``skip`` policy.
+    Output keys: ``ids`` and ``positions`` lists, ``pixel_values (B, 3, H, W)``, ``has_image (B,)``, ``has_text
+    (B,)``, the text function's tensors (``input_ids``/``attention_mask (B, T)``...), ``labels (B, A)``, ``tags``
+    dict of ``(B, K)``, and ``skipped``: ``[{"id", "row", "position", "reason"}]`` of items dropped under the
+    ``skip`` policy.
     """
 
     def __init__(self, text_fn: TextFn) -> None:
         self.text_fn = text_fn
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        skipped = [(it["id"], it["row"], it["error"]) for it in items if "error" in it]
+        skipped = [
+            {"id": it["id"], "row": it["row"], "position": it["position"], "reason": it["error"]}
+            for it in items
+            if "error" in it
+        ]
         items = [it for it in items if "error" not in it]
-        batch: dict[str, Any] = {"ids": [it["id"] for it in items], "skipped": skipped}
+        batch: dict[str, Any] = {
+            "ids": [it["id"] for it in items],
+            "positions": [it["position"] for it in items],
+            "skipped": skipped,
+        }
         if not items:
             return batch
         batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])

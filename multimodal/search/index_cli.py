@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from multimodal.search_index import build_from_export
+from multimodal.search.index import build_from_export
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from fusion.base import FusionBlock
-from multimodal.dataset import TextFn
+from multimodal.data.dataset import TextFn
 
 FusionFactory = Callable[[int, int], FusionBlock]
 

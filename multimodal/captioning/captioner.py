@@ -15,10 +15,10 @@ from torch.nn import functional as F
 from encoders.language_model import CausalLM, InputTransform
 from encoders.types import Features, ImageTransform, VisionEncoder
 from fusion.conditioning import LMCondition, LMConditioning
-from multimodal.caption_metrics import caption_scores
-from multimodal.dataset import IGNORE_INDEX, TextFn
+from multimodal.captioning.metrics import caption_scores
+from multimodal.data.dataset import IGNORE_INDEX, TextFn
 from multimodal.errors import UserError
-from multimodal.tasks.base import MissingModality, TowerTask
+from multimodal.towers import MissingModality, TowerTask
 
 # Typed loosely on purpose: a fusion block of another family gets a one-line UserError, not a parser dump.
 ConditioningFactory = Callable[[int, int], nn.Module]
@@ -174,6 +174,8 @@ class ProductCaptioner(TowerTask):
         if word_dropout > 0:
             self._dropped_word_id = choices[0]
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
+        self.predict_options: dict[str, Any] = {}  # generate options of predict jobs (set by the caller)
+        self.predict_seed = 0
 
     @property
     def lm(self) -> CausalLM:
@@ -365,9 +367,15 @@ class ProductCaptioner(TowerTask):
         self._epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Captions of a batch with ``generation`` updated by ``predict_options``; with input ``positions`` (batch
+        jobs, the Python API) the torch seed is ``predict_seed`` + the first item's position: with the same batch size,
+        sampling gives an item the same caption whatever the number of processes or a resume."""
         if not batch["ids"]:
             return {"ids": [], "captions": [], "scores": []}
+        if batch.get("positions"):
+            torch.manual_seed(self.predict_seed + batch["positions"][0])
         captions = self.generate(
-            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image")
-        )
+            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"),
+            **self.predict_options,
+        )  # fmt: skip
         return {"ids": batch["ids"], "captions": captions.texts, "scores": captions.scores}

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from encoders.types import Features, TextEncoder, VisionEncoder
-from multimodal.dataset import IGNORE_INDEX
+from multimodal.data.dataset import IGNORE_INDEX
 from multimodal.errors import UserError
-from multimodal.metrics import TaggingMetrics, save_confusion_matrices
-from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
+from multimodal.tagging.metrics import TaggingMetrics, save_confusion_matrices
+from multimodal.towers import FusionFactory, MissingModality, TowerTask
 
 
 class NgramHead(nn.Module):
@@ -174,24 +174,33 @@ class ProductTagger(TowerTask):
         checkpoint["tag_vocabularies"] = self.tag_vocabularies
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "vocabularies" not in checkpoint:
+            raise UserError("the checkpoint holds no label vocabularies: it is not a ProductTagger checkpoint")
         self.build_heads(checkpoint["vocabularies"], checkpoint.get("tag_vocabularies", {}))
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Logits per attribute ``(B, C_a)`` and per tag column ``(B, K_c)``."""
-        vision, text = self.encode(batch)
-        has_image, has_text = batch["has_image"], batch["has_text"]
-        if self.training and self.modality_dropout > 0:
-            has_image, has_text = self._drop_modalities(has_image, has_text)
-        vision = self.missing_image.fill(vision, has_image)
-        text = self.missing_text.fill(text, has_text)
-        fused: Features = self.fusion(vision, text)
+        fused, has_text = self._fuse(batch)
         logits = {name: head(fused.pooled) for name, head in self.heads.items()}
         logits.update({f"tags/{name}": head(fused.pooled) for name, head in self.tag_heads.items()})
         if self.ngram_head is not None:
             wide = self.ngram_head(batch["input_ids"], batch["attention_mask"], has_text)
             logits = {key: value + wide[key] for key, value in logits.items()}
         return logits
+
+    def fused(self, batch: dict[str, Any]) -> Tensor:
+        """The fused vector ``(B, D)`` the heads read."""
+        return self._fuse(batch)[0].pooled
+
+    def _fuse(self, batch: dict[str, Any]) -> tuple[Features, Tensor]:
+        vision, text = self.encode(batch)
+        has_image, has_text = batch["has_image"], batch["has_text"]
+        if self.training and self.modality_dropout > 0:
+            has_image, has_text = self._drop_modalities(has_image, has_text)
+        vision = self.missing_image.fill(vision, has_image)
+        text = self.missing_text.fill(text, has_text)
+        return self.fusion(vision, text), has_text
 
     def _drop_modalities(self, has_image: Tensor, has_text: Tensor) -> tuple[Tensor, Tensor]:
         """Hide the image or the text of random products; never both, never one that is already missing."""
@@ -257,7 +266,9 @@ class ProductTagger(TowerTask):
 
     # ------------------------------------------------------------------------------------------------ decode
     def decode(self, probs: dict[str, Tensor], top_k: int = 1) -> list[dict[str, Any]]:
-        """Turn head probabilities into per-product label names and scores."""
+        """Turn head probabilities into per-product label names and scores: ``<attribute>``, ``<attribute>_score``
+        (and ``<attribute>_top``: ``[[label, p], ...]`` when ``top_k > 1``); ``<tag column>``: the tags above
+        ``tag_threshold`` and ``<tag column>_scores`` their probabilities."""
         n = next(iter(probs.values())).shape[0]
         out: list[dict[str, Any]] = [{} for _ in range(n)]
         for name, vocab in self.vocabularies.items():
@@ -272,5 +283,7 @@ class ProductTagger(TowerTask):
         for name, vocab in self.tag_vocabularies.items():
             p = probs[f"tags/{name}"].float()
             for i in range(n):
-                out[i][name] = [vocab[j] for j in (p[i] > self.tag_threshold).nonzero().flatten().tolist()]
+                chosen = (p[i] > self.tag_threshold).nonzero().flatten().tolist()
+                out[i][name] = [vocab[j] for j in chosen]
+                out[i][f"{name}_scores"] = [round(float(p[i, j]), 6) for j in chosen]
         return out

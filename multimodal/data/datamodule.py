@@ -12,10 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from encoders.types import ImageTransform
-from multimodal.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
-from multimodal.errors import BadSampleError, UserError
-from multimodal.images import resolve_image_path
-from multimodal.manifest import (
+from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
+from multimodal.data.images import resolve_image_path
+from multimodal.data.manifest import (
     SPLITS,
     assign_splits,
     build_tag_vocabulary,
@@ -25,6 +24,7 @@ from multimodal.manifest import (
     split_tags,
     unseen_counts,
 )
+from multimodal.errors import BadSampleError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,15 @@ class ProductDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------- lightning
     def attach(self, preprocessing: Preprocessing) -> None:
-        """Take image transforms and the text function from the task (done by ``setup`` under a Trainer)."""
+        """Take image transforms and the text function from the task (done by ``setup`` under a Trainer).
+
+        A task that already knows its label vocabularies (one loaded from a checkpoint) also gives them: labels
+        are then encoded as the model was trained, whatever the training split of this manifest holds.
+        """
         self.preprocessing = preprocessing
+        vocabularies = getattr(preprocessing, "vocabularies", None)
+        if vocabularies:
+            self.set_vocabularies(vocabularies, getattr(preprocessing, "tag_vocabularies", {}))
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._vocabulary_error is not None:
@@ -272,10 +279,10 @@ class ProductDataModule(L.LightningDataModule):
         return self.loader(self.predict_split)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        for item_id, row, reason in batch.pop("skipped", []):
-            if item_id not in self.skipped:
-                self.skipped[item_id] = {"id": item_id, "row": row, "reason": reason}
-                log.warning("skipped product %s (row %s): %s", item_id, row, reason)
+        for item in batch.pop("skipped", []):
+            if item["id"] not in self.skipped:
+                self.skipped[item["id"]] = {k: item[k] for k in ("id", "row", "reason")}
+                log.warning("skipped product %s (row %s): %s", item["id"], item["row"], item["reason"])
         return batch
 
     def teardown(self, stage: str) -> None:
@@ -303,11 +310,3 @@ def _blank() -> Any:
     from PIL import Image
 
     return Image.new("RGB", (64, 64))
-
-
-def vocabularies_from_checkpoint(path: str | Path) -> tuple[dict[str, list[str]], dict[str, list[str]]] | None:
-    """The label vocabularies a task saved in its checkpoint, or None if it saved none."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "vocabularies" not in ckpt:
-        return None
-    return ckpt["vocabularies"], ckpt.get("tag_vocabularies", {})

@@ -17,8 +17,8 @@ from torch.nn import functional as F
 
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.errors import UserError
-from multimodal.retrieval_metrics import retrieval_scores
-from multimodal.tasks.base import FusionFactory, MissingModality, TowerTask
+from multimodal.search.metrics import retrieval_scores
+from multimodal.towers import FusionFactory, MissingModality, TowerTask
 
 ProductKind = Literal["image", "text", "fused"]
 

@@ -16,7 +16,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from multimodal.dataset import IGNORE_INDEX
+from multimodal.data.dataset import IGNORE_INDEX
 
 
 class TaggingMetrics(nn.Module):

@@ -4,12 +4,16 @@ An approximate index is checked against exact search when it is built (recall@k 
 used as queries) and the result is stored with it. The products table (ids + metadata) is kept next to the
 index, so a search result is an id, never a bare row number.
 
-Folder layout: ``index.faiss``, ``products.parquet``, ``index.json`` (kind, dim, count, recall check, export).
+Folder layout: ``index.faiss``, ``products.parquet``, ``index.json`` (kind, dim, count, recall check, export) and
+``model.ckpt`` (the export's checkpoint, a hard link or a copy: the folder answers queries wherever it is moved).
+The folder is written as a temporary sibling and renamed into place, so a reader never sees half of a rebuild.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ import pandas as pd
 from multimodal.errors import UserError
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
-INDEX_FILE, PRODUCTS_FILE, INFO_FILE = "index.faiss", "products.parquet", "index.json"
+INDEX_FILE, PRODUCTS_FILE, INFO_FILE, CHECKPOINT_FILE = "index.faiss", "products.parquet", "index.json", "model.ckpt"
 
 
 def _faiss() -> Any:
@@ -89,6 +93,7 @@ class SearchIndex:
     index: Any
     products: pd.DataFrame
     info: dict[str, Any]
+    folder: Path = Path(".")
 
     @property
     def dim(self) -> int:
@@ -105,13 +110,42 @@ class SearchIndex:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def save_index(folder: str | Path, index: Any, products: pd.DataFrame, info: dict[str, Any]) -> Path:
+def save_index(
+    folder: str | Path, index: Any, products: pd.DataFrame, info: dict[str, Any], checkpoint: Path | None = None
+) -> Path:
+    """Write an index folder: built as a hidden sibling, then renamed into place (an older index there is
+    replaced only once the new one is whole)."""
+    from multimodal.search.export import link_or_copy
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _faiss().write_index(index, str(folder / INDEX_FILE))
-    products.to_parquet(folder / PRODUCTS_FILE, index=False)
-    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists() and not (folder / INFO_FILE).is_file():
+        raise UserError(f"--out {folder} exists and is not a search index: it is left untouched; use another --out")
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _faiss().write_index(index, str(tmp / INDEX_FILE))
+    products.to_parquet(tmp / PRODUCTS_FILE, index=False)
+    if checkpoint is not None:
+        link_or_copy(checkpoint, tmp / CHECKPOINT_FILE)
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
     return folder
+
+
+def index_checkpoint(index: SearchIndex) -> Path:
+    """The checkpoint that answers queries: the one kept in the index folder, else (older indexes) the one the
+    export names, relative to the export folder or absolute."""
+    own = index.folder / CHECKPOINT_FILE
+    if own.is_file():
+        return own
+    named = Path(index.info["export"].get("checkpoint", CHECKPOINT_FILE))
+    return named if named.is_absolute() else Path(index.info.get("export_folder", ".")) / named
 
 
 def load_index(folder: str | Path) -> SearchIndex:
@@ -129,7 +163,7 @@ def load_index(folder: str | Path) -> SearchIndex:
         ) from err
     if index.ntotal != len(products):
         raise UserError(f"index {folder}: {index.ntotal} vectors but {len(products)} products")
-    return SearchIndex(index=index, products=products, info=info)
+    return SearchIndex(index=index, products=products, info=info, folder=folder)
 
 
 def build_from_export(
@@ -142,7 +176,7 @@ def build_from_export(
     **options: Any,
 ) -> dict[str, Any]:
     """Build, check and save an index over a complete export; returns the build info."""
-    from multimodal.export import load_export
+    from multimodal.search.export import load_export
 
     manifest, vectors, products = load_export(export_folder)
     if len(vectors) == 0:
@@ -168,5 +202,8 @@ def build_from_export(
                 f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
                 "raise --nprobe / --ef-search"
             )
-    save_index(out, index, products, info)
+    from multimodal.search.export import CHECKPOINT
+
+    checkpoint = Path(export_folder) / CHECKPOINT
+    save_index(out, index, products, info, checkpoint if checkpoint.is_file() else None)
     return info

@@ -1,10 +1,7 @@
-"""``multimodal search``: query an index by text or by photo; prints one JSON line per result."""
+"""The query side of search: a text or a photo -> query vector -> top-k products, optional re-ranking."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +9,28 @@ import numpy as np
 import torch
 
 from multimodal.errors import UserError
-from multimodal.search_index import SearchIndex, load_index
-
-HIDDEN_COLUMNS = {"image_path"}
+from multimodal.search.index import SearchIndex, index_checkpoint
 
 
 class QueryEncoder:
-    """The towers of the checkpoint named in an export manifest, turning text or photos into query vectors."""
+    """The towers of the checkpoint kept with an index (or named by its export), turning text or photos into query
+    vectors. Loads the checkpoint alone: no catalogue is read, whatever its size."""
 
-    def __init__(self, info: dict[str, Any], device: str = "cpu") -> None:
-        from multimodal.restore import restore
-        from multimodal.tasks.retrieval import ProductRetriever
+    def __init__(self, index: SearchIndex, device: str = "cpu") -> None:
+        from multimodal.loading import file_sha256, load
+        from multimodal.search.retriever import ProductRetriever
 
-        export = info["export"]
-        ckpt = Path(export["checkpoint"])
+        export = index.info["export"]
+        ckpt = index_checkpoint(index)
         if not ckpt.is_file():
-            raise UserError(f"the checkpoint named by the export, {ckpt}, is missing")
-        overrides = [
-            "--data.manifest",
-            export["data_manifest"],
-            "--data.image_root",
-            export["image_root"],
-            "--data.num_workers",
-            "0",
-        ]
-        self.restored = restore(ckpt, overrides, task=ProductRetriever)
-        self.model: ProductRetriever = self.restored.model.to(device)
+            raise UserError(f"the checkpoint of index {index.folder}, {ckpt}, is missing: rebuild the index")
+        expected = export.get("checkpoint_sha256")
+        if expected and file_sha256(ckpt) != expected:
+            raise UserError(f"{ckpt} changed since the export (sha256 differs): re-run `multimodal export`")
+        self.model: ProductRetriever = load(ckpt, task=ProductRetriever).model.to(device)
         self.device = device
         self.image_root = Path(export["image_root"])
         self.product_columns = self.model.product_columns or export.get("columns") or []
-        self._checkpoint_sha = export.get("checkpoint_sha256")
-        self.check_checkpoint(ckpt)
-
-    def check_checkpoint(self, path: Path) -> None:
-        """Refuse a checkpoint that changed since the export (its vectors would not match)."""
-        from multimodal.export import file_sha256
-
-        h = file_sha256(path)
-        if self._checkpoint_sha and h != self._checkpoint_sha:
-            raise UserError(f"{path} changed since the export (sha256 differs): re-run `multimodal export`")
 
     @torch.inference_mode()
     def text(self, query: str) -> np.ndarray:
@@ -65,7 +45,7 @@ class QueryEncoder:
         )
 
     def pixels(self, path: Path) -> torch.Tensor:
-        from multimodal.images import load_image
+        from multimodal.data.images import load_image
 
         return self.model.image_transform(False)(load_image(path)).unsqueeze(0).to(self.device)  # (1, 3, H, W)
 
@@ -91,25 +71,6 @@ class QueryEncoder:
         vision = model.vision(pixels)
         tokens = model.text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
         return model.match_scores(vision, tokens).float().cpu().tolist()
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="multimodal search",
-        description="Search an index by text or by photo; prints JSON lines (rank, id, score, metadata).",
-    )
-    p.add_argument("index", help="folder written by `multimodal index`")
-    q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--text", help="text query")
-    q.add_argument("--image", help="path of a query photo")
-    q.add_argument("--like", metavar="ID", help="more like this product: its stored vector is the query")
-    p.add_argument("-k", type=int, default=10, help="results to print (default 10)")
-    p.add_argument(
-        "--rerank", type=int, default=0, metavar="N", help="re-order the top N with the checkpoint's re-ranker"
-    )
-    p.add_argument("--show", nargs="*", default=None, help="metadata columns to print (default: all stored at export)")
-    p.add_argument("--device", default="cpu", help="torch device for the query towers")
-    return p
 
 
 def search(
@@ -138,24 +99,6 @@ def search(
     return results[:k]
 
 
-def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
-    if args.text is not None and not args.text.strip():
-        raise UserError("empty query text")
-    if args.image is not None and not Path(args.image).is_file():
-        raise UserError(f"query image not found: {args.image}")
-    index = load_index(args.index)
-    if args.like is not None:
-        print_results(more_like(index, args.like, args.k), args.show)
-        return
-    if args.k < 1 or args.k > index.index.ntotal:
-        raise UserError(
-            f"k={args.k} is outside 1..{index.index.ntotal} (the index holds {index.index.ntotal} products)"
-        )
-    encoder = QueryEncoder(index.info, args.device)
-    print_results(search(index, encoder, args.text, args.image, args.k, args.rerank), args.show)
-
-
 def more_like(index: SearchIndex, item_id: str, k: int) -> list[dict[str, Any]]:
     """The k products nearest to a catalogue product's own vector (the product itself left out)."""
     import faiss
@@ -170,15 +113,3 @@ def more_like(index: SearchIndex, item_id: str, k: int) -> list[dict[str, Any]]:
     records = index.products.iloc[found[0]].to_dict("records")
     results = [{"score": float(s), **rec} for s, rec in zip(scores[0], records, strict=True) if rec["id"] != item_id]
     return results[:k]
-
-
-def print_results(results: list[dict[str, Any]], show: list[str] | None) -> None:
-    """One JSON line per result: rank, id, score (and rerank_score), then the metadata columns."""
-    for rank, res in enumerate(results, 1):
-        meta = {c: v for c, v in res.items() if c not in ("id", "score", "rerank_score") and c not in HIDDEN_COLUMNS}
-        if show is not None:
-            meta = {c: meta.get(c) for c in show}
-        line = {"rank": rank, "id": res["id"], "score": round(res["score"], 6)}
-        if "rerank_score" in res:
-            line["rerank_score"] = round(res["rerank_score"], 6)
-        sys.stdout.write(json.dumps({**line, **meta}, ensure_ascii=False) + "\n")

@@ -1,0 +1,1 @@
+"""Captioning: ProductCaptioner and its metrics."""

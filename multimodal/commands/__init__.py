@@ -1,1 +1,0 @@
-"""Subcommands of ``multimodal`` beyond Lightning's fit/validate/test/predict (export, index, search, caption)."""

@@ -1,0 +1,1 @@
+"""Reading catalogues: manifests (CSV / JSONL / Parquet), images, the product dataset and ProductDataModule."""

@@ -1,0 +1,125 @@
+"""What a prediction is asked for -> product records in input order: a manifest, a folder of photos, a DataFrame,
+a list of dicts, image paths or PIL images.
+
+Columns come from the trained model (:class:`multimodal.loading.Columns`). Label columns are optional (absent =
+unknown); a text or image column the model reads must be present. An empty or duplicate id cannot be a row of
+the output: it is counted in ``problems`` (with its row) and left out. An unusable image is not known here: the
+dataset reports it as a per-row error when it fails to decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from multimodal.data.dataset import ProductRecord
+from multimodal.data.manifest import clean_value, read_manifest, split_tags
+from multimodal.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+Problems = list[dict[str, Any]]
+
+
+def frame_records(
+    df: pd.DataFrame,
+    source: str,
+    columns: Any,
+    required: Sequence[str],
+    require_image: bool = False,
+) -> tuple[list[ProductRecord], Problems]:
+    """Records of every usable row of ``df``, in row order.
+
+    Args:
+        df: one product per row (cells may be strings, None, NaN or, in the image column, PIL images).
+        source: named in errors (a file path, or "the input DataFrame").
+        columns: the model's :class:`Columns`.
+        required: columns that must be present (the id column may be absent: the row number is the id then).
+        require_image: a row without an image gets a per-row error (captioning needs a photo).
+    """
+    missing = [c for c in dict.fromkeys(required) if c not in df.columns]
+    if missing:
+        raise UserError(f"{source} is missing column(s) {missing} the model reads; columns present: {list(df.columns)}")
+    records: list[ProductRecord] = []
+    problems: Problems = []
+    seen: dict[str, int] = {}
+    has_id = columns.id in df.columns
+    for row, rec in enumerate(df.to_dict("records")):
+        item_id = clean_value(rec[columns.id]) if has_id else str(row)
+        if item_id is None or item_id in seen:
+            what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
+            problems.append({"id": item_id, "row": row, "reason": f"{source} row {row}: {what}"})
+            continue
+        seen[item_id] = row
+        image = rec.get(columns.image)
+        image = image if isinstance(image, Image.Image) else clean_value(image)
+        error = f"no usable image path ('{rec.get(columns.image) or ''}')" if require_image and image is None else None
+        records.append(
+            ProductRecord(
+                row=row,
+                id=item_id,
+                image=image,
+                texts={c: clean_value(rec.get(c)) for c in columns.texts},
+                labels={a: clean_value(rec.get(a)) for a in columns.attributes},
+                tags={c: split_tags(clean_value(rec.get(c)), columns.tag_separator) for c in columns.tags},
+                error=error,
+            )
+        )
+    return records, problems
+
+
+def manifest_records(
+    path: Path, columns: Any, required: Sequence[str], require_image: bool = False
+) -> tuple[list[ProductRecord], Problems]:
+    """Records of a CSV / JSONL / Parquet manifest (the id column is required here)."""
+    df = read_manifest(path, [columns.id, *required])
+    return frame_records(df, str(path), columns, [columns.id, *required], require_image)
+
+
+def folder_records(folder: Path, columns: Any) -> list[ProductRecord]:
+    """Image files under ``folder`` (recursively, sorted); id = the path relative to the folder without suffix."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+    return [
+        ProductRecord(
+            row=i,
+            id=p.relative_to(folder).with_suffix("").as_posix(),
+            image=p.relative_to(folder).as_posix(),
+            texts={c: None for c in columns.texts},
+            labels={a: None for a in columns.attributes},
+            tags={c: None for c in columns.tags},
+        )
+        for i, p in enumerate(files)
+    ]
+
+
+def api_records(
+    inputs: Any, columns: Any, required: Sequence[str], require_image: bool = False
+) -> tuple[list[ProductRecord], Problems]:
+    """Records of what a Python caller passes: a DataFrame, a list of dicts, or a list of image paths / PIL images.
+
+    Image paths are taken as given (absolute, or relative to the working directory).
+    """
+    if isinstance(inputs, (str, Path, Image.Image, dict)):
+        inputs = [inputs]
+    if isinstance(inputs, pd.DataFrame):
+        df, source = inputs, "the input DataFrame"
+    else:
+        items = list(inputs)
+        if items and all(isinstance(x, dict) for x in items):
+            df, source = pd.DataFrame(items, dtype=object), "the input records"
+        elif all(isinstance(x, (str, Path, Image.Image)) for x in items):
+            ids = [str(x) if not isinstance(x, Image.Image) else str(i) for i, x in enumerate(items)]
+            images = [x if isinstance(x, Image.Image) else str(x) for x in items]
+            df, source = pd.DataFrame({columns.id: ids, columns.image: images}, dtype=object), "the input images"
+            required = [c for c in required if c == columns.image]  # images alone: texts unknown
+        else:
+            kinds = sorted({type(x).__name__ for x in items})
+            raise UserError(f"inputs must be a DataFrame, dicts, image paths or PIL images, not {kinds}")
+    if len(df) == 0:
+        raise UserError(f"{source} is empty: nothing to predict")
+    return frame_records(df, source, columns, required, require_image)

@@ -1,0 +1,112 @@
+"""What every task's Python API shares: load a checkpoint, turn inputs into a dataset, predict in batches.
+
+A :class:`Predictor` wraps a trained task and the columns it reads. The same dataset, collate function,
+``predict_step`` and row conversion serve the Python API (a plain loop under ``torch.inference_mode``) and the
+batch commands (``trainer.predict`` through :mod:`multimodal.writers`), so both give the same outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import DataLoader
+
+from multimodal.data.dataset import Collate, ProductDataset, ProductRecord
+from multimodal.data.inputs import api_records
+from multimodal.errors import UserError
+from multimodal.loading import Columns, Loaded, load
+
+Row = dict[str, Any]
+
+
+def _blank() -> Any:
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64))
+
+
+class Predictor:
+    """Base of the per-task inference APIs.
+
+    Args:
+        loaded: the task rebuilt by :func:`multimodal.loading.load`.
+        device: torch device the model runs on (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        batch_size: items per forward pass.
+    """
+
+    task_name: ClassVar[str] = ""  # the LightningModule class this API serves
+    require_image: ClassVar[bool] = False
+
+    def __init__(self, loaded: Loaded, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be positive, not {batch_size}")
+        self.loaded = loaded
+        self.model = loaded.model.eval().to(device)
+        self.columns: Columns = loaded.columns
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32) -> Predictor:
+        """Load a checkpoint of this API's task (a checkpoint of another task is a one-line error)."""
+        return cls(load(path, task=cls.task_name or None), device, batch_size)
+
+    # ---------------------------------------------------------------------------------------------- inputs
+    def required_columns(self) -> list[str]:
+        """The columns an input must have: the image column and the text columns the model reads."""
+        return [self.columns.image, *self.columns.texts]
+
+    def records(self, inputs: Any) -> list[ProductRecord]:
+        records, problems = api_records(inputs, self.columns, self.required_columns(), self.require_image)
+        if problems:
+            raise UserError(problems[0]["reason"] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        return records
+
+    def dataset(self, records: list[ProductRecord], image_root: Path | None = None) -> ProductDataset:
+        """Eval-transform dataset over ``records``; unreadable images become per-row errors."""
+        transform = self.model.image_transform(False)
+        size = tuple(transform(_blank()).shape[-2:])
+        vocab = getattr(self.model, "vocabularies", {}) or {}
+        tags = getattr(self.model, "tag_vocabularies", {}) or {}
+        return ProductDataset(records, image_root, transform, size, vocab, tags, on_bad_sample="skip")
+
+    def collate(self) -> Collate:
+        return Collate(self.model.text_fn())
+
+    # ----------------------------------------------------------------------------------------------- running
+    def rows(self, prediction: dict[str, Any]) -> list[Row]:
+        """One output row per predicted id of a ``predict_step`` result (the batch commands write the same)."""
+        raise NotImplementedError
+
+    def predictions(self, inputs: Any, step: bool = True) -> Iterator[tuple[Row, list[Row], Row]]:
+        """``predict_step`` results batch by batch, with each batch's skipped (unreadable) items and the batch."""
+        dataset = self.dataset(self.records(inputs))
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate())
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                skipped = batch.pop("skipped", [])
+                on_device = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                run = step and batch["ids"]
+                yield (self.model.predict_step(on_device, i) if run else {"ids": []}), skipped, batch
+
+    def run(self, inputs: Any) -> list[Row]:
+        """Rows for every input, in input order; an unreadable input gets ``{"id", "error"}``."""
+        out: list[tuple[int, Row]] = []
+        for prediction, skipped, batch in self.predictions(inputs):
+            rows = self.rows(prediction) if prediction["ids"] else []
+            out += list(zip(batch["positions"], rows, strict=True))
+            out += [(s["position"], {"id": s["id"], "error": s["reason"]}) for s in skipped]
+        return [row for _, row in sorted(out, key=lambda pr: pr[0])]
+
+
+def frame(rows: list[Row]) -> Any:
+    """Rows as a DataFrame (``id`` first; an ``error`` column only when some input failed)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if "error" in df.columns and df["error"].isna().all():
+        df = df.drop(columns="error")
+    return df

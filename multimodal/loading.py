@@ -1,0 +1,179 @@
+"""The one checkpoint loader: any task's checkpoint alone -> the trained model and the columns it reads.
+
+``multimodal fit`` stores its resolved config (YAML text) in every checkpoint (:class:`StoreConfig`). The
+``model`` section rebuilds the architecture (encoders, tokenizer and transform settings, fusion block); the task
+restores what it learned from the data (label vocabularies) in ``on_load_checkpoint``; the ``data`` section names
+the columns the model reads. Loading builds no data module and reads no catalogue, and the checkpoint is read
+safely (``weights_only=True``). Predict, export, search, caption, serve and the Python API all load through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multimodal.errors import UserError
+
+CONFIG_KEY = "multimodal_config"
+# Class paths of checkpoints written before the package was laid out by job.
+MOVED_CLASSES = {
+    "multimodal.tasks.tagging.ProductTagger": "multimodal.tagging.tagger.ProductTagger",
+    "multimodal.tasks.retrieval.ProductRetriever": "multimodal.search.retriever.ProductRetriever",
+    "multimodal.tasks.captioning.ProductCaptioner": "multimodal.captioning.captioner.ProductCaptioner",
+    "multimodal.datamodule.ProductDataModule": "multimodal.data.datamodule.ProductDataModule",
+}
+
+
+def store_config_callback(config_yaml: str) -> Any:
+    """A Lightning callback that saves the run's resolved config in every checkpoint under ``CONFIG_KEY``."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StoreConfig(Callback):
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+            checkpoint[CONFIG_KEY] = config_yaml
+
+    return StoreConfig()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which manifest columns a model reads (from its training data config)."""
+
+    id: str = "id"
+    image: str = "image"
+    texts: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    tag_separator: str = "|"
+
+    @classmethod
+    def from_data_config(cls, init_args: dict[str, Any]) -> Columns:
+        return cls(
+            id=init_args.get("id_column") or "id",
+            image=init_args.get("image_column") or "image",
+            texts=tuple(init_args.get("text_columns") or ()),
+            attributes=tuple(init_args.get("attributes") or ()),
+            tags=tuple(init_args.get("tag_columns") or ()),
+            tag_separator=init_args.get("tag_separator") or "|",
+        )
+
+
+@dataclass
+class Loaded:
+    """A task rebuilt from a checkpoint: the model (eval mode, on the CPU), the columns it reads, the stored
+    data settings (manifest, image root, batch size of training: defaults only) and the whole stored config."""
+
+    model: Any
+    columns: Columns
+    data: dict[str, Any]
+    config: dict[str, Any]
+    path: Path
+    checkpoint: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return type(self.model).__name__
+
+    def sha256(self) -> str:
+        return file_sha256(self.path)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely, with a one-line error for a missing or foreign file."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    try:
+        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{p} is not a checkpoint of this project (it cannot be read safely with weights_only=True: {first})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{p} is not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def stored_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The resolved config ``multimodal fit`` stored in the checkpoint, with moved class paths updated."""
+    import yaml
+
+    text = checkpoint.get(CONFIG_KEY)
+    if text is None:
+        raise UserError(
+            f"{path} has no stored config: it was not written by `multimodal fit` (train with `multimodal fit`, "
+            "or resume it once with `multimodal fit --config <its config> --ckpt_path <it>` to re-save it)"
+        )
+    config = yaml.safe_load(text) or {}
+    for section in ("model", "data"):
+        part = config.get(section)
+        if isinstance(part, dict) and part.get("class_path") in MOVED_CLASSES:
+            part["class_path"] = MOVED_CLASSES[part["class_path"]]
+    return config
+
+
+def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
+    """Instantiate the ``model`` section of a stored config through jsonargparse (as LightningCLI does)."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningModule, "model")
+    try:
+        cfg = parser.parse_object({"model": model_config})
+        return parser.instantiate_classes(cfg).model
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a stored config that no longer builds is a user-facing problem
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        raise UserError(f"{path}: the stored model config cannot be rebuilt: {text[:400]}") from err
+
+
+def load(path: str | Path, task: type | str | None = None) -> Loaded:
+    """Rebuild the task that wrote ``path`` and load its weights; no data module, config file or catalogue.
+
+    Args:
+        path: a checkpoint written by ``multimodal fit``.
+        task: if given, the model must be an instance of this class (or of the class at this import path), else a
+            one-line error naming both.
+    """
+    if isinstance(task, str):
+        import importlib
+
+        module, name = task.rsplit(".", 1)
+        task = getattr(importlib.import_module(module), name)
+    checkpoint = read_checkpoint(path)
+    config = stored_config(checkpoint, path)
+    model_config = config.get("model") or {}
+    class_path = str(model_config.get("class_path", ""))
+    name = class_path.rsplit(".", 1)[-1] or "model"
+    if task is not None and name != task.__name__:
+        raise UserError(f"{path} holds a {name} checkpoint, not a {task.__name__}")
+    model = build_model(model_config, path)
+    if task is not None and not isinstance(model, task):
+        raise UserError(f"{path} holds a {type(model).__name__} checkpoint, not a {task.__name__}")
+    model.on_load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: the weights do not fit the stored architecture ({first})") from None
+    model.eval()
+    data = dict(((config.get("data") or {}).get("init_args")) or {})
+    return Loaded(model, Columns.from_data_config(data), data, config, Path(path), checkpoint)

@@ -1,0 +1,281 @@
+"""``multimodal predict`` (any task), ``multimodal export`` (retrieval) and ``multimodal caption`` (captioning).
+
+One command for the three batch jobs: the checkpoint alone rebuilds the model (no config, no training data),
+the input is a manifest or a folder of photos, and the job runs through :func:`multimodal.writers.run_job`
+(``trainer.predict``, one writer: resumable, DDP-aware, input order kept, per-row errors). The task of the
+checkpoint picks the output: tags (JSONL / CSV rows), product vectors (an export folder) or captions (JSONL / CSV).
+This module imports nothing heavy until a job runs, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from multimodal.errors import UserError
+
+GENERATION_OPTIONS = (
+    "num_beams", "max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p",
+    "repetition_penalty", "no_repeat_ngram_size", "length_penalty",
+)  # fmt: skip
+TASK_OF_COMMAND = {
+    "export": "multimodal.search.retriever.ProductRetriever",
+    "caption": "multimodal.captioning.captioner.ProductCaptioner",
+}
+EPILOG = """The task of the checkpoint picks the output:
+  tagger     --out predictions.jsonl (or .csv): id, label and score per attribute, tags with probabilities
+  retriever  --out folder/: vector shards + products table for `multimodal index` (same as `multimodal export`)
+  captioner  --out captions.jsonl (or .csv): id, image, caption, score (same as `multimodal caption`)
+Rows keep the input order; an unreadable photo gives its row an "error" field. Re-running the same command after
+a kill finishes the missing blocks only; an --out that is not this job's own output is refused, never touched.
+
+  multimodal predict --ckpt_path runs/tagging/.../best.ckpt --data.manifest new.csv --out tags.jsonl --top_k 3"""
+
+
+def parser(command: str = "predict") -> argparse.ArgumentParser:
+    descriptions = {
+        "predict": "Predict with any task's checkpoint: tags, product vectors or captions.",
+        "export": "Export one L2-normalised vector per product (a retriever checkpoint) to resumable shards.",
+        "caption": "Caption product photos in batches (a captioner checkpoint); JSONL out, resumable.",
+    }
+    p = argparse.ArgumentParser(
+        prog=f"multimodal {command}",
+        description=descriptions[command],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit`")
+    p.add_argument(
+        "--input",
+        "--data.manifest",
+        "--data.init_args.manifest",
+        dest="input",
+        help="manifest (.csv, .jsonl, .parquet) or folder of photos (default: the manifest of --config, else the "
+        "training manifest named in the checkpoint)",
+    )
+    p.add_argument(
+        "--image_root",
+        "--data.image_root",
+        "--data.init_args.image_root",
+        dest="image_root",
+        help="folder the manifest's image paths are relative to (default: the manifest's folder)",
+    )
+    p.add_argument("--config", help="a training config: its data section gives the default manifest and image root")
+    p.add_argument("--out", required=True, help="output file (.jsonl / .csv) or, for vectors, folder")
+    run = p.add_argument_group("running")
+    run.add_argument("--batch_size", "--batch-size", "--data.batch_size", type=int, help="items per batch")
+    run.add_argument(
+        "--block_size",
+        "--shard-size",
+        "--shard_size",
+        type=int,
+        help="items per resumable block (an export's shard); default 1024 rows, 8192 vectors",
+    )
+    run.add_argument("--num_workers", "--num-workers", "--data.num_workers", type=int, help="decoding workers")
+    run.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    run.add_argument("--devices", default="1", help="devices / processes (e.g. 2 with --strategy ddp)")
+    run.add_argument("--strategy", default="auto", help="Lightning strategy (ddp for several devices)")
+    run.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: full)")
+    run.add_argument("--limit_batches", "--limit-batches", type=int, help="stop after this many batches per rank")
+    run.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
+    tags = p.add_argument_group("tagging")
+    tags.add_argument("--top_k", type=int, default=None, help="also write the top-k labels per attribute (JSONL)")
+    export = p.add_argument_group("vectors (retrieval)")
+    export.add_argument("--columns", nargs="*", default=None, help="manifest columns stored with the ids")
+    export.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
+    export.add_argument("--format", choices=("safetensors", "npy"), default="safetensors", help="shard format")
+    cap = p.add_argument_group("captioning")
+    cap.add_argument("--prompt", help="fixed prompt text before the caption (default: the trained one)")
+    cap.add_argument("--do_sample", action="store_true", help="sample instead of greedy / beam search")
+    for name in GENERATION_OPTIONS:
+        kind = int if name in ("num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size") else float
+        if name == "top_k":
+            continue  # shared with tagging's --top_k: the task decides what it means
+        cap.add_argument(f"--{name}", type=kind, help="Hugging Face generate option")
+    cap.add_argument("--no_cache", action="store_true", help="generate without the KV cache (slower; same text)")
+    cap.add_argument("--seed", type=int, default=0, help="sampling seed (same inputs and batch size: same captions)")
+    return p
+
+
+def main(argv: list[str], command: str = "predict") -> None:
+    args = parser(command).parse_args(argv)
+    summary = run(args, command, argv)
+    if summary is not None:
+        print(json.dumps(summary))
+
+
+def export_main(argv: list[str]) -> None:
+    main(argv, "export")
+
+
+def caption_main(argv: list[str]) -> None:
+    main(argv, "caption")
+
+
+def _positive(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "block_size", "num_beams", "max_new_tokens", "top_k"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be positive, not {value}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 or more, not {args.num_workers}")
+
+
+def _config_data(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"--config {path} could not be read: {err}") from None
+    return dict(((config.get("data") or {}).get("init_args")) or {})
+
+
+def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, Any] | None:
+    """Load the checkpoint, read the input, run the task's job; the summary on rank 0."""
+    _positive(args)
+    from multimodal.loading import load
+
+    wanted = TASK_OF_COMMAND.get(command)
+    loaded = load(args.ckpt_path, task=wanted)
+    defaults = {**loaded.data, **_config_data(args.config)}
+    source = args.input or defaults.get("manifest")
+    if source is None:
+        raise UserError("give the input with --data.manifest (a manifest or a folder of photos)")
+    source = Path(source)
+    if args.input is None and not source.exists():
+        raise UserError(f"the checkpoint's training manifest {source} is not here: give --data.manifest")
+    image_root = args.image_root or (defaults.get("image_root") if args.input is None else None)
+    from multimodal.writers import JobOptions
+
+    options = JobOptions(
+        batch_size=args.batch_size or int(defaults.get("batch_size") or 32),
+        block_size=args.block_size or (8192 if loaded.task == "ProductRetriever" else 1024),
+        num_workers=args.num_workers if args.num_workers is not None else 0,
+        accelerator=args.accelerator,
+        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        strategy=args.strategy,
+        precision=args.precision,
+        progress=not args.no_progress,
+        limit_batches=args.limit_batches,
+    )
+    job = {"ProductTagger": _tagging, "ProductRetriever": _vectors, "ProductCaptioner": _captions}.get(loaded.task)
+    if job is None:
+        raise UserError(f"{args.ckpt_path} holds a {loaded.task}, which `multimodal predict` does not know")
+    return job(args, loaded, source, Path(image_root) if image_root else None, options, [command, *argv])
+
+
+def _inputs(predictor: Any, source: Path, image_root: Path | None) -> tuple[Any, list[dict[str, Any]], Any]:
+    """(dataset, problems, manifest DataFrame or None) of a manifest or a folder of photos."""
+    from multimodal.data.inputs import folder_records, manifest_records
+
+    if source.is_dir():
+        return predictor.dataset(folder_records(source, predictor.columns), source), [], None
+    if not source.is_file():
+        raise UserError(f"input {source}: no such manifest or folder")
+    records, problems = manifest_records(
+        source, predictor.columns, predictor.required_columns(), predictor.require_image
+    )
+    return predictor.dataset(records, image_root or source.parent), problems, records
+
+
+def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
+    from multimodal.search.export import ids_sha256
+
+    ids = [r.id for r in dataset.records]
+    return {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids), **options}
+
+
+def _finish(summary: dict[str, Any] | None, problems: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if summary is not None and problems:
+        summary["skipped_rows"] = len(problems)
+        for p in problems[:20]:
+            print(f"skipped: {p['reason']}", file=sys.stderr)
+    return summary
+
+
+def _tagging(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+    from multimodal.tagging.predictor import Tagger
+    from multimodal.writers import RowsSink, run_job
+
+    tagger = Tagger(loaded)
+    tagger.top_k = args.top_k or 1
+    sink = RowsSink(args.out)
+    if sink.out.suffix == ".csv" and tagger.top_k > 1:
+        raise UserError("--top_k > 1 writes lists of [label, score]: use a .jsonl --out")
+    dataset, problems, _ = _inputs(tagger, source, image_root)
+    spec = _spec(loaded, dataset, top_k=tagger.top_k, format=sink.out.suffix)
+    summary = run_job(tagger.model, dataset, tagger.collate(), sink, spec, tagger.rows, options, relaunch)
+    return _finish(summary, problems)
+
+
+def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+    from multimodal.captioning.predictor import Captioner
+    from multimodal.writers import RowsSink, run_job
+
+    captioner = Captioner(loaded)
+    generation = {k: getattr(args, k) for k in GENERATION_OPTIONS if getattr(args, k, None) is not None}
+    if args.top_k is not None:
+        generation["top_k"] = args.top_k
+    if args.do_sample:
+        generation["do_sample"] = True
+    if args.no_cache:
+        generation["use_cache"] = False
+    captioner.configure(args.prompt, args.seed, **generation)
+    sink = RowsSink(args.out)
+    dataset, problems, _ = _inputs(captioner, source, image_root)
+    spec = _spec(loaded, dataset, prompt=args.prompt, seed=args.seed, generation=generation, format=sink.out.suffix)
+
+    def image(record: Any) -> dict[str, Any]:
+        return {"image": record.image if isinstance(record.image, str) else None}
+
+    model, collate = captioner.model, captioner.collate()
+    summary = run_job(model, dataset, collate, sink, spec, captioner.rows, options, relaunch, image)
+    return _finish(summary, problems)
+
+
+def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+    from multimodal.data.manifest import clean_value, read_manifest
+    from multimodal.search.export import ShardSink
+    from multimodal.search.predictor import Retriever
+    from multimodal.writers import run_job
+
+    retriever = Retriever(loaded)
+    dataset, problems, records = _inputs(retriever, source, image_root)
+    columns = list(args.columns) if args.columns is not None else list(loaded.columns.texts)
+    metadata: dict[str, dict[str, Any]] = {}
+    if records is not None:
+        df = read_manifest(source, [loaded.columns.id, *columns])
+        wanted = {r.id for r in records}
+        for rec in df.to_dict("records"):
+            item = clean_value(rec[loaded.columns.id])
+            if item in wanted and item not in metadata:
+                metadata[item] = {c: clean_value(rec[c]) for c in columns}
+                metadata[item]["image_path"] = clean_value(rec.get(loaded.columns.image))
+    else:
+        metadata = {r.id: {"image_path": r.image} for r in dataset.records}
+    model = retriever.model
+    spec = _spec(
+        loaded,
+        dataset,
+        model=type(model).__name__,
+        product=model.product,
+        dim=model.embed_dim,
+        dtype=args.dtype,
+        format=args.format,
+        normalisation="l2",
+        columns=columns,
+        data_manifest=str(source.resolve()),
+        image_root=str((image_root or (source if source.is_dir() else source.parent)).resolve()),
+    )
+    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.path)
+    summary = run_job(model, dataset, retriever.collate(), sink, spec, retriever.rows, options, relaunch)
+    if summary is not None and summary.get("complete"):
+        summary = {k: summary[k] for k in ("count", "dim", "shards", "complete", "skipped") if k in summary}
+        summary["out"] = str(args.out)
+    return _finish(summary, problems)

@@ -1,0 +1,1 @@
+"""Search: ProductRetriever, recall metrics, embedding export, FAISS indexes and the query side."""

@@ -1,0 +1,1 @@
+"""Tagging: ProductTagger (attribute and tag heads), its metrics, zero-shot tagging."""

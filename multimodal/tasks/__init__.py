@@ -1,1 +1,0 @@
-"""LightningModules, one per task, composed from encoders, a fusion block and heads."""
