@@ -4,6 +4,7 @@ command, :mod:`multimodal.predict_cli`). Imported only when one of these runs.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -36,6 +37,17 @@ class MultimodalCLI(LightningCLI):
         """fit, validate and test; predicting is :mod:`multimodal.predict_cli`'s job (from the checkpoint alone)."""
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path with torch.load before anything else: a file that is not a checkpoint gets
+        # the loader's one-line error here instead of torch's multi-line unpickling trace.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path:
+            from multimodal.loading import read_checkpoint
+
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         subcommand = self.config.get("subcommand")
@@ -45,9 +57,34 @@ class MultimodalCLI(LightningCLI):
             config = self.config.get(str(subcommand), self.config)
             self.trainer.callbacks.append(store_config_callback(self._parser(subcommand).dump(config, skip_none=False)))
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and subcommand == "fit":
+            check_resumable(ckpt_path, self.model)
         if ckpt_path and subcommand in ("validate", "test"):
             from multimodal.loading import load
 
             # The model as trained, built by the one loader (heads and vocabularies from the checkpoint); the
             # data module takes the vocabularies from it in setup.
             self.model = load(ckpt_path, task=type(self.model)).model
+
+
+def check_resumable(ckpt_path: str, model: Any) -> None:
+    """Before ``fit --ckpt_path`` hands the file to Lightning: a one-line error for a file that is not a checkpoint,
+    a checkpoint of another task, or one whose weights have other shapes than the configured model's."""
+    from multimodal.errors import UserError
+    from multimodal.loading import read_checkpoint, stored_config
+
+    checkpoint = read_checkpoint(ckpt_path)
+    stored = str((stored_config(checkpoint, ckpt_path).get("model") or {}).get("class_path", "")).rsplit(".", 1)[-1]
+    if stored and stored != type(model).__name__:
+        raise UserError(f"{ckpt_path} holds a {stored}; the config builds a {type(model).__name__}")
+    own = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in checkpoint["state_dict"].items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
+        raise UserError(
+            f"{ckpt_path} was trained with another architecture than the config's (fusion, width or tower): "
+            f"{len(wrong)} weight(s) differ in shape, e.g. {wrong[0]}"
+        )

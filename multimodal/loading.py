@@ -128,6 +128,28 @@ def stored_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any
     return config
 
 
+# Packages a stored config may name classes of: nothing else is imported on a checkpoint's word.
+TRUSTED_PACKAGES = ("multimodal", "encoders", "fusion", "torch", "timm", "open_clip", "transformers", "lightning")
+
+
+def check_trusted(config: Any, path: str | Path, where: str = "model") -> None:
+    """Refuse a stored config that names a class outside :data:`TRUSTED_PACKAGES` or asks for remote code, before
+    anything it names is imported."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "class_path" and str(value).split(".", 1)[0] not in TRUSTED_PACKAGES:
+                raise UserError(
+                    f"{path}: the stored config names class '{value}' at {where}, outside the trusted packages "
+                    f"({', '.join(TRUSTED_PACKAGES)}); refusing to import it"
+                )
+            if key == "trust_remote_code" and value:
+                raise UserError(f"{path}: the stored config asks for trust_remote_code at {where}; refusing it")
+            check_trusted(value, path, f"{where}.{key}")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            check_trusted(value, path, f"{where}[{i}]")
+
+
 def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
     """Instantiate the ``model`` section of a stored config through jsonargparse (as LightningCLI does)."""
     import lightning as L
@@ -165,6 +187,7 @@ def load(path: str | Path, task: type | str | None = None) -> Loaded:
     name = class_path.rsplit(".", 1)[-1] or "model"
     if task is not None and name != task.__name__:
         raise UserError(f"{path} holds a {name} checkpoint, not a {task.__name__}")
+    check_trusted(model_config, path)
     model = build_model(model_config, path)
     if task is not None and not isinstance(model, task):
         raise UserError(f"{path} holds a {type(model).__name__} checkpoint, not a {task.__name__}")

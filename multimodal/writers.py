@@ -18,7 +18,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +60,7 @@ class Sink(Protocol):
     """Where a job's blocks go and how they become the output."""
 
     folder: Path  # holds job.json and the finished blocks
+    output: Path  # the file or folder the job writes (locked while it runs)
 
     def describe(self) -> str: ...  # the output, as named in messages
 
@@ -76,6 +78,37 @@ class Sink(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------- job state
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """One job per output at a time: an exclusive OS lock on the hidden sibling ``.<name>.lock`` (released by the
+    OS when the holder dies, so a kill -9 never leaves a stale lock). A second job gets a one-line error naming
+    the holder's PID. Under DDP only the launching process (local rank 0) takes it."""
+    import fcntl
+
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = output.with_name(f".{output.name}.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise UserError(
+                f"{output} is being written by another job (pid {holder}): wait for it or use another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> bool:
     """Check the output is this job's and record the job; True when its output is already complete."""
     spec = canonical(spec)
@@ -115,11 +148,12 @@ class RowsSink:
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
-        if self.out.suffix not in (".jsonl", ".csv"):
-            raise UserError(f"--out must end in .jsonl or .csv, not '{self.out.name}'")
         if self.out.is_dir():
             raise UserError(f"--out {self.out} is a folder; give a .jsonl or .csv file")
+        if self.out.suffix not in (".jsonl", ".csv"):
+            raise UserError(f"--out must end in .jsonl or .csv, not '{self.out.name}'")
         self.folder = self.out.parent / f".{self.out.name}.job"
+        self.output = self.out
 
     def describe(self) -> str:
         return str(self.out)
@@ -305,8 +339,6 @@ def run_job(
     Returns:
         The sink's summary on rank 0 (with ``resumed`` blocks and ``complete``), None on the other ranks.
     """
-    import lightning as L
-
     if options.batch_size <= 0:
         raise UserError(f"--batch_size must be positive, not {options.batch_size}")
     if options.block_size <= 0:
@@ -316,6 +348,24 @@ def run_job(
     size = math.ceil(options.block_size / options.batch_size) * options.batch_size
     blocks = Blocks(len(dataset), size)
     spec = {**spec, "block_size": size, "items": len(dataset)}
+    with output_lock(sink.output):
+        return _run_locked(model, dataset, collate, sink, spec, blocks, to_rows, options, relaunch, record_fields)
+
+
+def _run_locked(
+    model: Any,
+    dataset: Any,
+    collate: Any,
+    sink: Sink,
+    spec: dict[str, Any],
+    blocks: Blocks,
+    to_rows: Callable[[dict[str, Any]], list[Row]],
+    options: JobOptions,
+    relaunch: list[str] | None,
+    record_fields: Callable[[Any], Row] | None,
+) -> dict[str, Any] | None:
+    import lightning as L
+
     if open_job(sink, spec, blocks):
         return {"out": sink.describe(), "already_complete": True}
     todo = [b for b in range(blocks.count) if not sink.block_done(b)]

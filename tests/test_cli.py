@@ -268,3 +268,25 @@ def test_fit_under_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     assert ckpt["vocabularies"].keys() == {"gender", "masterCategory", "season"}
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted(item["id"] for item in report["skipped"]) == sorted(corrupt)
+
+
+def test_the_command_and_its_help_import_no_torch() -> None:
+    """Start-up is part of the interface: `import multimodal.cli`, `multimodal --help` and the batch commands' help
+    answer before torch (or Lightning) is imported."""
+    script = (
+        "import sys\n"
+        "from multimodal.cli import main\n"
+        "assert 'torch' not in sys.modules, 'import multimodal.cli imported torch'\n"
+        "for argv in (['--help'], ['predict', '--help'], ['export', '--help'], ['caption', '--help'],\n"
+        "             ['index', '--help'], ['search', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code in (0, None), argv\n"
+        "    heavy = [m for m in ('torch', 'lightning', 'transformers', 'pandas') if m in sys.modules]\n"
+        "    assert not heavy, (argv, heavy)\n"
+        "print('LIGHT')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("LIGHT"), proc.stderr[-2000:]
+    assert "usage: multimodal predict" in proc.stdout and "Using a trained model" in proc.stdout

@@ -517,3 +517,30 @@ def test_invalid_policy_and_predict_split() -> None:
         datamodule(SAMPLE_MANIFEST, on_bad_sample="ignore")
     with pytest.raises(UserError, match="predict_split"):
         datamodule(SAMPLE_MANIFEST, predict_split="holdout")
+
+
+def test_manifest_cells_are_read_by_explicit_rules(tmp_path: Path) -> None:
+    """No silent coercion: integer ids stay integers (also when nulls made the column float), bytes are UTF-8
+    text, a list cell is refused with its row and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "typed.parquet"
+    table = pa.table(
+        {
+            "id": pa.array([1580, 1581, None], pa.int64()),
+            "code": pa.array([1580.0, None, 2.5], pa.float64()),
+            "title": pa.array([b"Nike shoe", "Caf\u00e9 mug".encode(), b"x"], pa.binary()),
+            "flag": [True, False, None],
+        }
+    )
+    pq.write_table(table, path)
+    df = read_manifest(path, ["id", "code", "title", "flag"])
+    assert df["id"].tolist() == ["1580", "1581", None]
+    assert df["code"].tolist() == ["1580", None, "2.5"]
+    assert df["title"].tolist() == ["Nike shoe", "Caf\u00e9 mug", "x"]
+    assert df["flag"].tolist() == ["true", "false", None]
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text('{"id": "1", "tags": "a|b"}\n{"id": "2", "tags": ["a", "b"]}\n')
+    with pytest.raises(UserError, match=r"lists.jsonl row 1, column 'tags': a list cell"):
+        read_manifest(lists, ["id", "tags"])

@@ -144,6 +144,23 @@ def test_search_finds_a_product_by_its_own_title(
         assert item_id in [r["id"] for r in results], (title, results)
 
 
+def test_an_index_folder_moved_elsewhere_still_answers(
+    index: Path, catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index keeps its checkpoint (model.ckpt): a copy of the folder alone answers, with the same results."""
+    title = pd.read_csv(catalogue, dtype=str)["title"][5]
+    expected = run_cli(["search", index, "--text", title, "-k", "3"], capsys)
+    moved = tmp_path / "elsewhere" / "idx"
+    shutil.copytree(index, moved)
+    assert (moved / "model.ckpt").is_file()
+    info = json.loads((moved / "index.json").read_text())
+    info["export_folder"] = str(tmp_path / "no-such-export")  # the export it came from is gone
+    (moved / "index.json").write_text(json.dumps(info))
+    assert run_cli(["search", moved, "--text", title, "-k", "3"], capsys) == expected
+    (moved / "model.ckpt").write_bytes(b"other weights")
+    assert "changed since the export" in cli_error(["search", moved, "--text", title], capsys)
+
+
 def test_search_by_photo_and_rerank(index: Path, catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = pd.read_csv(catalogue, dtype=str).iloc[0]
     out = run_cli(["search", index, "--image", SAMPLE / "images" / first["image"], "-k", "5", "--rerank", "10"], capsys)

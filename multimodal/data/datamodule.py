@@ -89,6 +89,13 @@ class ProductDataModule(L.LightningDataModule):
         super().__init__()
         if on_bad_sample not in ("error", "skip"):
             raise UserError(f"data.on_bad_sample must be 'error' or 'skip', not '{on_bad_sample}'")
+        if batch_size <= 0 or num_workers < 0:
+            raise UserError(
+                f"data.batch_size must be positive and data.num_workers >= 0, not {batch_size} / {num_workers}"
+            )
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise UserError(f"data.val_fraction / test_fraction must be in [0, 1) with a sum below 1, not "
+                            f"{val_fraction} / {test_fraction}")  # fmt: skip
         if predict_split not in ("all", *SPLITS):
             raise UserError(f"data.predict_split must be all, train, val or test, not '{predict_split}'")
         self.manifest = Path(manifest)

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from multimodal.data.dataset import ProductRecord
-from multimodal.data.manifest import clean_value, read_manifest, split_tags
+from multimodal.data.manifest import as_text, clean_value, read_manifest, split_tags
 from multimodal.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -43,6 +43,8 @@ def frame_records(
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
         raise UserError(f"{source} is missing column(s) {missing} the model reads; columns present: {list(df.columns)}")
+    read = [columns.id, columns.image, *columns.texts, *columns.attributes, *columns.tags]
+    df = as_text(df, [c for c in dict.fromkeys(read) if c in df.columns], source, keep=(Image.Image,))
     records: list[ProductRecord] = []
     problems: Problems = []
     seen: dict[str, int] = {}

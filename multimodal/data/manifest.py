@@ -59,7 +59,51 @@ def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFram
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
         raise UserError(f"manifest {p} is missing column(s) {missing}; columns present: {list(df.columns)}")
+    if suffix != ".csv":  # CSV cells are read as text already
+        df = as_text(df, [c for c in dict.fromkeys(required) if c in df.columns], f"manifest {p}")
     return df
+
+
+def cell_text(value: object, where: str) -> str | None:
+    """One cell as text, by explicit rules: text as is; None / NaN unknown; integers (and integral floats, as
+    Parquet and JSON store integer columns with nulls) without ``.0``; other numbers and booleans as Python
+    writes them; bytes decoded as UTF-8. Lists, dicts and other objects are refused (``where`` names the cell)."""
+    import numpy as np
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{where}: bytes that are not UTF-8 text ({value[:20]!r}...)") from None
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if value != value:
+            return None
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    kind = type(value).__name__
+    raise UserError(f"{where}: a {kind} cell ({str(value)[:40]}); this column needs one text or number per cell")
+
+
+def as_text(df: pd.DataFrame, columns: Iterable[str], source: str, keep: tuple[type, ...] = ()) -> pd.DataFrame:
+    """``df`` with every cell of ``columns`` made text by :func:`cell_text` (cells of the ``keep`` types, e.g. PIL
+    images in an image column, are kept as they are); the error names the row and the column."""
+    out = df.copy()
+    for column in columns:
+        values = out[column].tolist()
+        out[column] = pd.Series(
+            [
+                v if keep and isinstance(v, keep) else cell_text(v, f"{source} row {row}, column '{column}'")
+                for row, v in enumerate(values)
+            ],
+            index=out.index,
+            dtype=object,
+        )
+    return out
 
 
 def _read_jsonl(p: Path) -> pd.DataFrame:

@@ -82,6 +82,7 @@ class ShardSink:
         self, folder: Path, fmt: str, dtype: str, metadata: dict[str, dict[str, Any]], checkpoint: Path
     ) -> None:
         self.folder, self.fmt, self.dtype = Path(folder), fmt, DTYPES[dtype]
+        self.output = self.folder
         self.metadata, self.checkpoint = metadata, Path(checkpoint)
         self.columns = list(next(iter(metadata.values()), {}))
 
@@ -121,7 +122,15 @@ class ShardSink:
 
     def finalize(self, blocks: Blocks, spec: dict[str, Any]) -> dict[str, Any]:
         """Every shard exists: write ``products.parquet``, link the checkpoint, write the complete manifest."""
-        tables = [pd.read_parquet(self.folder / shard_name(b, "parquet")) for b in range(blocks.count)]
+        tables = []
+        for b in range(blocks.count):
+            path = self.folder / shard_name(b, "parquet")
+            try:
+                tables.append(pd.read_parquet(path))
+            except Exception as err:  # noqa: BLE001 - any read failure means a damaged shard
+                raise UserError(
+                    f"corrupt shard {path} ({type(err).__name__}): delete it and its vector file, then re-run"
+                ) from None
         products = pd.concat(tables, ignore_index=True)
         if products["id"].duplicated().any():
             dupes = products["id"][products["id"].duplicated()].tolist()[:5]

@@ -113,28 +113,35 @@ class SearchIndex:
 def save_index(
     folder: str | Path, index: Any, products: pd.DataFrame, info: dict[str, Any], checkpoint: Path | None = None
 ) -> Path:
-    """Write an index folder: built as a hidden sibling, then renamed into place (an older index there is
-    replaced only once the new one is whole)."""
+    """Write an index folder so that a reader sees the old index or the new one, never a mix.
+
+    Each build is a complete folder under the hidden sibling ``.<name>.builds/``; ``<name>`` is a symbolic link
+    to the newest build, swapped in with one atomic rename. A reader resolves the link once and reads every file
+    of one build (:func:`load_index`); the build before the newest is kept for readers still on it.
+    """
+    import uuid
+
     from multimodal.search.export import link_or_copy
 
     folder = Path(folder)
     if folder.exists() and not (folder / INFO_FILE).is_file():
         raise UserError(f"--out {folder} exists and is not a search index: it is left untouched; use another --out")
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _faiss().write_index(index, str(tmp / INDEX_FILE))
-    products.to_parquet(tmp / PRODUCTS_FILE, index=False)
+    builds = folder.with_name(f".{folder.name}.builds")
+    build = builds / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    build.mkdir(parents=True)
+    _faiss().write_index(index, str(build / INDEX_FILE))
+    products.to_parquet(build / PRODUCTS_FILE, index=False)
     if checkpoint is not None:
-        link_or_copy(checkpoint, tmp / CHECKPOINT_FILE)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
+        link_or_copy(checkpoint, build / CHECKPOINT_FILE)
+    (build / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists() and not folder.is_symlink():  # an index written before builds were kept: move it aside
+        os.replace(folder, builds / "0-previous")
+    link = folder.with_name(f".{folder.name}.{os.getpid()}.link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(build.relative_to(folder.parent))
+    os.replace(link, folder)  # the one atomic step: readers resolve either the old build or this one
+    for old in sorted((b for b in builds.iterdir() if b != build), key=lambda b: b.stat().st_mtime)[:-1]:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
     return folder
 
 
@@ -150,7 +157,7 @@ def index_checkpoint(index: SearchIndex) -> Path:
 
 def load_index(folder: str | Path) -> SearchIndex:
     """Read an index folder written by ``multimodal index`` (one-line errors for missing or corrupt files)."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # one build, read whole even if a rebuild swaps the link meanwhile
     if not (folder / INFO_FILE).is_file():
         raise UserError(f"{folder} is not a search index (no {INFO_FILE}); build one with `multimodal index`")
     try:
@@ -205,5 +212,8 @@ def build_from_export(
     from multimodal.search.export import CHECKPOINT
 
     checkpoint = Path(export_folder) / CHECKPOINT
-    save_index(out, index, products, info, checkpoint if checkpoint.is_file() else None)
+    from multimodal.writers import output_lock
+
+    with output_lock(Path(out)):
+        save_index(out, index, products, info, checkpoint if checkpoint.is_file() else None)
     return info

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from multimodal.search.index import build_from_export
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -31,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
+    from multimodal.search.index import build_from_export
+
     options: dict = {}
     if args.kind == "ivf":
         options = {"nlist": args.nlist, "nprobe": args.nprobe}
