@@ -7,6 +7,7 @@ modules with a ``main(argv)``, imported only when used.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -88,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             # With argv None, LightningCLI reads sys.argv, which must stay whole: Lightning's DDP launcher starts
             # the other ranks with the same command line.
             MultimodalCLI(args=argv)
+    except argparse.ArgumentError as err:  # LightningCLI's parser (exit_on_error=False)
+        from multimodal.lightning_cli import parse_error_line
+
+        print(f"error: {parse_error_line(str(err))}", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None:

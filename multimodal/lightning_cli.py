@@ -29,7 +29,8 @@ class MultimodalCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             args=list(args) if args is not None else None,
             run=run,
-            parser_kwargs={"description": DESCRIPTION},
+            # Parse errors are raised, not printed after the usage text: cli.main answers them in one line.
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False},
         )
 
     @staticmethod
@@ -88,3 +89,43 @@ def check_resumable(ckpt_path: str, model: Any) -> None:
             f"{ckpt_path} was trained with another architecture than the config's (fusion, width or tower): "
             f"{len(wrong)} weight(s) differ in shape, e.g. {wrong[0]}"
         )
+
+
+def parse_error_line(message: str) -> str:
+    """One line for a LightningCLI parse error: the unknown option, the class it was given to and, when one is
+    close, the option meant ("did you mean ..."), instead of the parser's nested explanation."""
+    import difflib
+    import importlib
+    import inspect
+    import re
+
+    text = " ".join(message.split())
+    classes = re.findall(r"class_path[ =]'([\w.]+)'", text)
+    option = re.search(r"Option '(\w+)' is not accepted", text)
+    unknown = re.search(r"unrecognized arguments: (?:\w+ )?--([\w.]+)", text)
+    if option is None and unknown is None:
+        keys = ".".join(re.findall(r'Parser key "([\w.]+)"', text))
+        reason = re.search(r"expects [^:]+: (.*?)\. Got value: (\S+)", text)
+        if keys and reason:
+            return f"{keys}: {reason.group(1)} (given: {reason.group(2)})"
+        first = re.findall(r'Parser key "[\w.]+": - (.*?)(?= - |$)', text)
+        return f"{keys}: {first[-1]}"[:300] if keys and first else text[:300]
+    if option is not None:
+        name, where = option.group(1), classes[-1] if classes else None
+    else:
+        key = unknown.group(1)  # type: ignore[union-attr]
+        name = key.split(".")[0] if classes else key.split(".")[-1]
+        where = classes[-1] if classes else "lightning.pytorch.Trainer" if key.startswith("trainer.") else None
+    known: list[str] = []
+    if where is not None:
+        try:
+            module, cls = where.rsplit(".", 1)
+            signature = inspect.signature(getattr(importlib.import_module(module), cls))
+            known = [p for p in signature.parameters if p != "self"]
+        except (ImportError, AttributeError, ValueError, TypeError):
+            known = []
+    line = f"unknown option '{name}'" + (f" for {where}" if where else "")
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"{line}: did you mean '{close[0]}'?"
+    return f"{line}; it takes {', '.join(known)}" if known else line
