@@ -10,7 +10,7 @@ safely (``weights_only=True``). Predict, export, search, caption, serve and the 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class Loaded:
     data: dict[str, Any]
     config: dict[str, Any]
     path: Path
-    checkpoint: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -199,4 +198,4 @@ def load(path: str | Path, task: type | str | None = None) -> Loaded:
         raise UserError(f"{path}: the weights do not fit the stored architecture ({first})") from None
     model.eval()
     data = dict(((config.get("data") or {}).get("init_args")) or {})
-    return Loaded(model, Columns.from_data_config(data), data, config, Path(path), checkpoint)
+    return Loaded(model, Columns.from_data_config(data), data, config, Path(path))

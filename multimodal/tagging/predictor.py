@@ -23,7 +23,7 @@ class Tagger(Predictor):
 
         tagger = multimodal.load("runs/tagging/.../best.ckpt")
         df = tagger.predict(catalog_df, top_k=3)
-        probs = tagger.predict_proba(catalog_df)["articleType"]   # (N, classes) DataFrame
+        probs = tagger.predict_proba(catalog_df)["category"]   # (N, classes) DataFrame
     """
 
     task_name: ClassVar[str] = "multimodal.tagging.tagger.ProductTagger"
