@@ -22,12 +22,6 @@ from multimodal.loading import Columns, Loaded, load
 Row = dict[str, Any]
 
 
-def _blank() -> Any:
-    from PIL import Image
-
-    return Image.new("RGB", (64, 64))
-
-
 class Predictor:
     """Base of the per-task inference APIs.
 
@@ -67,11 +61,9 @@ class Predictor:
 
     def dataset(self, records: list[ProductRecord], image_root: Path | None = None) -> ProductDataset:
         """Eval-transform dataset over ``records``; unreadable images become per-row errors."""
-        transform = self.model.image_transform(False)
-        size = tuple(transform(_blank()).shape[-2:])
         vocab = getattr(self.model, "vocabularies", {}) or {}
         tags = getattr(self.model, "tag_vocabularies", {}) or {}
-        return ProductDataset(records, image_root, transform, size, vocab, tags, on_bad_sample="skip")
+        return ProductDataset(records, image_root, self.model.image_transform(False), vocab, tags, "skip")
 
     def collate(self) -> Collate:
         return Collate(self.model.text_fn())

@@ -43,10 +43,11 @@ class MultimodalCLI(LightningCLI):
         # the loader's one-line error here instead of torch's multi-line unpickling trace.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._checkpoint = None
         if ckpt_path:
             from multimodal.loading import read_checkpoint
 
-            read_checkpoint(ckpt_path)
+            self._checkpoint = read_checkpoint(ckpt_path)  # kept for the checks of instantiate_classes
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
@@ -59,7 +60,8 @@ class MultimodalCLI(LightningCLI):
             self.trainer.callbacks.append(store_config_callback(self._parser(subcommand).dump(config, skip_none=False)))
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and subcommand == "fit":
-            check_resumable(ckpt_path, self.model)
+            check_resumable(ckpt_path, self._checkpoint, self.model)
+        self._checkpoint = None  # Lightning reads the file again when it restores: hold no second copy
         if ckpt_path and subcommand in ("validate", "test"):
             from multimodal.loading import load
 
@@ -68,13 +70,12 @@ class MultimodalCLI(LightningCLI):
             self.model = load(ckpt_path, task=type(self.model)).model
 
 
-def check_resumable(ckpt_path: str, model: Any) -> None:
-    """Before ``fit --ckpt_path`` hands the file to Lightning: a one-line error for a file that is not a checkpoint,
-    a checkpoint of another task, or one whose weights have other shapes than the configured model's."""
+def check_resumable(ckpt_path: str, checkpoint: dict[str, Any], model: Any) -> None:
+    """Before ``fit --ckpt_path`` hands the file to Lightning: a one-line error for a checkpoint of another task, or
+    one whose weights have other shapes than the configured model's."""
     from multimodal.errors import UserError
-    from multimodal.loading import read_checkpoint, stored_config
+    from multimodal.loading import stored_config
 
-    checkpoint = read_checkpoint(ckpt_path)
     stored = str((stored_config(checkpoint, ckpt_path).get("model") or {}).get("class_path", "")).rsplit(".", 1)[-1]
     if stored and stored != type(model).__name__:
         raise UserError(f"{ckpt_path} holds a {stored}; the config builds a {type(model).__name__}")

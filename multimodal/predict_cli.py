@@ -170,18 +170,22 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
     return job(args, loaded, source, Path(image_root) if image_root else None, options, [command, *argv])
 
 
-def _inputs(predictor: Any, source: Path, image_root: Path | None) -> tuple[Any, list[dict[str, Any]], Any]:
-    """(dataset, problems, manifest DataFrame or None) of a manifest or a folder of photos."""
-    from multimodal.data.inputs import folder_records, manifest_records
+def _inputs(
+    predictor: Any, source: Path, image_root: Path | None, extra: list[str] | None = None
+) -> tuple[Any, list[dict[str, Any]], Any]:
+    """(dataset, problems, the manifest as text cells or None for a folder) of a manifest or a folder of photos;
+    ``extra`` columns must be in the manifest too (read once with the rest)."""
+    from multimodal.data.inputs import folder_records, frame_records
+    from multimodal.data.manifest import read_manifest
 
     if source.is_dir():
         return predictor.dataset(folder_records(source, predictor.columns), source), [], None
     if not source.is_file():
         raise UserError(f"input {source}: no such manifest or folder")
-    records, problems = manifest_records(
-        source, predictor.columns, predictor.required_columns(), predictor.require_image
-    )
-    return predictor.dataset(records, image_root or source.parent), problems, records
+    required = [predictor.columns.id, *predictor.required_columns()]
+    df = read_manifest(source, [*required, *(extra or [])])
+    records, problems = frame_records(df, str(source), predictor.columns, required, predictor.require_image)
+    return predictor.dataset(records, image_root or source.parent), problems, df
 
 
 def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
@@ -240,18 +244,17 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
 
 
 def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
-    from multimodal.data.manifest import clean_value, read_manifest
+    from multimodal.data.manifest import clean_value
     from multimodal.search.export import ShardSink
     from multimodal.search.predictor import Retriever
     from multimodal.writers import run_job
 
     retriever = Retriever(loaded)
-    dataset, problems, records = _inputs(retriever, source, image_root)
     columns = list(args.columns) if args.columns is not None else list(loaded.columns.texts)
+    dataset, problems, df = _inputs(retriever, source, image_root, columns)
     metadata: dict[str, dict[str, Any]] = {}
-    if records is not None:
-        df = read_manifest(source, [loaded.columns.id, *columns])
-        wanted = {r.id for r in records}
+    if df is not None:
+        wanted = {r.id for r in dataset.records}
         for rec in df.to_dict("records"):
             item = clean_value(rec[loaded.columns.id])
             if item in wanted and item not in metadata:

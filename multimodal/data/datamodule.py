@@ -252,9 +252,8 @@ class ProductDataModule(L.LightningDataModule):
             raise self._vocabulary_error
         records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
-        size = tuple(transform(_blank()).shape[-2:])
         return ProductDataset(
-            records, self.image_root, transform, size, self.vocabularies, self.tag_vocabularies, self.on_bad_sample
+            records, self.image_root, transform, self.vocabularies, self.tag_vocabularies, self.on_bad_sample
         )
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
@@ -311,9 +310,3 @@ class ProductDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.set_vocabularies(state_dict["vocabularies"], state_dict["tag_vocabularies"])
-
-
-def _blank() -> Any:
-    from PIL import Image
-
-    return Image.new("RGB", (64, 64))

@@ -48,7 +48,6 @@ class ProductDataset(Dataset):
         records: Sequence[ProductRecord],
         image_root: Path | None,
         transform: ImageTransform,
-        image_size: tuple[int, int],
         vocabularies: dict[str, list[str]],
         tag_vocabularies: dict[str, list[str]],
         on_bad_sample: BadSamplePolicy = "error",
@@ -56,7 +55,7 @@ class ProductDataset(Dataset):
         self.records = list(records)
         self.image_root = image_root
         self.transform = transform
-        self.image_size = image_size
+        self.image_size = tuple(transform(Image.new("RGB", (64, 64))).shape[-2:])  # of the zeros of a missing image
         self.index = {a: {v: i for i, v in enumerate(vocab)} for a, vocab in vocabularies.items()}
         self.tag_index = {c: {v: i for i, v in enumerate(vocab)} for c, vocab in tag_vocabularies.items()}
         self.on_bad_sample = on_bad_sample

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from multimodal.data.dataset import ProductRecord
-from multimodal.data.manifest import as_text, clean_value, read_manifest, split_tags
+from multimodal.data.manifest import as_text, clean_value, split_tags
 from multimodal.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -71,14 +71,6 @@ def frame_records(
             )
         )
     return records, problems
-
-
-def manifest_records(
-    path: Path, columns: Any, required: Sequence[str], require_image: bool = False
-) -> tuple[list[ProductRecord], Problems]:
-    """Records of a CSV / JSONL / Parquet manifest (the id column is required here)."""
-    df = read_manifest(path, [columns.id, *required])
-    return frame_records(df, str(path), columns, [columns.id, *required], require_image)
 
 
 def folder_records(folder: Path, columns: Any) -> list[ProductRecord]:
