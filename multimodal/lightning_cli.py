@@ -58,6 +58,9 @@ class MultimodalCLI(LightningCLI):
 
             config = self.config.get(str(subcommand), self.config)
             self.trainer.callbacks.append(store_config_callback(self._parser(subcommand).dump(config, skip_none=False)))
+            from multimodal.resume import RandomState
+
+            self.trainer.callbacks.append(RandomState())  # exact resume: random states travel with checkpoints
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and subcommand == "fit":
             check_resumable(ckpt_path, self._checkpoint, self.model)

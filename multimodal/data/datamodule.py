@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ from multimodal.data.manifest import (
     unseen_counts,
 )
 from multimodal.errors import BadSampleError, UserError
+from multimodal.resume import EpochShuffle, batches_done
 
 log = logging.getLogger(__name__)
 
@@ -262,14 +264,21 @@ class ProductDataModule(L.LightningDataModule):
         dataset = self.dataset(split, train)
         if len(dataset) == 0:
             raise UserError(f"manifest {self.manifest}: the '{split}' split is empty")
+        order: dict[str, Any] = {"shuffle": train}
+        if train and (self.trainer is None or self.trainer.world_size == 1):
+            # An order fixed by (seed, epoch), resumed mid-epoch where the checkpoint stopped: exact resume of fit.
+            seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+            sampler = EpochShuffle(len(dataset), seed)
+            sampler.skip = batches_done(self.trainer) * self.batch_size
+            order = {"sampler": sampler, "generator": torch.Generator().manual_seed(seed)}
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=Collate(self.preprocessing.text_fn()),
+            **order,
         )
 
     def train_dataloader(self) -> DataLoader:

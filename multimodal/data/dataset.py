@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,22 @@ class ProductDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``key``; ``(index, seed)`` (from :class:`multimodal.resume.EpochShuffle`) augments it with its own
+        seed, leaving the process's random states as they were."""
+        if not isinstance(key, tuple):
+            return self._item(key)
+        i, seed = key
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            try:
+                return self._item(i)
+            finally:
+                random.setstate(state)
+
+    def _item(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         try:
             if rec.error is not None:
