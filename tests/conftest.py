@@ -184,19 +184,20 @@ def job_input(tmp_path: Path, sample_df: pd.DataFrame) -> tuple[Path, Path, list
     return manifest, images, df["id"].tolist()[:-1]
 
 
-def kill_9_after_blocks(args: list[str], job: Path, blocks: int = 2) -> int:
-    """Run ``multimodal <args>`` in a new process, SIGKILL it once ``job`` holds ``blocks`` finished blocks (or it
-    ended); returns the blocks finished then."""
+def kill_9_after_blocks(args: list[str], job: Path, blocks: int = 2, pattern: str = "block-*.jsonl") -> int:
+    """Run ``multimodal <args>`` in a new process, SIGKILL it once ``job`` holds ``blocks`` files matching
+    ``pattern`` (finished blocks; or it ended); returns how many there were then."""
     import signal
     import subprocess
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *args], cwd=ROOT,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as in the tests: the same float sums
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(list(job.glob("block-*.jsonl"))) < blocks:
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and len(list(job.glob(pattern))) < blocks:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return len(list(job.glob("block-*.jsonl")))
+    return len(list(job.glob(pattern)))

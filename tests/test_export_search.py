@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import kill_9_after_blocks
 
 from multimodal import cli
 from multimodal.errors import UserError
@@ -273,3 +274,39 @@ def test_approximate_indexes_are_checked_against_exact() -> None:
         assert recall_against_exact(index, x, x[:200]) > 0.9, kind
     with pytest.raises(UserError, match="unknown index kind"):
         build_index(x, "lsh")  # type: ignore[arg-type]
+
+
+def test_kill_9_export_resumes_to_the_same_vectors(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "killed"
+    args = ["export", "--ckpt_path", str(checkpoint), "--out", str(out), "--shard-size", "4", "--batch-size", "4",
+            "--no-progress"]  # fmt: skip
+    done = kill_9_after_blocks(args, out, 2, "shard-*.safetensors")
+    assert 2 <= done < N_PRODUCTS // 4 and not (out / "products.parquet").exists()
+    run_cli(args, capsys)
+    full = tmp_path / "full"
+    run_cli([a if a != str(out) else str(full) for a in args], capsys)
+    _, vectors, products = load_export(out)
+    _, expected, expected_products = load_export(full)
+    np.testing.assert_array_equal(vectors, expected)
+    assert products["id"].tolist() == expected_products["id"].tolist()
+
+
+def test_kill_9_index_rebuild_leaves_the_old_index_answering(
+    export: Path, index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`multimodal index` killed while it writes its new build: the link still names the old, whole index."""
+    from multimodal.search.index import load_index
+
+    out = tmp_path / "idx"
+    shutil.copytree(index, out)  # an index in place (a plain folder, as an older version wrote it)
+    before = load_index(out).products["id"].tolist()
+    for _ in range(3):
+        builds = len(list((tmp_path / ".idx.builds").glob("*"))) if (tmp_path / ".idx.builds").exists() else 0
+        kill_9_after_blocks(["index", str(export), "--out", str(out), "--kind", "hnsw"], tmp_path / ".idx.builds",
+                            builds + 1, "*")  # fmt: skip
+        loaded = load_index(out)  # whole: info, vectors and products of one build
+        assert loaded.products["id"].tolist() == before and loaded.index.ntotal == len(before)
+    run_cli(["index", str(export), "--out", str(out)], capsys)
+    assert load_index(out).products["id"].tolist() == before
