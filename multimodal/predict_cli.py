@@ -192,7 +192,9 @@ def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
     from multimodal.search.export import ids_sha256
 
     ids = [r.id for r in dataset.records]
-    return {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids), **options}
+    root = str(Path(dataset.image_root).resolve()) if dataset.image_root is not None else None
+    spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids)}
+    return {**spec, "image_root": root, **options}
 
 
 def _finish(summary: dict[str, Any] | None, problems: list[dict[str, Any]]) -> dict[str, Any] | None:
