@@ -18,6 +18,7 @@ from multimodal.data.dataset import Collate, ProductDataset, ProductRecord
 from multimodal.data.inputs import api_records
 from multimodal.errors import UserError
 from multimodal.loading import Columns, Loaded, load
+from multimodal.writers import positioned_rows
 
 Row = dict[str, Any]
 
@@ -80,17 +81,18 @@ class Predictor:
         with torch.inference_mode():
             for i, batch in enumerate(loader):
                 skipped = batch.pop("skipped", [])
-                on_device = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 run = step and batch["ids"]
-                yield (self.model.predict_step(on_device, i) if run else {"ids": []}), skipped, batch
+                yield (self.model.predict_step(self.on_device(batch), i) if run else {"ids": []}), skipped, batch
+
+    def on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with its tensors on the predictor's device."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def run(self, inputs: Any) -> list[Row]:
         """Rows for every input, in input order; an unreadable input gets ``{"id", "error"}``."""
         out: list[tuple[int, Row]] = []
         for prediction, skipped, batch in self.predictions(inputs):
-            rows = self.rows(prediction) if prediction["ids"] else []
-            out += list(zip(batch["positions"], rows, strict=True))
-            out += [(s["position"], {"id": s["id"], "error": s["reason"]}) for s in skipped]
+            out += positioned_rows(prediction, batch["positions"], skipped, self.rows)
         return [row for _, row in sorted(out, key=lambda pr: pr[0])]
 
 

@@ -130,15 +130,17 @@ def open_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> bool:
             f"{sink.describe()} exists and is not the output of this job: it is left untouched; use another --out"
         )
     sink.folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"spec": spec, "blocks": blocks.count, "block_size": blocks.size, "complete": False})
+    _record(sink, spec, blocks, complete=False)
     return False
 
 
 def close_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> None:
-    write_json_atomic(
-        sink.folder / JOB_FILE,
-        {"spec": canonical(spec), "blocks": blocks.count, "block_size": blocks.size, "complete": True},
-    )
+    _record(sink, spec, blocks, complete=True)
+
+
+def _record(sink: Sink, spec: dict[str, Any], blocks: Blocks, complete: bool) -> None:
+    state = {"spec": canonical(spec), "blocks": blocks.count, "block_size": blocks.size, "complete": complete}
+    write_json_atomic(sink.folder / JOB_FILE, state)
 
 
 # -------------------------------------------------------------------------------------------------- rows sink
@@ -260,6 +262,16 @@ def job_data(dataset: Any, collate: Any, batch_size: int, num_workers: int, todo
     return JobData()
 
 
+def positioned_rows(
+    prediction: dict[str, Any], positions: list[int], skipped: list[dict[str, Any]], to_rows: Callable[..., list[Row]]
+) -> list[tuple[int, Row]]:
+    """``(input position, row)`` of one batch: a row per predicted id (``to_rows``), an error row per item that
+    could not be read. The batch jobs and the Python API both build their rows here."""
+    rows = to_rows(prediction) if prediction["ids"] else []
+    out = list(zip(positions, rows, strict=True))
+    return out + [(s["position"], {"id": s["id"], "error": s["reason"]}) for s in skipped]
+
+
 def block_writer(
     sink: Sink,
     data: Any,
@@ -284,11 +296,7 @@ def block_writer(
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):  # noqa: ANN001
             per_block = data.blocks.size // data.batch_size
             block = data.my_blocks[batch_idx // per_block]
-            rows = to_rows(prediction) if prediction["ids"] else []
-            for position, row in zip(batch["positions"], rows, strict=True):
-                self.rows.append((position, row))
-            for item in batch.get("skipped", []):
-                self.rows.append((item["position"], {"id": item["id"], "error": item["reason"]}))
+            self.rows += positioned_rows(prediction, batch["positions"], batch.get("skipped", []), to_rows)
             self.seen += 1
             if self.seen == math.ceil(len(data.blocks.positions(block)) / data.batch_size):
                 self.flush(block)

@@ -82,8 +82,7 @@ class Tagger(Predictor):
         dim = self.model.fusion.output_dim
         for _, skipped, batch in self.predictions(inputs, step=False):
             if batch["ids"]:
-                on_device = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                fused = self.model.fused(on_device).float().cpu().numpy()
+                fused = self.model.fused(self.on_device(batch)).float().cpu().numpy()
                 vectors += list(zip(batch["positions"], fused, strict=True))
             vectors += [(s["position"], np.full(dim, np.nan, np.float32)) for s in skipped]
         return np.stack([v for _, v in sorted(vectors, key=lambda pv: pv[0])])
