@@ -23,6 +23,7 @@ COMMANDS = {
     "caption": ("multimodal.predict_cli", "caption_main"),
     "index": ("multimodal.search.index_cli", "main"),
     "search": ("multimodal.search.search_cli", "main"),
+    "serve": ("multimodal.serve.cli", "main"),
 }
 
 USAGE = """usage: multimodal <command> [options]
@@ -40,6 +41,7 @@ Using a trained model (the checkpoint alone: no config, no training data):
   caption     captions of product photos, in batches
   index       build a FAISS index over an export
   search      query an index by text, by photo or "more like this"
+  serve       tagging, captioning and search over HTTP (dynamic batching), with a search page
 
 Run `multimodal <command> --help` for the options of each."""
 

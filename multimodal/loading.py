@@ -88,8 +88,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely, with a one-line error for a missing or foreign file."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely, with a one-line error for a missing or foreign file (``mmap``: tensors stay on
+    disk until touched, for a quick look at what a checkpoint holds)."""
     import pickle
 
     import torch
@@ -98,7 +99,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p}")
     try:
-        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -164,6 +165,14 @@ def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
     except Exception as err:  # noqa: BLE001 - a stored config that no longer builds is a user-facing problem
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         raise UserError(f"{path}: the stored model config cannot be rebuilt: {text[:400]}") from err
+
+
+def describe(path: str | Path) -> tuple[str, Columns]:
+    """The task class name and the columns of a checkpoint, without building its model (tensors stay on disk)."""
+    config = stored_config(read_checkpoint(path, mmap=True), path)
+    class_path = str((config.get("model") or {}).get("class_path", ""))
+    data = dict(((config.get("data") or {}).get("init_args")) or {})
+    return class_path.rsplit(".", 1)[-1] or "model", Columns.from_data_config(data)
 
 
 def load(path: str | Path, task: type | str | None = None) -> Loaded:

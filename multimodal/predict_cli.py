@@ -281,6 +281,14 @@ def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN0
     sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.path)
     summary = run_job(model, dataset, retriever.collate(), sink, spec, retriever.rows, options, relaunch)
     if summary is not None and summary.get("complete"):
-        summary = {k: summary[k] for k in ("count", "dim", "shards", "complete", "skipped") if k in summary}
-        summary["out"] = str(args.out)
+        skipped = summary.get("skipped") or []
+        if skipped and not summary.get("count"):
+            raise UserError(
+                f"every product of {source} was skipped ({len(skipped)}; first: {skipped[0]['reason']}): "
+                "is --image_root right? The reasons are in " + str(Path(args.out) / "export.json")
+            )
+        summary = {k: summary[k] for k in ("count", "dim", "shards", "complete") if k in summary}
+        summary.update(skipped=len(skipped), out=str(args.out))
+        for s in skipped[:20]:
+            print(f"skipped: {s['id']}: {s['reason']}", file=sys.stderr)
     return _finish(summary, problems)

@@ -209,7 +209,7 @@ def test_unreadable_products_are_skipped_and_reported(
     out = tmp_path / "emb"
     data = ["--data.manifest", tmp_path / "catalogue.csv", "--data.image_root", images]
     printed = run_cli(["export", "--ckpt_path", checkpoint, "--out", out, "--no-progress", *data], capsys)
-    assert len(json.loads(printed.splitlines()[-1])["skipped"]) == 1
+    assert json.loads(printed.splitlines()[-1])["skipped"] == 1
     manifest, vectors, products = load_export(out)
     assert manifest["count"] == 7 and len(vectors) == 7 and rows["id"][0] not in set(products["id"])
     assert [s["id"] for s in manifest["skipped"]] == [rows["id"][0]]

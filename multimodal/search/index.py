@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,11 @@ class SearchIndex:
     @property
     def dim(self) -> int:
         return int(self.index.d)
+
+    @cached_property
+    def rows_by_id(self) -> dict[str, int]:
+        """Product id -> index row."""
+        return {str(i): r for r, i in enumerate(self.products["id"])}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k scores and rows ``(Q, k)`` for ``queries (Q, E)``; k must not exceed the catalogue."""

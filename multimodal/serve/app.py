@@ -1,0 +1,167 @@
+"""The ``LitServer`` of ``multimodal serve``: the task APIs that were given, plus the routes LitServe does not
+make itself: the search page at ``/``, the catalogue photos under ``/images/`` (read-only, confined to the index's
+image root), ``GET /search`` beside LitServe's ``POST /search``, and a 404 JSON answer for each task not loaded.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route functions' annotations as objects.
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multimodal.errors import UserError
+from multimodal.serve.requests import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, FORM_SLACK
+
+PAGE = Path(__file__).with_name("page") / "index.html"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+FLAGS = {"tag": "--tagger", "caption": "--captioner", "search": "--index"}
+
+
+@dataclass
+class Settings:
+    """What ``multimodal serve`` was asked for (each of the three models is optional)."""
+
+    tagger: str | None = None
+    captioner: str | None = None
+    index: str | None = None
+    max_batch_size: int = 32
+    batch_timeout: float = 0.01
+    workers: int = 1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    timeout: float = 60.0
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
+
+
+def check(settings: Settings) -> None:
+    """One-line errors before any worker starts: missing files, a checkpoint of another task, a broken index."""
+    from multimodal.loading import describe
+
+    if not (settings.tagger or settings.captioner or settings.index):
+        raise UserError("nothing to serve: give at least one of --tagger CKPT, --captioner CKPT, --index FOLDER")
+    if settings.max_batch_size < 1 or settings.workers < 1 or settings.batch_timeout < 0:
+        raise UserError("--max_batch_size and --workers must be at least 1, --batch_timeout at least 0")
+    for name, task in (("tagger", "ProductTagger"), ("captioner", "ProductCaptioner")):
+        path = getattr(settings, name)
+        if path is None:
+            continue
+        found, columns = describe(path)
+        if found != task:
+            raise UserError(f"--{name} {path} holds a {found} checkpoint, not a {task}")
+        settings.models[name] = {"checkpoint": str(path), "texts": list(columns.texts),
+                                 "attributes": list(columns.attributes), "tags": list(columns.tags)}  # fmt: skip
+    if settings.index is not None:
+        info_file = Path(settings.index) / "index.json"
+        if not info_file.is_file():
+            raise UserError(f"--index {settings.index} is not a search index (no index.json): build one with "
+                            "`multimodal index`")  # fmt: skip
+        info = json.loads(info_file.read_text())
+        export = info.get("export") or {}
+        settings.models["index"] = {
+            "folder": str(settings.index), "kind": info.get("kind"), "count": info.get("count"),
+            "image_root": export.get("image_root"), "columns": export.get("columns"),
+        }  # fmt: skip
+
+
+def build(settings: Settings) -> Any:
+    """The configured ``LitServer`` (not started)."""
+    import litserve as ls
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse, HTMLResponse
+
+    from multimodal.serve.apis import CaptionAPI, SearchAPI, TagAPI
+
+    batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
+                "batch_timeout": settings.batch_timeout}  # fmt: skip
+    given = {"tag": (TagAPI, settings.tagger), "caption": (CaptionAPI, settings.captioner),
+             "search": (SearchAPI, settings.index)}  # fmt: skip
+    apis = [cls(str(path), **batching) for cls, path in given.values() if path is not None]
+    server = ls.LitServer(
+        apis,
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        workers_per_device=settings.workers,
+        timeout=settings.timeout,
+        max_payload_size=settings.max_upload_bytes + FORM_SLACK,  # stops a chunked body with no length as it streams
+        model_metadata={"models": settings.models, "max_upload_bytes": settings.max_upload_bytes,
+                        "max_pixels": settings.max_pixels},  # fmt: skip
+    )
+    app = server.app
+    app.state.max_upload_bytes = settings.max_upload_bytes
+    app.title, app.version = "multimodal serve", _version()
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/"]  # LitServe's "/" text
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    for name, (_, path) in given.items():
+        if path is None:
+            _absent(app, name)
+    if settings.index is not None:
+        post = next(r for r in app.router.routes if getattr(r, "path", None) == "/search")
+        app.add_api_route("/search", post.endpoint, methods=["GET"], summary="Search by text or 'like' (query string)")
+        root = settings.models["index"].get("image_root")
+        root = Path(root).resolve() if root else None
+
+        @app.get("/images/{path:path}", summary="A catalogue photo (from the index's image root)")
+        async def photo(path: str) -> FileResponse:
+            if root is None:
+                raise HTTPException(404, "this index names no image root")
+            target = (root / path).resolve()
+            if not target.is_relative_to(root):
+                raise HTTPException(400, f"image path '{path}' escapes the image root")
+            if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
+                raise HTTPException(404, f"no catalogue photo '{path}'")
+            return FileResponse(target)
+
+    _document(app, settings)
+    return server
+
+
+def _absent(app: Any, name: str) -> None:
+    """``/<name>`` answers 404 with a JSON message naming the flag that would load its model."""
+    from fastapi import HTTPException
+
+    message = f"no model for /{name} is loaded: start `multimodal serve` with {FLAGS[name]}"
+
+    async def absent() -> None:
+        raise HTTPException(404, message)
+
+    methods = ["GET", "POST"] if name == "search" else ["POST"]
+    app.add_api_route(f"/{name}", absent, methods=methods, summary=f"/{name} (not loaded)", include_in_schema=False)
+
+
+def _version() -> str:
+    from multimodal import __version__
+
+    return __version__
+
+
+def _document(app: Any, settings: Settings) -> None:
+    """OpenAPI descriptions of the task routes (their fields come from the loaded models, not from signatures)."""
+    texts = (settings.models.get("tagger") or {}).get("texts", [])
+    photo = {"type": "string", "format": "binary", "description": "the product photo"}
+    forms = {
+        "/tag": ("Tag a product from its photo and/or texts", {"image": photo, "top_k": {"type": "integer"},
+                 "id": {"type": "string"}, **{t: {"type": "string"} for t in texts}}),
+        "/caption": ("Caption a product photo", {"image": photo, "prompt": {"type": "string"},
+                     "seed": {"type": "integer"}, "num_beams": {"type": "integer"},
+                     "max_new_tokens": {"type": "integer"}, "do_sample": {"type": "boolean"}}),
+        "/search": ("Search by text, photo or 'like'", {"text": {"type": "string"}, "image": photo,
+                    "like": {"type": "string"}, "k": {"type": "integer"}, "rerank": {"type": "integer"}}),
+    }  # fmt: skip
+    for route in app.router.routes:
+        path = getattr(route, "path", None)
+        if path not in forms or not getattr(route, "include_in_schema", False):
+            continue
+        summary, properties = forms[path]
+        route.summary = route.summary or summary
+        if "POST" in route.methods:
+            route.openapi_extra = {"requestBody": {"content": {"multipart/form-data": {
+                "schema": {"type": "object", "properties": properties}}}}}  # fmt: skip
+        else:
+            route.openapi_extra = {"parameters": [{"name": n, "in": "query", "schema": properties[n]}
+                                                  for n in ("text", "like", "k", "rerank")]}  # fmt: skip

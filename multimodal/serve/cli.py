@@ -1,0 +1,90 @@
+"""``multimodal serve``: tagging, captioning and search as one HTTP service (LitServe), with a search page."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from multimodal.errors import UserError
+from multimodal.serve.requests import DEFAULT_MAX_PIXELS, MB
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="multimodal serve",
+        description="Serve trained models over HTTP: POST /tag, POST /caption, GET|POST /search, a search page at /, "
+        "/health, /info and the OpenAPI schema at /openapi.json (interactive at /docs). Any subset of the three "
+        "models may be given; the endpoints of the others answer 404.",
+    )
+    m = p.add_argument_group("models")
+    m.add_argument("--tagger", metavar="CKPT", help="a tagger checkpoint (multimodal fit, tagging config)")
+    m.add_argument("--captioner", metavar="CKPT", help="a captioner checkpoint")
+    m.add_argument("--index", metavar="FOLDER", help="a search index (multimodal index); its photos are served too")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
+                   help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
+    s.add_argument("--port", type=int, default=8000, help="port, 1024-65535 (default 8000)")
+    s.add_argument("--max_batch_size", "--max-batch-size", type=int, default=32,
+                   help="dynamic batching: most requests answered by one forward pass (default 32)")  # fmt: skip
+    s.add_argument("--batch_timeout", "--batch-timeout", type=float, default=0.01,
+                   help="seconds a batch waits to fill (default 0.01)")  # fmt: skip
+    s.add_argument("--workers", type=int, default=1, help="inference processes per model and device (default 1)")
+    s.add_argument("--api_servers", "--api-servers", type=int, default=None,
+                   help="HTTP server processes (default: one per inference worker)")  # fmt: skip
+    s.add_argument("--accelerator", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the models run (default auto: a GPU if there is one)")  # fmt: skip
+    s.add_argument("--devices", default="auto", help="how many GPUs (default auto: all)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for its answer")
+    s.add_argument("--max_upload_mb", "--max-upload-mb", type=float, default=10.0,
+                   help="largest accepted upload, MB (default 10)")  # fmt: skip
+    s.add_argument("--max_pixels", "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"largest accepted image, pixels (default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
+    s.add_argument("--log_level", "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="server log level (default warning; info logs every request)")  # fmt: skip
+    return p
+
+
+def settings(args: argparse.Namespace) -> Any:
+    from multimodal.serve.app import Settings
+
+    if not 1024 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is outside 1024..65535")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+        raise UserError("--max_upload_mb and --max_pixels must be positive")
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return Settings(
+        tagger=args.tagger, captioner=args.captioner, index=args.index, max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout, workers=args.workers, accelerator=args.accelerator, devices=devices,
+        timeout=args.timeout, max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
+    )  # fmt: skip
+
+
+def stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # LitServe's graceful shutdown: HTTP servers and inference workers are stopped
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    config = settings(args)
+    from multimodal.serve.app import build, check
+
+    check(config)
+    server = build(config)
+    routes = [name for name, path in (("tag", config.tagger), ("caption", config.captioner),
+                                      ("search", config.index)) if path]  # fmt: skip
+    host = "localhost" if args.host != "::" else "[::1]"
+    print(f"multimodal serve: {', '.join('/' + r for r in routes)} at http://{host}:{args.port}/ "
+          f"(max_batch_size {config.max_batch_size}, batch_timeout {config.batch_timeout}s); "
+          "loading models...", file=sys.stderr, flush=True)  # fmt: skip
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run(host=args.host, port=args.port, num_api_servers=args.api_servers, log_level=args.log_level,
+                   generate_client_file=False)  # fmt: skip
+    except RuntimeError as err:
+        if "workers failed to start" in str(err):
+            raise UserError("a model failed to load in its inference worker (its error is printed above)") from None
+        raise
+    except OSError as err:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
