@@ -232,6 +232,16 @@ def test_export_refuses_a_folder_of_another_model(
     assert "dtype" in err
 
 
+def test_an_export_with_every_photo_missing_is_an_error(
+    checkpoint: Path, catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong --image_root skips every product: that is a mistake to name, not an empty 'complete' export."""
+    args = ["export", "--ckpt_path", checkpoint, "--input", catalogue, "--image_root", tmp_path, "--out",
+            tmp_path / "emb", "--no-progress"]  # fmt: skip
+    err = cli_error(args, capsys)
+    assert f"every product of {catalogue} was skipped ({N_PRODUCTS};" in err and "--image_root" in err
+
+
 def test_bad_queries_are_one_line_errors(index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "empty query text" in cli_error(["search", index, "--text", "  "], capsys)
     assert "outside 1..96" in cli_error(["search", index, "--text", "watch", "-k", "500"], capsys)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.errors import UserError
-from multimodal.serve.requests import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, FORM_SLACK
+from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, FORM_SLACK
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -30,6 +30,9 @@ class Settings:
     accelerator: str = "auto"
     devices: Any = "auto"
     timeout: float = 60.0
+    threads: int | None = None
+    forward_batch_size: int | None = None
+    fast_queue: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = DEFAULT_MAX_PIXELS
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
@@ -43,6 +46,8 @@ def check(settings: Settings) -> None:
         raise UserError("nothing to serve: give at least one of --tagger CKPT, --captioner CKPT, --index FOLDER")
     if settings.max_batch_size < 1 or settings.workers < 1 or settings.batch_timeout < 0:
         raise UserError("--max_batch_size and --workers must be at least 1, --batch_timeout at least 0")
+    if settings.forward_batch_size is not None and settings.forward_batch_size < 1:
+        raise UserError("--forward_batch_size must be at least 1")
     for name, task in (("tagger", "ProductTagger"), ("captioner", "ProductCaptioner")):
         path = getattr(settings, name)
         if path is None:
@@ -74,7 +79,8 @@ def build(settings: Settings) -> Any:
     from multimodal.serve.apis import CaptionAPI, SearchAPI, TagAPI
 
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
-                "batch_timeout": settings.batch_timeout}  # fmt: skip
+                "batch_timeout": settings.batch_timeout, "threads": settings.threads,
+                "forward_batch_size": settings.forward_batch_size}  # fmt: skip
     given = {"tag": (TagAPI, settings.tagger), "caption": (CaptionAPI, settings.captioner),
              "search": (SearchAPI, settings.index)}  # fmt: skip
     apis = [cls(str(path), **batching) for cls, path in given.values() if path is not None]
@@ -84,6 +90,7 @@ def build(settings: Settings) -> Any:
         devices=settings.devices,
         workers_per_device=settings.workers,
         timeout=settings.timeout,
+        fast_queue=settings.fast_queue,
         max_payload_size=settings.max_upload_bytes + FORM_SLACK,  # stops a chunked body with no length as it streams
         model_metadata={"models": settings.models, "max_upload_bytes": settings.max_upload_bytes,
                         "max_pixels": settings.max_pixels},  # fmt: skip
@@ -102,7 +109,8 @@ def build(settings: Settings) -> Any:
             _absent(app, name)
     if settings.index is not None:
         post = next(r for r in app.router.routes if getattr(r, "path", None) == "/search")
-        app.add_api_route("/search", post.endpoint, methods=["GET"], summary="Search by text or 'like' (query string)")
+        app.add_api_route("/search", post.endpoint, methods=["GET"], dependencies=post.dependencies,
+                          summary="Search by text or 'like' (query string)")  # fmt: skip
         root = settings.models["index"].get("image_root")
         root = Path(root).resolve() if root else None
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
 
 from multimodal.errors import UserError
-from multimodal.serve.requests import DEFAULT_MAX_PIXELS, MB
+from multimodal.serve import DEFAULT_MAX_PIXELS, MB
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,12 +31,20 @@ def parser() -> argparse.ArgumentParser:
                    help="dynamic batching: most requests answered by one forward pass (default 32)")  # fmt: skip
     s.add_argument("--batch_timeout", "--batch-timeout", type=float, default=0.01,
                    help="seconds a batch waits to fill (default 0.01)")  # fmt: skip
+    s.add_argument("--forward_batch_size", "--forward-batch-size", type=int, default=None,
+                   help="items per forward pass within a dynamic batch (default: the whole batch; on a CPU the "
+                        "tagger runs passes of 8, its fastest per item)")  # fmt: skip
     s.add_argument("--workers", type=int, default=1, help="inference processes per model and device (default 1)")
     s.add_argument("--api_servers", "--api-servers", type=int, default=None,
                    help="HTTP server processes (default: one per inference worker)")  # fmt: skip
     s.add_argument("--accelerator", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the models run (default auto: a GPU if there is one)")  # fmt: skip
     s.add_argument("--devices", default="auto", help="how many GPUs (default auto: all)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads per inference worker (default: torch's, one per core)")  # fmt: skip
+    s.add_argument("--fast_queue", "--fast-queue", action="store_true",
+                   help="LitServe's ZeroMQ transport between HTTP servers and workers (instead of multiprocessing "
+                        "queues)")  # fmt: skip
     s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for its answer")
     s.add_argument("--max_upload_mb", "--max-upload-mb", type=float, default=10.0,
                    help="largest accepted upload, MB (default 10)")  # fmt: skip
@@ -57,12 +66,21 @@ def settings(args: argparse.Namespace) -> Any:
     return Settings(
         tagger=args.tagger, captioner=args.captioner, index=args.index, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout, workers=args.workers, accelerator=args.accelerator, devices=devices,
-        timeout=args.timeout, max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
+        threads=args.threads, forward_batch_size=args.forward_batch_size, fast_queue=args.fast_queue,
+        timeout=args.timeout,
+        max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
     )  # fmt: skip
 
 
+MAIN_PID = os.getpid()
+
+
 def stop(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # LitServe's graceful shutdown: HTTP servers and inference workers are stopped
+    """SIGTERM: in the main process, LitServe's graceful shutdown (HTTP servers and inference workers stopped);
+    in a forked HTTP server (which inherits this handler, and which uvicorn re-signals after its own shutdown), exit."""
+    if os.getpid() != MAIN_PID:
+        raise SystemExit(0)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str]) -> None:

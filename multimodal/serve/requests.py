@@ -18,10 +18,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-MB = 1024 * 1024
-DEFAULT_MAX_UPLOAD = 10 * MB
-DEFAULT_MAX_PIXELS = 40_000_000
-FORM_SLACK = 64 * 1024  # a form's own bytes (boundaries, other fields) beyond the upload limit
+from multimodal.serve import DEFAULT_MAX_UPLOAD, FORM_SLACK
 
 
 @dataclass
