@@ -68,6 +68,15 @@ def find_user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def _close_process_group() -> None:
+    """End a DDP run's process group before the interpreter exits: left to exit, its communication threads were
+    sometimes destroyed while joinable (``terminate called without an active exception``, exit status -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``multimodal`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -91,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # With argv None, LightningCLI reads sys.argv, which must stay whole: Lightning's DDP launcher starts
             # the other ranks with the same command line.
             MultimodalCLI(args=argv)
+            _close_process_group()
     except argparse.ArgumentError as err:  # LightningCLI's parser (exit_on_error=False)
         from multimodal.lightning_cli import parse_error_line
 
