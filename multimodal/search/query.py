@@ -118,13 +118,8 @@ def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> None:
             raise UserError(f"rerank={query.rerank} is outside 0..{total} (the index holds {total} products)")
         if not can_rerank:
             raise UserError("this index's checkpoint was trained without a re-ranker (model.reranker): no rerank")
-    if kind == "like" and product_row(index, str(query.like)) is None:
+    if kind == "like" and str(query.like) not in index.rows_by_id:
         raise UserError(f"product id '{query.like}' is not in the index")
-
-
-def product_row(index: SearchIndex, item_id: str) -> int | None:
-    """The index row of a product id, or None."""
-    return index.rows_by_id.get(item_id)
 
 
 def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: list[Query]) -> np.ndarray:
@@ -152,7 +147,7 @@ def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: lis
         if isinstance(index.index, faiss.IndexIVF):
             index.index.make_direct_map()
         for i in by_kind["like"]:
-            out[i] = index.index.reconstruct(product_row(index, str(queries[i].like)))
+            out[i] = index.index.reconstruct(index.rows_by_id[str(queries[i].like)])
     return out
 
 
