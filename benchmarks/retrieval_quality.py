@@ -6,6 +6,14 @@ through lookup encoders, so the three variants train in minutes on a 2-core CPU.
 product vector fuses the photo with the product's *attribute* text (not its title, which would make
 text->product search trivial). Also reports zero-shot tagging ("a photo of a {value}") with the image model.
 
+Lexical and hybrid search (``multimodal search --mode lexical|hybrid``) are compared with dense search on *shopper
+queries*: 3 of each test title's words (chosen with a fixed seed, in title order), the length of a typical shop
+search. BM25 (``bm25s``, the product's ``LexicalIndex``) indexes the full titles, so a
+full-title query would be an exact lexical copy of its answer (that row is reported too, for reference); hybrid
+joins the dense and BM25 top-100 lists by reciprocal-rank fusion (and by a 50/50 weighted score fusion), with the
+same functions as the search command. Ties (frequent in BM25 for short queries) are scored as expected over a
+random order of the tied products.
+
     python -m benchmarks.retrieval_quality --data data/fashion-products \
         --out benchmarks/results/retrieval_quality.json
 """
@@ -19,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -196,6 +205,80 @@ def reranked_ranks(
     return out
 
 
+def shopper_query(title: str, rng: Any, words: int = 3) -> str:
+    """``words`` of a title's words chosen at random, in title order (the whole title when it is that short)."""
+    parts = title.split()
+    if len(parts) <= words:
+        return title
+    return " ".join(parts[i] for i in sorted(rng.choice(len(parts), size=words, replace=False).tolist()))
+
+
+def rank_in(hits: list[tuple[int, float]], match: int) -> tuple[int, int] | None:
+    """(items scoring higher than ``match``, items scoring the same, itself included) in a scored list; None when
+    it is absent or scored 0 (not found)."""
+    score = next((s for item, s in hits if item == match), 0.0)
+    if score <= 0:
+        return None
+    return sum(s > score for _, s in hits), sum(s == score for _, s in hits)
+
+
+def tie_aware_scores(ranks: list[tuple[int, int] | None], total: int) -> dict[str, float]:
+    """recall@1/5/10 and median rank, expected over a random order of tied items: BM25 gives many products the
+    same score (a two-word query), and counting ties in the match's favour would credit a 20-way tie as a hit."""
+    pairs = [(total, 1) if r is None else r for r in ranks]
+    out = {f"t2p_recall@{k}": float(np.mean([min(max((k - g) / e, 0.0), 1.0) for g, e in pairs])) for k in (1, 5, 10)}
+    out["t2p_median_rank"] = float(np.median([g + (e + 1) / 2 for g, e in pairs]))
+    return out
+
+
+@torch.inference_mode()
+def lexical_and_hybrid(
+    model: ProductRetriever | None,
+    rows: list[int],
+    n: int,
+    ids: list[str],
+    queries: list[str],
+    titles: list[str],
+    full_titles: bool,
+) -> dict[str, dict[str, float]]:
+    """text->product recall of BM25, of dense search (``model``; None: BM25 alone) and of their fusions, on
+    ``queries`` (row i's answer is product i) over the test products' titles."""
+    import pandas as pd
+
+    from multimodal.search.lexical import LexicalIndex, reciprocal_rank_fusion, weighted_fusion
+    from multimodal.search.query import HYBRID_DEPTH
+
+    total = len(rows)
+    lexical = LexicalIndex.build(pd.DataFrame({"title": titles}), ["title"])
+    bm_scores, bm_rows = lexical.search(queries, total)
+    lists = {
+        "bm25": [
+            [(int(r), float(s)) for r, s in zip(rr, ss, strict=True) if r >= 0]
+            for rr, ss in zip(bm_rows, bm_scores, strict=True)
+        ]
+    }
+    ranks: dict[str, list[tuple[int, int] | None]] = {
+        "BM25 on the title": [rank_in(h, q) for q, h in enumerate(lists["bm25"])]
+    }
+    if model is not None:
+        model.eval()
+        idx = torch.tensor(rows) + (0 if full_titles else 2 * n)
+        ones = torch.ones(len(rows), 1, dtype=torch.long)
+        query = model.embed_text(idx[:, None], ones)
+        product = model.embed_products(batch_of(rows, n, ids))
+        sim = (query @ product.t()).numpy()
+        ranks["dense"] = [(int((sim[q] > sim[q, q]).sum()), int((sim[q] == sim[q, q]).sum())) for q in range(total)]
+        rrf, weighted = [], []
+        for q in range(total):
+            top = np.argsort(-sim[q], kind="stable")[:HYBRID_DEPTH]
+            lex = np.array([r for r, _ in lists["bm25"][q][:HYBRID_DEPTH]], dtype=np.int64)
+            lex_s = np.array([s for _, s in lists["bm25"][q][:HYBRID_DEPTH]], dtype=np.float32)
+            rrf.append(rank_in(reciprocal_rank_fusion([top, lex]), q))
+            weighted.append(rank_in(weighted_fusion((sim[q, top], top), (lex_s, lex), 0.5), q))
+        ranks["hybrid (RRF)"], ranks["hybrid (weighted 0.5)"] = rrf, weighted
+    return {name: tie_aware_scores(r, total) for name, r in ranks.items()}
+
+
 def build(
     vision: CachedVision, text: CachedText, product: str, args: argparse.Namespace, rerank: bool
 ) -> ProductRetriever:
@@ -264,16 +347,32 @@ def main() -> None:
     say("photos encoded")
     titles = [r.texts[args.query_column] or "" for r in records]
     product_texts = [". ".join(r.texts[c] for c in args.product_columns if r.texts[c]) for r in records]
-    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts, text_tower)
+    rng = np.random.default_rng(args.seed)
+    shopper = [shopper_query(t, rng) for t in titles]  # text rows 2n.. (titles 0.., product texts n..)
+    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper, text_tower)
     say("texts encoded")
     vision, text = CachedVision(v_tokens, v_pooled), CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
-    results: dict[str, Any] = {}
+    test = split_rows["test"]
+    test_titles = [titles[r] for r in test]
+    results: dict[str, Any] = {
+        "full_title_queries": lexical_and_hybrid(None, test, n, ids, test_titles, test_titles, True),
+        "shopper_queries": lexical_and_hybrid(None, test, n, ids, [shopper[r] for r in test], test_titles, False),
+        "shopper_query_examples": [[titles[r], shopper[r]] for r in test[:5]],
+    }
     for name, product, rerank in (("image-only", "image", False), ("fused", "fused", True)):
         seed_all(args.seed)
         model = build(vision, text, product, args, rerank)
         loss = train(model, split_rows["train"], n, ids, args)
         results[name] = {**evaluate(model, split_rows["test"], n, ids), "final_train_loss": loss}
         say(f"{name}: {results[name]}")
+        for variant, scores in lexical_and_hybrid(
+            model, test, n, ids, [shopper[r] for r in test], test_titles, False
+        ).items():
+            if variant != "BM25 on the title":
+                results["shopper_queries"][
+                    f"{variant}, {name}" if variant == "dense" else f"{variant}: BM25 + {name}"
+                ] = scores
+        say(f"shopper queries: { {k: round(v['t2p_recall@1'], 3) for k, v in results['shopper_queries'].items()} }")
         if rerank:
             results[f"{name} + re-rank top {args.rerank}"] = evaluate(
                 model, split_rows["test"], n, ids, rerank=args.rerank
@@ -362,7 +461,7 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        if name == "zero_shot":
+        if name in ("zero_shot", "full_title_queries", "shopper_queries", "shopper_query_examples"):
             continue
         lines.append(
             f"| {name} | "
@@ -373,6 +472,20 @@ def table(results: dict[str, Any]) -> str:
             )
             + " |"
         )
+    if "shopper_queries" in results:
+        lines += [
+            "",
+            "Shopper queries (3 of each test title's words) and full-title queries; BM25 indexes the titles:",
+            "",
+        ]
+        lines += ["| queries | search | text->product R@1 | R@5 | R@10 | median rank |", "|---|---|---|---|---|---|"]
+        for group, label in (("full_title_queries", "full title"), ("shopper_queries", "shopper")):
+            for name, r in results[group].items():
+                lines.append(
+                    f"| {label} | {name} | "
+                    + " | ".join(f"{r[f't2p_recall@{k}']:.3f}" for k in (1, 5, 10))
+                    + f" | {r['t2p_median_rank']:.0f} |"
+                )
     zs = results.get("zero_shot")
     if zs:
         columns = list(next(iter(zs.values())))  # zero_shot, majority_class, trained ... tagger

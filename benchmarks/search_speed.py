@@ -9,6 +9,16 @@ For each catalogue size: build time, single-query latency p50/p99 (one query at 
 does), batch throughput, and recall@10 of the approximate indexes against exact search, in the same run.
 
     python -m benchmarks.search_speed --out benchmarks/results/search_speed.json
+
+Filtered search (``--filter-sizes``, default 1M vectors): each product gets a random ``bucket`` 0..99 and the
+filters ``bucket < 50``, ``< 10`` and ``< 1`` keep 50%, 10% and 1% of them. Each index answers through the
+product's path (``Filter`` -> ``SearchIndex.search``: an ``IDSelectorBitmap`` inside FAISS, IVF / HNSW search
+widened as the filter narrows, an exact pass over the kept vectors for small selections), against exact filtered
+search for recall@10, and against the common post-filter (search the top 100 unfiltered, then drop the products
+the filter rejects) in the same run. ``short`` counts queries answered with fewer than k products although at
+least k matched.
+
+    python -m benchmarks.search_speed --only filtered --filter-sizes 1000000 --append
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, say, seed_all, write_json
-from multimodal.search.index import build_index
+from multimodal.search.index import LABEL, SearchIndex, build_index
 
 
 def random_unit(n: int, dim: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:
@@ -130,6 +140,84 @@ def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generato
     return result
 
 
+def run_filtered(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
+    """Filtered search at ``n`` vectors: prefilter inside FAISS vs post-filter, recall vs exact filtered search."""
+    import pandas as pd
+
+    from multimodal.search.filters import Filter
+
+    say(f"filtered n={n}: generating vectors")
+    centres = random_unit(args.clusters, dim, rng)
+    x = clustered_unit(n, dim, rng, centres, args.spread)
+    queries = clustered_unit(args.latency_queries, dim, rng, centres, args.spread)
+    products = pd.DataFrame({"id": np.arange(n).astype(str), "bucket": rng.integers(0, 100, n), LABEL: np.arange(n)})
+    result: dict[str, Any] = {"n": n, "dim": dim, "queries": len(queries), "k": args.k, "rows": {}}
+    truth: dict[str, np.ndarray] = {}
+    kinds = [
+        ("exact", "flat", {}),
+        ("ivf", "ivf", {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)}),
+    ]
+    if n <= args.hnsw_max_n:
+        kinds.append(
+            (
+                "hnsw",
+                "hnsw",
+                {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search[0]},
+            )
+        )
+    for name, kind, options in kinds:
+        t = time.perf_counter()
+        shard = build_index(x, kind, seed=args.seed, **options)  # type: ignore[arg-type]
+        say(f"filtered n={n} {name}: built in {time.perf_counter() - t:.1f} s")
+        index = SearchIndex([shard], products, {"kind": kind, "options": options})
+        for share in args.filter_shares:
+            expr = f"bucket < {round(share * 100)}"
+            mask = Filter(expr, products).mask()
+            for method in ("prefilter", "post-filter top 100"):
+                times, found = [], []
+                for q in queries:
+                    start = time.perf_counter()
+                    if method == "prefilter":
+                        _, rows = index.search(q[None], args.k, mask)
+                        rows = rows[0]
+                    else:
+                        _, rows = index.search(q[None], 100)
+                        rows = rows[0][mask[rows[0]]][: args.k]
+                    times.append((time.perf_counter() - start) * 1000)
+                    found.append(rows[rows >= 0])
+                if name == "exact" and method == "prefilter":
+                    truth[expr] = np.stack(found)
+                hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth[expr], strict=True)]
+                row = {
+                    "filter": expr,
+                    "matching": round(float(mask.mean()), 4),
+                    "p50_ms": round(float(np.percentile(times, 50)), 3),
+                    "p99_ms": round(float(np.percentile(times, 99)), 3),
+                    f"recall@{args.k}_vs_exact_filtered": round(float(np.sum(hits) / truth[expr].size), 4),
+                    "short": int(sum(len(f) < args.k for f in found)),
+                    "options": options,
+                }
+                result["rows"][f"{name} {method} {expr}"] = {"index": name, "method": method, **row}
+                say(f"filtered n={n} {name} {method} {expr}: {row}")
+        del index, shard
+    return result
+
+
+def filtered_table(results: list[dict[str, Any]], k: int) -> str:
+    lines = [
+        f"| n | index | method | filter (share kept) | p50 ms | p99 ms | recall@{k} vs exact filtered | short of k |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for r in res["rows"].values():
+            lines.append(
+                f"| {res['n']:,} | {r['index']} | {r['method']} | `{r['filter']}` ({r['matching']:.0%}) | "
+                f"{r['p50_ms']} | {r['p99_ms']} | {r[f'recall@{k}_vs_exact_filtered']} | "
+                f"{r['short']} / {res['queries']} |"
+            )
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]], k: int) -> str:
     lines = [
         f"| vectors | n | index | build s | p50 ms | p99 ms | batch q/s | recall@{k} vs exact |",
@@ -166,6 +254,9 @@ def main() -> None:
     p.add_argument("--ef-construction", type=int, default=80)
     p.add_argument("--ef-search", type=int, nargs="+", default=[64, 256], help="HNSW search beams (a sweep)")
     p.add_argument("--hnsw-max-n", type=int, default=1_000_000, help="skip HNSW above this size (build time)")
+    p.add_argument("--filter-sizes", type=int, nargs="+", default=[1_000_000], help="catalogue sizes of filtered rows")
+    p.add_argument("--filter-shares", type=float, nargs="+", default=[0.5, 0.1, 0.01], help="shares the filters keep")
+    p.add_argument("--only", choices=["all", "unfiltered", "filtered"], default="all")
     p.add_argument("--append", action="store_true", help="add these sizes to the results already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
@@ -173,16 +264,29 @@ def main() -> None:
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []
-    if args.append and Path(args.out).is_file():
-        rerun = {(n, args.distribution) for n in args.sizes}
-        previous = json.loads(Path(args.out).read_text())["results"]
-        results = [r for r in previous if (r["n"], r.get("distribution", "uniform")) not in rerun]
-    for n in args.sizes:
-        results.append(run_size(n, args.dim, args, rng))
-        write_json(
-            args.out, {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)}
-        )
-    print(table(results, args.k))
+    filtered: list[dict[str, Any]] = []
+    previous = json.loads(Path(args.out).read_text()) if args.append and Path(args.out).is_file() else {}
+    if previous:
+        rerun = {(n, args.distribution) for n in args.sizes} if args.only != "filtered" else set()
+        results = [r for r in previous.get("results", []) if (r["n"], r.get("distribution", "uniform")) not in rerun]
+        skip = set(args.filter_sizes) if args.only != "unfiltered" else set()
+        filtered = [r for r in previous.get("filtered", []) if r["n"] not in skip]
+
+    def save() -> None:
+        payload = {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)}
+        payload.update(filtered=filtered, filtered_table=filtered_table(filtered, args.k))
+        write_json(args.out, payload)
+
+    if args.only != "filtered":
+        for n in args.sizes:
+            results.append(run_size(n, args.dim, args, rng))
+            save()
+        print(table(results, args.k))
+    if args.only != "unfiltered":
+        for n in args.filter_sizes:
+            filtered.append(run_filtered(n, args.dim, args, rng))
+            save()
+        print(filtered_table(filtered, args.k))
 
 
 if __name__ == "__main__":

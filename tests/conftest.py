@@ -201,3 +201,23 @@ def kill_9_after_blocks(args: list[str], job: Path, blocks: int = 2, pattern: st
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return len(list(job.glob(pattern)))
+
+
+def run_cli(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> str:
+    from multimodal import cli
+
+    cli.main([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+def cli_error(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a command that must fail as a user error: exit 2, one line on stderr, no traceback."""
+    from multimodal import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main([str(a) for a in args])
+    assert exc.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return errors[0]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import kill_9_after_blocks
+from conftest import cli_error, kill_9_after_blocks, run_cli
 
 from multimodal import cli
 from multimodal.errors import UserError
@@ -23,22 +23,6 @@ from multimodal.search.index import build_index, recall_against_exact
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "fashion-products"
 N_PRODUCTS = 96
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    cli.main([str(a) for a in args])
-    return capsys.readouterr().out
-
-
-def cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run a command that must fail as a user error: exit 2, one line on stderr, no traceback."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in args])
-    assert exc.value.code == 2
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +301,6 @@ def test_kill_9_index_rebuild_leaves_the_old_index_answering(
         kill_9_after_blocks(["index", str(export), "--out", str(out), "--kind", "hnsw"], tmp_path / ".idx.builds",
                             builds + 1, "*")  # fmt: skip
         loaded = load_index(out)  # whole: info, vectors and products of one build
-        assert loaded.products["id"].tolist() == before and loaded.index.ntotal == len(before)
+        assert loaded.products["id"].tolist() == before and loaded.count == len(before)
     run_cli(["index", str(export), "--out", str(out)], capsys)
     assert load_index(out).products["id"].tolist() == before

@@ -173,7 +173,7 @@ def test_tag_answers_what_the_python_api_predicts(service: Service, trained: dic
 def test_search_by_text_photo_like_and_rerank(service: Service, index: Path, products, capsys) -> None:
     title = products["title"][3]
     got = httpx.get(service.url + "/search", params={"text": title, "k": 5}).json()
-    assert got["query"] == {"text": title, "k": 5, "rerank": 0}
+    assert got["query"] == {"text": title, "k": 5, "rerank": 0, "mode": "dense"}
     hits = got["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
     assert all(h["image_url"] == "/images/" + h["image_path"] and "title" in h for h in hits)
@@ -181,6 +181,15 @@ def test_search_by_text_photo_like_and_rerank(service: Service, index: Path, pro
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [h["id"] for h in hits] == [p["id"] for p in printed]
     np.testing.assert_allclose([h["score"] for h in hits], [p["score"] for p in printed], atol=1e-4)
+
+    where = "title = '" + title.replace("'", "''") + "'"
+    filtered = httpx.get(service.url + "/search", params={"text": title, "k": 5, "where": where}).json()
+    assert filtered["query"]["where"] == where and filtered["results"]
+    assert all(h["title"] == title for h in filtered["results"])
+    for params, status, message in (({"where": "colour = 'x'"}, 400, "unknown column 'colour'"),
+                                    ({"mode": "lexical"}, 400, "needs a BM25 index")):  # fmt: skip
+        bad = httpx.get(service.url + "/search", params={"text": title, **params})
+        assert bad.status_code == status and message in bad.json()["detail"], bad.text
 
     like = httpx.get(service.url + "/search", params={"like": products["id"][0], "k": 4}).json()["results"]
     assert len(like) == 4 and products["id"][0] not in [h["id"] for h in like]

@@ -213,5 +213,3 @@ def load_export(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.Data
     if len(vectors) != manifest["count"]:
         raise UserError(f"export {folder}: {len(vectors)} vectors in the shards, the manifest says {manifest['count']}")
     return manifest, vectors, products
-
-

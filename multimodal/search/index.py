@@ -1,21 +1,26 @@
-"""FAISS indexes over an embedding export: exact inner product by default, IVF or HNSW for large catalogues.
+"""FAISS indexes over an embedding export: exact inner product by default, IVF, HNSW or IVF-PQ for large catalogues,
+in one or several shards, with filters applied inside FAISS and an optional BM25 index beside.
 
-An approximate index is checked against exact search when it is built (recall@k on sampled catalogue vectors
-used as queries) and the result is stored with it. The products table (ids + metadata) is kept next to the
-index, so a search result is an id, never a bare row number.
+Every vector carries a *label* (int64, the products table's ``_label`` column, never reused), so products can be
+added and removed without a rebuild (:mod:`multimodal.search.updates`) and a result is an id, never a bare row.
+An approximate index is checked against exact search when it is built (recall@10 of held-out catalogue vectors,
+each query's own product left out) and the result is stored with it.
 
-Folder layout: ``index.faiss``, ``products.parquet``, ``index.json`` (kind, dim, count, recall check, export) and
-``model.ckpt`` (the export's checkpoint, a hard link or a copy: the folder answers queries wherever it is moved).
-The folder is written as a temporary sibling and renamed into place, so a reader never sees half of a rebuild.
+Folder layout: ``index.faiss`` (or ``index-NNN.faiss`` per shard), ``products.parquet``, ``index.json`` (kind,
+options, dim, count, shards, recall check, export), ``lexical/`` (BM25, when built) and ``model.ckpt`` (the
+export's checkpoint, a hard link or a copy: the folder answers queries wherever it is moved). The folder is written
+as a temporary sibling and swapped in with one rename, so a reader never sees half of a rebuild or an update.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -25,14 +30,24 @@ import pandas as pd
 
 from multimodal.errors import UserError
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
+IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 INDEX_FILE, PRODUCTS_FILE, INFO_FILE, CHECKPOINT_FILE = "index.faiss", "products.parquet", "index.json", "model.ckpt"
+LEXICAL_DIR = "lexical"
+LABEL = "_label"  # the products table's column of FAISS labels (hidden from results)
+EXACT_SUBSET = 20_000  # HNSW: a filter keeping at most this many products is answered exactly over them
+MAX_EF = 4096
 
 
 def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells: ``4 * sqrt(N)``, capped so every cell gets ~39 training points."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
 def build_index(
@@ -43,35 +58,54 @@ def build_index(
     hnsw_m: int = 32,
     ef_construction: int = 80,
     ef_search: int = 64,
+    pq_m: int = 32,
+    opq: bool = False,
     seed: int = 0,
+    ids: np.ndarray | None = None,
+    train_size: int = 256,
 ) -> Any:
     """A FAISS inner-product index over ``vectors (N, E)`` float32 (L2-normalised: IP = cosine).
 
     Args:
-        kind: ``flat`` (exact), ``ivf`` (inverted lists over k-means cells) or ``hnsw`` (graph).
-        nlist: IVF cells; default ``4 * sqrt(N)`` capped so every cell gets ~39 training points.
+        kind: ``flat`` (exact), ``ivf`` (inverted lists over k-means cells), ``hnsw`` (graph) or ``ivfpq``
+            (inverted lists of product-quantised codes, ``pq_m`` bytes a vector; ``opq`` rotates first).
+        nlist: IVF cells; default :func:`default_nlist`.
         nprobe: IVF cells visited per query.
         hnsw_m: HNSW neighbours per node.
         ef_construction / ef_search: HNSW beam widths at build and query time.
+        ids: ``(N,)`` int64 labels (default ``0..N-1``); the index then supports ``add_with_ids`` / ``remove_ids``.
+        train_size: IVF / PQ training vectors per cell (k-means on a sample; FAISS's own guidance is 39 to 256).
     """
     faiss = _faiss()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = x.shape
+    labels = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "ivf":
-        cells = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(x)
-        index.nprobe = min(nprobe, cells)
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
+        graph = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        graph.hnsw.efSearch = ef_search
+        index = faiss.IndexIDMap2(graph)
+    elif kind in ("ivf", "ivfpq"):
+        cells = nlist or default_nlist(n)
+        if kind == "ivf":
+            factory = f"IVF{cells},Flat"
+        else:
+            if dim % pq_m:
+                raise UserError(f"pq_m={pq_m} must divide the vector dimension {dim}")
+            factory = f"{f'OPQ{pq_m},' if opq else ''}IVF{cells},PQ{pq_m}x8"
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = x if n <= train_size * cells else x[np.sort(rng.choice(n, train_size * cells, replace=False))]
+        index.train(sample)
+        ivf.nprobe = min(nprobe, cells)
     else:
-        raise UserError(f"unknown index kind '{kind}' (choose flat, ivf or hnsw)")
-    index.add(x)
+        raise UserError(f"unknown index kind '{kind}' (choose {', '.join(KINDS)} or auto)")
+    for start in range(0, n, 1_000_000):  # bounded temporary memory for large catalogues
+        index.add_with_ids(x[start : start + 1_000_000], labels[start : start + 1_000_000])
     return index
 
 
@@ -87,43 +121,184 @@ def recall_against_exact(index: Any, vectors: np.ndarray, queries: np.ndarray, k
     return float(np.sum(hits) / (k * len(queries)))
 
 
+def shard_of(ids: pd.Series | list[str], shards: int) -> np.ndarray:
+    """The shard of each product id: a stable hash (CRC-32) of the id, modulo the shard count."""
+    if shards == 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    return np.fromiter((zlib.crc32(str(i).encode()) % shards for i in ids), dtype=np.int64, count=len(ids))
+
+
+def bitmap_selector(labels: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A FAISS ``IDSelectorBitmap`` keeping ``labels``; the bitmap array is returned too (it must outlive the
+    selector, which only points to it)."""
+    faiss = _faiss()
+    bits = np.zeros(((int(labels.max()) + 1 if len(labels) else 1) + 7) // 8 * 8, dtype=bool)
+    bits[labels] = True
+    packed = np.packbits(bits, bitorder="little")
+    # FAISS checks ``id >> 3 < n``: n is the bitmap's length in bytes (its docstring suggests bits; giving bits
+    # lets ids past the last kept one read memory beyond the array)
+    return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed
+
+
 @dataclass
 class SearchIndex:
-    """A loaded index with its products table and build info."""
+    """A loaded index: its FAISS shards, products table (sorted by label), build info and BM25 index."""
 
-    index: Any
+    shards: list[Any]
     products: pd.DataFrame
     info: dict[str, Any]
     folder: Path = Path(".")
+    lexical: Any = None  # multimodal.search.lexical.LexicalIndex
+    _keep: list[Any] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if LABEL not in self.products.columns:  # an index written before labels: labels are row numbers
+            self.products = self.products.assign(**{LABEL: np.arange(len(self.products), dtype=np.int64)})
 
     @property
     def dim(self) -> int:
-        return int(self.index.d)
+        return int(self.shards[0].d)
+
+    @property
+    def count(self) -> int:
+        """Products that can be found (an HNSW index keeps removed vectors until a rebuild, never returned)."""
+        return len(self.products)
+
+    @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", "flat"))
+
+    def _search_shards(self, q: np.ndarray, k: int, selector: Any, share: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each shard searched with parameters of its own, top-k merged by ``faiss.ResultHeap``.
+
+        (FAISS's ``IndexShards`` passes one parameters object to every shard's thread, and ``IndexIDMap`` swaps the
+        selector inside it while it searches: shards then filtered by each other's id maps.)
+        """
+        if len(self.shards) == 1:
+            return self.shards[0].search(q, k, params=self._params(selector, share, k))
+        heap = _faiss().ResultHeap(len(q), k, keep_max=True)
+        for shard in self.shards:
+            heap.add_result(*shard.search(q, min(k, shard.ntotal), params=self._params(selector, share, k)))
+        heap.finalize()
+        return heap.D, heap.I
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self.products[LABEL].to_numpy(dtype=np.int64)
 
     @cached_property
     def rows_by_id(self) -> dict[str, int]:
-        """Product id -> index row."""
+        """Product id -> products-table row."""
         return {str(i): r for r, i in enumerate(self.products["id"])}
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k scores and rows ``(Q, k)`` for ``queries (Q, E)``; k must not exceed the catalogue."""
-        if k < 1 or k > self.index.ntotal:
-            raise UserError(f"k={k} is outside 1..{self.index.ntotal} (the index holds {self.index.ntotal} products)")
+    @cached_property
+    def shard_rows(self) -> np.ndarray:
+        return shard_of(self.products["id"], len(self.shards))
+
+    @property
+    def has_dead(self) -> bool:
+        return sum(s.ntotal for s in self.shards) != self.count
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors ``(len(rows), E)`` of products-table rows (decoded codes for IVF-PQ)."""
+        faiss = _faiss()
+        out = np.zeros((len(rows), self.dim), np.float32)
+        shard_ids = self.shard_rows[rows]
+        for s, shard in enumerate(self.shards):
+            take = np.flatnonzero(shard_ids == s)
+            if not len(take):
+                continue
+            if self.kind in ("ivf", "ivfpq"):
+                ivf = faiss.extract_index_ivf(shard)
+                if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            out[take] = shard.reconstruct_batch(self.labels[rows[take]])
+        return out
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k scores and products-table rows ``(Q, k)`` for ``queries (Q, E)``; with ``allowed`` (a ``(N,)``
+        bool mask over the products table) only those products, filtered inside FAISS. Fewer than k rows come
+        back (-1, score -inf) only when fewer than k products are allowed."""
+        if k < 1 or k > self.count:
+            raise UserError(f"k={k} is outside 1..{self.count} (the index holds {self.count} products)")
         if queries.shape[1] != self.dim:
             raise UserError(
                 f"query vectors have dimension {queries.shape[1]}, the index {self.dim}: index and model do not match"
             )
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is None and not self.has_dead:
+            scores, found = self._search_shards(q, k, None, 1.0)
+            return scores, self._rows(found)
+        rows = np.arange(self.count) if allowed is None else np.flatnonzero(allowed)
+        if len(rows) == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        if self.kind == "hnsw" and len(rows) <= EXACT_SUBSET:  # a graph walk meets few allowed products
+            return self._exact_subset(q, rows, k)
+        selector, bitmap = bitmap_selector(self.labels[rows])
+        share = len(rows) / self.count
+        scores, found = self._search_shards(q, k, selector, share)
+        out = self._rows(found)
+        short = np.flatnonzero((out >= 0).sum(1) < min(k, len(rows)))
+        if len(short) and self.kind in ("ivf", "ivfpq"):  # every cell: the allowed products are all scanned
+            scores[short], found_short = self._search_shards(q[short], k, selector, 0.0)
+            out[short] = self._rows(found_short)
+        elif len(short):  # the graph walk missed allowed products: answer those queries exactly
+            scores[short], out[short] = self._exact_subset(q[short], rows, k)
+        del bitmap
+        return scores, out
+
+    def _params(self, selector: Any, share: float, k: int) -> Any:
+        """Search parameters: the filter, and IVF / HNSW breadth widened as the filter narrows (so about as many
+        allowed candidates are met as an unfiltered search meets)."""
+        faiss = _faiss()
+        options = self.info.get("options", {})
+        if self.kind in ("ivf", "ivfpq"):
+            nlist = faiss.extract_index_ivf(self.shards[0]).nlist
+            nprobe = nlist if share <= 0 else min(nlist, math.ceil(int(options.get("nprobe", 16)) / share))
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        if self.kind == "hnsw":
+            ef = MAX_EF if share <= 0 else min(MAX_EF, math.ceil(max(int(options.get("ef_search", 64)), k) / share))
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+    def _rows(self, found: np.ndarray) -> np.ndarray:
+        """Products-table rows of FAISS labels (-1 for none or a removed product)."""
+        labels = self.labels
+        pos = np.searchsorted(labels, found).clip(0, max(len(labels) - 1, 0))
+        ok = (found >= 0) & (labels[pos] == found) if len(labels) else np.zeros_like(found, bool)
+        return np.where(ok, pos, -1)
+
+    def _exact_subset(
+        self, q: np.ndarray, rows: np.ndarray, k: int, chunk: int = 50_000
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the given products-table rows, their stored vectors read in chunks."""
+        heap = _faiss().ResultHeap(len(q), k, keep_max=True)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            scores = q @ self.reconstruct(part).T
+            heap.add_result(scores, np.broadcast_to(part, scores.shape))
+        heap.finalize()
+        return heap.D, heap.I
+
+
+def shard_file(shard: int, shards: int) -> str:
+    return INDEX_FILE if shards == 1 else f"index-{shard:03d}.faiss"
 
 
 def save_index(
-    folder: str | Path, index: Any, products: pd.DataFrame, info: dict[str, Any], checkpoint: Path | None = None
+    folder: str | Path,
+    index: Any,
+    products: pd.DataFrame,
+    info: dict[str, Any],
+    checkpoint: Path | None = None,
+    lexical: Any = None,
 ) -> Path:
     """Write an index folder so that a reader sees the old index or the new one, never a mix.
 
-    Each build is a complete folder under the hidden sibling ``.<name>.builds/``; ``<name>`` is a symbolic link
-    to the newest build, swapped in with one atomic rename. A reader resolves the link once and reads every file
-    of one build (:func:`load_index`); the build before the newest is kept for readers still on it.
+    ``index`` is one FAISS index or a list of shards. Each build is a complete folder under the hidden sibling
+    ``.<name>.builds/``; ``<name>`` is a symbolic link to the newest build, swapped in with one atomic rename. A
+    reader resolves the link once and reads every file of one build (:func:`load_index`); the build before the
+    newest is kept for readers still on it.
     """
     import uuid
 
@@ -132,14 +307,18 @@ def save_index(
     folder = Path(folder)
     if folder.exists() and not (folder / INFO_FILE).is_file():
         raise UserError(f"--out {folder} exists and is not a search index: it is left untouched; use another --out")
+    shards = index if isinstance(index, list) else [index]
     builds = folder.with_name(f".{folder.name}.builds")
     build = builds / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     build.mkdir(parents=True)
-    _faiss().write_index(index, str(build / INDEX_FILE))
+    for s, shard in enumerate(shards):
+        _faiss().write_index(shard, str(build / shard_file(s, len(shards))))
     products.to_parquet(build / PRODUCTS_FILE, index=False)
+    if lexical is not None:
+        lexical.save(build / LEXICAL_DIR)
     if checkpoint is not None:
         link_or_copy(checkpoint, build / CHECKPOINT_FILE)
-    (build / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    (build / INFO_FILE).write_text(json.dumps({**info, "shards": len(shards)}, indent=2) + "\n")
     if folder.exists() and not folder.is_symlink():  # an index written before builds were kept: move it aside
         os.replace(folder, builds / "0-previous")
     link = folder.with_name(f".{folder.name}.{os.getpid()}.link")
@@ -163,63 +342,92 @@ def index_checkpoint(index: SearchIndex) -> Path:
 
 def load_index(folder: str | Path) -> SearchIndex:
     """Read an index folder written by ``multimodal index`` (one-line errors for missing or corrupt files)."""
+    from multimodal.search.lexical import LexicalIndex
+
     folder = Path(folder).resolve()  # one build, read whole even if a rebuild swaps the link meanwhile
     if not (folder / INFO_FILE).is_file():
         raise UserError(f"{folder} is not a search index (no {INFO_FILE}); build one with `multimodal index`")
     try:
         info = json.loads((folder / INFO_FILE).read_text())
-        index = _faiss().read_index(str(folder / INDEX_FILE))
+        count = int(info.get("shards", 1))
+        shards = [_faiss().read_index(str(folder / shard_file(s, count))) for s in range(count)]
         products = pd.read_parquet(folder / PRODUCTS_FILE)
+        lexical = LexicalIndex.load(folder / LEXICAL_DIR) if (folder / LEXICAL_DIR).is_dir() else None
     except Exception as err:  # noqa: BLE001 - any read failure means a damaged index folder
         raise UserError(
             f"index {folder} could not be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         ) from err
-    if index.ntotal != len(products):
-        raise UserError(f"index {folder}: {index.ntotal} vectors but {len(products)} products")
-    return SearchIndex(index=index, products=products, info=info, folder=folder)
+    stored = sum(s.ntotal for s in shards)
+    if stored != len(products) + int(info.get("dead", 0)):
+        raise UserError(f"index {folder}: {stored} vectors but {len(products)} products")
+    if lexical is not None and lexical.count != len(products):
+        raise UserError(f"index {folder}: the BM25 index holds {lexical.count} products, the table {len(products)}")
+    return SearchIndex(shards=shards, products=products, info=info, folder=folder, lexical=lexical)
 
 
 def build_from_export(
     export_folder: str | Path,
     out: str | Path,
-    kind: IndexKind = "flat",
+    kind: IndexKind | Literal["auto"] = "flat",
     check_queries: int = 1000,
     min_recall: float | None = None,
     seed: int = 0,
+    shards: int = 1,
+    lexical: list[str] | None = None,
+    memory_budget: int | None = None,
+    target_recall: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Build, check and save an index over a complete export; returns the build info."""
-    from multimodal.search.export import load_export
+    """Build, check and save an index over a complete export; returns the build info.
 
+    ``kind="auto"`` picks the index from the vector count and ``memory_budget`` (bytes) and tunes its search
+    breadth to ``target_recall`` (:mod:`multimodal.search.choice`); ``lexical`` names the text columns of a BM25
+    index kept beside; ``shards`` splits the products by id hash into that many FAISS indexes.
+    """
+    from multimodal.search.choice import choose, tune
+    from multimodal.search.export import CHECKPOINT, load_export
+    from multimodal.search.lexical import LexicalIndex
+    from multimodal.writers import output_lock
+
+    if shards < 1:
+        raise UserError(f"--shards must be at least 1, not {shards}")
     manifest, vectors, products = load_export(export_folder)
     if len(vectors) == 0:
         raise UserError(f"export {export_folder} holds no vectors")
+    n, dim = vectors.shape
+    products = products.assign(**{LABEL: np.arange(n, dtype=np.int64)})
+    lex = LexicalIndex.build(products, lexical) if lexical else None
+    info: dict[str, Any] = {}
+    if kind == "auto":
+        choice = choose(n, dim, memory_budget, shards=shards)
+        kind, options = choice.pop("kind"), {**choice.pop("options"), **options}
+        info["choice"] = choice
     start = time.perf_counter()
-    index = build_index(vectors, kind, seed=seed, **options)
-    build_s = time.perf_counter() - start
-    info: dict[str, Any] = {
-        "kind": kind,
-        "dim": int(vectors.shape[1]),
-        "count": len(vectors),
-        "build_s": round(build_s, 3),
-        "options": options,
-        "export": manifest,
-        "export_folder": str(Path(export_folder).resolve()),
-    }
+    owner = shard_of(products["id"], shards)
+    parts = [
+        build_index(vectors[owner == s], kind, seed=seed, ids=np.flatnonzero(owner == s), **options)  # type: ignore[arg-type]
+        for s in range(shards)
+    ]
+    info.update(
+        kind=kind,
+        dim=int(dim),
+        count=n,
+        next_label=n,
+        build_s=round(time.perf_counter() - start, 3),
+        options=options,
+        lexical=lexical or [],
+        export=manifest,
+        export_folder=str(Path(export_folder).resolve()),
+    )
+    built = SearchIndex(shards=parts, products=products, info=info, lexical=lex)
     if kind != "flat":
-        rng = np.random.default_rng(seed)
-        rows = rng.choice(len(vectors), size=min(check_queries, len(vectors)), replace=False)
-        info["recall@10_vs_exact"] = round(recall_against_exact(index, vectors, vectors[rows]), 4)
+        info.update(tune(built, vectors, target_recall, check_queries, seed))
         if min_recall is not None and info["recall@10_vs_exact"] < min_recall:
             raise UserError(
                 f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
-                "raise --nprobe / --ef-search"
+                "raise --nprobe / --ef-search, or use --target_recall"
             )
-    from multimodal.search.export import CHECKPOINT
-
     checkpoint = Path(export_folder) / CHECKPOINT
-    from multimodal.writers import output_lock
-
     with output_lock(Path(out)):
-        save_index(out, index, products, info, checkpoint if checkpoint.is_file() else None)
+        save_index(out, parts, products, info, checkpoint if checkpoint.is_file() else None, lex)
     return info

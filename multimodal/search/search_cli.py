@@ -27,6 +27,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rerank", type=int, default=0, metavar="N", help="re-order the top N with the checkpoint's re-ranker"
     )
+    p.add_argument(
+        "--mode",
+        choices=("dense", "lexical", "hybrid"),
+        default="dense",
+        help="dense = vectors (default); lexical = BM25 (index built with --lexical); hybrid = both, fused",
+    )
+    p.add_argument(
+        "--fusion",
+        choices=("rrf", "weighted"),
+        default="rrf",
+        help="hybrid: reciprocal-rank fusion (default) or a weighted sum of normalised scores",
+    )
+    p.add_argument("--weight", type=float, default=0.5, help="hybrid --fusion weighted: the dense share (0..1)")
+    p.add_argument(
+        "--where",
+        default=None,
+        metavar="EXPR",
+        help="metadata filter, e.g. \"gender = 'Men' AND year >= 2012\" (=, !=, <, <=, >, >=, IN, AND, OR, NOT)",
+    )
     p.add_argument("--show", nargs="*", default=None, help="metadata columns to print (default: all stored at export)")
     p.add_argument("--device", default="cpu", help="torch device for the query towers")
     return p
@@ -39,18 +58,15 @@ def main(argv: list[str]) -> None:
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"query image not found: {args.image}")
     from multimodal.search.index import load_index
-    from multimodal.search.query import QueryEncoder, more_like, search
+    from multimodal.search.query import Query, QueryEncoder, check_query, search_many
 
     index = load_index(args.index)
-    if args.k < 1 or args.k > index.index.ntotal:
-        raise UserError(
-            f"k={args.k} is outside 1..{index.index.ntotal} (the index holds {index.index.ntotal} products)"
-        )
-    if args.like is not None:
-        print_results(more_like(index, args.like, args.k), args.show)
-        return
-    encoder = QueryEncoder(index, args.device)
-    print_results(search(index, encoder, args.text, args.image, args.k, args.rerank), args.show)
+    image = Path(args.image) if args.image is not None else None
+    query = Query(args.text, image, args.like, args.k, args.rerank, args.mode, args.where, args.fusion, args.weight)
+    check_query(index, query, can_rerank=True)  # a mistake is reported before the checkpoint is loaded
+    needs_model = args.like is None and (args.mode != "lexical" or args.rerank)
+    encoder = QueryEncoder(index, args.device) if needs_model else None
+    print_results(search_many(index, encoder, [query])[0], args.show)
 
 
 def print_results(results: list[dict[str, Any]], show: list[str] | None) -> None:

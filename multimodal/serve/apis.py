@@ -224,8 +224,9 @@ class CaptionAPI(TaskAPI):
 
 
 class SearchAPI(TaskAPI):
-    """``POST /search`` (and ``GET /search``): ``text``, a photo (``image``) or ``like`` (a product id), ``k`` and
-    ``rerank`` -> ``results``: rank, id, score (and ``rerank_score``), the export's metadata columns, and
+    """``POST /search`` (and ``GET /search``): ``text``, a photo (``image``) or ``like`` (a product id), ``k``,
+    ``rerank``, ``mode`` (dense / lexical / hybrid, with ``fusion`` and ``weight``) and ``where`` (a metadata
+    filter) -> ``results``: rank, id, score (and ``rerank_score``), the export's metadata columns, and
     ``image_url`` (the photo, served by ``/images/``). All queries of a dynamic batch share one FAISS search."""
 
     path = "/search"
@@ -240,14 +241,18 @@ class SearchAPI(TaskAPI):
     def decode(self, payload: dict[str, Any]) -> Any:
         from multimodal.search.query import Query, check_query
 
-        fields(payload, {"text", "image", "like", "k", "rerank"})
-        total = self.index.index.ntotal
+        fields(payload, {"text", "image", "like", "k", "rerank", "mode", "where", "fusion", "weight"})
+        total = self.index.count
         query = Query(
             text=text(payload, "text"),
             image=image(payload, "image", self.max_pixels),
             like=text(payload, "like"),
             k=integer(payload, "k", 10, 1, total),
             rerank=integer(payload, "rerank", 0, 0, total),
+            mode=text(payload, "mode") or "dense",
+            where=text(payload, "where"),
+            fusion=text(payload, "fusion") or "rrf",
+            weight=0.5 if number(payload, "weight") is None else float(number(payload, "weight")),  # type: ignore[arg-type]
         )
         if query.like is not None and query.like not in self.index.rows_by_id:
             raise Problem(f"product id '{query.like}' is not in the index", 404)
@@ -269,6 +274,7 @@ class SearchAPI(TaskAPI):
                     hit["image_url"] = "/images/" + quote(str(res["image_path"]))
                 hits.append(hit)
             shown = {"text": query.text, "like": query.like, "image": query.image is not None or None}
+            shown.update(mode=query.mode, where=query.where)
             out.append({"query": {**{k: v for k, v in shown.items() if v is not None}, "k": query.k,
                                   "rerank": query.rerank}, "results": hits})  # fmt: skip
         return out

@@ -159,7 +159,9 @@ def _document(app: Any, settings: Settings) -> None:
                      "seed": {"type": "integer"}, "num_beams": {"type": "integer"},
                      "max_new_tokens": {"type": "integer"}, "do_sample": {"type": "boolean"}}),
         "/search": ("Search by text, photo or 'like'", {"text": {"type": "string"}, "image": photo,
-                    "like": {"type": "string"}, "k": {"type": "integer"}, "rerank": {"type": "integer"}}),
+                    "like": {"type": "string"}, "k": {"type": "integer"}, "rerank": {"type": "integer"},
+                    "mode": {"type": "string", "enum": ["dense", "lexical", "hybrid"]}, "where": {"type": "string"},
+                    "fusion": {"type": "string", "enum": ["rrf", "weighted"]}, "weight": {"type": "number"}}),
     }  # fmt: skip
     for route in app.router.routes:
         path = getattr(route, "path", None)
@@ -171,5 +173,6 @@ def _document(app: Any, settings: Settings) -> None:
             route.openapi_extra = {"requestBody": {"content": {"multipart/form-data": {
                 "schema": {"type": "object", "properties": properties}}}}}  # fmt: skip
         else:
+            names = ("text", "like", "k", "rerank", "mode", "where", "fusion", "weight")
             route.openapi_extra = {"parameters": [{"name": n, "in": "query", "schema": properties[n]}
-                                                  for n in ("text", "like", "k", "rerank")]}  # fmt: skip
+                                                  for n in names]}  # fmt: skip

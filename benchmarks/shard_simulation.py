@@ -1,0 +1,135 @@
+"""Sharded search vs one index: N random vectors (default 10M, 128-d, clustered) in one IVF index and in S shards
+(split by id hash, each its own IVF index, top-k merged by ``faiss.ResultHeap``: ``SearchIndex`` with several
+shards, as ``multimodal index --shards S`` builds), both answering the same queries in the same run.
+
+Reports, for a sweep of the share of IVF cells searched (the same share for the one index and for each shard):
+recall@10 against exact search (brute force over all vectors, computed here), single-query p50/p99 latency and
+batch throughput, plus build times and the memory estimate ``--index auto`` makes for each layout. On one machine
+the shards share its cores, so this measures the cost of splitting (more, smaller lists to probe, a merge) and
+checks that merged results are as good; on several machines each shard's latency is the one-shard figure here.
+
+    python -m benchmarks.shard_simulation --n 10000000 --out benchmarks/results/shard_simulation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.search_speed import clustered_unit, random_unit
+from multimodal.search.choice import memory
+from multimodal.search.index import LABEL, SearchIndex, build_index, shard_of
+
+
+def exact_top(x: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1_000_000) -> np.ndarray:
+    """Exact top-k rows of ``queries`` over ``x`` by brute force, in chunks of ``x``."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(x), chunk):
+        scores = queries @ x[start : start + chunk].T
+        heap.add_result(scores, np.broadcast_to(np.arange(start, start + len(scores[0])), scores.shape))
+    heap.finalize()
+    return heap.I
+
+
+def measure(index: SearchIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        index.search(q[None], k)
+        times.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+    _, rows = index.search(queries, k)
+    qps = len(queries) / (time.perf_counter() - start)
+    hits = [len(set(r.tolist()) & set(t.tolist())) for r, t in zip(rows, truth, strict=True)]
+    return {
+        "p50_ms": round(float(np.percentile(times, 50)), 3),
+        "p99_ms": round(float(np.percentile(times, 99)), 3),
+        "batch_qps": round(qps, 1),
+        f"recall@{k}_vs_exact": round(float(np.sum(hits) / truth.size), 4),
+    }
+
+
+def layout(
+    x: np.ndarray, products: pd.DataFrame, shards: int, nlist: int, args: argparse.Namespace
+) -> tuple[SearchIndex, float]:
+    owner = shard_of(products["id"], shards)
+    start = time.perf_counter()
+    parts = []
+    for s in range(shards):
+        rows = np.flatnonzero(owner == s)
+        parts.append(build_index(x[rows], "ivf", nlist=nlist, ids=rows, train_size=args.train_per_cell, seed=args.seed))
+        say(f"  shard {s + 1}/{shards}: {len(rows):,} vectors, {time.perf_counter() - start:.0f} s")
+    return SearchIndex(parts, products, {"kind": "ivf", "options": {"nlist": nlist}}), time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=10_000_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--nlist", type=int, default=4096, help="IVF cells of the one index (k-means cost on 2 cores)")
+    p.add_argument("--probe-shares", type=float, nargs="+", default=[0.002, 0.004, 0.008, 0.016])
+    p.add_argument("--train-per-cell", type=int, default=39, help="k-means training vectors per cell")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--clusters", type=int, default=16384)
+    p.add_argument("--spread", type=float, default=0.6)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/shard_simulation.json")
+    args = p.parse_args()
+    seed_all(args.seed)
+    rng = np.random.default_rng(args.seed)
+    say(f"generating {args.n:,} x {args.dim} vectors ({args.n * args.dim * 4 / 2**30:.1f} GiB)")
+    centres = random_unit(args.clusters, args.dim, rng)
+    x = clustered_unit(args.n, args.dim, rng, centres, args.spread)
+    queries = clustered_unit(args.queries, args.dim, rng, centres, args.spread)
+    products = pd.DataFrame({"id": np.arange(args.n), LABEL: np.arange(args.n)})
+    say("exact top-k of the queries (brute force)")
+    truth = exact_top(x, queries, args.k)
+    result: dict[str, Any] = {"n": args.n, "dim": args.dim, "shards": args.shards, "queries": args.queries, "rows": []}
+    payload = {"machine": machine(), "args": vars(args), "result": result}
+    for shards in (1, args.shards):
+        nlist = max(1, args.nlist // shards)  # the same cell size in both layouts
+        say(f"{shards} shard(s), {nlist} cells each: building")
+        index, build_s = layout(x, products, shards, nlist, args)
+        estimate = memory("ivf", -(-args.n // shards), args.dim, {"nlist": nlist}) * shards
+        for share in args.probe_shares:
+            nprobe = max(1, round(share * nlist))
+            index.info["options"]["nprobe"] = nprobe
+            row = {"shards": shards, "nlist": nlist, "nprobe": nprobe, "cells_searched": share,
+                   "build_s": round(build_s, 1), "memory_gib": round(estimate / 2**30, 2),
+                   **measure(index, queries, truth, args.k)}  # fmt: skip
+            result["rows"].append(row)
+            say(f"  {row}")
+            payload["table"] = table(result)
+            write_json(args.out, payload)
+        del index
+        gc.collect()
+    print(table(result))
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| layout | cells a shard | nprobe a shard | cells searched | recall@10 vs exact | p50 ms | p99 ms | batch q/s "
+        "| build s | memory GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        name = "one index" if r["shards"] == 1 else f"{r['shards']} shards"
+        lines.append(
+            f"| {name} | {r['nlist']} | {r['nprobe']} | {r['cells_searched']:.1%} | {r['recall@10_vs_exact']} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | {r['build_s']} | {r['memory_gib']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
