@@ -10,8 +10,9 @@ Lexical and hybrid search (``multimodal search --mode lexical|hybrid``) are comp
 queries*: 3 of each test title's words (chosen with a fixed seed, in title order), the length of a typical shop
 search. BM25 (``bm25s``, the product's ``LexicalIndex``) indexes the full titles, so a
 full-title query would be an exact lexical copy of its answer (that row is reported too, for reference); hybrid
-joins the dense and BM25 top-100 lists by reciprocal-rank fusion (and by a 50/50 weighted score fusion), with the
-same functions as the search command. Ties (frequent in BM25 for short queries) are scored as expected over a
+joins the dense and BM25 top-100 lists by reciprocal-rank fusion and by a weighted score fusion (``--fusion
+weighted``: 50/50, and the dense share that scored best on the validation split's shopper queries), with the same
+functions as the search command. Ties (frequent in BM25 for short queries) are scored as expected over a
 random order of the tied products.
 
     python -m benchmarks.retrieval_quality --data data/fashion-products \
@@ -240,6 +241,7 @@ def lexical_and_hybrid(
     queries: list[str],
     titles: list[str],
     full_titles: bool,
+    weights: Sequence[float] = (0.5,),
 ) -> dict[str, dict[str, float]]:
     """text->product recall of BM25, of dense search (``model``; None: BM25 alone) and of their fusions, on
     ``queries`` (row i's answer is product i) over the test products' titles."""
@@ -268,14 +270,17 @@ def lexical_and_hybrid(
         product = model.embed_products(batch_of(rows, n, ids))
         sim = (query @ product.t()).numpy()
         ranks["dense"] = [(int((sim[q] > sim[q, q]).sum()), int((sim[q] == sim[q, q]).sum())) for q in range(total)]
-        rrf, weighted = [], []
+        rrf: list[tuple[int, int] | None] = []
+        weighted: dict[float, list[tuple[int, int] | None]] = {w: [] for w in weights}
         for q in range(total):
             top = np.argsort(-sim[q], kind="stable")[:HYBRID_DEPTH]
             lex = np.array([r for r, _ in lists["bm25"][q][:HYBRID_DEPTH]], dtype=np.int64)
             lex_s = np.array([s for _, s in lists["bm25"][q][:HYBRID_DEPTH]], dtype=np.float32)
             rrf.append(rank_in(reciprocal_rank_fusion([top, lex]), q))
-            weighted.append(rank_in(weighted_fusion((sim[q, top], top), (lex_s, lex), 0.5), q))
-        ranks["hybrid (RRF)"], ranks["hybrid (weighted 0.5)"] = rrf, weighted
+            for w in weights:
+                weighted[w].append(rank_in(weighted_fusion((sim[q, top], top), (lex_s, lex), w), q))
+        ranks["hybrid (RRF)"] = rrf
+        ranks.update({f"hybrid (weighted {w:g})": r for w, r in weighted.items()})
     return {name: tie_aware_scores(r, total) for name, r in ranks.items()}
 
 
@@ -317,6 +322,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rerank", type=int, default=20, help="re-rank depth")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--fusion-weights",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7],
+        help="dense shares of the weighted hybrid fusion tried on the validation split (the best is run on test)",
+    )
     p.add_argument(
         "--tagger-results",
         default="benchmarks/results/tagging_quality.json",
@@ -365,8 +377,18 @@ def main() -> None:
         loss = train(model, split_rows["train"], n, ids, args)
         results[name] = {**evaluate(model, split_rows["test"], n, ids), "final_train_loss": loss}
         say(f"{name}: {results[name]}")
+        val = split_rows["val"]
+        on_val = lexical_and_hybrid(
+            model, val, n, ids, [shopper[r] for r in val], [titles[r] for r in val], False, args.fusion_weights
+        )
+        best = max(args.fusion_weights, key=lambda w: on_val[f"hybrid (weighted {w:g})"]["t2p_recall@1"])
+        results.setdefault("fusion_weight_on_val", {})[name] = {
+            "chosen": best,
+            "val_recall@1": {f"{w:g}": on_val[f"hybrid (weighted {w:g})"]["t2p_recall@1"] for w in args.fusion_weights},
+        }
+        say(f"weighted fusion, dense share chosen on the validation split: {best}")
         for variant, scores in lexical_and_hybrid(
-            model, test, n, ids, [shopper[r] for r in test], test_titles, False
+            model, test, n, ids, [shopper[r] for r in test], test_titles, False, sorted({0.5, best})
         ).items():
             if variant != "BM25 on the title":
                 results["shopper_queries"][
@@ -461,7 +483,8 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        if name in ("zero_shot", "full_title_queries", "shopper_queries", "shopper_query_examples"):
+        if name in ("zero_shot", "full_title_queries", "shopper_queries", "shopper_query_examples",
+                    "fusion_weight_on_val"):  # fmt: skip
             continue
         lines.append(
             f"| {name} | "

@@ -355,6 +355,13 @@ def test_search_page_in_headless_chromium(service: Service, tmp_path: Path, prod
         assert WebDriverWait(driver, 60).until(photos_shown) == 24
         ids = [e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#results .hit")]
         assert chosen not in ids and len(set(ids)) == 24
+        title = products["title"][5]  # a filter typed into the page reaches the service
+        driver.find_element(By.ID, "where").send_keys("title = '" + title.replace("'", "''") + "'")
+        driver.find_element(By.CSS_SELECTOR, "#search button[type=submit]").click()
+        WebDriverWait(driver, 60).until(lambda d: "results for" in d.find_element(By.ID, "status").text
+                                        and d.find_elements(By.CSS_SELECTOR, "#results .hit"))  # fmt: skip
+        shown = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#results .hit")]
+        assert shown and all(text.startswith(title) for text in shown)
         shot = tmp_path / "page.png"
         driver.save_screenshot(str(shot))
         assert Image.open(shot).size[0] >= 1000
