@@ -84,8 +84,9 @@ def timed(cmd: list[str], cwd: Path) -> float:
 
 def large_index(small_export: Path, big_catalogue: Path, out: Path) -> None:
     """The index of the 100k-row catalogue, from the sample export's vectors repeated in the catalogue's order."""
+    from multimodal.search.build import build_index
     from multimodal.search.export import CHECKPOINT, load_export
-    from multimodal.search.index import build_index, save_index
+    from multimodal.search.index import save_index
 
     manifest, vectors, products = load_export(small_export)
     big = pd.read_csv(big_catalogue, dtype=str, keep_default_na=False)

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, say, seed_all, write_json
-from multimodal.search.index import LABEL, SearchIndex, build_index
+from multimodal.search.build import build_index
+from multimodal.search.index import LABEL, SearchIndex
 
 
 def random_unit(n: int, dim: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:

@@ -23,8 +23,9 @@ import pandas as pd
 
 from benchmarks.common import machine, say, seed_all, write_json
 from benchmarks.search_speed import clustered_unit, random_unit
+from multimodal.search.build import build_index
 from multimodal.search.choice import memory
-from multimodal.search.index import LABEL, SearchIndex, build_index, shard_of
+from multimodal.search.index import LABEL, SearchIndex, shard_of
 
 
 def exact_top(x: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1_000_000) -> np.ndarray:

@@ -214,7 +214,6 @@ class RowsSink:
             self._block(block).unlink(missing_ok=True)
         return {"out": str(self.out), **counts}
 
-
     def incomplete(self, blocks: Blocks, spec: dict[str, Any], missing: list[int]) -> None:
         pass  # the blocks written so far stay in the job folder until a re-run completes the output
 

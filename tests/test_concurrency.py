@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from multimodal.errors import UserError
-from multimodal.search.index import build_index, load_index, save_index
+from multimodal.search.build import build_index
+from multimodal.search.index import load_index, save_index
 from multimodal.writers import output_lock
 
 N, DIM = 300, 16

@@ -17,8 +17,8 @@ from conftest import cli_error, kill_9_after_blocks, run_cli
 
 from multimodal import cli
 from multimodal.errors import UserError
+from multimodal.search.build import build_index, recall_against_exact
 from multimodal.search.export import load_export
-from multimodal.search.index import build_index, recall_against_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "fashion-products"

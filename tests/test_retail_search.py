@@ -14,10 +14,11 @@ from conftest import SAMPLE_IMAGES, cli_error, run_cli
 from multimodal import cli
 from multimodal.errors import UserError
 from multimodal.search import index as index_module
+from multimodal.search.build import build_from_export, build_index
 from multimodal.search.choice import choose, parse_bytes, tune
 from multimodal.search.export import load_export
 from multimodal.search.filters import Filter
-from multimodal.search.index import LABEL, SearchIndex, build_from_export, build_index, load_index
+from multimodal.search.index import LABEL, SearchIndex, load_index
 from multimodal.search.lexical import reciprocal_rank_fusion
 from multimodal.search.query import Query, search_many
 

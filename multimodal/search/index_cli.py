@@ -69,8 +69,8 @@ def main(argv: list[str]) -> None:
         return
     if args.out is None:
         raise UserError("--out is required to build an index (or give --add / --remove to update SOURCE)")
+    from multimodal.search.build import build_from_export
     from multimodal.search.choice import parse_bytes
-    from multimodal.search.index import build_from_export
 
     options: dict = {}
     if args.kind in ("ivf", "ivfpq"):

@@ -92,8 +92,11 @@ def build(settings: Settings) -> Any:
         timeout=settings.timeout,
         fast_queue=settings.fast_queue,
         max_payload_size=settings.max_upload_bytes + FORM_SLACK,  # stops a chunked body with no length as it streams
-        model_metadata={"models": settings.models, "max_upload_bytes": settings.max_upload_bytes,
-                        "max_pixels": settings.max_pixels},  # fmt: skip
+        model_metadata={
+            "models": settings.models,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_pixels": settings.max_pixels,
+        },  # fmt: skip
     )
     app = server.app
     app.state.max_upload_bytes = settings.max_upload_bytes

@@ -1,0 +1,157 @@
+"""Building FAISS indexes: one kind (exact, IVF, HNSW, IVF-PQ) over vectors with labels, and a whole index folder
+from an embedding export (choice, shards, BM25, recall check; see :mod:`multimodal.search.index` for the folder)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from multimodal.errors import UserError
+from multimodal.search.index import KINDS, LABEL, IndexKind, SearchIndex, _faiss, save_index, shard_of
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells: ``4 * sqrt(N)``, capped so every cell gets ~39 training points."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def build_index(
+    vectors: np.ndarray,
+    kind: IndexKind = "flat",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+    pq_m: int = 32,
+    opq: bool = False,
+    seed: int = 0,
+    ids: np.ndarray | None = None,
+    train_size: int = 256,
+) -> Any:
+    """A FAISS inner-product index over ``vectors (N, E)`` float32 (L2-normalised: IP = cosine).
+
+    Args:
+        kind: ``flat`` (exact), ``ivf`` (inverted lists over k-means cells), ``hnsw`` (graph) or ``ivfpq``
+            (inverted lists of product-quantised codes, ``pq_m`` bytes a vector; ``opq`` rotates first).
+        nlist: IVF cells; default :func:`default_nlist`.
+        nprobe: IVF cells visited per query.
+        hnsw_m: HNSW neighbours per node.
+        ef_construction / ef_search: HNSW beam widths at build and query time.
+        ids: ``(N,)`` int64 labels (default ``0..N-1``); the index then supports ``add_with_ids`` / ``remove_ids``.
+        train_size: IVF / PQ training vectors per cell (k-means on a sample; FAISS's own guidance is 39 to 256).
+    """
+    faiss = _faiss()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = x.shape
+    labels = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
+    if kind == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    elif kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        graph.hnsw.efSearch = ef_search
+        index = faiss.IndexIDMap2(graph)
+    elif kind in ("ivf", "ivfpq"):
+        cells = nlist or default_nlist(n)
+        if kind == "ivf":
+            factory = f"IVF{cells},Flat"
+        else:
+            if dim % pq_m:
+                raise UserError(f"pq_m={pq_m} must divide the vector dimension {dim}")
+            factory = f"{f'OPQ{pq_m},' if opq else ''}IVF{cells},PQ{pq_m}x8"
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = x if n <= train_size * cells else x[np.sort(rng.choice(n, train_size * cells, replace=False))]
+        index.train(sample)
+        ivf.nprobe = min(nprobe, cells)
+    else:
+        raise UserError(f"unknown index kind '{kind}' (choose {', '.join(KINDS)} or auto)")
+    for start in range(0, n, 1_000_000):  # bounded temporary memory for large catalogues
+        index.add_with_ids(x[start : start + 1_000_000], labels[start : start + 1_000_000])
+    return index
+
+
+def recall_against_exact(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k (brute force over ``vectors``) that ``index`` also returns, averaged over queries."""
+    faiss = _faiss()
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    k = min(k, len(vectors))
+    _, truth = exact.search(queries, k)
+    _, found = index.search(queries, k)
+    hits = [len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True)]
+    return float(np.sum(hits) / (k * len(queries)))
+
+
+def build_from_export(
+    export_folder: str | Path,
+    out: str | Path,
+    kind: IndexKind | Literal["auto"] = "flat",
+    check_queries: int = 1000,
+    min_recall: float | None = None,
+    seed: int = 0,
+    shards: int = 1,
+    lexical: list[str] | None = None,
+    memory_budget: int | None = None,
+    target_recall: float | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Build, check and save an index over a complete export; returns the build info.
+
+    ``kind="auto"`` picks the index from the vector count and ``memory_budget`` (bytes) and tunes its search
+    breadth to ``target_recall`` (:mod:`multimodal.search.choice`); ``lexical`` names the text columns of a BM25
+    index kept beside; ``shards`` splits the products by id hash into that many FAISS indexes.
+    """
+    from multimodal.search.choice import choose, tune
+    from multimodal.search.export import CHECKPOINT, load_export
+    from multimodal.search.lexical import LexicalIndex
+    from multimodal.writers import output_lock
+
+    if shards < 1:
+        raise UserError(f"--shards must be at least 1, not {shards}")
+    manifest, vectors, products = load_export(export_folder)
+    if len(vectors) == 0:
+        raise UserError(f"export {export_folder} holds no vectors")
+    n, dim = vectors.shape
+    products = products.assign(**{LABEL: np.arange(n, dtype=np.int64)})
+    lex = LexicalIndex.build(products, lexical) if lexical else None
+    info: dict[str, Any] = {}
+    if kind == "auto":
+        choice = choose(n, dim, memory_budget, shards=shards)
+        kind, options = choice.pop("kind"), {**choice.pop("options"), **options}
+        info["choice"] = choice
+    start = time.perf_counter()
+    owner = shard_of(products["id"], shards)
+    parts = [
+        build_index(vectors[owner == s], kind, seed=seed, ids=np.flatnonzero(owner == s), **options)  # type: ignore[arg-type]
+        for s in range(shards)
+    ]
+    info.update(
+        kind=kind,
+        dim=int(dim),
+        count=n,
+        next_label=n,
+        build_s=round(time.perf_counter() - start, 3),
+        options=options,
+        lexical=lexical or [],
+        export=manifest,
+        export_folder=str(Path(export_folder).resolve()),
+    )
+    built = SearchIndex(shards=parts, products=products, info=info, lexical=lex)
+    if kind != "flat":
+        info.update(tune(built, vectors, target_recall, check_queries, seed))
+        if min_recall is not None and info["recall@10_vs_exact"] < min_recall:
+            raise UserError(
+                f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
+                "raise --nprobe / --ef-search, or use --target_recall"
+            )
+    checkpoint = Path(export_folder) / CHECKPOINT
+    with output_lock(Path(out)):
+        save_index(out, parts, products, info, checkpoint if checkpoint.is_file() else None, lex)
+    return info
