@@ -52,18 +52,6 @@ def shard_of(ids: pd.Series | list[str], shards: int) -> np.ndarray:
     return np.fromiter((zlib.crc32(str(i).encode()) % shards for i in ids), dtype=np.int64, count=len(ids))
 
 
-def bitmap_selector(labels: np.ndarray) -> tuple[Any, np.ndarray]:
-    """A FAISS ``IDSelectorBitmap`` keeping ``labels``; the bitmap array is returned too (it must outlive the
-    selector, which only points to it)."""
-    faiss = _faiss()
-    bits = np.zeros(((int(labels.max()) + 1 if len(labels) else 1) + 7) // 8 * 8, dtype=bool)
-    bits[labels] = True
-    packed = np.packbits(bits, bitorder="little")
-    # FAISS checks ``id >> 3 < n``: n is the bitmap's length in bytes (its docstring suggests bits; giving bits
-    # lets ids past the last kept one read memory beyond the array)
-    return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed
-
-
 @dataclass
 class SearchIndex:
     """A loaded index: its FAISS shards, products table (sorted by label), build info and BM25 index."""
@@ -153,23 +141,39 @@ class SearchIndex:
         if allowed is None and not self.has_dead:
             scores, found = self._search_shards(q, k, None, 1.0)
             return scores, self._rows(found)
-        rows = np.arange(self.count) if allowed is None else np.flatnonzero(allowed)
-        if len(rows) == 0:
+        keep = np.ones(self.count, bool) if allowed is None else np.asarray(allowed, dtype=bool)
+        matching = int(np.count_nonzero(keep))
+        if matching == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        if self.kind == "hnsw" and len(rows) <= EXACT_SUBSET:  # a graph walk meets few allowed products
-            return self._exact_subset(q, rows, k)
-        selector, bitmap = bitmap_selector(self.labels[rows])
-        share = len(rows) / self.count
-        scores, found = self._search_shards(q, k, selector, share)
+        if self.kind == "hnsw" and matching <= EXACT_SUBSET:  # a graph walk meets few allowed products
+            return self._exact_subset(q, np.flatnonzero(keep), k)
+        selector, bitmap = self._selector(keep)
+        scores, found = self._search_shards(q, k, selector, matching / self.count)
         out = self._rows(found)
-        short = np.flatnonzero((out >= 0).sum(1) < min(k, len(rows)))
+        short = np.flatnonzero((out >= 0).sum(1) < min(k, matching))
         if len(short) and self.kind in ("ivf", "ivfpq"):  # every cell: the allowed products are all scanned
             scores[short], found_short = self._search_shards(q[short], k, selector, 0.0)
             out[short] = self._rows(found_short)
         elif len(short):  # the graph walk missed allowed products: answer those queries exactly
-            scores[short], out[short] = self._exact_subset(q[short], rows, k)
+            scores[short], out[short] = self._exact_subset(q[short], np.flatnonzero(keep), k)
         del bitmap
         return scores, out
+
+    def _selector(self, keep: np.ndarray) -> tuple[Any, np.ndarray]:
+        """A FAISS ``IDSelectorBitmap`` over labels keeping the products-table rows of ``keep`` (bool), and its
+        bitmap (which must outlive the selector: FAISS only points to it)."""
+        faiss = _faiss()
+        labels = self.labels
+        size = int(labels[-1]) + 1
+        if size == len(labels):  # labels 0..N-1 (nothing removed): the row mask is the label bitmap
+            bits = keep
+        else:
+            bits = np.zeros(size, dtype=bool)
+            bits[labels[keep]] = True
+        packed = np.packbits(bits, bitorder="little")
+        # FAISS checks ``id >> 3 < n``: n is the bitmap's length in bytes (its docstring suggests bits; giving bits
+        # lets ids past the last kept one read memory beyond the array)
+        return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed
 
     def _params(self, selector: Any, share: float, k: int) -> Any:
         """Search parameters: the filter, and IVF / HNSW breadth widened as the filter narrows (so about as many
