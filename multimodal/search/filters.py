@@ -171,14 +171,22 @@ def columns_of(tree: Any) -> list[str]:
 class Filter:
     """A parsed filter, checked against a products table, giving a boolean mask over its rows."""
 
-    def __init__(self, expr: str, products: pd.DataFrame, hidden: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        expr: str,
+        products: pd.DataFrame,
+        hidden: frozenset[str] = frozenset(),
+        cache: dict[str, pd.Series | None] | None = None,
+    ) -> None:
+        """``cache``: column -> its numeric form (or None), kept by the caller across filters of one table (reading
+        a million text values as numbers costs more than the search)."""
         self.expr, self.tree = expr, parse(expr)
         known = [c for c in products.columns if c not in hidden]
         for column in columns_of(self.tree):
             if column not in known:
                 raise UserError(f"--where: unknown column '{column}' (the index stores: {', '.join(known)})")
         self.products = products
-        self._numeric: dict[str, pd.Series | None] = {}
+        self._numeric: dict[str, pd.Series | None] = {} if cache is None else cache
 
     def numeric(self, column: str) -> pd.Series | None:
         """The column as numbers when every stored value is one, else None (a text column)."""
@@ -227,7 +235,7 @@ class Filter:
                 raise UserError(
                     f"--where: column '{node.column}' is numeric, compared with the text {texts[0]!r}: drop the quotes"
                 )
-            col = self.products[node.column].astype(object).where(self.products[node.column].notna(), None)
+            col = self.products[node.column]
         present = col.notna().to_numpy()
         values = node.values
         if node.op == "in":

@@ -61,7 +61,7 @@ class SearchIndex:
     info: dict[str, Any]
     folder: Path = Path(".")
     lexical: Any = None  # multimodal.search.lexical.LexicalIndex
-    _keep: list[Any] = field(default_factory=list, repr=False)
+    filter_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # numeric forms of filtered columns
 
     def __post_init__(self) -> None:
         if LABEL not in self.products.columns:  # an index written before labels: labels are row numbers

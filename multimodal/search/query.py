@@ -150,7 +150,7 @@ def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> None:
     if kind == "like" and str(query.like) not in index.rows_by_id:
         raise UserError(f"product id '{query.like}' is not in the index")
     if query.where is not None:
-        Filter(query.where, index.products, HIDDEN)  # parses and checks the columns; evaluated once per batch
+        Filter(query.where, index.products, HIDDEN, index.filter_cache)  # parses, checks; evaluated per batch
 
 
 def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: list[Query]) -> np.ndarray:
@@ -191,7 +191,7 @@ def _candidates(
     for i, q in enumerate(queries):
         groups.setdefault(q.where, []).append(i)
     for where, members in groups.items():
-        allowed = Filter(where, index.products, HIDDEN).mask() if where is not None else None
+        allowed = Filter(where, index.products, HIDDEN, index.filter_cache).mask() if where is not None else None
 
         def depth(q: Query) -> int:
             wide = HYBRID_DEPTH if q.mode == "hybrid" else 0
