@@ -307,6 +307,9 @@ def test_auto_index_choice_follows_size_and_memory_budget() -> None:
     assert pq["kind"] == "ivfpq" and not pq["options"]["opq"] and pq["memory_bytes"] <= parse_bytes("1GB")
     big = choose(100_000_000, 128, parse_bytes("4GB"))
     assert big["kind"] == "ivfpq" and big["options"]["opq"] and big["memory_bytes"] <= parse_bytes("4GB")
+    # a shard gets the cells one index of the whole catalogue would have (neighbours are spread over shards)
+    sharded = choose(5_000_000, 256, parse_bytes("32GB"), shards=4)
+    assert sharded["kind"] == "ivf" and sharded["options"]["nlist"] == choose(5_000_000, 256, None)["options"]["nlist"]
     with pytest.raises(UserError, match="too small"):
         choose(1_000_000_000, 128, parse_bytes("1GB"))
     with pytest.raises(UserError, match="not a size"):

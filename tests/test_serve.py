@@ -318,7 +318,9 @@ def browser() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
-@pytest.mark.skipif(browser() is None, reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    browser() is None, reason="headless Chromium not installed (apt-get install chromium chromium-driver)"
+)
 def test_search_page_in_headless_chromium(service: Service, tmp_path: Path, products) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as Driver

@@ -126,6 +126,9 @@ def build_from_export(
         choice = choose(n, dim, memory_budget, shards=shards)
         kind, options = choice.pop("kind"), {**choice.pop("options"), **options}
         info["choice"] = choice
+    if shards > 1 and kind in ("ivf", "ivfpq") and options.get("nlist") is None:
+        # as many cells a shard as one index of all n would have (see choose())
+        options = {**options, "nlist": max(1, min(default_nlist(n), n // shards // 39))}
     start = time.perf_counter()
     owner = shard_of(products["id"], shards)
     parts = [

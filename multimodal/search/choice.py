@@ -67,8 +67,11 @@ def memory(kind: str, n: int, dim: int, options: dict[str, Any]) -> int:
 
 def choose(n: int, dim: int, budget: int | None, shards: int = 1) -> dict[str, Any]:
     """The index kind and build options for ``n`` vectors of ``dim`` within ``budget`` bytes (None: no limit),
-    with the reason and the memory estimate. Per shard, for a sharded build."""
+    with the reason and the memory estimate. Per shard, for a sharded build; every shard gets the IVF cells one
+    index of all ``n`` would have (a query's neighbours are spread over every shard by the id hash, so a shard
+    with a quarter of the vectors still needs as many cells probed: see ``benchmarks/shard_simulation.py``)."""
     per_shard = math.ceil(n / shards)
+    cells = max(1, min(ivf_cells(n), per_shard // 39))
 
     def fits(kind: str, opts: dict[str, Any]) -> bool:
         return budget is None or memory(kind, per_shard, dim, opts) * shards <= budget
@@ -76,7 +79,7 @@ def choose(n: int, dim: int, budget: int | None, shards: int = 1) -> dict[str, A
     candidates: list[tuple[str, dict[str, Any], str]] = [
         ("flat", {}, f"{n:,} vectors: exact search is fast enough (<= {EXACT_MAX:,} a shard)"),
         ("hnsw", {"hnsw_m": HNSW_M, "ef_construction": 80}, f"<= {HNSW_MAX:,} vectors a shard and they fit: HNSW"),
-        ("ivf", {"nlist": ivf_cells(per_shard)}, "raw vectors fit the budget: IVF-Flat"),
+        ("ivf", {"nlist": cells}, "raw vectors fit the budget: IVF-Flat"),
     ]
     for kind, opts, reason in candidates:
         small_enough = per_shard <= {"flat": EXACT_MAX, "hnsw": HNSW_MAX}.get(kind, math.inf)
@@ -90,7 +93,7 @@ def choose(n: int, dim: int, budget: int | None, shards: int = 1) -> dict[str, A
     for pq_m in (64, 48, 32, 24, 16, 12, 8, 4):
         if dim % pq_m or pq_m > dim // 2:
             continue
-        opts = {"nlist": ivf_cells(per_shard), "pq_m": pq_m, "opq": n >= OPQ_MIN}
+        opts = {"nlist": cells, "pq_m": pq_m, "opq": n >= OPQ_MIN}
         if fits("ivfpq", opts):
             reason = f"raw vectors exceed the budget: IVF-PQ with {pq_m} bytes a vector" + (
                 f", OPQ rotation (>= {OPQ_MIN:,} vectors)" if opts["opq"] else ""
@@ -101,7 +104,7 @@ def choose(n: int, dim: int, budget: int | None, shards: int = 1) -> dict[str, A
                 "reason": reason,
                 "memory_bytes": memory("ivfpq", per_shard, dim, opts) * shards,
             }
-    smallest = memory("ivfpq", per_shard, dim, {"pq_m": 4, "nlist": ivf_cells(per_shard)}) * shards
+    smallest = memory("ivfpq", per_shard, dim, {"pq_m": 4, "nlist": cells}) * shards
     raise UserError(
         f"--memory_budget {budget / 2**30:.2f} GiB is too small for {n:,} vectors of {dim} dimensions "
         f"(the smallest index, IVF-PQ with 4 bytes a vector, needs {smallest / 2**30:.2f} GiB): raise it"
