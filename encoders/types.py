@@ -46,7 +46,7 @@ class Features:
         k = keep.view(b, 1, 1)
         return Features(
             tokens=torch.where(k, tokens, fb_tokens),
-            mask=torch.where(keep.view(b, 1), mask, fb_mask),
+            mask=(mask & keep.view(b, 1)) | (fb_mask & ~keep.view(b, 1)),  # (ONNX Runtime has no bool Where)
             pooled=torch.where(keep.view(b, 1), self.pooled, fallback.pooled.expand(b, -1)),
         )
 
@@ -104,11 +104,10 @@ class TextEncoder(Tower, ABC):
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Tokenize a batch into padded ``input_ids`` and ``attention_mask`` of shape ``(B, T)``."""
-        enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=max_length or self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return tokenize(self.tokenizer, texts, max_length or self.max_length)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:
+    """``texts`` through a Hugging Face tokenizer: padded, truncated ``input_ids`` and ``attention_mask`` ``(B, T)``."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

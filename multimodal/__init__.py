@@ -20,16 +20,19 @@ APIS = {
 }
 
 
-def load(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Any:
-    """Load a checkpoint written by ``multimodal fit`` (any task) as its Python API.
+def load(path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch") -> Any:
+    """Load a checkpoint written by ``multimodal fit`` (any task), or an ONNX export of one, as its Python API.
 
     No config, data module or training catalogue is needed: the checkpoint holds the architecture, the label
     vocabularies and the columns the model reads.
 
     Args:
-        path: the checkpoint (``.ckpt``).
-        device: torch device to run on.
+        path: the checkpoint (``.ckpt``) or an ONNX export folder (``multimodal export-model``).
+        device: torch device to run on (ONNX Runtime runs on the CPU).
         batch_size: items per forward pass.
+        runtime: ``torch`` (eager PyTorch), ``onnx`` (ONNX Runtime fp32) or ``onnx-int8`` (dynamic int8);
+            with a checkpoint, ``onnx`` exports it once to the user cache (``$MULTIMODAL_CACHE``, default
+            ``~/.cache/multimodal``). Taggers and retrievers; a captioner runs on torch.
 
     Returns:
         A ``Tagger`` (``predict``, ``predict_proba``, ``extract_embedding``), a ``Retriever`` (``embed_text``,
@@ -40,7 +43,7 @@ def load(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Any:
     from multimodal.errors import UserError
     from multimodal.loading import load as load_task
 
-    loaded = load_task(path)
+    loaded = load_task(path, runtime=runtime)
     if loaded.task not in APIS:
         raise UserError(f"{path} holds a {loaded.task}, which has no Python API (known: {sorted(APIS)})")
     module, name = APIS[loaded.task]

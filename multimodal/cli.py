@@ -24,6 +24,7 @@ COMMANDS = {
     "index": ("multimodal.search.index_cli", "main"),
     "search": ("multimodal.search.search_cli", "main"),
     "serve": ("multimodal.serve.cli", "main"),
+    "export-model": ("multimodal.onnx.export", "main"),
 }
 
 USAGE = """usage: multimodal <command> [options]
@@ -42,6 +43,7 @@ Using a trained model (the checkpoint alone: no config, no training data):
   index       build a FAISS index over an export
   search      query an index by text, by photo or "more like this"
   serve       tagging, captioning and search over HTTP (dynamic batching), with a search page
+  export-model  a checkpoint's inference graphs as ONNX (fp32, optional int8), to run with --runtime onnx
 
 Run `multimodal <command> --help` for the options of each."""
 

@@ -45,9 +45,11 @@ class Predictor:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32) -> Predictor:
-        """Load a checkpoint of this API's task (a checkpoint of another task is a one-line error)."""
-        return cls(load(path, task=cls.task_name or None), device, batch_size)
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 32, runtime: str = "torch"
+    ) -> Predictor:
+        """Load a checkpoint (or ONNX export) of this API's task (another task's is a one-line error)."""
+        return cls(load(path, task=cls.task_name or None, runtime=runtime), device, batch_size)
 
     # ---------------------------------------------------------------------------------------------- inputs
     def required_columns(self) -> list[str]:

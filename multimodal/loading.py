@@ -70,13 +70,36 @@ class Loaded:
     data: dict[str, Any]
     config: dict[str, Any]
     path: Path
+    checkpoint_sha256: str | None = None  # of the checkpoint an ONNX export was made from
 
     @property
     def task(self) -> str:
-        return type(self.model).__name__
+        from multimodal.onnx.runtime import OnnxTask
+
+        model = self.model
+        return model.info["task"] if isinstance(model, OnnxTask) else type(model).__name__
+
+    @property
+    def runtime(self) -> str:
+        from multimodal.onnx.runtime import OnnxTask
+
+        return ("onnx-int8" if self.model.int8 else "onnx") if isinstance(self.model, OnnxTask) else "torch"
 
     def sha256(self) -> str:
-        return file_sha256(self.path)
+        """SHA-256 of the checkpoint (for an ONNX export: of the checkpoint it was exported from)."""
+        return self.checkpoint_sha256 or file_sha256(self.path)
+
+    def checkpoint_file(self) -> Path:
+        """The checkpoint file itself (an ONNX export names its source; it must still be there, unchanged)."""
+        if self.path.is_file():
+            return self.path
+        source = Path(self.model.info.get("checkpoint") or "")
+        if not source.is_file() or file_sha256(source) != self.checkpoint_sha256:
+            raise UserError(
+                f"{self.path} is an ONNX export and its checkpoint {source} is gone or changed: this job needs the "
+                "checkpoint itself (give it with --ckpt_path and --runtime onnx)"
+            )
+        return source
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -168,21 +191,38 @@ def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
 
 
 def describe(path: str | Path) -> tuple[str, Columns]:
-    """The task class name and the columns of a checkpoint, without building its model (tensors stay on disk)."""
+    """The task class name and the columns of a checkpoint (or ONNX export), without building its model (tensors
+    stay on disk)."""
+    from multimodal.onnx.export import is_onnx_export, read_model_manifest
+
+    if is_onnx_export(path):
+        info = read_model_manifest(path)
+        cols = info["columns"]
+        return info["task"], Columns(
+            **{**cols, **{k: tuple(cols.get(k) or ()) for k in ("texts", "attributes", "tags")}}
+        )
     config = stored_config(read_checkpoint(path, mmap=True), path)
     class_path = str((config.get("model") or {}).get("class_path", ""))
     data = dict(((config.get("data") or {}).get("init_args")) or {})
     return class_path.rsplit(".", 1)[-1] or "model", Columns.from_data_config(data)
 
 
-def load(path: str | Path, task: type | str | None = None) -> Loaded:
+def load(path: str | Path, task: type | str | None = None, runtime: str = "torch") -> Loaded:
     """Rebuild the task that wrote ``path`` and load its weights; no data module, config file or catalogue.
 
     Args:
-        path: a checkpoint written by ``multimodal fit``.
+        path: a checkpoint written by ``multimodal fit``, or an ONNX export folder (``multimodal export-model``).
         task: if given, the model must be an instance of this class (or of the class at this import path), else a
             one-line error naming both.
+        runtime: ``torch`` (eager), ``onnx`` or ``onnx-int8`` (ONNX Runtime; a checkpoint is exported once to the
+            user cache). An export folder runs on ONNX Runtime whatever this says, unless it is ``onnx-int8``.
     """
+    from multimodal.onnx.export import is_onnx_export
+
+    if runtime not in ("torch", "onnx", "onnx-int8"):
+        raise UserError(f"runtime must be torch, onnx or onnx-int8, not '{runtime}'")
+    if is_onnx_export(path) or runtime != "torch":
+        return _load_onnx(Path(path), task, runtime)
     if isinstance(task, str):
         import importlib
 
@@ -208,3 +248,18 @@ def load(path: str | Path, task: type | str | None = None) -> Loaded:
     model.eval()
     data = dict(((config.get("data") or {}).get("init_args")) or {})
     return Loaded(model, Columns.from_data_config(data), data, config, Path(path))
+
+
+def _load_onnx(path: Path, task: type | str | None, runtime: str) -> Loaded:
+    from multimodal.onnx.export import cached_export, is_onnx_export
+    from multimodal.onnx.runtime import load_onnx
+
+    int8 = runtime == "onnx-int8"
+    if not is_onnx_export(path):
+        read_checkpoint(path, mmap=True)  # a missing or foreign file: its one-line error first
+        path = cached_export(path, "int8" if int8 else None)
+    loaded = load_onnx(path, int8)
+    wanted = task if isinstance(task, str) or task is None else task.__name__
+    if wanted is not None and loaded.task != wanted.rsplit(".", 1)[-1]:
+        raise UserError(f"{path} holds a {loaded.task} export, not a {wanted.rsplit('.', 1)[-1]}")
+    return loaded

@@ -47,7 +47,16 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit`")
+    p.add_argument(
+        "--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit` (or an ONNX export folder)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8"),
+        default="torch",
+        help="PyTorch eager (default) or ONNX Runtime fp32 / int8 on the CPU (taggers and retrievers; a checkpoint "
+        "is exported once to the user cache; an export folder always runs on ONNX Runtime)",
+    )
     p.add_argument(
         "--input",
         "--data.manifest",
@@ -142,7 +151,10 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
     from multimodal.loading import load
 
     wanted = TASK_OF_COMMAND.get(command)
-    loaded = load(args.ckpt_path, task=wanted)
+    loaded = load(args.ckpt_path, task=wanted, runtime=args.runtime)
+    onnx = loaded.runtime != "torch"
+    if onnx and str(args.devices) not in ("1", "auto"):
+        raise UserError("--runtime onnx runs in one process on the CPU: drop --devices / --strategy")
     defaults = {**loaded.data, **_config_data(args.config)}
     source = args.input or defaults.get("manifest")
     if source is None:
@@ -157,7 +169,7 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
         batch_size=args.batch_size or int(defaults.get("batch_size") or 32),
         block_size=args.block_size or (8192 if loaded.task == "ProductRetriever" else 1024),
         num_workers=args.num_workers if args.num_workers is not None else 0,
-        accelerator=args.accelerator,
+        accelerator="cpu" if onnx else args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
         strategy=args.strategy,
         precision=args.precision,
@@ -194,6 +206,8 @@ def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
     ids = [r.id for r in dataset.records]
     root = str(Path(dataset.image_root).resolve()) if dataset.image_root is not None else None
     spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids)}
+    if loaded.runtime != "torch":  # int8 outputs differ from eager: a job is resumed on the runtime it began on
+        spec["runtime"] = loaded.runtime
     return {**spec, "image_root": root, **options}
 
 
@@ -278,7 +292,7 @@ def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN0
         data_manifest=str(source.resolve()),
         image_root=str((image_root or (source if source.is_dir() else source.parent)).resolve()),
     )
-    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.path)
+    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.checkpoint_file())
     summary = run_job(model, dataset, retriever.collate(), sink, spec, retriever.rows, options, relaunch)
     if summary is not None and summary.get("complete"):
         skipped = summary.get("skipped") or []

@@ -53,6 +53,11 @@ class MissingModality(nn.Module):
         mask = torch.ones(1, 1, dtype=torch.bool, device=present.device)
         return features.select(present, Features(self.token, mask, self.token[:, 0]))
 
+    def absent(self, batch: int) -> Features:
+        """The stand-in's features for ``batch`` items that all lack this modality."""
+        mask = torch.ones(batch, 1, dtype=torch.bool, device=self.token.device)
+        return Features(self.token.expand(batch, -1, -1), mask, self.token[:, 0].expand(batch, -1))
+
 
 class TowerTask(L.LightningModule):
     """Base for tasks built on a vision encoder and a text encoder.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from PIL import Image
 from multimodal.errors import UserError
 from multimodal.search.filters import Filter
 from multimodal.search.index import LABEL, SearchIndex, index_checkpoint
+
+if TYPE_CHECKING:
+    from multimodal.search.retriever import ProductRetriever
 
 QueryImage = Path | Image.Image
 HIDDEN = frozenset({LABEL})
@@ -51,7 +54,7 @@ class QueryEncoder:
     """The towers of the checkpoint kept with an index (or named by its export), turning text or photos into query
     vectors. Loads the checkpoint alone: no catalogue is read, whatever its size."""
 
-    def __init__(self, index: SearchIndex, device: str = "cpu") -> None:
+    def __init__(self, index: SearchIndex, device: str = "cpu", runtime: str = "torch") -> None:
         from multimodal.loading import file_sha256, load
         from multimodal.search.retriever import ProductRetriever
 
@@ -62,15 +65,29 @@ class QueryEncoder:
         expected = export.get("checkpoint_sha256")
         if expected and file_sha256(ckpt) != expected:
             raise UserError(f"{ckpt} changed since the export (sha256 differs): re-run `multimodal export`")
-        self.model: ProductRetriever = load(ckpt, task=ProductRetriever).model.eval().to(device)
-        self.device = device
+        # the query towers on the chosen runtime; the re-ranker (when asked for) always runs eager
+        self.model: ProductRetriever = load(ckpt, task=ProductRetriever, runtime=runtime).model.eval().to(device)
+        self.device, self.checkpoint, self.runtime = device, ckpt, runtime
+        self._eager: ProductRetriever | None = self.model if runtime == "torch" else None
         self.image_root = Path(export["image_root"])
         self.product_columns = self.model.product_columns or export.get("columns") or []
         self.transform = self.model.image_transform(False)
 
     @property
     def can_rerank(self) -> bool:
-        return self.model.reranker is not None
+        if self._eager is None:
+            return bool(self.model.settings.get("reranker"))
+        return self._eager.reranker is not None
+
+    @property
+    def eager(self) -> ProductRetriever:
+        """The checkpoint's model in PyTorch (the re-ranker's runtime), loaded when first needed."""
+        if self._eager is None:
+            from multimodal.loading import load
+            from multimodal.search.retriever import ProductRetriever
+
+            self._eager = load(self.checkpoint, task=ProductRetriever).model.eval().to(self.device)
+        return self._eager
 
     @torch.inference_mode()
     def texts(self, queries: list[str]) -> np.ndarray:
@@ -96,7 +113,7 @@ class QueryEncoder:
     @torch.inference_mode()
     def rerank(self, products: list[dict[str, Any]], text: str | None, image: QueryImage | None) -> list[float]:
         """Re-ranker scores of (query, candidate): a text query meets candidate photos, a photo candidate texts."""
-        model = self.model
+        model = self.eager
         if text is not None:
             paths = [p.get("image_path") for p in products]
             if any(p is None for p in paths):

@@ -48,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--show", nargs="*", default=None, help="metadata columns to print (default: all stored at export)")
     p.add_argument("--device", default="cpu", help="torch device for the query towers")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8"),
+        default="torch",
+        help="query towers on PyTorch (default) or ONNX Runtime (the checkpoint is exported once to the cache)",
+    )
     return p
 
 
@@ -65,7 +71,7 @@ def main(argv: list[str]) -> None:
     query = Query(args.text, image, args.like, args.k, args.rerank, args.mode, args.where, args.fusion, args.weight)
     check_query(index, query, can_rerank=True)  # a mistake is reported before the checkpoint is loaded
     needs_model = args.like is None and (args.mode != "lexical" or args.rerank)
-    encoder = QueryEncoder(index, args.device) if needs_model else None
+    encoder = QueryEncoder(index, args.device, args.runtime) if needs_model else None
     print_results(search_many(index, encoder, [query])[0], args.show)
 
 

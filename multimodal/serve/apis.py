@@ -54,8 +54,10 @@ class TaskAPI(ls.LitAPI):
         batch_timeout: float = 0.0,
         threads: int | None = None,
         forward_batch_size: int | None = None,
+        runtime: str = "torch",
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=self.path)
+        self.runtime = runtime
         self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.threads = threads
@@ -123,7 +125,9 @@ class TagAPI(TaskAPI):
     def load(self, device: str) -> None:
         from multimodal.tagging.predictor import Tagger
 
-        self.tagger = Tagger.load(self.checkpoint, device=device, batch_size=self.forward_batch_size)
+        self.tagger = Tagger.load(
+            self.checkpoint, device=device, batch_size=self.forward_batch_size, runtime=self.runtime
+        )
 
     def decode(self, payload: dict[str, Any]) -> dict[str, Any]:
         columns = self.tagger.columns
@@ -236,7 +240,7 @@ class SearchAPI(TaskAPI):
         from multimodal.search.query import QueryEncoder
 
         self.index = load_index(self.checkpoint)
-        self.encoder = QueryEncoder(self.index, device)
+        self.encoder = QueryEncoder(self.index, device, self.runtime)
 
     def decode(self, payload: dict[str, Any]) -> Any:
         from multimodal.search.query import Query, check_query

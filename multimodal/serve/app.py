@@ -31,6 +31,7 @@ class Settings:
     devices: Any = "auto"
     timeout: float = 60.0
     threads: int | None = None
+    runtime: str = "torch"  # the tagger's and the search towers' (the captioner runs on torch)
     forward_batch_size: int | None = None
     fast_queue: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
@@ -80,7 +81,7 @@ def build(settings: Settings) -> Any:
 
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,
-                "forward_batch_size": settings.forward_batch_size}  # fmt: skip
+                "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime}  # fmt: skip
     given = {"tag": (TagAPI, settings.tagger), "caption": (CaptionAPI, settings.captioner),
              "search": (SearchAPI, settings.index)}  # fmt: skip
     apis = [cls(str(path), **batching) for cls, path in given.values() if path is not None]

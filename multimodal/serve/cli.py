@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--accelerator", "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the models run (default auto: a GPU if there is one)")  # fmt: skip
     s.add_argument("--devices", default="auto", help="how many GPUs (default auto: all)")
+    s.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="the tagger and the search query towers on PyTorch (default) or ONNX Runtime on the CPU "
+                        "(a checkpoint is exported once to the user cache); the captioner runs on PyTorch")  # fmt: skip
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads per inference worker (default: torch's, one per core)")  # fmt: skip
     s.add_argument("--fast_queue", "--fast-queue", action="store_true",
@@ -66,8 +69,8 @@ def settings(args: argparse.Namespace) -> Any:
     return Settings(
         tagger=args.tagger, captioner=args.captioner, index=args.index, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout, workers=args.workers, accelerator=args.accelerator, devices=devices,
-        threads=args.threads, forward_batch_size=args.forward_batch_size, fast_queue=args.fast_queue,
-        timeout=args.timeout,
+        threads=args.threads, runtime=args.runtime, forward_batch_size=args.forward_batch_size,
+        fast_queue=args.fast_queue, timeout=args.timeout,
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
     )  # fmt: skip
 

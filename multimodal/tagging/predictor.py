@@ -79,7 +79,7 @@ class Tagger(Predictor):
     def extract_embedding(self, inputs: Any) -> np.ndarray:
         """The fused vector ``(N, D)`` every head reads (NaN rows for unreadable inputs)."""
         vectors: list[tuple[int, np.ndarray]] = []
-        dim = self.model.fusion.output_dim
+        dim = self.model.fused_dim
         for _, skipped, batch in self.predictions(inputs, step=False):
             if batch["ids"]:
                 fused = self.model.fused(self.on_device(batch)).float().cpu().numpy()

@@ -181,25 +181,43 @@ class ProductTagger(TowerTask):
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Logits per attribute ``(B, C_a)`` and per tag column ``(B, K_c)``."""
+        return self.logits_and_fused(batch)[0]
+
+    def logits_and_fused(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """:meth:`forward`'s logits and the fused vector ``(B, D)`` the heads read."""
         fused, has_text = self._fuse(batch)
         logits = {name: head(fused.pooled) for name, head in self.heads.items()}
         logits.update({f"tags/{name}": head(fused.pooled) for name, head in self.tag_heads.items()})
-        if self.ngram_head is not None:
+        if self.ngram_head is not None and "input_ids" in batch:
             wide = self.ngram_head(batch["input_ids"], batch["attention_mask"], has_text)
             logits = {key: value + wide[key] for key, value in logits.items()}
-        return logits
+        return logits, fused.pooled
 
     def fused(self, batch: dict[str, Any]) -> Tensor:
         """The fused vector ``(B, D)`` the heads read."""
         return self._fuse(batch)[0].pooled
 
     def _fuse(self, batch: dict[str, Any]) -> tuple[Features, Tensor]:
+        """Fused features and the ``has_text`` flags. A batch without ``pixel_values`` (or without ``input_ids``)
+        is text-only (photo-only): that tower does not run and every item gets the learned stand-in."""
+        if "pixel_values" not in batch or "input_ids" not in batch:
+            return self._fuse_one_modality(batch)
         vision, text = self.encode(batch)
         has_image, has_text = batch["has_image"], batch["has_text"]
         if self.training and self.modality_dropout > 0:
             has_image, has_text = self._drop_modalities(has_image, has_text)
         vision = self.missing_image.fill(vision, has_image)
         text = self.missing_text.fill(text, has_text)
+        return self.fusion(vision, text), has_text
+
+    def _fuse_one_modality(self, batch: dict[str, Any]) -> tuple[Features, Tensor]:
+        if "pixel_values" in batch:
+            vision = self.vision(batch["pixel_values"])
+            text = self.missing_text.absent(vision.pooled.shape[0])
+        else:
+            text = self.text(batch["input_ids"], batch["attention_mask"])
+            vision = self.missing_image.absent(text.pooled.shape[0])
+        has_text = torch.full((vision.pooled.shape[0],), "input_ids" in batch, device=vision.pooled.device)
         return self.fusion(vision, text), has_text
 
     def _drop_modalities(self, has_image: Tensor, has_text: Tensor) -> tuple[Tensor, Tensor]:
@@ -265,25 +283,41 @@ class ProductTagger(TowerTask):
         return {"ids": batch["ids"], "probs": probs}
 
     # ------------------------------------------------------------------------------------------------ decode
+    @property
+    def fused_dim(self) -> int:
+        """Width of the fused vector the heads read."""
+        return int(self.fusion.output_dim)
+
     def decode(self, probs: dict[str, Tensor], top_k: int = 1) -> list[dict[str, Any]]:
-        """Turn head probabilities into per-product label names and scores: ``<attribute>``, ``<attribute>_score``
-        (and ``<attribute>_top``: ``[[label, p], ...]`` when ``top_k > 1``); ``<tag column>``: the tags above
-        ``tag_threshold`` and ``<tag column>_scores`` their probabilities."""
-        n = next(iter(probs.values())).shape[0]
-        out: list[dict[str, Any]] = [{} for _ in range(n)]
-        for name, vocab in self.vocabularies.items():
-            score, idx = probs[name].float().topk(min(top_k, len(vocab)), dim=-1)
-            for i in range(n):
-                out[i][name] = vocab[idx[i, 0]]
-                out[i][f"{name}_score"] = round(float(score[i, 0]), 6)
-                if top_k > 1:
-                    out[i][f"{name}_top"] = [
-                        [vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist(), strict=True)
-                    ]
-        for name, vocab in self.tag_vocabularies.items():
-            p = probs[f"tags/{name}"].float()
-            for i in range(n):
-                chosen = (p[i] > self.tag_threshold).nonzero().flatten().tolist()
-                out[i][name] = [vocab[j] for j in chosen]
-                out[i][f"{name}_scores"] = [round(float(p[i, j]), 6) for j in chosen]
-        return out
+        """Per-product label names and scores of head probabilities (:func:`decode_probs`)."""
+        return decode_probs(probs, self.vocabularies, self.tag_vocabularies, self.tag_threshold, top_k)
+
+
+def decode_probs(
+    probs: dict[str, Tensor],
+    vocabularies: dict[str, list[str]],
+    tag_vocabularies: dict[str, list[str]],
+    tag_threshold: float,
+    top_k: int = 1,
+) -> list[dict[str, Any]]:
+    """Turn head probabilities into per-product label names and scores: ``<attribute>``, ``<attribute>_score``
+    (and ``<attribute>_top``: ``[[label, p], ...]`` when ``top_k > 1``); ``<tag column>``: the tags above
+    ``tag_threshold`` and ``<tag column>_scores`` their probabilities."""
+    n = next(iter(probs.values())).shape[0]
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, vocab in vocabularies.items():
+        score, idx = probs[name].float().topk(min(top_k, len(vocab)), dim=-1)
+        for i in range(n):
+            out[i][name] = vocab[idx[i, 0]]
+            out[i][f"{name}_score"] = round(float(score[i, 0]), 6)
+            if top_k > 1:
+                out[i][f"{name}_top"] = [
+                    [vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist(), strict=True)
+                ]
+    for name, vocab in tag_vocabularies.items():
+        p = probs[f"tags/{name}"].float()
+        for i in range(n):
+            chosen = (p[i] > tag_threshold).nonzero().flatten().tolist()
+            out[i][name] = [vocab[j] for j in chosen]
+            out[i][f"{name}_scores"] = [round(float(p[i, j]), 6) for j in chosen]
+    return out

@@ -1,0 +1,201 @@
+"""ONNX Runtime behind the same inference API: an export folder (:mod:`multimodal.onnx.export`) loads as a task
+object with the methods the predictors, the batch commands and the search query encoder call on a trained
+model (``predict_step``, ``decode``, ``embed_text``...), each running an ``onnxruntime.InferenceSession``.
+
+The objects are Lightning modules without weights, so ``trainer.predict`` (the resumable batch jobs) runs them
+as it runs the eager models; tensors go to NumPy at the session boundary and come back as CPU tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from encoders.types import tokenize
+from multimodal.errors import UserError
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with all graph optimisations and ``threads`` intra-op
+    threads (default: torch's thread count, so both runtimes get the same cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _Tokenizing:
+    """The ``text`` attribute the search query encoder calls: ``tokenize`` and ``tokenizer``."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
+        return tokenize(self.tokenizer, texts, max_length or self.max_length)
+
+
+class OnnxTask(L.LightningModule):
+    """Base of the ONNX-backed tasks: the export's manifest, its sessions (made when first used), tokenizer and
+    image transform."""
+
+    def __init__(self, folder: str | Path, info: dict[str, Any], int8: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        from multimodal.onnx.transforms import build_transform
+
+        self.folder, self.info, self.int8 = Path(folder), info, int8
+        self.settings: dict[str, Any] = dict(info.get("settings") or {})
+        self._sessions: dict[str, Any] = {}
+        self._transform = build_transform(info["image_transform"], self.folder)
+        tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
+        self.text = _Tokenizing(tokenizer, int(info["max_length"]))
+        if int8 and any("int8_file" not in g for g in info["graphs"].values()):
+            raise UserError(f"{folder} has no int8 graphs: export it with --quantize int8")
+
+    # ------------------------------------------------------------------------------------------------ graphs
+    def has_graph(self, name: str) -> bool:
+        return name in self.info["graphs"]
+
+    def session(self, name: str) -> Any:
+        if name not in self._sessions:
+            graph = self.info["graphs"].get(name)
+            if graph is None:
+                raise UserError(f"{self.folder} holds no '{name}' graph (it has {', '.join(self.info['graphs'])})")
+            file = graph["int8_file"] if self.int8 else graph["file"]
+            self._sessions[name] = session(self.folder / file)
+        return self._sessions[name]
+
+    def run_graph(self, name: str, **inputs: Tensor) -> list[Tensor]:
+        """Outputs of graph ``name`` (CPU tensors) for the named inputs."""
+        graph = self.info["graphs"][name]
+        feed = {k: _numpy(inputs[k]) for k in graph["inputs"]}
+        return [torch.from_numpy(np.ascontiguousarray(o)) for o in self.session(name).run(None, feed)]
+
+    # --------------------------------------------------------------------------------- what the data side asks
+    def image_transform(self, train: bool) -> Any:
+        return self._transform
+
+    def on_predict_model_eval(self) -> None:  # nothing to switch
+        pass
+
+
+def _numpy(x: Tensor) -> np.ndarray:
+    x = x.detach().cpu()
+    return x.numpy() if x.dtype != torch.bool else x.numpy().astype(bool)
+
+
+class OnnxTagger(OnnxTask):
+    """A :class:`~multimodal.tagging.tagger.ProductTagger` export: ``predict_step``, ``decode`` and ``fused``."""
+
+    def __init__(self, folder: str | Path, info: dict[str, Any], int8: bool = False) -> None:
+        super().__init__(folder, info, int8)
+        self.vocabularies: dict[str, list[str]] = self.settings["vocabularies"]
+        self.tag_vocabularies: dict[str, list[str]] = self.settings["tag_vocabularies"]
+        self.tag_threshold: float = float(self.settings["tag_threshold"])
+        self.fused_dim: int = int(self.settings["fused_dim"])
+        self.keys = [*self.vocabularies, *(f"tags/{k}" for k in self.tag_vocabularies)]
+
+    def text_fn(self) -> Any:
+        from multimodal.towers import JoinedText
+
+        return JoinedText(self.text.tokenizer, self.text.max_length)
+
+    def graph_for(self, batch: dict[str, Any]) -> tuple[str, dict[str, Tensor]]:
+        """The graph for a batch and its inputs: photo-only or text-only when no item has the other, else both."""
+        has_image, has_text = batch["has_image"].bool(), batch["has_text"].bool()
+        if not has_text.any() and self.has_graph("tagger_image"):
+            return "tagger_image", {"pixel_values": batch["pixel_values"]}
+        if not has_image.any() and self.has_graph("tagger_text"):
+            return "tagger_text", {k: batch[k] for k in ("input_ids", "attention_mask")}
+        names = ("pixel_values", "input_ids", "attention_mask", "has_image", "has_text")
+        return "tagger", {k: batch[k] for k in names}
+
+    def outputs(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        name, inputs = self.graph_for(batch)
+        return dict(zip(self.info["graphs"][name]["outputs"], self.run_graph(name, **inputs), strict=True))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        if not batch["ids"]:
+            return {"ids": [], "probs": {}}
+        out = self.outputs(batch)
+        return {"ids": batch["ids"], "probs": {k: out[k] for k in self.keys}}
+
+    def fused(self, batch: dict[str, Any]) -> Tensor:
+        return self.outputs(batch)["fused"]
+
+    def decode(self, probs: dict[str, Tensor], top_k: int = 1) -> list[dict[str, Any]]:
+        from multimodal.tagging.tagger import decode_probs
+
+        return decode_probs(probs, self.vocabularies, self.tag_vocabularies, self.tag_threshold, top_k)
+
+
+class OnnxRetriever(OnnxTask):
+    """A :class:`~multimodal.search.retriever.ProductRetriever` export: query and product vectors."""
+
+    reranker = None  # the re-ranker stays in the checkpoint (eager)
+
+    def __init__(self, folder: str | Path, info: dict[str, Any], int8: bool = False) -> None:
+        super().__init__(folder, info, int8)
+        self.embed_dim: int = int(self.settings["embed_dim"])
+        self.product: str = self.settings["product"]
+        self.query_columns = self.settings.get("query_columns")
+        self.product_columns = self.settings.get("product_columns")
+
+    def text_fn(self) -> Any:
+        from multimodal.search.retriever import QueryAndProductText
+
+        return QueryAndProductText(self.text.tokenizer, self.text.max_length, self.query_columns, self.product_columns)
+
+    def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.run_graph("embed_text", input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    def embed_image(self, pixel_values: Tensor) -> Tensor:
+        return self.run_graph("embed_image", pixel_values=pixel_values)[0]
+
+    def embed_products(self, batch: dict[str, Any]) -> Tensor:
+        if self.product == "image":
+            return self.embed_image(batch["pixel_values"])
+        inputs = dict(batch)
+        if "product_input_ids" not in batch:
+            inputs.update(product_input_ids=batch["input_ids"], product_attention_mask=batch["attention_mask"])
+        return self.run_graph("embed_product", **inputs)[0]
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        if not batch["ids"]:
+            return {"ids": [], "embeddings": torch.zeros(0, self.embed_dim)}
+        return {"ids": batch["ids"], "embeddings": self.embed_products(batch)}
+
+
+TASKS = {"ProductTagger": OnnxTagger, "ProductRetriever": OnnxRetriever}
+
+
+def load_onnx(folder: str | Path, int8: bool = False) -> Any:
+    """The task object of an ONNX export folder, as a :class:`multimodal.loading.Loaded`."""
+    from multimodal.loading import Columns, Loaded
+    from multimodal.onnx.export import read_model_manifest
+
+    info = read_model_manifest(folder)
+    cls = TASKS.get(info["task"])
+    if cls is None:
+        raise UserError(
+            f"{folder} is a {info['task']} export: its vision graph is for other runtimes; "
+            "run this task with --runtime torch"
+        )
+    columns = dict(info["columns"])
+    columns.update({k: tuple(columns.get(k) or ()) for k in ("texts", "attributes", "tags")})
+    model = cls(folder, info, int8)
+    return Loaded(
+        model, Columns(**columns), dict(info.get("data") or {}), {}, Path(folder), info.get("checkpoint_sha256")
+    )
