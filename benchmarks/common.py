@@ -327,3 +327,58 @@ def cached_text_encoder(base: Any, cache: dict[str, torch.Tensor] | None = None)
             return Features(tokens=tokens, mask=mask, pooled=pool_tokens(tokens, mask, self.base.pooling))
 
     return CachedTextEncoder()
+
+
+# ------------------------------------------------------------------------------- runtimes of a trained model
+RUNTIMES = {"torch": "torch eager", "onnx": "onnx fp32", "onnx-int8": "onnx int8"}
+
+
+def deployable_checkpoint(
+    trained: Any, model_config: dict[str, Any], data_args: dict[str, Any], path: Path
+) -> tuple[Path, list[str]]:
+    """The trained model as a checkpoint ``multimodal.load`` reads, with real towers.
+
+    Benchmarks train on frozen tower outputs read from a feature cache; a user's checkpoint holds the towers. The
+    model is rebuilt from ``model_config`` (the same architecture, pretrained towers) and given every weight of
+    ``trained``; the frozen towers that ``trained`` read from a cache (no weights there) keep their pretrained
+    files. Returns the path and the state keys that came from the pretrained files.
+    """
+    import yaml
+
+    from multimodal.loading import CONFIG_KEY, build_model
+
+    model = build_model(model_config, path)
+    if hasattr(trained, "vocabularies"):
+        model.build_heads(trained.vocabularies, trained.tag_vocabularies)
+    own, state = model.state_dict(), trained.state_dict()
+    pretrained = [k for k in own if k not in state]
+    wrong = [k for k in pretrained if not k.startswith(("vision.", "text."))] + [k for k in state if k not in own]
+    if wrong:
+        raise RuntimeError(f"the trained model and its deployable rebuild differ beyond the towers: {wrong[:5]}")
+    model.load_state_dict({**own, **state})
+    config = {"model": model_config, "data": {"class_path": "multimodal.data.datamodule.ProductDataModule",
+                                              "init_args": data_args}}  # fmt: skip
+    checkpoint: dict[str, Any] = {"state_dict": model.state_dict(), CONFIG_KEY: yaml.safe_dump(config)}
+    model.on_save_checkpoint(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path, pretrained
+
+
+def runtime_apis(ckpt: Path, work: Path, runtimes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Python API of ``ckpt`` on each runtime (``torch``, ``onnx``, ``onnx-int8``), keyed by
+    :data:`RUNTIMES` label; the ONNX export (``multimodal export-model``'s code, int8 included) is made once in
+    ``work``. Also returns the export's manifest (empty without ONNX runtimes)."""
+    import multimodal
+    from multimodal.onnx.export import export_model
+
+    info: dict[str, Any] = {}
+    folder = work / "onnx"
+    if any(r != "torch" for r in runtimes):
+        start = time.perf_counter()
+        info = export_model(ckpt, folder, "int8", progress=False)
+        info["export_seconds"] = round(time.perf_counter() - start, 1)
+    apis = {}
+    for runtime in runtimes:
+        apis[RUNTIMES[runtime]] = multimodal.load(ckpt if runtime == "torch" else folder, runtime=runtime)
+    return apis, info

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from benchmarks.common import attribute_scores, machine, quiet_lightning, say, seed_all, write_json
+from benchmarks.common import (
+    RUNTIMES,
+    attribute_scores,
+    deployable_checkpoint,
+    machine,
+    quiet_lightning,
+    runtime_apis,
+    say,
+    seed_all,
+    write_json,
+)
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from fusion.cross_attention import CrossAttentionFusion
@@ -334,6 +347,14 @@ def main() -> None:
         default="benchmarks/results/tagging_quality.json",
         help="tagging_quality result file whose trained taggers are scored beside zero-shot (same test ids)",
     )
+    p.add_argument(
+        "--runtimes",
+        nargs="*",
+        default=[],
+        choices=list(RUNTIMES),
+        help="also score each trained retriever as a user runs it: rebuilt with its real towers as a checkpoint, "
+        "on torch eager and/or exported to ONNX Runtime fp32 / int8 (rows '<model> [<runtime>]', full-title queries)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/retrieval_quality.json")
     args = p.parse_args()
@@ -405,6 +426,12 @@ def main() -> None:
             say(f"re-rank, ITM + cosine: {results[both]}")
         if product == "image":
             results["zero_shot"] = zero_shot(model, text_tower, records, split_rows, v_pooled, args)
+        if args.runtimes:
+            work = Path(tempfile.mkdtemp(prefix="retrieval-runtimes-"))
+            for label, scores in runtime_scores(model, product, rerank, [records[r] for r in test], args, work).items():
+                results[f"{name} [{label}]"] = scores
+                say(f"{name} [{label}]: {scores}")
+            shutil.rmtree(work, ignore_errors=True)
     payload = {
         "machine": machine(),
         "args": vars(args),
@@ -474,6 +501,71 @@ def trained_taggers(path: str, test_ids: list[str]) -> dict[str, list[dict[str, 
             out[name.replace("_", "-")] = [preds[i] for i in test_ids]
         elif preds:
             say(f"zero-shot: {path} '{name}' did not predict the same test ids; left out of the comparison")
+    return out
+
+
+def retriever_config(product: str, rerank: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`build`'s model as the ``model`` section of a config, with the real (frozen, pretrained) towers."""
+    init: dict[str, Any] = {
+        "vision": {
+            "class_path": "encoders.pretrained.EfficientNetLiteEncoder",
+            "init_args": {"variant": 0, "image_size": args.image_size, "trainable": False},
+        },
+        "text": {
+            "class_path": "encoders.pretrained.MiniLMTextEncoder",
+            "init_args": {"max_length": 32, "trainable": False},
+        },
+        "embed_dim": 256,
+        "product": product,
+        "query_columns": [args.query_column],
+        "product_columns": list(args.product_columns),
+    }
+    if product == "fused":
+        init["fusion"] = {
+            "class_path": "fusion.late.LateFusion",
+            "init_args": {"dim": 512, "mode": "gated", "dropout": 0.1},
+        }
+    if rerank:
+        init["reranker"] = {"class_path": "fusion.cross_attention.CrossAttentionFusion",
+                            "init_args": {"dim": args.rerank_dim, "layers": 1, "heads": 4, "dropout": 0.1}}  # fmt: skip
+    return {"class_path": "multimodal.search.retriever.ProductRetriever", "init_args": init}
+
+
+def runtime_scores(
+    model: ProductRetriever, product: str, rerank: bool, test: list[Any], args: argparse.Namespace, work: Path
+) -> dict[str, dict[str, Any]]:
+    """Full-title recall of the trained retriever as a user runs it: its checkpoint with real towers, on each
+    runtime, through the Python API (``embed_text`` for the titles, ``extract_embedding`` for the products)."""
+    import pandas as pd
+
+    data_args = {"id_column": "id", "image_column": "image",
+                 "text_columns": list(dict.fromkeys([args.query_column, *args.product_columns]))}  # fmt: skip
+    ckpt, _ = deployable_checkpoint(model, retriever_config(product, rerank, args), data_args, work / "deployed.ckpt")
+    apis, export = runtime_apis(ckpt, work, args.runtimes)
+    images = Path(args.data) / "images"
+    df = pd.DataFrame([{"id": r.id, "image": str(images / r.image), **r.texts} for r in test])
+    titles = [r.texts[args.query_column] for r in test]
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for label, api in apis.items():
+        start = time.perf_counter()
+        query, gallery = api.embed_text(titles), api.extract_embedding(df)
+        seconds = time.perf_counter() - start
+        vectors[label] = query, gallery
+        q, g = torch.from_numpy(query), torch.from_numpy(gallery)
+        out[label] = {
+            **scores_from_ranks(ranks_of_matches(q, g), prefix="t2p_"),
+            **scores_from_ranks(ranks_of_matches(g, q), prefix="p2t_"),
+            "seconds": round(seconds, 1),
+        }
+        if export and label != RUNTIMES["torch"]:
+            out[label]["max_abs_diff_at_export"] = {k: v["max_abs_diff"] for k, v in export["graphs"].items()}
+    reference = vectors.get(RUNTIMES["torch"])
+    if reference is not None:
+        for label, (query, gallery) in vectors.items():
+            out[label]["max_abs_vector_diff_vs_torch"] = float(
+                max(np.abs(query - reference[0]).max(), np.abs(gallery - reference[1]).max())
+            )
     return out
 
 

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,16 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    RUNTIMES,
     build_vision_cache,
     cached_text_encoder,
     cached_vision_encoder,
+    deployable_checkpoint,
     format_table,
     machine,
     paired_bootstrap,
     quiet_lightning,
+    runtime_apis,
     say,
     score_table,
     seed_all,
@@ -148,6 +152,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2000,
         help="paired bootstrap resamples of the test products for each method's difference to the peer (0: off)",
+    )
+    p.add_argument(
+        "--runtimes",
+        nargs="*",
+        default=[],
+        choices=list(RUNTIMES),
+        help="also score each trained tagger as a user runs it: rebuilt with its real towers as a checkpoint, on "
+        "torch eager and/or exported to ONNX Runtime fp32 / int8 (rows '<variant> [<runtime>]')",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -297,6 +309,84 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
     )
 
 
+FUSION_CLASSES = {
+    "early": "fusion.early.EarlyFusion",
+    "late": "fusion.late.LateFusion",
+    "cross_attention": "fusion.cross_attention.CrossAttentionFusion",
+}
+
+
+def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
+    """:func:`build_tagger`'s model as the ``model`` section of a config (real towers, no feature caches)."""
+    fusion_name = fusion_of(args, variant)
+    fusion_args: dict[str, Any] = {"dim": args.fusion_dim, "dropout": 0.1}
+    if fusion_name == "late":
+        fusion_args["mode"] = "gated"
+    else:
+        fusion_args.update(layers=args.fusion_layers, heads=4)
+        if fusion_name == "early":
+            fusion_args["pooling"] = args.early_pooling
+    return {
+        "class_path": "multimodal.tagging.tagger.ProductTagger",
+        "init_args": {
+            "vision": {
+                "class_path": "encoders.pretrained.EfficientNetLiteEncoder",
+                "init_args": {"variant": 0, "image_size": args.image_size, "trainable": False},
+            },
+            "text": {
+                "class_path": "encoders.pretrained.MiniLMTextEncoder",
+                "init_args": {"pooling": "mean", "max_length": args.max_length, "trainable": False},
+            },
+            "fusion": {"class_path": FUSION_CLASSES[fusion_name], "init_args": fusion_args},
+            "modality_dropout": args.modality_dropout,
+            "label_smoothing": args.label_smoothing,
+            "ngram_buckets": 0 if variant == "image_only" else args.ngram_buckets,
+        },
+    }
+
+
+def runtime_predictions(
+    args: argparse.Namespace, variant: str, model: Any, dm: Any, work: Path
+) -> dict[str, tuple[dict[str, dict[str, str]], dict[str, Any]]]:
+    """The trained tagger as a user runs it (its checkpoint with real towers; ONNX Runtime fp32 and int8 from
+    ``multimodal export-model``'s code), predicting the test split through the Python API (``predict_proba``)."""
+    import numpy as np
+    import pandas as pd
+
+    data_args = {"id_column": "id", "image_column": "image", "text_columns": args.text_columns,
+                 "attributes": args.attributes}  # fmt: skip
+    ckpt, pretrained = deployable_checkpoint(model, tagger_config(args, variant), data_args, work / "deployed.ckpt")
+    say(f"{variant}: deployable checkpoint ({len(pretrained)} tower tensors from the pretrained files)")
+    apis, export = runtime_apis(ckpt, work, args.runtimes)
+    test = dm.splits["test"]
+    df = pd.DataFrame(
+        [{"id": r.id, "image": str(Path(args.image_root) / r.image) if r.image else None, **r.texts} for r in test]
+    )
+    probs: dict[str, dict[str, pd.DataFrame]] = {}
+    out: dict[str, tuple[dict[str, dict[str, str]], dict[str, Any]]] = {}
+    for label, api in apis.items():
+        start = time.perf_counter()
+        probs[label] = api.predict_proba(df)
+        seconds = time.perf_counter() - start
+        preds = {i: {a: str(probs[label][a].loc[i].idxmax()) for a in args.attributes} for i in df["id"]}
+        info: dict[str, Any] = {"predict_seconds": round(seconds, 1), "products": len(df)}
+        if label != RUNTIMES["torch"] and export:
+            info["export_seconds"] = export["export_seconds"]
+            info["max_abs_diff_at_export"] = {g: v["max_abs_diff"] for g, v in export["graphs"].items()}
+        out[label] = (preds, info)
+        say(f"{variant} [{label}]: predicted {len(df)} test products in {seconds:.1f}s")
+    reference = RUNTIMES["torch"] if RUNTIMES["torch"] in probs else None
+    for label, (preds, info) in out.items():
+        if reference and label != reference:
+            ref_probs, ref_preds = probs[reference], out[reference][0]
+            info["max_abs_prob_diff_vs_torch"] = float(
+                max(np.nanmax(np.abs(probs[label][a].to_numpy() - ref_probs[a].to_numpy())) for a in args.attributes)
+            )
+            same = sum(preds[i][a] == ref_preds[i][a] for i in preds for a in args.attributes)
+            info["top1_same_as_torch"] = round(same / (len(preds) * len(args.attributes)), 4)
+    return out
+
+
 def progress_callback(variant: str, every: int) -> Any:
     import lightning as L
 
@@ -375,6 +465,7 @@ def run_tagger(
     for out in outputs:
         for i, item_id in enumerate(out["ids"]):
             preds[item_id] = {a: model.vocabularies[a][int(out["probs"][a][i].argmax())] for a in args.attributes}
+    runtimes = runtime_predictions(args, variant, model.cpu().eval(), dm, work) if args.runtimes else {}
     info = {
         "fit_seconds": round(fit_s, 1),
         "trainable_params": trainable,
@@ -384,8 +475,10 @@ def run_tagger(
         "torchmetrics_test_mean_acc": tm.get("test/mean_acc"),
         "skipped_products": len(dm.skipped),
     }
-    for p in (work / "checkpoints").glob("*.ckpt"):
-        p.unlink()  # hundreds of MB each; the predictions are what the benchmark keeps
+    for p in [*(work / "checkpoints").glob("*.ckpt"), work / "deployed.ckpt"]:
+        p.unlink(missing_ok=True)  # hundreds of MB each; the predictions are what the benchmark keeps
+    shutil.rmtree(work / "onnx", ignore_errors=True)
+    info["runtimes"] = runtimes
     return preds, info
 
 
@@ -491,7 +584,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for source in sources:
         if Path(source).is_file():
             for variant, record in json.loads(Path(source).read_text()).get("variants", {}).items():
-                if variant in args.variants and record.get("settings") == settings(args, variant):
+                base = variant.split(" [")[0]  # "<variant> [<runtime>]": a runtime row of that variant
+                stored = {k: v for k, v in record.get("settings", {}).items() if k != "runtime"}
+                if base in args.variants and stored == settings(args, base):
                     previous.setdefault(variant, record)
     base = build_datamodule(args, "early", work)
     ids = split_ids(base)
@@ -520,6 +615,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if variant in kept:
             say(f"{variant}: kept from {' / '.join(sources)} (same settings)")
             variants[variant] = previous[variant]
+            variants.update({k: v for k, v in previous.items() if k.startswith(f"{variant} [")})
             continue
         dm = build_datamodule(args, variant, work / variant)
         assert split_ids(dm) == ids, "every method must see the same train/val/test ids"
@@ -529,8 +625,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             preds, info = run_tagger(args, variant, dm, work / variant, cache)
         variants[variant] = {"settings": settings(args, variant), "info": info, "predictions": preds}
-        single = score_table(*_truth_and_preds(truth_by_id, preds, args.attributes), args.attributes)
-        say(f"{variant}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")
+        for label, (runtime_preds, runtime_info) in info.pop("runtimes", {}).items():
+            variants[f"{variant} [{label}]"] = {"settings": {**settings(args, variant), "runtime": label},
+                                                "info": runtime_info, "predictions": runtime_preds}  # fmt: skip
+        for name in [v for v in variants if v == variant or v.startswith(f"{variant} [")]:
+            single = score_table(*_truth_and_preds(truth_by_id, variants[name]["predictions"], args.attributes),
+                                 args.attributes)  # fmt: skip
+            say(f"{name}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")
         write_json(args.out, payload)  # partial results survive an interrupted run
     # Score every method on the test ids that all of them predicted (a product skipped for a bad image is out).
     common = set(truth_by_id)
@@ -577,6 +678,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"ahead in {100 * b['share_ahead']:.0f}% of {b['samples']} resamples"
             )
         print(line)
+    for name, v in variants.items():
+        if "top1_same_as_torch" in v["info"]:
+            i = v["info"]
+            same, diff = 100 * i["top1_same_as_torch"], i["max_abs_prob_diff_vs_torch"]
+            print(f"{name}: top-1 the same as torch eager for {same:.1f}% of (product, attribute) pairs; "
+                  f"max |probability - torch| {diff:.1e}")  # fmt: skip
     say(f"wrote {args.out}")
     return payload
 

@@ -54,7 +54,8 @@ class NgramHead(nn.Module):
 
     def ngram_ids(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Hash rows ``(B, G)`` of every n-gram; 0 where a window holds padding or a special token."""
-        valid = attention_mask.bool() & ~torch.isin(input_ids, self.ignore_ids)  # (B, T)
+        special = (input_ids.unsqueeze(-1) == self.ignore_ids).any(-1)  # not torch.isin: it has no ONNX form
+        valid = attention_mask.bool() & ~special  # (B, T)
         t = input_ids.shape[1]
         rows = []
         for n in range(1, min(self.ngrams, t) + 1):
