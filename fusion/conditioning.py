@@ -132,8 +132,12 @@ class LateConditioning(LMConditioning):
         self.gate = nn.Linear(2 * lm_dim, lm_dim)
 
     def forward(self, vision: Features) -> LMCondition:
-        vector = self.mlp(vision.pooled)  # (B, D)
+        vector = self.image_vector(vision)
         return LMCondition(hidden=lambda hidden: self.fuse(hidden, vector))
+
+    def image_vector(self, vision: Features) -> Tensor:
+        """``v = MLP(pooled)`` ``(B, D)``: what :meth:`fuse` adds to the hidden states."""
+        return self.mlp(vision.pooled)
 
     def fuse(self, hidden: Tensor, vector: Tensor) -> Tensor:
         """Add the gated image vector ``(B, D)`` to hidden states ``(B', T, D)`` (``B'`` a multiple of ``B``)."""

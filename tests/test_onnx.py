@@ -211,3 +211,22 @@ def test_export_model_cli_and_its_refusals(
     args = ["--data.manifest", SAMPLE_MANIFEST, "--data.image_root", SAMPLE_IMAGES, "--out", tmp_path / "emb"]
     err = cli_error(["export", "--ckpt_path", moved, *args], capsys)
     assert "checkpoint" in err and "gone" in err
+
+
+@pytest.mark.parametrize("family", ["PrefixConditioning", "LateConditioning"])
+def test_caption_vision_graph_of_every_conditioning_family(family: str, tmp_path: Path) -> None:
+    """The captioner's vision graph ends with what its language model reads: the prefix (early) or the image
+    vector (late); cross-attention's states are checked with the trained tiny captioner above."""
+    import yaml
+
+    from multimodal.loading import build_model
+    from multimodal.onnx.export import export_graph, parity
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "captioning" / "tiny.yaml").read_text())
+    config["model"]["init_args"]["fusion"] = {"class_path": f"fusion.conditioning.{family}"}
+    model = build_model(config["model"], "tiny.yaml").eval()
+    (graph,) = graphs_of(model)
+    expected = ("prefix", "prefix_mask") if family == "PrefixConditioning" else ("image_vector",)
+    assert graph.outputs == ("tokens", "mask", "pooled", *expected)
+    export_graph(graph, model, tmp_path / "caption_vision.onnx")
+    assert parity(graph, model, tmp_path / "caption_vision.onnx") < FP32

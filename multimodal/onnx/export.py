@@ -71,7 +71,7 @@ def task_settings(model: Any) -> dict[str, Any]:
     return {}
 
 
-def _export_graph(graph: Any, model: Any, path: Path) -> None:
+def export_graph(graph: Any, model: Any, path: Path) -> None:
     import torch
 
     from multimodal.onnx.graphs import SEQUENCE_INPUTS, example_inputs
@@ -196,7 +196,7 @@ def export_model(
         for graph in graphs:
             start = time.perf_counter()
             path = work / f"{graph.name}.onnx"
-            _export_graph(graph, model, path)
+            export_graph(graph, model, path)
             entry: dict[str, Any] = {
                 "file": path.name,
                 "inputs": list(graph.inputs),

@@ -108,16 +108,35 @@ class ProductVectors(nn.Module):
 
 
 class CaptionVision(nn.Module):
-    """The captioner's vision encoder: ``pixel_values, has_image`` -> tokens, mask, pooled (absent photos get the
-    learned stand-in), what its conditioning and ``generate`` read."""
+    """The captioner's vision encoder and conditioning: ``pixel_values, has_image`` -> the vision tokens, mask and
+    pooled vector (absent photos get the learned stand-in), then what the language model reads of them: the prefix
+    embeddings and mask (early), the cross-attention states and mask (cross-attention) or the image vector added
+    to the last hidden states (late)."""
 
     def __init__(self, captioner: nn.Module) -> None:
         super().__init__()
         self.captioner = captioner
 
-    def forward(self, pixel_values: Tensor, has_image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    @staticmethod
+    def outputs(captioner: nn.Module) -> tuple[str, ...]:
+        kind = _condition_kind(captioner.conditioning)
+        return ("tokens", "mask", "pooled", *((kind,) if kind == "image_vector" else (kind, f"{kind}_mask")))
+
+    def forward(self, pixel_values: Tensor, has_image: Tensor) -> tuple[Tensor, ...]:
         f = self.captioner.encode_images(pixel_values, has_image)
-        return f.tokens, f.mask, f.pooled
+        conditioning = self.captioner.conditioning
+        if _condition_kind(conditioning) == "image_vector":
+            return f.tokens, f.mask, f.pooled, conditioning.image_vector(f)
+        cond = conditioning(f)
+        part = cond.prefix if cond.prefix is not None else cond.encoder
+        return f.tokens, f.mask, f.pooled, part.tokens, part.mask
+
+
+def _condition_kind(conditioning: nn.Module) -> str:
+    """``prefix`` (early), ``encoder_states`` (cross-attention) or ``image_vector`` (late)."""
+    if hasattr(conditioning, "image_vector"):
+        return "image_vector"
+    return "encoder_states" if getattr(conditioning, "needs_cross_attention", False) else "prefix"
 
 
 def tower_graphs(model: nn.Module) -> list[Graph]:
@@ -150,7 +169,7 @@ def graphs_of(model: nn.Module, extra: tuple[str, ...] = ()) -> list[Graph]:
             names = (*(PIXELS if fused else ()), *texts, *(("has_text",) if fused else ()))
             graphs.append(Graph("embed_product", ProductVectors(model, names), names, ("vector",)))
     elif task == "ProductCaptioner":
-        graphs = [Graph("caption_vision", CaptionVision(model), (*PIXELS, "has_image"), ("tokens", "mask", "pooled"))]
+        graphs = [Graph("caption_vision", CaptionVision(model), (*PIXELS, "has_image"), CaptionVision.outputs(model))]
     else:
         raise UserError(f"ONNX export does not know the task {task}")
     unknown = set(extra) - {"vision", "text"}
