@@ -333,6 +333,18 @@ def cached_text_encoder(base: Any, cache: dict[str, torch.Tensor] | None = None)
 RUNTIMES = {"torch": "torch eager", "onnx": "onnx fp32", "onnx-int8": "onnx int8"}
 
 
+def add_runtimes_argument(parser: Any, rows: str) -> None:
+    """``--runtimes``: also score the trained models as users run them (see :func:`deployable_checkpoint`)."""
+    parser.add_argument(
+        "--runtimes",
+        nargs="*",
+        default=[],
+        choices=list(RUNTIMES),
+        help="also score each trained model as a user runs it: rebuilt with its real towers as a checkpoint, on "
+        f"torch eager and/or exported to ONNX Runtime fp32 / int8 ({rows})",
+    )
+
+
 def deployable_checkpoint(
     trained: Any, model_config: dict[str, Any], data_args: dict[str, Any], path: Path
 ) -> tuple[Path, list[str]]:

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import (
     RUNTIMES,
+    add_runtimes_argument,
     attribute_scores,
     deployable_checkpoint,
     machine,
@@ -347,14 +348,7 @@ def main() -> None:
         default="benchmarks/results/tagging_quality.json",
         help="tagging_quality result file whose trained taggers are scored beside zero-shot (same test ids)",
     )
-    p.add_argument(
-        "--runtimes",
-        nargs="*",
-        default=[],
-        choices=list(RUNTIMES),
-        help="also score each trained retriever as a user runs it: rebuilt with its real towers as a checkpoint, "
-        "on torch eager and/or exported to ONNX Runtime fp32 / int8 (rows '<model> [<runtime>]', full-title queries)",
-    )
+    add_runtimes_argument(p, "rows '<model> [<runtime>]', full-title queries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/retrieval_quality.json")
     args = p.parse_args()

@@ -37,6 +37,7 @@ import torch
 
 from benchmarks.common import (
     RUNTIMES,
+    add_runtimes_argument,
     build_vision_cache,
     cached_text_encoder,
     cached_vision_encoder,
@@ -153,14 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2000,
         help="paired bootstrap resamples of the test products for each method's difference to the peer (0: off)",
     )
-    p.add_argument(
-        "--runtimes",
-        nargs="*",
-        default=[],
-        choices=list(RUNTIMES),
-        help="also score each trained tagger as a user runs it: rebuilt with its real towers as a checkpoint, on "
-        "torch eager and/or exported to ONNX Runtime fp32 / int8 (rows '<variant> [<runtime>]')",
-    )
+    add_runtimes_argument(p, "rows '<variant> [<runtime>]'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -147,6 +148,25 @@ class CausalLM(nn.Module):
             return None
         return self._input_transform(args[0], output)
 
+    @contextmanager
+    def trimmed_output(self, token_ids: Tensor | None) -> Iterator[None]:
+        """Within the block the output layer computes the logits of ``token_ids (K,)`` only; every other id gets
+        ``-inf``. ``generate`` and its logits processors still see ``(B', T, V)`` logits. None: the full layer."""
+        if token_ids is None:
+            yield
+            return
+        layer = self.get_output_layer()
+        name = next(n for n, m in self.model.named_modules() if m is layer)
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name)
+        trimmed = TrimmedOutput(layer, token_ids)
+        trimmed.register_forward_pre_hook(self._apply_hidden_transform)
+        setattr(parent, attr, trimmed)
+        try:
+            yield
+        finally:
+            setattr(parent, attr, layer)
+
     def _install_hooks(self) -> None:
         self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
         self.model.get_input_embeddings().register_forward_hook(self._apply_input_transform)
@@ -179,19 +199,23 @@ class CausalLM(nn.Module):
         attention_mask: Tensor,
         encoder: Features | None = None,
         use_cache: bool = True,
+        output_token_ids: Tensor | None = None,
         **generation: Any,
     ) -> Any:
         """Hugging Face ``generate`` from left-padded ``input_ids (B, T)``; sequences include the input.
 
-        ``generation`` holds ``generate`` options (``max_new_tokens``, ``num_beams``, ``do_sample``...).
+        ``output_token_ids (K,)``: the only ids that can be generated (see :meth:`trimmed_output`); the output layer
+        then costs ``K / V`` of the full one. ``generation`` holds ``generate`` options (``max_new_tokens``,
+        ``num_beams``, ``do_sample``...).
         """
         kwargs: dict[str, Any] = self._encoder_kwargs(encoder)
         if use_cache and encoder is not None:
             # transformers 5: a BERT decoder with cross-attention fails on the default DynamicCache.
             kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        return self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
-        )
+        with self.trimmed_output(output_token_ids):
+            return self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
+            )
 
     def compute_transition_scores(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.model.compute_transition_scores(*args, **kwargs)
@@ -202,6 +226,33 @@ class CausalLM(nn.Module):
         if not self.has_cross_attention:
             raise ValueError("image tokens for cross-attention given to a language model without cross-attention")
         return {"encoder_hidden_states": encoder.tokens, "encoder_attention_mask": encoder.mask.long()}
+
+
+class TrimmedOutput(nn.Module):
+    """A vocabulary projection restricted to ``token_ids``: their logits, ``-inf`` for every other id.
+
+    The kept rows of the weight and bias are copied once (``K x D``); the layer it wraps is left untouched.
+
+    Args:
+        full: the output layer (``weight (V, D)``, optional ``bias (V,)``).
+        token_ids: ``(K,)`` the ids kept.
+    """
+
+    def __init__(self, full: nn.Module, token_ids: Tensor) -> None:
+        super().__init__()
+        weight: Tensor = full.weight  # type: ignore[assignment]
+        bias: Tensor | None = getattr(full, "bias", None)
+        ids = token_ids.to(device=weight.device, dtype=torch.long)
+        self.vocab_size = weight.shape[0]
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.register_buffer("weight", weight.detach().index_select(0, ids), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().index_select(0, ids), persistent=False)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``hidden (..., D)`` -> logits ``(..., V)``."""
+        kept = F.linear(hidden, self.weight.to(hidden.dtype), None if self.bias is None else self.bias.to(hidden.dtype))
+        out = kept.new_full((*kept.shape[:-1], self.vocab_size), float("-inf"))
+        return out.index_copy_(-1, self.token_ids, kept)
 
 
 def positions(attention_mask: Tensor) -> Tensor:
