@@ -230,3 +230,37 @@ def test_caption_vision_graph_of_every_conditioning_family(family: str, tmp_path
     assert graph.outputs == ("tokens", "mask", "pooled", *expected)
     export_graph(graph, model, tmp_path / "caption_vision.onnx")
     assert parity(graph, model, tmp_path / "caption_vision.onnx") < FP32
+
+
+def test_serve_on_onnx_runtime(
+    trained: dict[str, Path], exports: dict[str, Path], sample: pd.DataFrame, tmp_path: Path, capsys
+) -> None:
+    """``multimodal serve --runtime onnx``: /tag from an export folder and /search with the query tower on ONNX
+    Runtime answer what the eager Python API and CLI give."""
+    import httpx
+    from test_serve import Service, photo
+
+    rows = sample.dropna().head(4).reset_index(drop=True)
+    catalogue = tmp_path / "catalogue.csv"
+    rows.assign(image=[Path(p).name for p in rows["image"]]).to_csv(catalogue, index=False)
+    run_cli(["export", "--ckpt_path", trained["retriever"], "--input", catalogue, "--image_root", SAMPLE_IMAGES,
+             "--out", tmp_path / "emb"], capsys)  # fmt: skip
+    run_cli(["index", tmp_path / "emb", "--out", tmp_path / "index"], capsys)
+    svc = Service(["--tagger", exports["tagger"], "--index", tmp_path / "index", "--runtime", "onnx"],
+                  tmp_path / "serve.log")  # fmt: skip
+    try:
+        want = multimodal.load(trained["tagger"]).predict(rows[["image", "title"]].to_dict("records"))
+        for i, r in rows.iterrows():
+            got = httpx.post(svc.url + "/tag", files={"image": photo(Path(r["image"]).name)},
+                             data={"title": r["title"]}, timeout=60)  # fmt: skip
+            assert got.status_code == 200, got.text
+            for attribute in multimodal.load(exports["tagger"]).classes:
+                assert got.json()[attribute] == want[attribute][i]
+                assert got.json()[f"{attribute}_score"] == pytest.approx(want[f"{attribute}_score"][i], abs=FP32)
+        hits = httpx.get(svc.url + "/search", params={"text": "blue jeans", "k": 3}, timeout=60).json()["results"]
+        out = run_cli(["search", tmp_path / "index", "--text", "blue jeans", "-k", "3"], capsys)
+        printed = [json.loads(line) for line in out.strip().splitlines()]
+        assert [h["id"] for h in hits] == [p["id"] for p in printed]
+        np.testing.assert_allclose([h["score"] for h in hits], [p["score"] for p in printed], atol=FP32)
+    finally:
+        assert svc.stop() == 0, svc.tail()
