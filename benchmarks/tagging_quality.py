@@ -531,7 +531,7 @@ def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
 def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """The settings a variant's result depends on (used by --resume)."""
     common = {
-        "manifest": str(Path(args.manifest).resolve()),
+        "manifest": str(Path(args.manifest)),  # as given: results files carry no machine paths
         "attributes": args.attributes,
         "text_columns": args.text_columns,
         "max_train": args.max_train,
