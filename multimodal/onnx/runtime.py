@@ -32,6 +32,9 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle threads sleep instead of spinning: a process also running torch (re-ranker, captioner, the data
+    # loader) or several sessions must not lose its cores to threads that wait for work.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
