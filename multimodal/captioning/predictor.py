@@ -16,6 +16,8 @@ def check_generation(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("max_new_tokens", "num_beams"):
         if key in options and int(options[key]) <= 0:
             raise UserError(f"{key} must be positive, not {options[key]}")
+    if options.get("trim_vocabulary") not in (None, True, False):
+        raise UserError(f"trim_vocabulary must be true or false, not {options['trim_vocabulary']!r}")
     if int(options.get("num_return_sequences", 1)) != 1:
         raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
     return options
@@ -62,7 +64,8 @@ class Captioner(Predictor):
                 the model was trained with).
             prompt: fixed text before the caption instead of the trained one.
             seed: sampling seed (with the same inputs and batch size, the same captions).
-            generation: Hugging Face ``generate`` options.
+            generation: Hugging Face ``generate`` options, and ``trim_vocabulary`` (default True when the checkpoint
+                holds its training targets' token ids; False computes logits over the whole vocabulary).
         """
         self.configure(prompt, seed, **generation)
         return frame(self.run(inputs))
