@@ -104,11 +104,11 @@ class CausalLM(nn.Module):
         config = self.model.config
         config.add_cross_attention = True
         new = AutoModelForCausalLM.from_config(config)
+        set_trainable(new, self.trainable)  # first: peft adapters rename the weights they wrap
         missing, unexpected = new.load_state_dict(self.model.state_dict(), strict=False)
         if unexpected:
             raise ValueError(f"cross-attention rebuild lost weights: {unexpected[:5]}")
         new.generation_config = self.model.generation_config
-        set_trainable(new, self.trainable)
         for name, param in new.named_parameters():
             if name in missing:
                 param.requires_grad_(True)
@@ -212,10 +212,47 @@ class CausalLM(nn.Module):
         if use_cache and encoder is not None:
             # transformers 5: a BERT decoder with cross-attention fails on the default DynamicCache.
             kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        with self.trimmed_output(output_token_ids):
-            return self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
+        if output_token_ids is None or FULL_VOCABULARY_OPTIONS & generation.keys():
+            with self.trimmed_output(output_token_ids):
+                return self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
+                )
+        space = CompactVocabulary(output_token_ids, input_ids, (self.bos_id, self.eos_id, self.pad_id))
+        special = {"bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
+        with self.compact_vocabulary(space):
+            out = self.model.generate(
+                input_ids=space.to_compact(input_ids),
+                attention_mask=attention_mask,
+                use_cache=use_cache,
+                **{key: int(space.to_compact(torch.tensor(value))) for key, value in special.items()},
+                **kwargs,
+                **generation,
             )
+        if isinstance(out, Tensor):
+            return space.to_full(out)
+        out.sequences = space.to_full(out.sequences)
+        out.score_token_ids = space.ids  # column j of every step's scores is the logit of token id ids[j]
+        return out
+
+    @contextmanager
+    def compact_vocabulary(self, space: CompactVocabulary) -> Iterator[None]:
+        """Within the block the model reads and writes ids of ``space`` (``0..K'-1``): the input embedding maps them
+        to the real ids, the output layer computes ``K'`` logits (``-inf`` for ids that may not be generated)."""
+        embedding = self.model.get_input_embeddings()
+        layer = self.get_output_layer()
+        output = CompactOutput(layer, space)
+        output.register_forward_pre_hook(self._apply_hidden_transform)
+        swaps = [(embedding, CompactEmbedding(embedding, space)), (layer, output)]
+        places = {id(m): n for n, m in self.model.named_modules() if m is embedding or m is layer}
+        for old, new in swaps:
+            parent_name, _, attr = places[id(old)].rpartition(".")
+            setattr(self.model.get_submodule(parent_name), attr, new)
+        try:
+            yield
+        finally:
+            for old, _ in swaps:
+                parent_name, _, attr = places[id(old)].rpartition(".")
+                setattr(self.model.get_submodule(parent_name), attr, old)
 
     def _encoder_kwargs(self, encoder: Features | None) -> dict[str, Tensor]:
         if encoder is None:
@@ -250,6 +287,74 @@ class TrimmedOutput(nn.Module):
         kept = F.linear(hidden, self.weight.to(hidden.dtype), None if self.bias is None else self.bias.to(hidden.dtype))
         out = kept.new_full((*kept.shape[:-1], self.vocab_size), float("-inf"))
         return out.index_copy_(-1, self.token_ids, kept)
+
+
+# generate options holding token ids, reading the vocabulary or seeing ids and scores as they are made: with any of
+# them, a trimmed output layer scatters its logits into the whole vocabulary instead of generating in a compact one.
+FULL_VOCABULARY_OPTIONS = frozenset(
+    {
+        "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "constraints", "decoder_start_token_id",
+        "eos_token_id", "force_words_ids", "forced_bos_token_id", "forced_eos_token_id", "logits_processor",
+        "pad_token_id", "prompt_lookup_num_tokens", "assistant_model", "sequence_bias", "stop_strings",
+        "stopping_criteria", "streamer", "suppress_tokens", "tokenizer", "watermarking_config", "generation_config",
+    }
+)  # fmt: skip
+
+
+class CompactVocabulary:
+    """A small id space for generation: ``ids (K',)``, the sorted union of the ids that may be generated, the ids
+    of the prompt and the special ids. Compact id ``j`` stands for token id ``ids[j]``; ``blocked (K',)`` is
+    ``-inf`` where an id is there only to be read (prompt or special ids outside ``generable``), else 0.
+
+    ``generate`` then works on ``(B, K')`` scores instead of ``(B, V)``: with ~2k of 30k ids, its per-step work
+    (logits processors, argmax or top-k, the copies) shrinks with the output layer.
+    """
+
+    def __init__(self, generable: Tensor, input_ids: Tensor, special: tuple[int, ...] = ()) -> None:
+        generable = generable.to(device=input_ids.device, dtype=torch.long)
+        extra = torch.tensor(special, dtype=torch.long, device=input_ids.device)
+        self.ids = torch.unique(torch.cat([generable, input_ids.flatten().long(), extra]))
+        blocked = torch.full(self.ids.shape, float("-inf"), device=input_ids.device)
+        self.blocked = blocked.masked_fill(torch.isin(self.ids, generable), 0.0)
+
+    def to_compact(self, token_ids: Tensor) -> Tensor:
+        """Token ids (any of :attr:`ids`) -> compact ids, same shape."""
+        return torch.searchsorted(self.ids, token_ids.to(self.ids.device).long())
+
+    def to_full(self, compact: Tensor) -> Tensor:
+        """Compact ids -> token ids, same shape."""
+        return self.ids[compact]
+
+
+class CompactEmbedding(nn.Module):
+    """Reads compact ids: the model's input embedding ``full`` (its hooks included) called on the real ids."""
+
+    def __init__(self, full: nn.Module, space: CompactVocabulary) -> None:
+        super().__init__()
+        self.full = full
+        self.space = space
+
+    def forward(self, compact: Tensor) -> Tensor:
+        return self.full(self.space.to_full(compact))
+
+
+class CompactOutput(nn.Module):
+    """Writes compact ids: the logits ``(..., K')`` of :attr:`CompactVocabulary.ids` (rows of ``full`` copied once),
+    ``-inf`` at the blocked ones."""
+
+    def __init__(self, full: nn.Module, space: CompactVocabulary) -> None:
+        super().__init__()
+        weight: Tensor = full.weight  # type: ignore[assignment]
+        bias: Tensor | None = getattr(full, "bias", None)
+        ids = space.ids.to(weight.device)
+        self.register_buffer("weight", weight.detach().index_select(0, ids), persistent=False)
+        blocked = space.blocked.to(device=weight.device, dtype=weight.dtype)
+        self.register_buffer(
+            "bias", blocked if bias is None else bias.detach().index_select(0, ids) + blocked, persistent=False
+        )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype))
 
 
 def positions(attention_mask: Tensor) -> Tensor:

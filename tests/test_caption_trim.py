@@ -121,3 +121,30 @@ def test_caption_command_trims_by_default_and_can_turn_it_off(
         rows[flag] = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows["on"]) == len(rows["off"]) == 3
     assert all(r["caption"] is not None for r in rows["on"])
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
+def test_compact_id_space_generates_what_the_scattered_trimmed_layer_does(options: dict[str, object]) -> None:
+    """Generation in the compact id space (``(B, K')`` scores) writes the same ids with the same scores as the
+    trimmed layer scattered into the whole vocabulary; prompt ids outside the kept ones are read, never written."""
+    lm = _small_lm().eval()
+    kept = torch.unique(torch.cat([torch.randint(1000, 30000, (300,)), torch.tensor([lm.bos_id, lm.eos_id])]))
+    prompt = [5000, 6000, 7000, 8000, 9000]
+    ids = torch.tensor([[lm.pad_id, lm.bos_id, *prompt[:2]], [lm.bos_id, *prompt[2:]]])
+    mask = (ids != lm.pad_id).long()
+    fixed = {"max_new_tokens": 8, "min_new_tokens": 8, "return_dict_in_generate": True, "output_scores": True}
+    with torch.no_grad():
+        compact = lm.generate(ids, mask, output_token_ids=kept, **fixed, **options)
+        # an option holding token ids sends generation through the scattered (B, V) layer instead
+        scattered = lm.generate(ids, mask, output_token_ids=kept, eos_token_id=lm.eos_id, **fixed, **options)
+    assert compact.scores[0].shape[1] < 400 and scattered.scores[0].shape[1] == lm.get_output_layer().weight.shape[0]
+    assert torch.equal(compact.sequences, scattered.sequences)
+    new = compact.sequences[:, ids.shape[1] :]
+    assert torch.isin(new, kept).all() and not torch.isin(new, torch.tensor(prompt)).any()
+    if "num_beams" in options:
+        torch.testing.assert_close(compact.sequences_scores, scattered.sequences_scores)
+    else:
+        columns = torch.searchsorted(compact.score_token_ids, new)
+        for t, (a, b) in enumerate(zip(compact.scores, scattered.scores, strict=True)):
+            torch.testing.assert_close(a.gather(1, columns[:, t : t + 1]), b.gather(1, new[:, t : t + 1]))
+    assert lm.get_output_layer() is lm.model.get_output_embeddings() and type(lm.get_output_layer()) is torch.nn.Linear

@@ -357,7 +357,10 @@ class ProductCaptioner(TowerTask):
     def _scores(self, out: Any, seqs: Tensor, kept: Tensor | None) -> list[float]:
         if getattr(out, "sequences_scores", None) is not None:  # beam search: length-normalised log-probability
             return [round(float(s), 6) for s in out.sequences_scores]
-        logp = torch.stack([_token_logprob(s, seqs[:, t], kept) for t, s in enumerate(out.scores)], 1)  # (B, L)
+        columns = getattr(out, "score_token_ids", None)  # generated in a compact id space: scores (B, K')
+        picked = seqs if columns is None else torch.searchsorted(columns, seqs.contiguous())  # the tokens' columns
+        kept = None if columns is not None else kept
+        logp = torch.stack([_token_logprob(s, picked[:, t], kept) for t, s in enumerate(out.scores)], 1)  # (B, L)
         ended = (seqs == self.lm.eos_id).long().cumsum(1)
         keep = (ended == 0) | ((ended == 1) & (seqs == self.lm.eos_id))  # tokens up to and including the first eos
         mean = (logp.masked_fill(~keep, 0).sum(1) / keep.sum(1).clamp(min=1)).tolist()

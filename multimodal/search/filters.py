@@ -1,8 +1,8 @@
 """Metadata filters for search: a small expression language, parsed (never ``eval``-ed) into a row mask.
 
-    gender = 'Men' AND year >= 2012
-    articleType IN ('Watches', 'Sunglasses') AND NOT baseColour = 'Black'
-    (usage = 'Sports' OR usage = 'Casual') AND price < 49.99
+    brand = 'Acme' AND stock >= 1
+    category IN ('Watches', 'Sunglasses') AND NOT colour = 'Black'
+    (channel = 'online' OR channel = 'outlet') AND price < 49.99
 
 Grammar (keywords in any case)::
 
@@ -15,7 +15,7 @@ Grammar (keywords in any case)::
     column  := a name of letters, digits and _ | a name in double quotes
 
 A column is *numeric* when its stored type is numeric or every stored value reads as a number (exports store
-metadata as text, so ``year`` holds "2012"); a number is compared with numeric columns only and a quoted text
+metadata as text, so ``stock`` holds "12"); a number is compared with numeric columns only and a quoted text
 with text columns only: a mismatch, an unknown column or a syntax error is one :class:`UserError` naming it.
 A missing value never satisfies a comparison; ``NOT`` inverts the whole comparison.
 """
