@@ -1,10 +1,13 @@
-"""One switch for every tower: frozen, fully trained, or trained in its last N blocks only."""
+"""One switch for every tower: frozen, fully trained, trained in its last N blocks only, or adapted by peft."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-Trainable = bool | int
+# True / False / N last blocks / {peft method: {options}} (see encoders.adapters)
+Trainable = bool | int | dict[str, dict[str, Any] | None]
 
 
 def block_list(module: nn.Module) -> nn.Module | None:
@@ -27,8 +30,15 @@ def set_trainable(module: nn.Module, trainable: Trainable) -> None:
         module: the tower.
         trainable: True trains everything, False freezes everything, an int N > 0 trains only the last N
             blocks of the longest block stack plus every parameter registered after it (final norms, heads);
-            0 is the same as False.
+            0 is the same as False; ``{method: {options}}`` freezes the tower and adds peft adapters
+            (:mod:`encoders.adapters`), which train.
     """
+    if isinstance(trainable, dict):
+        from encoders.adapters import add_adapters
+
+        add_adapters(module, trainable)
+        freeze_norm_statistics(module)
+        return
     if isinstance(trainable, bool) or trainable <= 0:
         module.requires_grad_(bool(trainable))
         freeze_norm_statistics(module)

@@ -20,7 +20,9 @@ APIS = {
 }
 
 
-def load(path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch") -> Any:
+def load(
+    path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch", merge_adapters: bool = True
+) -> Any:
     """Load a checkpoint written by ``multimodal fit`` (any task), or an ONNX export of one, as its Python API.
 
     No config, data module or training catalogue is needed: the checkpoint holds the architecture, the label
@@ -33,6 +35,8 @@ def load(path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: s
         runtime: ``torch`` (eager PyTorch), ``onnx`` (ONNX Runtime fp32) or ``onnx-int8`` (dynamic int8);
             with a checkpoint, ``onnx`` exports it once to the user cache (``$MULTIMODAL_CACHE``, default
             ``~/.cache/multimodal``). Taggers and retrievers; a captioner runs on torch.
+        merge_adapters: fold peft adapters (towers trained with ``trainable: {lora: ...}``) into the weights
+            they adapt (default; same outputs to rounding, plain-tower speed).
 
     Returns:
         A ``Tagger`` (``predict``, ``predict_proba``, ``extract_embedding``), a ``Retriever`` (``embed_text``,
@@ -43,7 +47,7 @@ def load(path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: s
     from multimodal.errors import UserError
     from multimodal.loading import load as load_task
 
-    loaded = load_task(path, runtime=runtime)
+    loaded = load_task(path, runtime=runtime, merge_adapters=merge_adapters)
     if loaded.task not in APIS:
         raise UserError(f"{path} holds a {loaded.task}, which has no Python API (known: {sorted(APIS)})")
     module, name = APIS[loaded.task]

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from encoders.errors import ConfigError
 from multimodal.errors import UserError
 
 LIGHTNING = ("fit", "validate", "test")
@@ -63,7 +64,7 @@ def find_user_error(err: BaseException) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
-        if isinstance(current, UserError | FileNotFoundError):
+        if isinstance(current, UserError | ConfigError | FileNotFoundError):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

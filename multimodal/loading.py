@@ -207,7 +207,9 @@ def describe(path: str | Path) -> tuple[str, Columns]:
     return class_path.rsplit(".", 1)[-1] or "model", Columns.from_data_config(data)
 
 
-def load(path: str | Path, task: type | str | None = None, runtime: str = "torch") -> Loaded:
+def load(
+    path: str | Path, task: type | str | None = None, runtime: str = "torch", merge_adapters: bool = True
+) -> Loaded:
     """Rebuild the task that wrote ``path`` and load its weights; no data module, config file or catalogue.
 
     Args:
@@ -216,6 +218,8 @@ def load(path: str | Path, task: type | str | None = None, runtime: str = "torch
             one-line error naming both.
         runtime: ``torch`` (eager), ``onnx`` or ``onnx-int8`` (ONNX Runtime; a checkpoint is exported once to the
             user cache). An export folder runs on ONNX Runtime whatever this says, unless it is ``onnx-int8``.
+        merge_adapters: fold the peft adapters of a tower trained with ``trainable: {lora: ...}`` into its weights
+            (the same outputs to rounding, at the cost of the plain tower); False keeps them apart.
     """
     from multimodal.onnx.export import is_onnx_export
 
@@ -246,6 +250,10 @@ def load(path: str | Path, task: type | str | None = None, runtime: str = "torch
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{path}: the weights do not fit the stored architecture ({first})") from None
     model.eval()
+    if merge_adapters:
+        from encoders.adapters import merge_adapters as merge
+
+        merge(model)
     data = dict(((config.get("data") or {}).get("init_args")) or {})
     return Loaded(model, Columns.from_data_config(data), data, config, Path(path))
 

@@ -97,8 +97,13 @@ class TowerTask(L.LightningModule):
 
     def lr_scales(self) -> dict[int, float]:
         """Learning-rate factor per parameter (by ``id``) for parameters not at the optimizer's rate: the towers at
-        ``encoder_lr_scale``. Tasks add their own."""
-        return {id(p): self.encoder_lr_scale for p in [*self.vision.parameters(), *self.text.parameters()]}
+        ``encoder_lr_scale``, except peft adapters, which start from nothing as new layers do (full rate). Tasks
+        add their own."""
+        from encoders.adapters import adapter_parameters
+
+        adapters = {id(p) for tower in (self.vision, self.text) for p in adapter_parameters(tower)}
+        towers = [*self.vision.parameters(), *self.text.parameters()]
+        return {id(p): self.encoder_lr_scale for p in towers if id(p) not in adapters}
 
     def configure_optimizers(self) -> Any:
         scales = self.lr_scales()
