@@ -1,11 +1,14 @@
-"""Tagging quality: the three fusion blocks, image-only and title-only taggers vs a TF-IDF + logistic-regression peer.
+"""Tagging quality: the three fusion blocks, image-only and title-only taggers vs two logistic-regression peers.
 
 Every method is trained on the same training ids and scored on the same test ids of one
 :class:`multimodal.data.datamodule.ProductDataModule` (80/10/10 split by a stable hash of the id, unless the manifest
 has a ``split`` column). The taggers are :class:`multimodal.tagging.tagger.ProductTagger` with the offline
 pretrained towers (ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2), trained by a real ``lightning.Trainer.fit``;
 the peer is scikit-learn's TF-IDF (word 1-2 grams) + ``LogisticRegression`` on the title alone, one model per
-attribute, its ``C`` picked on the validation split.
+attribute, its ``C`` picked on the validation split; the stronger ``peer_image`` is the same logistic regression on
+the title's TF-IDF next to the *same frozen photo features* the taggers read (EfficientNet-Lite0's pooled vector,
+standardised on the training split, L2-normalised, times a weight), ``C`` and the weight picked on validation. A
+fusion block that cannot beat a linear model on the same features has not earned its layers.
 
 Single-modality variants drop the other modality *at data level*: ``image_only`` sets every product's text to
 unknown (the tagger sees its learned "missing text" stand-in), ``title_only`` sets every product's image to
@@ -43,6 +46,7 @@ from benchmarks.common import (
     cached_vision_encoder,
     deployable_checkpoint,
     format_table,
+    image_key,
     machine,
     paired_bootstrap,
     quiet_lightning,
@@ -56,7 +60,8 @@ from benchmarks.common import (
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
-ALL_VARIANTS = [*TAGGERS, "peer"]
+PEERS = ["peer", "peer_image"]
+ALL_VARIANTS = [*TAGGERS, *PEERS]
 TEXT_CACHE: dict[str, torch.Tensor] = {}
 
 
@@ -149,6 +154,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LogisticRegression C values; the best on the val split (macro-F1) is used per attribute",
     )
     p.add_argument(
+        "--peer-image-weights",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 2.0],
+        help="weights of the photo features next to the TF-IDF in peer_image; picked with C on the val split",
+    )
+    p.add_argument(
         "--bootstrap",
         type=int,
         default=2000,
@@ -210,8 +222,14 @@ def split_ids(dm: Any) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------------- peer
-def run_peer(args: argparse.Namespace, dm: Any) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
-    """TF-IDF (word 1-2 grams) + LogisticRegression on the text, one model per attribute; C chosen on val."""
+def run_peer(
+    args: argparse.Namespace, dm: Any, photos: dict[str, Any] | None = None
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """TF-IDF (word 1-2 grams) + LogisticRegression on the text, one model per attribute; C chosen on val. With
+    ``photos`` (record id -> pooled frozen photo vector, see :func:`photo_vectors`) the photo features sit next to
+    the TF-IDF, their weight chosen on val with C (``peer_image``)."""
+    import numpy as np
+    from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -219,36 +237,75 @@ def run_peer(args: argparse.Namespace, dm: Any) -> tuple[dict[str, dict[str, str
     def text(r: Any) -> str:
         return ". ".join(t for t in r.texts.values() if t is not None)
 
+    name = "peer" if photos is None else "peer_image"
     train, val, test = dm.splits["train"], dm.splits["val"], dm.splits["test"]
+    dense: dict[str, Any] = {}
+    if photos is not None:  # standardised on train, L2-normalised; a product without a photo gets zeros + a flag
+        width = len(next(iter(photos.values())))
+        mean = np.mean([photos[r.id] for r in train if r.id in photos], 0)
+        std = np.std([photos[r.id] for r in train if r.id in photos], 0) + 1e-6
+        for r in [*train, *val, *test]:
+            v = (photos[r.id] - mean) / std if r.id in photos else np.zeros(width)
+            dense[r.id] = np.append(v / max(np.linalg.norm(v), 1e-6), 0.0 if r.id in photos else 1.0)
+    weights = [None] if photos is None else args.peer_image_weights
+
+    def features(vec: Any, rows: list[Any], weight: float | None) -> Any:
+        x = vec.transform([text(r) for r in rows])
+        if weight is None:
+            return x
+        return sparse.hstack([x, sparse.csr_matrix(weight * np.stack([dense[r.id] for r in rows]))]).tocsr()
+
     preds: dict[str, dict[str, str]] = {r.id: {} for r in test}
-    info: dict[str, Any] = {"chosen_C": {}}
+    info: dict[str, Any] = {"chosen_C": {}, **({"chosen_image_weight": {}} if photos is not None else {})}
     for a in args.attributes:
         rows = [r for r in train if r.labels[a] is not None]
         y = [r.labels[a] for r in rows]
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-        x = vec.fit_transform([text(r) for r in rows])
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([text(r) for r in rows])
         if len(set(y)) == 1:  # LogisticRegression needs two classes
             for r in test:
                 preds[r.id][a] = y[0]
             continue
         val_rows = [r for r in val if r.labels[a] is not None]
-        best: tuple[float, float, Any] | None = None
-        for c in args.peer_c:
-            clf = LogisticRegression(C=c, max_iter=3000).fit(x, y)
-            if not val_rows:
-                best = (0.0, c, clf)
-                break
-            yv = [r.labels[a] for r in val_rows]
-            pv = clf.predict(vec.transform([text(r) for r in val_rows]))
-            f1 = f1_score(yv, pv, labels=sorted(set(yv) | set(pv)), average="macro", zero_division=0)
-            if best is None or f1 > best[0]:
-                best = (f1, c, clf)
+        best: tuple[float, float, float | None, Any] | None = None
+        for weight in weights:
+            x = features(vec, rows, weight)
+            for c in args.peer_c:
+                clf = LogisticRegression(C=c, max_iter=3000).fit(x, y)
+                if not val_rows:
+                    best = (0.0, c, weight, clf)
+                    break
+                yv = [r.labels[a] for r in val_rows]
+                pv = clf.predict(features(vec, val_rows, weight))
+                f1 = f1_score(yv, pv, labels=sorted(set(yv) | set(pv)), average="macro", zero_division=0)
+                if best is None or f1 > best[0]:
+                    best = (f1, c, weight, clf)
         assert best is not None
         info["chosen_C"][a] = best[1]
-        for r, label in zip(test, best[2].predict(vec.transform([text(r) for r in test])), strict=True):
+        if photos is not None:
+            info["chosen_image_weight"][a] = best[2]
+        for r, label in zip(test, best[3].predict(features(vec, test, best[2])), strict=True):
             preds[r.id][a] = str(label)
-        say(f"peer: {a}: C={best[1]} (val macro-F1 {best[0]:.3f})")
+        chosen = f"C={best[1]}" + ("" if best[2] is None else f", photo weight {best[2]}")
+        say(f"{name}: {a}: {chosen} (val macro-F1 {best[0]:.3f})")
     return preds, info
+
+
+def photo_vectors(dm: Any, image_root: Path, cache: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Record id -> the frozen photo tower's pooled vector (row 0 of the vision cache), for every readable photo."""
+    from multimodal.data.images import load_image, resolve_image_path
+    from multimodal.errors import BadSampleError
+
+    out: dict[str, Any] = {}
+    for r in [r for split in dm.splits.values() for r in split]:
+        if r.image is None:
+            continue
+        try:
+            key = image_key(load_image(resolve_image_path(image_root, r.image)))
+        except BadSampleError:
+            continue
+        if key in cache:
+            out[r.id] = cache[key][0].numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- tagger
@@ -540,6 +597,9 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     }
     if variant == "peer":
         return {**common, "peer_c": args.peer_c}
+    if variant == "peer_image":
+        return {**common, "peer_c": args.peer_c, "peer_image_weights": args.peer_image_weights,
+                "image_size": args.image_size}  # fmt: skip
     keys = [
         "epochs",
         "image_size",
@@ -592,9 +652,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kept = [v for v in args.variants if v in previous]
     todo = [v for v in args.variants if v not in kept]
     cache = None
-    if any(v != "peer" for v in todo) and use_cache(args):
+    if any(v not in PEERS for v in todo) and use_cache(args):
         cache = vision_cache(args, base, work)
-    if any(v not in ("peer", "image_only") for v in todo) and args.text_trainable == 0 and args.text_cache != "off":
+    photos = None
+    if "peer_image" in todo:  # the frozen tower's pooled vectors, whether or not the taggers train that tower
+        photos = photo_vectors(
+            base, Path(args.image_root), cache if cache is not None else vision_cache(args, base, work)
+        )
+        say(f"peer_image: frozen photo features of {len(photos)} products")
+    if any(v not in (*PEERS, "image_only") for v in todo) and args.text_trainable == 0 and args.text_cache != "off":
         fill_text_cache(args, base, work)
     variants: dict[str, Any] = {}
     payload: dict[str, Any] = {
@@ -614,8 +680,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dm = build_datamodule(args, variant, work / variant)
         assert split_ids(dm) == ids, "every method must see the same train/val/test ids"
         say(f"{variant}: start")
-        if variant == "peer":
-            preds, info = run_peer(args, dm)
+        if variant in PEERS:
+            preds, info = run_peer(args, dm, photos if variant == "peer_image" else None)
         else:
             preds, info = run_tagger(args, variant, dm, work / variant, cache)
         variants[variant] = {"settings": settings(args, variant), "info": info, "predictions": preds}
@@ -639,13 +705,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = score_table(truth, preds, args.attributes)
     table = format_table(results, args.attributes)
     payload.update({"test_products_scored": len(common_ids), "results": results, "table_markdown": table})
-    if "peer" in results:
-        peer = results["peer"]["mean_macro_f1"]
-        truth = {a: [truth_by_id[i][a] for i in common_ids] for a in args.attributes}
-        peer_preds = {a: [variants["peer"]["predictions"][i][a] for i in common_ids] for a in args.attributes}
-        payload["vs_peer"] = {}
+    truth = {a: [truth_by_id[i][a] for i in common_ids] for a in args.attributes}
+    for peer_name in [p for p in PEERS if p in results]:
+        peer = results[peer_name]["mean_macro_f1"]
+        peer_preds = {a: [variants[peer_name]["predictions"][i][a] for i in common_ids] for a in args.attributes}
+        versus: dict[str, Any] = payload.setdefault(f"vs_{peer_name}", {})
         for n, r in results.items():
-            if n == "peer":
+            if n in PEERS:
                 continue
             d: dict[str, Any] = {
                 "mean_macro_f1_diff": r["mean_macro_f1"] - peer,
@@ -654,7 +720,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.bootstrap > 0:
                 preds = {a: [variants[n]["predictions"][i][a] for i in common_ids] for a in args.attributes}
                 d["bootstrap"] = paired_bootstrap(truth, preds, peer_preds, args.attributes, args.bootstrap, args.seed)
-            payload["vs_peer"][n] = d
+            versus[n] = d
     write_json(args.out, payload)
     print()
     print(
@@ -662,16 +728,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"y_true or y_pred, unknown true labels left out)"
     )
     print(table)
-    for name, d in payload.get("vs_peer", {}).items():
-        verdict = "beats" if d["beats_peer"] else "does not beat"
-        line = f"{name:16s} mean macro-F1 vs peer: {d['mean_macro_f1_diff']:+.3f} ({verdict} the peer)"
-        if "bootstrap" in d:
-            b = d["bootstrap"]
-            line += (
-                f"; paired bootstrap 95% interval [{b['ci95_low']:+.3f}, {b['ci95_high']:+.3f}], "
-                f"ahead in {100 * b['share_ahead']:.0f}% of {b['samples']} resamples"
-            )
-        print(line)
+    for peer_name in PEERS:
+        for name, d in payload.get(f"vs_{peer_name}", {}).items():
+            verdict = "beats" if d["beats_peer"] else "does not beat"
+            line = f"{name:16s} mean macro-F1 vs {peer_name}: {d['mean_macro_f1_diff']:+.3f} ({verdict} it)"
+            if "bootstrap" in d:
+                b = d["bootstrap"]
+                line += (
+                    f"; paired bootstrap 95% interval [{b['ci95_low']:+.3f}, {b['ci95_high']:+.3f}], "
+                    f"ahead in {100 * b['share_ahead']:.0f}% of {b['samples']} resamples"
+                )
+            print(line)
     for name, v in variants.items():
         if "top1_same_as_torch" in v["info"]:
             i = v["info"]
