@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all, 0: frozen)")
     p.add_argument(
+        "--text-adapter",
+        default=None,
+        metavar="JSON",
+        help='peft adapters on MiniLM instead of --text-trainable, e.g. \'{"lora": {"r": 8, "alpha": 16}}\'',
+    )
+    p.add_argument(
         "--text-cache",
         default="auto",
         choices=["auto", "off"],
@@ -330,7 +336,9 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         "cross_attention": functools.partial(CrossAttentionFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
     }[fusion_name]
     vision_trainable: bool | int = False if variant == "title_only" else (args.vision_trainable or False)
-    text_trainable: bool | int = True if args.text_trainable < 0 else (args.text_trainable or False)
+    text_trainable: Any = True if args.text_trainable < 0 else (args.text_trainable or False)
+    if args.text_adapter:
+        text_trainable = json.loads(args.text_adapter)
     if variant == "image_only":
         text_trainable = False
     if cache is not None:
@@ -370,6 +378,8 @@ FUSION_CLASSES = {
 def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """:func:`build_tagger`'s model as the ``model`` section of a config (real towers, no feature caches)."""
     fusion_name = fusion_of(args, variant)
+    # Trained or frozen, the tower's weights have the same names; peft adapters add theirs.
+    text_trainable = json.loads(args.text_adapter) if args.text_adapter and variant != "image_only" else False
     fusion_args: dict[str, Any] = {"dim": args.fusion_dim, "dropout": 0.1}
     if fusion_name == "late":
         fusion_args["mode"] = "gated"
@@ -386,7 +396,7 @@ def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
             },
             "text": {
                 "class_path": "encoders.pretrained.MiniLMTextEncoder",
-                "init_args": {"pooling": "mean", "max_length": args.max_length, "trainable": False},
+                "init_args": {"pooling": "mean", "max_length": args.max_length, "trainable": text_trainable},
             },
             "fusion": {"class_path": FUSION_CLASSES[fusion_name], "init_args": fusion_args},
             "modality_dropout": args.modality_dropout,
@@ -526,7 +536,11 @@ def run_tagger(
         "torchmetrics_test_mean_acc": tm.get("test/mean_acc"),
         "skipped_products": len(dm.skipped),
     }
-    for p in [*(work / "checkpoints").glob("*.ckpt"), work / "deployed.ckpt"]:
+    saved = list((work / "checkpoints").glob("*.ckpt"))
+    info["checkpoint_mb"] = round(saved[0].stat().st_size / 1e6, 1) if saved else None
+    info["trained_weights_mb"] = round(4 * trainable / 1e6, 1)  # fp32 bytes of what training changed
+    info["train_samples_per_s"] = round(len(dm.splits["train"]) * trainer.current_epoch / fit_s, 1)
+    for p in [*saved, work / "deployed.ckpt"]:
         p.unlink(missing_ok=True)  # hundreds of MB each; the predictions are what the benchmark keeps
     shutil.rmtree(work / "onnx", ignore_errors=True)
     info["runtimes"] = runtimes
@@ -620,6 +634,8 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "select",
     ]
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
+    if args.text_adapter and variant != "image_only":
+        extra["text_adapter"] = json.loads(args.text_adapter)
     if variant != "image_only":
         extra["ngram_buckets"] = args.ngram_buckets
     # Recorded only when not [CLS], the pooling of results from before the option existed.

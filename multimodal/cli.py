@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from encoders.errors import ConfigError
 from multimodal.errors import UserError
 
 LIGHTNING = ("fit", "validate", "test")
@@ -61,10 +60,13 @@ def user_message(err: BaseException) -> str:
 def find_user_error(err: BaseException) -> BaseException | None:
     """The user error behind ``err``: itself, or one it was raised from (jsonargparse wraps errors raised
     while it instantiates the model or data module in a ``ValueError``)."""
+    # A tower's bad setting (encoders.errors.ConfigError): that module is loaded if one was raised, and importing
+    # it here would import torch with the encoders package.
+    tower_error = getattr(sys.modules.get("encoders.errors"), "ConfigError", UserError)
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
-        if isinstance(current, UserError | ConfigError | FileNotFoundError):
+        if isinstance(current, UserError | tower_error | FileNotFoundError):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
