@@ -98,6 +98,25 @@ def adapter_parameters(module: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def base_layer_names(module: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (weights named as in the plain module) renamed for ``module`` with adapters: a wrapped layer's
+    ``<name>.weight`` is ``<name>.base_layer.weight`` there. Pretrained weights loaded after adapters use this."""
+    wrapped = {name for name, _ in tuner_layers(module)}
+    if not wrapped:
+        return state
+    out = {}
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        out[f"{owner}.base_layer.{leaf}" if owner in wrapped else key] = value
+    return out
+
+
+def adapter_state_names(module: nn.Module) -> set[str]:
+    """State-dict names of the adapters' own parameters in ``module``."""
+    ids = {id(p) for p in adapter_parameters(module)}
+    return {n for n, p in module.named_parameters() if id(p) in ids}
+
+
 def merge_adapters(module: nn.Module) -> int:
     """Fold every adapter of ``module`` into the layer it wraps and put that plain layer back (in place): the same
     outputs (to rounding) with the tower's original layers and cost. Returns how many layers were merged."""

@@ -47,8 +47,12 @@ class TimmVisionEncoder(VisionEncoder):
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Load timm-named weights, ignoring the classifier; any other missing key is an error."""
+        from encoders.adapters import adapter_state_names, base_layer_names
+
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "head.", "fc."))}
+        state = base_layer_names(self.model, state)  # peft adapters wrap layers: their weights moved
         missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in adapter_state_names(self.model)]  # the adapters' own weights
         if missing or unexpected:
             raise ValueError(f"weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -165,3 +165,17 @@ def test_fit_with_a_bad_adapter_setting_is_a_one_line_error(
                      "--model.init_args.vision.init_args.trainable", bad],
                     capsys)  # fmt: skip
     assert "nope" in err and "Traceback" not in err
+
+
+def test_pretrained_weights_land_under_the_adapters() -> None:
+    """EfficientNet-Lite0 loads its ImageNet weights after the adapters wrap its 1x1 convolutions: at
+    initialisation (LoRA's B = 0) it computes what the plain pretrained tower does."""
+    from encoders.pretrained import EfficientNetLiteEncoder
+
+    spec = {"lora": {"r": 4, "target_modules": ["conv_pw", "conv_pwl"]}}
+    plain = EfficientNetLiteEncoder(0, 96, trainable=False).eval()
+    adapted = EfficientNetLiteEncoder(0, 96, trainable=spec).eval()
+    assert has_adapters(adapted) and all(p.requires_grad for p in adapter_parameters(adapted))
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x).pooled, plain(x).pooled, atol=1e-6, rtol=0)
