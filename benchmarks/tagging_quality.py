@@ -100,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
     # Model and optimisation
     p.add_argument("--vision-trainable", type=int, default=0, help="train the last N EfficientNet stages (0: frozen)")
+    p.add_argument("--vision-variant", type=int, default=0, choices=[0, 1, 2], help="EfficientNet-Lite0, 1 or 2")
+    p.add_argument(
+        "--vision-adapter",
+        default=None,
+        metavar="JSON",
+        help="peft adapters on the photo tower instead of --vision-trainable, e.g. "
+        '\'{"lora": {"r": 8, "target_modules": ["conv_pw", "conv_pwl"]}}\'',
+    )
     p.add_argument(
         "--vision-cache",
         default="auto",
@@ -335,7 +343,9 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         "late": functools.partial(LateFusion, dim=dim, mode="gated", dropout=0.1),
         "cross_attention": functools.partial(CrossAttentionFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
     }[fusion_name]
-    vision_trainable: bool | int = False if variant == "title_only" else (args.vision_trainable or False)
+    vision_trainable: Any = False if variant == "title_only" else (args.vision_trainable or False)
+    if args.vision_adapter and variant != "title_only":
+        vision_trainable = json.loads(args.vision_adapter)
     text_trainable: Any = True if args.text_trainable < 0 else (args.text_trainable or False)
     if args.text_adapter:
         text_trainable = json.loads(args.text_adapter)
@@ -345,7 +355,7 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         n_tokens, width = next(iter(cache.values())).shape
         vision = cached_vision_encoder(cache, width, n_tokens - 1)
     else:
-        vision = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=vision_trainable)
+        vision = EfficientNetLiteEncoder(args.vision_variant, image_size=args.image_size, trainable=vision_trainable)
     text = MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=text_trainable)
     if text_trainable is False and args.text_cache != "off":
         text = cached_text_encoder(text, TEXT_CACHE)  # frozen MiniLM weights are the same in every variant
@@ -380,6 +390,7 @@ def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     fusion_name = fusion_of(args, variant)
     # Trained or frozen, the tower's weights have the same names; peft adapters add theirs.
     text_trainable = json.loads(args.text_adapter) if args.text_adapter and variant != "image_only" else False
+    vision_trainable = json.loads(args.vision_adapter) if args.vision_adapter and variant != "title_only" else False
     fusion_args: dict[str, Any] = {"dim": args.fusion_dim, "dropout": 0.1}
     if fusion_name == "late":
         fusion_args["mode"] = "gated"
@@ -392,7 +403,11 @@ def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "init_args": {
             "vision": {
                 "class_path": "encoders.pretrained.EfficientNetLiteEncoder",
-                "init_args": {"variant": 0, "image_size": args.image_size, "trainable": False},
+                "init_args": {
+                    "variant": args.vision_variant,
+                    "image_size": args.image_size,
+                    "trainable": vision_trainable,
+                },  # fmt: skip
             },
             "text": {
                 "class_path": "encoders.pretrained.MiniLMTextEncoder",
@@ -549,9 +564,10 @@ def run_tagger(
 
 # ------------------------------------------------------------------------------------------------------- main
 def use_cache(args: argparse.Namespace) -> bool:
-    if args.vision_cache == "on" and args.vision_trainable > 0:
-        raise SystemExit("error: --vision-cache on needs a frozen vision tower (--vision-trainable 0)")
-    return args.vision_cache == "on" or (args.vision_cache == "auto" and args.vision_trainable == 0)
+    trains = args.vision_trainable > 0 or bool(args.vision_adapter)
+    if args.vision_cache == "on" and trains:
+        raise SystemExit("error: --vision-cache on needs a frozen vision tower (--vision-trainable 0, no adapter)")
+    return args.vision_cache == "on" or (args.vision_cache == "auto" and not trains)
 
 
 def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, torch.Tensor]:
@@ -559,12 +575,14 @@ def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, tor
     from encoders.pretrained import EfficientNetLiteEncoder
 
     records = [r for split in dm.splits.values() for r in split]
-    path = work / f"vision_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.image_size}px.pt"
+    lite = f"_lite{args.vision_variant}" if args.vision_variant else ""
+    name = f"vision_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.image_size}px{lite}.pt"
+    path = work / name
     if path.is_file():
         cache = torch.load(path, map_location="cpu", weights_only=True)
         say(f"vision cache: {len(cache)} photos from {path}")
         return cache
-    encoder = EfficientNetLiteEncoder(variant=0, image_size=args.image_size, trainable=False)
+    encoder = EfficientNetLiteEncoder(args.vision_variant, image_size=args.image_size, trainable=False)
     cache = build_vision_cache(records, Path(args.image_root), encoder)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(cache, path)
@@ -636,6 +654,10 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
     if args.text_adapter and variant != "image_only":
         extra["text_adapter"] = json.loads(args.text_adapter)
+    if args.vision_adapter and variant != "title_only":
+        extra["vision_adapter"] = json.loads(args.vision_adapter)
+    if args.vision_variant:  # recorded when not Lite0, the tower of results from before the option existed
+        extra["vision_variant"] = args.vision_variant
     if variant != "image_only":
         extra["ngram_buckets"] = args.ngram_buckets
     # Recorded only when not [CLS], the pooling of results from before the option existed.
