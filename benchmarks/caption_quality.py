@@ -22,6 +22,7 @@ Our captioners generate with the output layer trimmed to the training targets' t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from functools import partial
@@ -63,6 +64,13 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=0.0,
         help="ProductCaptioner word_dropout for our methods (target input tokens masked in training); peer: none",
+    )
+    p.add_argument(
+        "--lm_adapter",
+        default="",
+        metavar="JSON",
+        help="our methods: peft adapters on the language model instead of fine-tuning it, e.g. "
+        '\'{"lora": {"r": 16, "alpha": 32}}\' (adapters at --lr; new cross-attention layers train fully)',
     )
     p.add_argument(
         "--compare",
@@ -124,18 +132,23 @@ def optimizer(model: nn.Module, pretrained: set[int], args: argparse.Namespace) 
 
 
 def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
+    from encoders.adapters import adapter_parameters
     from encoders.language_model import MiniLMLanguageModel
     from fusion import conditioning
     from multimodal.captioning.captioner import ProductCaptioner
 
-    lm = MiniLMLanguageModel(max_length=args.max_length)
+    adapter = json.loads(args.lm_adapter) if getattr(args, "lm_adapter", "") else True
+    lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter)
     pretrained = {id(p) for p in lm.parameters()}
     vision = _NoVision(vision_dim)
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
                              word_dropout=args.word_dropout)  # fmt: skip
+    adapters = {id(p) for p in adapter_parameters(model.lm)}  # new weights: at lr, as new layers
     pretrained = {
-        id(p) for n, p in model.lm.model.named_parameters() if id(p) in pretrained or "crossattention" not in n
+        id(p)
+        for n, p in model.lm.model.named_parameters()
+        if (id(p) in pretrained or "crossattention" not in n) and id(p) not in adapters
     }
     return model, pretrained
 
