@@ -189,6 +189,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
     )
     args = p.parse_args(argv)
+    for flag in ("text_adapter", "vision_adapter"):  # JSON -> {peft method: {options}}, read once
+        text = getattr(args, flag)
+        try:
+            setattr(args, flag, json.loads(text) if text else None)
+        except json.JSONDecodeError as err:
+            p.error(f"--{flag.replace('_', '-')} is not JSON ({err}): {text}")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in ALL_VARIANTS]
     if unknown:
@@ -343,12 +349,9 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         "late": functools.partial(LateFusion, dim=dim, mode="gated", dropout=0.1),
         "cross_attention": functools.partial(CrossAttentionFusion, dim=dim, layers=layers, heads=4, dropout=0.1),
     }[fusion_name]
-    vision_trainable: Any = False if variant == "title_only" else (args.vision_trainable or False)
-    if args.vision_adapter and variant != "title_only":
-        vision_trainable = json.loads(args.vision_adapter)
-    text_trainable: Any = True if args.text_trainable < 0 else (args.text_trainable or False)
-    if args.text_adapter:
-        text_trainable = json.loads(args.text_adapter)
+    vision_adapter, text_adapter = adapters_of(args, variant)
+    vision_trainable: Any = False if variant == "title_only" else (vision_adapter or args.vision_trainable or False)
+    text_trainable: Any = text_adapter or (True if args.text_trainable < 0 else (args.text_trainable or False))
     if variant == "image_only":
         text_trainable = False
     if cache is not None:
@@ -378,6 +381,14 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
     )
 
 
+def adapters_of(args: argparse.Namespace, variant: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The peft adapters (vision, text) a variant's towers get: none on a tower whose modality it drops."""
+    return (
+        None if variant == "title_only" else args.vision_adapter,
+        None if variant == "image_only" else args.text_adapter,
+    )
+
+
 FUSION_CLASSES = {
     "early": "fusion.early.EarlyFusion",
     "late": "fusion.late.LateFusion",
@@ -389,8 +400,8 @@ def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     """:func:`build_tagger`'s model as the ``model`` section of a config (real towers, no feature caches)."""
     fusion_name = fusion_of(args, variant)
     # Trained or frozen, the tower's weights have the same names; peft adapters add theirs.
-    text_trainable = json.loads(args.text_adapter) if args.text_adapter and variant != "image_only" else False
-    vision_trainable = json.loads(args.vision_adapter) if args.vision_adapter and variant != "title_only" else False
+    vision_adapter, text_adapter = adapters_of(args, variant)
+    vision_trainable, text_trainable = vision_adapter or False, text_adapter or False
     fusion_args: dict[str, Any] = {"dim": args.fusion_dim, "dropout": 0.1}
     if fusion_name == "late":
         fusion_args["mode"] = "gated"
@@ -652,10 +663,11 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         "select",
     ]
     extra = {"single_modality_fusion": args.single_modality_fusion} if variant in ("image_only", "title_only") else {}
-    if args.text_adapter and variant != "image_only":
-        extra["text_adapter"] = json.loads(args.text_adapter)
-    if args.vision_adapter and variant != "title_only":
-        extra["vision_adapter"] = json.loads(args.vision_adapter)
+    vision_adapter, text_adapter = adapters_of(args, variant)
+    if text_adapter:
+        extra["text_adapter"] = text_adapter
+    if vision_adapter:
+        extra["vision_adapter"] = vision_adapter
     if args.vision_variant:  # recorded when not Lite0, the tower of results from before the option existed
         extra["vision_variant"] = args.vision_variant
     if variant != "image_only":

@@ -156,16 +156,22 @@ class CausalLM(nn.Module):
             yield
             return
         layer = self.get_output_layer()
-        name = next(n for n, m in self.model.named_modules() if m is layer)
-        parent_name, _, attr = name.rpartition(".")
-        parent = self.model.get_submodule(parent_name)
         trimmed = TrimmedOutput(layer, token_ids)
         trimmed.register_forward_pre_hook(self._apply_hidden_transform)
-        setattr(parent, attr, trimmed)
+        with self._swapped({layer: trimmed}):
+            yield
+
+    @contextmanager
+    def _swapped(self, replacements: dict[nn.Module, nn.Module]) -> Iterator[None]:
+        """Within the block each submodule of the model that is a key of ``replacements`` is its value."""
+        places = {m: n.rpartition(".") for n, m in self.model.named_modules() if m in replacements}
+        for old, (parent, _, attr) in places.items():
+            setattr(self.model.get_submodule(parent), attr, replacements[old])
         try:
             yield
         finally:
-            setattr(parent, attr, layer)
+            for old, (parent, _, attr) in places.items():
+                setattr(self.model.get_submodule(parent), attr, old)
 
     def _install_hooks(self) -> None:
         self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
@@ -242,17 +248,8 @@ class CausalLM(nn.Module):
         layer = self.get_output_layer()
         output = CompactOutput(layer, space)
         output.register_forward_pre_hook(self._apply_hidden_transform)
-        swaps = [(embedding, CompactEmbedding(embedding, space)), (layer, output)]
-        places = {id(m): n for n, m in self.model.named_modules() if m is embedding or m is layer}
-        for old, new in swaps:
-            parent_name, _, attr = places[id(old)].rpartition(".")
-            setattr(self.model.get_submodule(parent_name), attr, new)
-        try:
+        with self._swapped({embedding: CompactEmbedding(embedding, space), layer: output}):
             yield
-        finally:
-            for old, _ in swaps:
-                parent_name, _, attr = places[id(old)].rpartition(".")
-                setattr(self.model.get_submodule(parent_name), attr, old)
 
     def _encoder_kwargs(self, encoder: Features | None) -> dict[str, Tensor]:
         if encoder is None:

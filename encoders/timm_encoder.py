@@ -52,7 +52,8 @@ class TimmVisionEncoder(VisionEncoder):
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "head.", "fc."))}
         state = base_layer_names(self.model, state)  # peft adapters wrap layers: their weights moved
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k not in adapter_state_names(self.model)]  # the adapters' own weights
+        own = adapter_state_names(self.model)  # the adapters' own weights are not in a pretrained file
+        missing = [k for k in missing if k not in own]
         if missing or unexpected:
             raise ValueError(f"weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -99,6 +99,12 @@ def _pad(rows: list[list[int]], value: int, left: bool) -> Tensor:
     )
 
 
+def check_trim_vocabulary(value: Any) -> None:
+    """A one-line error unless ``value`` is None, True or False (the ``trim_vocabulary`` generation option)."""
+    if value not in (None, True, False):
+        raise UserError(f"trim_vocabulary must be true or false, not {value!r}")
+
+
 def _token_logprob(scores: Tensor, tokens: Tensor, kept: Tensor | None) -> Tensor:
     """Log-probability ``(B,)`` of ``tokens (B,)`` under one step's processed ``scores (B, V)``; ``kept (K,)``: the
     only finite columns. What ``compute_transition_scores(normalize_logits=True)`` gives, without its
@@ -345,8 +351,7 @@ class ProductCaptioner(TowerTask):
     def output_token_ids(self, trim_vocabulary: bool | None) -> Tensor | None:
         """The ids generation may write: :attr:`caption_token_ids` unless ``trim_vocabulary`` is False (None: when
         known); None means the whole vocabulary."""
-        if trim_vocabulary not in (None, True, False):
-            raise UserError(f"trim_vocabulary must be true or false, not {trim_vocabulary!r}")
+        check_trim_vocabulary(trim_vocabulary)
         if trim_vocabulary and self.caption_token_ids is None:
             raise UserError(
                 "trim_vocabulary: this captioner holds no training-target token ids (a checkpoint written before "

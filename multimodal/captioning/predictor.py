@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from multimodal.captioning.captioner import check_trim_vocabulary
 from multimodal.data.dataset import Collate
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
@@ -16,8 +17,7 @@ def check_generation(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("max_new_tokens", "num_beams"):
         if key in options and int(options[key]) <= 0:
             raise UserError(f"{key} must be positive, not {options[key]}")
-    if options.get("trim_vocabulary") not in (None, True, False):
-        raise UserError(f"trim_vocabulary must be true or false, not {options['trim_vocabulary']!r}")
+    check_trim_vocabulary(options.get("trim_vocabulary"))
     if int(options.get("num_return_sequences", 1)) != 1:
         raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
     return options
