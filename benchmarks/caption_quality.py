@@ -73,6 +73,19 @@ def parse_args() -> argparse.Namespace:
         '\'{"lora": {"r": 16, "alpha": 32}}\' (adapters at --lr; new cross-attention layers train fully)',
     )
     p.add_argument(
+        "--lm_warmup_steps",
+        type=int,
+        default=0,
+        help="ours: ProductCaptioner lm_warmup_steps (the LM's pretrained weights are held for these first steps)",
+    )
+    p.add_argument(
+        "--conditioning",
+        default="",
+        metavar="JSON",
+        help="our early / cross-attention methods: fusion.conditioning.ImageTokens settings, e.g. "
+        '\'{"projection": "linear", "norm": false}\' or \'{"queries": 16}\' (late: ignored)',
+    )
+    p.add_argument(
         "--compare",
         default="full_vocabulary,bfloat16",
         help="also caption the test split with the same trained model (ours): full_vocabulary (no trimming), "
@@ -141,9 +154,10 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter)
     pretrained = {id(p) for p in lm.parameters()}
     vision = _NoVision(vision_dim)
-    model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1),
+    options = json.loads(args.conditioning) if args.conditioning and mode != "late" else {}
+    model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
-                             word_dropout=args.word_dropout)  # fmt: skip
+                             word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps)  # fmt: skip
     adapters = {id(p) for p in adapter_parameters(model.lm)}  # new weights: at lr, as new layers
     pretrained = {
         id(p)
@@ -238,6 +252,8 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
                 loss = model.loss(model.logits(f, ids, enc["attention_mask"]), enc["caption_labels"])
             opt.zero_grad()
             loss.backward()
+            if text_fn is not None:
+                model.hold_language_model(steps)  # what ProductCaptioner.on_before_optimizer_step does in fit
             opt.step()
             steps += 1
             if steps % 20 == 0:

@@ -130,7 +130,7 @@ def score_table(
 
 def paired_bootstrap(
     truth: dict[str, list[str | None]],
-    predictions_a: dict[str, list[str]],
+    predictions_a: dict[str, list[str]] | Sequence[dict[str, list[str]]],
     predictions_b: dict[str, list[str]],
     attributes: Sequence[str],
     samples: int = 2000,
@@ -140,26 +140,29 @@ def paired_bootstrap(
 
     Each of ``samples`` draws resamples the products with replacement, once for both methods, and scores both
     exactly as :func:`attribute_scores` does (unknown true labels left out; macro over the labels present in the
-    draw's truth or predictions). Returns the observed difference, the 2.5 / 97.5 percentiles of the drawn
-    differences and the share of draws in which ``a`` is ahead.
+    draw's truth or predictions). ``predictions_a`` may be several prediction sets (runs of one method with other
+    seeds): ``a``'s score is then their average on the same draw. Returns the observed difference, the 2.5 / 97.5
+    percentiles of the drawn differences and the share of draws in which ``a`` is ahead.
     """
+    runs_a = [predictions_a] if isinstance(predictions_a, dict) else list(predictions_a)
     n = len(truth[attributes[0]])
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(samples, n))
     diff = np.zeros(samples)
     observed = 0.0
     for a in attributes:
-        labels = sorted({x for x in truth[a] if x is not None} | set(predictions_a[a]) | set(predictions_b[a]))
+        predicted = set(predictions_b[a]).union(*(set(r[a]) for r in runs_a))
+        labels = sorted({x for x in truth[a] if x is not None} | predicted)
         code = {label: i for i, label in enumerate(labels)}
         known = np.array([x is not None for x in truth[a]])
         t = np.array([code[x] if x is not None else -1 for x in truth[a]])
         drawn, whole = [], []
-        for preds in (predictions_a, predictions_b):
+        for preds in (*runs_a, predictions_b):
             p = np.array([code[x] for x in preds[a]])
             drawn.append(_macro_f1_draws(t, p, known, draws, len(labels)))
             whole.append(_macro_f1_draws(t, p, known, np.arange(n)[None], len(labels))[0])
-        diff += drawn[0] - drawn[1]
-        observed += whole[0] - whole[1]
+        diff += np.mean(drawn[:-1], axis=0) - drawn[-1]
+        observed += float(np.mean(whole[:-1])) - whole[-1]
     k = len(attributes)
     diff, observed = diff / k, observed / k
     return {

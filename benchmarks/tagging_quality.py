@@ -89,6 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="also keep variants from these result files (same settings), e.g. variants run in parallel",
     )
+    p.add_argument(
+        "--seed-runs",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="result files of the same command with other --seed values (a file may hold several under 'runs'): "
+        "each tagger's seed-mean mean macro-F1 is reported with a paired bootstrap against each peer",
+    )
     # Budget
     p.add_argument("--epochs", type=int, default=12, help="training epochs per tagger")
     p.add_argument("--image-size", type=int, default=224, help="square image size for EfficientNet-Lite0")
@@ -771,6 +779,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 preds = {a: [variants[n]["predictions"][i][a] for i in common_ids] for a in args.attributes}
                 d["bootstrap"] = paired_bootstrap(truth, preds, peer_preds, args.attributes, args.bootstrap, args.seed)
             versus[n] = d
+    if args.seed_runs:
+        payload["seeds"] = seed_means(args, variants, truth, common_ids)
     write_json(args.out, payload)
     print()
     print(
@@ -789,6 +799,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"ahead in {100 * b['share_ahead']:.0f}% of {b['samples']} resamples"
                 )
             print(line)
+    for name, d in payload.get("seeds", {}).items():
+        print(f"{name:16s} mean macro-F1 over seeds {d['seeds']}: {d['mean_macro_f1']:.3f} "
+              f"(per seed {', '.join(f'{x:.3f}' for x in d['per_seed'])})")  # fmt: skip
+        for peer_name, b in d["vs"].items():
+            interval = f"[{b['ci95_low']:+.3f}, {b['ci95_high']:+.3f}]"
+            print(f"{'':16s} vs {peer_name} {d['peers'][peer_name]:.3f}: {b['diff']:+.3f}; paired bootstrap 95% "
+                  f"interval {interval}, ahead in {100 * b['share_ahead']:.0f}%")  # fmt: skip
     for name, v in variants.items():
         if "top1_same_as_torch" in v["info"]:
             i = v["info"]
@@ -797,6 +814,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"max |probability - torch| {diff:.1e}")  # fmt: skip
     say(f"wrote {args.out}")
     return payload
+
+
+def seed_runs(paths: list[str]) -> list[dict[str, Any]]:
+    """Result payloads in ``paths``: a tagging_quality output, or a file holding several under ``runs``."""
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--seed-runs: cannot read {path}: {e}") from None
+        out += list(data["runs"].values()) if "runs" in data else [data]
+    return out
+
+
+def seed_means(
+    args: argparse.Namespace, variants: dict[str, Any], truth: dict[str, list[str | None]], ids: list[str]
+) -> dict[str, Any]:
+    """Per tagger of this run: its predictions and those of ``--seed-runs`` runs with the same settings but another
+    seed, their mean macro-F1 each and on average, and the paired bootstrap of that average against each peer (the
+    peers do not depend on the seed: scikit-learn's lbfgs is deterministic)."""
+
+    def unseeded(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if k != "seed"}
+
+    runs = seed_runs(args.seed_runs)
+    out: dict[str, Any] = {}
+    for name, record in variants.items():
+        if name in PEERS or " [" in name:
+            continue
+        found = {args.seed: record["predictions"]}
+        for run in runs:
+            other = run.get("variants", {}).get(name)
+            if other and unseeded(other["settings"]) == unseeded(record["settings"]):
+                found.setdefault(other["settings"]["seed"], other["predictions"])
+        if len(found) < 2 or any(set(ids) - set(p) for p in found.values()):
+            continue
+        per_seed = {seed: {a: [p[i][a] for i in ids] for a in args.attributes} for seed, p in sorted(found.items())}
+        scores = [score_table(truth, p, args.attributes)["mean_macro_f1"] for p in per_seed.values()]
+        mean = sum(scores) / len(scores)
+        entry: dict[str, Any] = {"seeds": list(per_seed), "per_seed": scores, "mean_macro_f1": mean, "peers": {},
+                                 "vs": {}}  # fmt: skip
+        for peer_name in [p for p in PEERS if p in variants]:
+            peer = {a: [variants[peer_name]["predictions"][i][a] for i in ids] for a in args.attributes}
+            entry["peers"][peer_name] = score_table(truth, peer, args.attributes)["mean_macro_f1"]
+            entry["vs"][peer_name] = paired_bootstrap(
+                truth, list(per_seed.values()), peer, args.attributes, max(args.bootstrap, 1), args.seed
+            )
+        out[name] = entry
+    return out
 
 
 def _truth_and_preds(

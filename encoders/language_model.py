@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from encoders.adapters import adapter_parameters
 from encoders.freezing import Trainable, set_trainable
 from encoders.types import Features
 
@@ -78,6 +79,7 @@ class CausalLM(nn.Module):
         self.max_length = max_length
         self.trainable = trainable
         set_trainable(self.model, trainable)
+        self.added_parameter_names: set[str] = set()  # new layers (cross-attention) the pretrained model lacked
         self._hidden_transform: HiddenTransform | None = None
         self._input_transform: InputTransform | None = None
         self._install_hooks()
@@ -92,6 +94,15 @@ class CausalLM(nn.Module):
     @property
     def has_cross_attention(self) -> bool:
         return bool(getattr(self.model.config, "add_cross_attention", False))
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """Trainable weights that came with the pretrained model (not new cross-attention layers, not adapters)."""
+        adapters = {id(p) for p in adapter_parameters(self.model)}
+        return [
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and n not in self.added_parameter_names and id(p) not in adapters
+        ]
 
     def get_output_layer(self) -> nn.Module:
         """The final projection to the vocabulary (its input is the last hidden state the head sees)."""
@@ -112,6 +123,7 @@ class CausalLM(nn.Module):
         for name, param in new.named_parameters():
             if name in missing:
                 param.requires_grad_(True)
+        self.added_parameter_names = set(missing)
         self.model = new
         self._install_hooks()
 

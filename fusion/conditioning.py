@@ -16,12 +16,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from encoders.types import Features
-from fusion.layers import MLP, zero_padding
+from fusion.layers import MLP, CrossAttentionLayer, zero_padding
 
 
 @dataclass
@@ -59,59 +60,123 @@ class LMConditioning(nn.Module, ABC):
         """Condition on ``vision`` (tokens ``(B, N, Dv)``, mask ``(B, N)``, pooled ``(B, Dv)``)."""
 
 
-class PrefixConditioning(LMConditioning):
-    """Early fusion: ``[pooled; tokens]`` through an MLP into ``1 + N`` prefix embeddings of width ``D``.
+def _load_old_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Checkpoints written before :class:`ImageTokens` name its layers ``mlp.`` and ``norm.``."""
+    for old, new in (("mlp.", "image.project."), ("norm.", "image.norm.")):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+
+
+class ImageTokens(nn.Module):
+    """Vision features -> ``(B, P, D)`` tokens for the language model: what the early and cross-attention families
+    share.
+
+    ``[pooled; tokens]`` (or either alone) are projected to ``D``, optionally summarised by a learned-query resampler
+    (``queries`` learned vectors attend to the projected tokens through ``resampler_layers`` pre-norm blocks, as
+    Flamingo's Perceiver resampler and BLIP-2's Q-Former do), then optionally layer-normalised.
 
     Args:
         vision_dim: ``Dv``.
         lm_dim: ``D``.
         hidden_dim: MLP hidden width (default ``D``).
-        dropout: inside the MLP.
-        use_tokens: also pass the image tokens (else the pooled vector alone, one prefix token).
+        dropout: inside the MLP and the resampler.
+        projection: ``"mlp"`` (Linear, GELU, Linear) or ``"linear"`` (one Linear, as ``VisionEncoderDecoderModel``).
+        norm: LayerNorm the output.
+        use_pooled: include the pooled vector as a token.
+        use_tokens: include the image tokens (at least one of the two).
+        queries: resampler output length ``P`` (0: no resampler, ``P`` is the number of input tokens).
+        resampler_layers: blocks of the resampler.
+        heads: attention heads of the resampler.
     """
 
     def __init__(
-        self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0, use_tokens: bool = True
+        self,
+        vision_dim: int,
+        lm_dim: int,
+        hidden_dim: int | None = None,
+        dropout: float = 0.0,
+        projection: str = "mlp",
+        norm: bool = True,
+        use_pooled: bool = True,
+        use_tokens: bool = True,
+        queries: int = 0,
+        resampler_layers: int = 2,
+        heads: int = 8,
     ) -> None:
-        super().__init__(vision_dim, lm_dim)
-        self.use_tokens = use_tokens
-        self.mlp = MLP(vision_dim, hidden_dim or lm_dim, lm_dim, dropout)
-        self.norm = nn.LayerNorm(lm_dim)
-
-    def forward(self, vision: Features) -> LMCondition:
-        pooled = vision.pooled.unsqueeze(1)  # (B, 1, Dv)
-        ones = vision.mask.new_ones(pooled.shape[:2])
-        if self.use_tokens:
-            tokens, mask = torch.cat([pooled, vision.tokens], 1), torch.cat([ones, vision.mask], 1)  # (B, 1+N, Dv)
+        super().__init__()
+        if not (use_pooled or use_tokens):
+            raise ValueError("image tokens: use_pooled and use_tokens are both off; nothing would reach the LM")
+        if projection == "mlp":
+            self.project: nn.Module = MLP(vision_dim, hidden_dim or lm_dim, lm_dim, dropout)
+        elif projection == "linear":
+            self.project = nn.Linear(vision_dim, lm_dim)
         else:
-            tokens, mask = pooled, ones
-        prefix = zero_padding(self.norm(self.mlp(tokens)), mask)  # (B, P, D)
-        return LMCondition(prefix=Features(tokens=prefix, mask=mask, pooled=prefix[:, 0]))
+            raise ValueError(f"image tokens: projection must be 'mlp' or 'linear', not {projection!r}")
+        if queries < 0:
+            raise ValueError(f"image tokens: queries must be 0 (no resampler) or positive, not {queries}")
+        self.use_pooled, self.use_tokens = use_pooled, use_tokens
+        self.queries = nn.Parameter(torch.randn(queries, lm_dim) * 0.02) if queries else None
+        layers = resampler_layers if queries else 0
+        self.resampler = nn.ModuleList(CrossAttentionLayer(lm_dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(lm_dim) if norm else nn.Identity()
+
+    def forward(self, vision: Features) -> Features:
+        """``(B, P, D)`` tokens with mask ``(B, P)``; ``pooled`` is the first token."""
+        parts, masks = [], []
+        if self.use_pooled:
+            parts.append(vision.pooled.unsqueeze(1))  # (B, 1, Dv)
+            masks.append(vision.mask.new_ones(vision.mask.shape[0], 1))
+        if self.use_tokens:
+            parts.append(vision.tokens)  # (B, N, Dv)
+            masks.append(vision.mask)
+        tokens, mask = self.project(torch.cat(parts, 1)), torch.cat(masks, 1)  # (B, P, D)
+        if self.queries is not None:
+            x = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (B, Q, D)
+            x_mask = mask.new_ones(x.shape[:2])
+            for layer in self.resampler:
+                x = layer(x, x_mask, tokens, mask)
+            tokens, mask = x, x_mask
+        tokens = zero_padding(self.norm(tokens), mask)
+        return Features(tokens=tokens, mask=mask, pooled=tokens[:, 0])
 
 
-class CrossAttentionConditioning(LMConditioning):
-    """Cross-attention fusion: image tokens projected to ``D`` become the LM's ``encoder_hidden_states``.
+class _ImageTokensConditioning(LMConditioning):
+    """Shared constructor of the early and cross-attention families: their image tokens come from
+    :class:`ImageTokens`.
 
     Args:
         vision_dim: ``Dv``.
         lm_dim: ``D``.
         hidden_dim: MLP hidden width (default ``D``).
-        dropout: inside the MLP.
+        dropout: inside the MLP (and resampler).
+        **options: further :class:`ImageTokens` settings (``projection``, ``norm``, ``use_pooled``, ``use_tokens``,
+            ``queries``...).
     """
+
+    def __init__(
+        self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0, **options: Any
+    ) -> None:
+        super().__init__(vision_dim, lm_dim)
+        self.image = ImageTokens(vision_dim, lm_dim, hidden_dim, dropout, **options)
+        self.register_load_state_dict_pre_hook(_load_old_names)
+
+
+class PrefixConditioning(_ImageTokensConditioning):
+    """Early fusion: image tokens (:class:`ImageTokens`: by default ``[pooled; tokens]`` through an MLP and a
+    LayerNorm) become ``P`` prefix embeddings of width ``D`` before the text (ClipCap / LLaVA); ``use_tokens=False``
+    keeps the pooled vector alone (one prefix token)."""
+
+    def forward(self, vision: Features) -> LMCondition:
+        return LMCondition(prefix=self.image(vision))
+
+
+class CrossAttentionConditioning(_ImageTokensConditioning):
+    """Cross-attention fusion: image tokens (:class:`ImageTokens`) become the LM's ``encoder_hidden_states``."""
 
     needs_cross_attention = True
 
-    def __init__(self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
-        super().__init__(vision_dim, lm_dim)
-        self.mlp = MLP(vision_dim, hidden_dim or lm_dim, lm_dim, dropout)
-        self.norm = nn.LayerNorm(lm_dim)
-
     def forward(self, vision: Features) -> LMCondition:
-        pooled = vision.pooled.unsqueeze(1)
-        tokens = torch.cat([pooled, vision.tokens], 1)  # (B, 1+N, Dv)
-        mask = torch.cat([vision.mask.new_ones(pooled.shape[:2]), vision.mask], 1)
-        states = zero_padding(self.norm(self.mlp(tokens)), mask)  # (B, 1+N, D)
-        return LMCondition(encoder=Features(tokens=states, mask=mask, pooled=states[:, 0]))
+        return LMCondition(encoder=self.image(vision))
 
 
 class LateConditioning(LMConditioning):

@@ -43,3 +43,14 @@ def test_same_predictions_give_a_zero_interval_and_the_order_flips_the_sign() ->
     backward = paired_bootstrap(truth, b, a, ATTRIBUTES, samples=200, seed=3)
     assert backward["diff"] == pytest.approx(-forward["diff"])
     assert backward["ci95_high"] == pytest.approx(-forward["ci95_low"])
+
+
+def test_several_runs_of_a_method_are_scored_by_their_mean() -> None:
+    truth, a, b = catalogue(seed=2)
+    _, c, _ = catalogue(seed=2)  # same truth, another run of the 90% predictor
+    c = {k: list(reversed(v)) for k, v in c.items()}  # scrambled: a worse run
+    mean = paired_bootstrap(truth, [a, c], b, ATTRIBUTES, samples=300, seed=4)
+    score = {name: score_table(truth, p, ATTRIBUTES)["mean_macro_f1"] for name, p in (("a", a), ("b", b), ("c", c))}
+    assert mean["diff"] == pytest.approx((score["a"] + score["c"]) / 2 - score["b"], abs=1e-12)
+    alone = paired_bootstrap(truth, [a], b, ATTRIBUTES, samples=300, seed=4)
+    assert alone == paired_bootstrap(truth, a, b, ATTRIBUTES, samples=300, seed=4)

@@ -128,6 +128,41 @@ def test_prompt_is_masked_out_of_the_loss() -> None:
     assert out["prompt_mask"][1].tolist() == [0] * (len(prompt) - len(describe)) + [1] * (1 + len(describe))
 
 
+@pytest.mark.parametrize("mode", ["PrefixConditioning", "CrossAttentionConditioning"])
+def test_lm_warmup_holds_the_pretrained_lm_weights_only(mode: str, tmp_path: Path) -> None:
+    """Through ``Trainer.fit``: for ``lm_warmup_steps`` steps the LM's own weights stay as built while the
+    conditioning (and new cross-attention layers) learn; one step later the LM moves too."""
+    sample = pd.read_csv(ROOT / "examples" / "fashion-products" / "metadata.csv", dtype=str, keep_default_na=False)
+    manifest = eight_titles(tmp_path, sample)
+
+    def fit(steps: int) -> tuple[Any, dict[str, torch.Tensor]]:
+        cli = tiny_cli(mode, manifest, "--model.init_args.lm_warmup_steps", "2", "--trainer.max_steps", str(steps),
+                       "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0")  # fmt: skip
+        before = {n: p.detach().clone() for n, p in cli.model.named_parameters()}
+        cli.trainer.fit(cli.model, cli.datamodule)
+        return cli.model, before
+
+    model, before = fit(2)
+    held = {id(p) for p in model.lm.pretrained_parameters()}
+    assert held and model.lm.added_parameter_names == (
+        set() if mode == "PrefixConditioning" else {n for n, _ in model.lm.model.named_parameters() if "crossatt" in n}
+    )
+    for name, p in model.named_parameters():
+        same = torch.equal(p, before[name])
+        if id(p) in held:
+            assert same, f"{name} moved during the warm-up"
+        elif name.startswith("conditioning.") and name.endswith("weight"):
+            assert not same, f"{name} did not learn during the warm-up"
+    for name in model.lm.added_parameter_names:
+        assert not torch.equal(model.lm.model.get_parameter(name), before[f"text.model.{name}"])
+    model, before = fit(3)
+    moved = [n for n, p in model.named_parameters() if id(p) in {id(q) for q in model.lm.pretrained_parameters()}
+             and not torch.equal(p, before[n])]  # fmt: skip
+    assert moved, "the LM never trains after the warm-up"
+    with pytest.raises(UserError, match="lm_warmup_steps=-1: needs a whole number"):
+        type(model)(model.vision, model.lm, model.conditioning.__class__, lm_warmup_steps=-1)
+
+
 def test_word_dropout_masks_only_target_inputs() -> None:
     from encoders.language_model import MiniLMLanguageModel
     from encoders.timm_encoder import TimmVisionEncoder

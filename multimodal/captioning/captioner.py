@@ -142,6 +142,10 @@ class ProductCaptioner(TowerTask):
         word_dropout: in training, the chance that each target token *given as input* is replaced by the
             tokenizer's mask (or unknown) token; the labels stay. With less of the title to lean on, the LM has to
             read the image; this is what gets an image prefix (early fusion) used at all in a short run.
+        lm_warmup_steps: for this many first optimizer steps the language model's pretrained weights get no
+            update (their gradients are dropped): the new conditioning layers learn to address a fixed LM before
+            the LM may learn to do without the image (a frozen-LM warm-up, as ClipCap and BLIP-2 train their
+            mappers).
         log_examples: validation examples written to the log each epoch.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
@@ -159,6 +163,7 @@ class ProductCaptioner(TowerTask):
         generation: dict[str, Any] | None = None,
         augment: bool = True,
         word_dropout: float = 0.0,
+        lm_warmup_steps: int = 0,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -189,6 +194,9 @@ class ProductCaptioner(TowerTask):
             )
         if word_dropout > 0:
             self._dropped_word_id = choices[0]
+        if not isinstance(lm_warmup_steps, int) or lm_warmup_steps < 0:
+            raise UserError(f"model.lm_warmup_steps={lm_warmup_steps!r}: needs a whole number >= 0")
+        self.lm_warmup_steps = lm_warmup_steps
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
         self.predict_options: dict[str, Any] = {}  # generate options of predict jobs (set by the caller)
         self.predict_seed = 0
@@ -379,6 +387,16 @@ class ProductCaptioner(TowerTask):
         target = (labels != IGNORE_INDEX) & (input_ids != self.lm.eos_id)
         drop = target & (torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout)
         return input_ids.masked_fill(drop, self._dropped_word_id)
+
+    def hold_language_model(self, step: int) -> None:
+        """Before optimizer step ``step`` (0-based): while ``step < lm_warmup_steps``, drop the gradients of the
+        LM's pretrained weights so the optimizer leaves them (and their moments) untouched."""
+        if step < self.lm_warmup_steps:
+            for p in self.lm.pretrained_parameters():
+                p.grad = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.hold_language_model(self.global_step)
 
     # ---------------------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
