@@ -72,6 +72,13 @@ def parse_args() -> argparse.Namespace:
         help="our methods: peft adapters on the language model instead of fine-tuning it, e.g. "
         '\'{"lora": {"r": 16, "alpha": 32}}\' (adapters at --lr; new cross-attention layers train fully)',
     )
+    p.add_argument("--label_smoothing", type=float, default=0.0, help="ours: ProductCaptioner label_smoothing")
+    p.add_argument(
+        "--head_init",
+        default="random",
+        choices=["random", "identity"],
+        help="ours: MiniLMLanguageModel head_init (the LM head's transform, absent from the checkpoint)",
+    )
     p.add_argument(
         "--lm_warmup_steps",
         type=int,
@@ -91,7 +98,9 @@ def parse_args() -> argparse.Namespace:
         help="also caption the test split with the same trained model (ours): full_vocabulary (no trimming), "
         "bfloat16 (weights cast as --precision bf16-true does); empty for none",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="one or more seeds: each method trains once per seed"
+    )
     return p.parse_args()
 
 
@@ -151,13 +160,14 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     from multimodal.captioning.captioner import ProductCaptioner
 
     adapter = json.loads(args.lm_adapter) if getattr(args, "lm_adapter", "") else True
-    lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter)
+    lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter, head_init=args.head_init)
     pretrained = {id(p) for p in lm.parameters()}
     vision = _NoVision(vision_dim)
     options = json.loads(args.conditioning) if args.conditioning and mode != "late" else {}
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
-                             word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps)  # fmt: skip
+                             word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps,
+                             label_smoothing=args.label_smoothing)  # fmt: skip
     adapters = {id(p) for p in adapter_parameters(model.lm)}  # new weights: at lr, as new layers
     pretrained = {
         id(p)
@@ -301,10 +311,40 @@ def variants(model: Any, feats: Features, names: list[str]) -> dict[str, tuple[A
     return out
 
 
+def run_method(
+    method: str, feats: dict[str, Features], train_texts: list[str], refs: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Train one method under ``args.seed``, caption the test split, score it (and its ``--compare`` variants)."""
+    model, seconds, steps = train(method, feats["train"], train_texts, args)
+    ours = method != "hf_vision_encoder_decoder"
+    if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default
+        model.caption_token_ids = model.target_token_ids(train_texts)
+    start = time.perf_counter()
+    preds = predict(method, model, feats["test"], args)
+    scores = caption_scores(preds, refs)
+    examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
+    result: dict[str, Any] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
+                              "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    if ours:
+        result["kept_token_ids"] = len(model.caption_token_ids)
+    b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]
+    say(f"{method} (seed {args.seed}): BLEU-4 {b4:.4f}  CIDEr {cd:.4f}  exact {ex:.3f}  ({seconds:.0f}s)")
+    names = [n for n in args.compare.split(",") if n] if ours else []
+    for name, (m, f, options) in variants(model, feats["test"], names).items():
+        start = time.perf_counter()
+        other = predict(method, m, f, args, **options)
+        same = sum(a == b for a, b in zip(preds, other, strict=True))
+        result[name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
+                        "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        o = result[name]
+        say(f"{method} {name}: BLEU-4 {o['bleu4']:.4f}  CIDEr {o['cider']:.4f}  same captions {same}/{len(preds)}")
+    return result
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    seed_all(args.seed)
+    seed_all(args.seed[0])
     from encoders.pretrained import EfficientNetLiteEncoder
 
     splits = load_split(args)
@@ -326,32 +366,27 @@ def main() -> None:
     train_texts = [t for _, _, t in splits["train"]]
     refs = [t for _, _, t in splits["test"]]
     results: dict[str, Any] = {}
+    seeds = list(args.seed)
     for method in args.methods.split(","):
-        model, seconds, steps = train(method, feats["train"], train_texts, args)
-        ours = method != "hf_vision_encoder_decoder"
-        if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default
-            model.caption_token_ids = model.target_token_ids(train_texts)
-        start = time.perf_counter()
-        preds = predict(method, model, feats["test"], args)
-        scores = caption_scores(preds, refs)
-        examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
-        results[method] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
-                           "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        if ours:
-            results[method]["kept_token_ids"] = len(model.caption_token_ids)
-        b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]
-        say(f"{method}: BLEU-4 {b4:.4f}  CIDEr {cd:.4f}  exact {ex:.3f}  ({seconds:.0f}s)")
-        names = [n for n in args.compare.split(",") if n] if ours else []
-        for name, (m, f, options) in variants(model, feats["test"], names).items():
-            start = time.perf_counter()
-            other = predict(method, m, f, args, **options)
-            same = sum(a == b for a, b in zip(preds, other, strict=True))
-            results[method][name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
-                                     "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-            o = results[method][name]
-            say(f"{method} {name}: BLEU-4 {o['bleu4']:.4f}  CIDEr {o['cider']:.4f}  same captions {same}/{len(preds)}")
+        runs = {}
+        for seed in seeds:
+            runs[seed] = run_method(
+                method, feats, train_texts, refs, argparse.Namespace(**{**vars(args), "seed": seed})
+            )
+        results[method] = {**runs[seeds[0]], "seeds": seeds}
+        if len(seeds) > 1:
+            results[method]["per_seed"] = {str(k): {m: v[m] for m in ("bleu4", "cider", "exact", "examples")}
+                                           for k, v in runs.items()}  # fmt: skip
+            for metric in ("bleu4", "cider", "exact"):
+                results[method][metric] = sum(v[metric] for v in runs.values()) / len(runs)
+            say(f"{method}: mean over seeds {seeds}: CIDEr {results[method]['cider']:.4f} (" +
+                ", ".join(f"{v['cider']:.4f}" for v in runs.values()) + ")")  # fmt: skip
     peer = results.get("hf_vision_encoder_decoder")
-    table = ["| method | BLEU-4 | CIDEr | exact match | train s | CIDEr / peer |", "|---|---|---|---|---|---|"]
+    over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+    table = [
+        f"| method | BLEU-4{over} | CIDEr{over} | exact match | train s | CIDEr / peer |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         ratio = r["cider"] / peer["cider"] if peer and peer["cider"] > 0 else math.nan
         cells = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f}"

@@ -38,6 +38,10 @@ class CausalLM(nn.Module):
             :meth:`add_cross_attention` when a conditioning needs them).
         config_overrides: architecture settings changed from the saved config (e.g. ``num_hidden_layers``).
         random_init: build the (possibly overridden) architecture with random weights, keeping the tokenizer.
+        head_init: an encoder checkpoint loaded as a decoder lacks its LM head's transform (BERT's
+            ``cls.predictions.transform``: dense + LayerNorm before the tied output layer); ``"identity"`` starts the
+            dense layer as the identity, so the first logits already score tokens by their pretrained embeddings;
+            ``"random"`` keeps Hugging Face's random init. Weights the checkpoint has are never touched.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class CausalLM(nn.Module):
         cross_attention: bool = False,
         config_overrides: dict[str, Any] | None = None,
         random_init: bool = False,
+        head_init: str = "random",
     ) -> None:
         super().__init__()
         if (model_name_or_path is None) == (model_type is None):
@@ -67,11 +72,16 @@ class CausalLM(nn.Module):
         self.bos_id, self.eos_id, self.pad_id = _special_ids(self._tokenizer)
         for key, value in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
             setattr(config, key, value)
-        self.model = (
-            AutoModelForCausalLM.from_config(config)
-            if random_init
-            else AutoModelForCausalLM.from_pretrained(model_name_or_path, config=config)
-        )
+        if random_init:
+            self.model = AutoModelForCausalLM.from_config(config)
+        else:
+            self.model, info = AutoModelForCausalLM.from_pretrained(
+                model_name_or_path, config=config, output_loading_info=True
+            )
+            if head_init == "identity":
+                _identity_head_transform(self.model, set(info["missing_keys"]))
+            elif head_init != "random":
+                raise ValueError(f"head_init must be 'identity' or 'random', not {head_init!r}")
         self.model.generation_config.pad_token_id = self.pad_id
         self.model.generation_config.eos_token_id = self.eos_id
         self.model.generation_config.bos_token_id = self.bos_id
@@ -271,6 +281,20 @@ class CausalLM(nn.Module):
         return {"encoder_hidden_states": encoder.tokens, "encoder_attention_mask": encoder.mask.long()}
 
 
+def _identity_head_transform(model: nn.Module, missing: set[str]) -> None:
+    """Set every square Linear of the LM head that the checkpoint lacked (weight and bias both missing) to the
+    identity: BERT's prediction-head transform, so logits start as ``LayerNorm(gelu(h)) @ E^T``."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            weight = f"{name}.weight"
+            if isinstance(module, nn.Linear) and weight in missing and module.in_features == module.out_features:
+                if module.bias is not None and f"{name}.bias" not in missing:
+                    continue
+                module.weight.copy_(torch.eye(module.in_features))
+                if module.bias is not None:
+                    module.bias.zero_()
+
+
 class TrimmedOutput(nn.Module):
     """A vocabulary projection restricted to ``token_ids``: their logits, ``-inf`` for every other id.
 
@@ -398,6 +422,7 @@ class MiniLMLanguageModel(CausalLM):
         cross_attention: bool = False,
         config_overrides: dict[str, Any] | None = None,
         random_init: bool = False,
+        head_init: str = "random",
     ) -> None:
         from encoders.pretrained import minilm_path
 
@@ -408,4 +433,5 @@ class MiniLMLanguageModel(CausalLM):
             cross_attention=cross_attention,
             config_overrides=config_overrides,
             random_init=random_init,
+            head_init=head_init,
         )

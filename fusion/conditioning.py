@@ -61,7 +61,13 @@ class LMConditioning(nn.Module, ABC):
 
 
 def _load_old_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-    """Checkpoints written before :class:`ImageTokens` name its layers ``mlp.`` and ``norm.``."""
+    """Checkpoints written before :class:`ImageTokens` name its layers ``mlp.`` and ``norm.`` (an MLP and a
+    LayerNorm, then the defaults)."""
+    if any(k.startswith(prefix + "mlp.") for k in state_dict) and not isinstance(module.image.project, MLP):
+        raise ValueError(
+            f"{type(module).__name__}: this checkpoint was written with an MLP projection and a LayerNorm (the former "
+            "defaults); build the fusion with projection: mlp, norm: true to load it"
+        )
     for old, new in (("mlp.", "image.project."), ("norm.", "image.norm.")):
         for key in [k for k in state_dict if k.startswith(prefix + old)]:
             state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
@@ -80,7 +86,8 @@ class ImageTokens(nn.Module):
         lm_dim: ``D``.
         hidden_dim: MLP hidden width (default ``D``).
         dropout: inside the MLP and the resampler.
-        projection: ``"mlp"`` (Linear, GELU, Linear) or ``"linear"`` (one Linear, as ``VisionEncoderDecoderModel``).
+        projection: ``"linear"`` (one Linear, as ``VisionEncoderDecoderModel``) or ``"mlp"`` (Linear, GELU, Linear).
+            The single Linear without LayerNorm captions better (``docs/benchmarks.md``, caption quality).
         norm: LayerNorm the output.
         use_pooled: include the pooled vector as a token.
         use_tokens: include the image tokens (at least one of the two).
@@ -95,8 +102,8 @@ class ImageTokens(nn.Module):
         lm_dim: int,
         hidden_dim: int | None = None,
         dropout: float = 0.0,
-        projection: str = "mlp",
-        norm: bool = True,
+        projection: str = "linear",
+        norm: bool = False,
         use_pooled: bool = True,
         use_tokens: bool = True,
         queries: int = 0,
@@ -162,18 +169,26 @@ class _ImageTokensConditioning(LMConditioning):
 
 
 class PrefixConditioning(_ImageTokensConditioning):
-    """Early fusion: image tokens (:class:`ImageTokens`: by default ``[pooled; tokens]`` through an MLP and a
-    LayerNorm) become ``P`` prefix embeddings of width ``D`` before the text (ClipCap / LLaVA); ``use_tokens=False``
-    keeps the pooled vector alone (one prefix token)."""
+    """Early fusion: image tokens (:class:`ImageTokens`: by default ``[pooled; tokens]`` through one Linear)
+    become ``P`` prefix embeddings of width ``D`` before the text (ClipCap / LLaVA); ``use_tokens=False`` keeps the
+    pooled vector alone (one prefix token)."""
 
     def forward(self, vision: Features) -> LMCondition:
         return LMCondition(prefix=self.image(vision))
 
 
 class CrossAttentionConditioning(_ImageTokensConditioning):
-    """Cross-attention fusion: image tokens (:class:`ImageTokens`) become the LM's ``encoder_hidden_states``."""
+    """Cross-attention fusion: image tokens (:class:`ImageTokens`) become the LM's ``encoder_hidden_states``.
+
+    By default the grid tokens alone (``use_pooled=False``): the pooled vector as an extra key lowered CIDEr.
+    """
 
     needs_cross_attention = True
+
+    def __init__(
+        self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0, **options: Any
+    ) -> None:
+        super().__init__(vision_dim, lm_dim, hidden_dim, dropout, **{"use_pooled": False, **options})
 
     def forward(self, vision: Features) -> LMCondition:
         return LMCondition(encoder=self.image(vision))

@@ -257,3 +257,64 @@ def test_target_column_missing_from_the_data_is_a_cli_error(tmp_path: Path, caps
               "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert exc.value.code == 2
     assert "['description'] are not in data.text_columns ['title']" in capsys.readouterr().err
+
+
+def test_identity_head_init_touches_only_the_missing_head_transform() -> None:
+    from encoders.language_model import MiniLMLanguageModel
+
+    plain, identity = MiniLMLanguageModel(), MiniLMLanguageModel(head_init="identity")
+    dense = identity.model.cls.predictions.transform.dense
+    assert torch.equal(dense.weight, torch.eye(dense.in_features)) and not dense.bias.any()
+    assert not torch.equal(plain.model.cls.predictions.transform.dense.weight, dense.weight)
+    shipped = {n: p for n, p in plain.model.named_parameters() if "cls.predictions.transform" not in n}
+    for name, p in identity.model.named_parameters():
+        if name in shipped and "predictions.bias" not in name and "decoder.bias" not in name:
+            assert torch.equal(p, shipped[name]), name
+    with pytest.raises(ValueError, match="head_init must be"):
+        MiniLMLanguageModel(head_init="zeros")
+
+
+def test_label_smoothing_reaches_the_caption_loss() -> None:
+    from encoders.language_model import MiniLMLanguageModel
+    from encoders.timm_encoder import TimmVisionEncoder
+    from fusion.conditioning import LateConditioning
+    from multimodal.captioning.captioner import ProductCaptioner
+
+    lm = MiniLMLanguageModel(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "intermediate_size": 64})  # fmt: skip
+    vision = TimmVisionEncoder("test_efficientnet", image_size=32)
+    logits = torch.randn(2, 5, lm.model.config.vocab_size)
+    labels = torch.tensor([[-100, 7, 8, 9, -100], [-100, 10, 11, -100, -100]])
+    smooth = ProductCaptioner(vision, lm, LateConditioning, label_smoothing=0.1)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, label_smoothing=0.1
+    )
+    assert torch.allclose(smooth.loss(logits, labels), expected)
+    assert not torch.allclose(ProductCaptioner(vision, lm, LateConditioning).loss(logits, labels), expected)
+    with pytest.raises(UserError, match="label_smoothing=1.0"):
+        ProductCaptioner(vision, lm, LateConditioning, label_smoothing=1.0)
+
+
+def test_image_tokens_resampler_honours_padding_and_old_checkpoints_load_or_say_how() -> None:
+    from encoders.types import Features
+    from fusion.conditioning import CrossAttentionConditioning, ImageTokens, PrefixConditioning
+
+    torch.manual_seed(0)
+    tokens, pooled = torch.randn(2, 6, 12), torch.randn(2, 12)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    block = ImageTokens(12, 16, queries=3, heads=2).eval()
+    out = block(Features(tokens=tokens, mask=mask, pooled=pooled))
+    assert out.tokens.shape == (2, 3, 16) and out.mask.all()
+    noisy = tokens.clone()
+    noisy[1, 4:] = 100.0  # padded positions: must not change anything
+    again = block(Features(tokens=noisy, mask=mask, pooled=pooled))
+    assert torch.allclose(out.tokens, again.tokens, atol=1e-6)
+    assert CrossAttentionConditioning(12, 16).image.use_pooled is False  # grid only by default
+    # A state dict of the former MLP + LayerNorm layout (keys mlp.* / norm.*).
+    old = {f"mlp.{k}": v for k, v in ImageTokens(12, 16, projection="mlp").project.state_dict().items()}
+    old |= {"norm.weight": torch.ones(16), "norm.bias": torch.zeros(16)}
+    rebuilt = PrefixConditioning(12, 16, projection="mlp", norm=True)
+    rebuilt.load_state_dict(old)
+    assert torch.equal(rebuilt.image.project[0].weight, old["mlp.0.weight"])
+    with pytest.raises(ValueError, match="projection: mlp, norm: true"):
+        PrefixConditioning(12, 16).load_state_dict(old)

@@ -142,6 +142,7 @@ class ProductCaptioner(TowerTask):
         word_dropout: in training, the chance that each target token *given as input* is replaced by the
             tokenizer's mask (or unknown) token; the labels stay. With less of the title to lean on, the LM has to
             read the image; this is what gets an image prefix (early fusion) used at all in a short run.
+        label_smoothing: ``torch.nn.functional.cross_entropy``'s label smoothing of the caption loss.
         lm_warmup_steps: for this many first optimizer steps the language model's pretrained weights get no
             update (their gradients are dropped): the new conditioning layers learn to address a fixed LM before
             the LM may learn to do without the image (a frozen-LM warm-up, as ClipCap and BLIP-2 train their
@@ -163,6 +164,7 @@ class ProductCaptioner(TowerTask):
         generation: dict[str, Any] | None = None,
         augment: bool = True,
         word_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
         lm_warmup_steps: int = 0,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -194,6 +196,9 @@ class ProductCaptioner(TowerTask):
             )
         if word_dropout > 0:
             self._dropped_word_id = choices[0]
+        if not 0 <= label_smoothing < 1:
+            raise UserError(f"model.label_smoothing={label_smoothing}: needs 0 <= value < 1")
+        self.label_smoothing = label_smoothing
         if not isinstance(lm_warmup_steps, int) or lm_warmup_steps < 0:
             raise UserError(f"model.lm_warmup_steps={lm_warmup_steps!r}: needs a whole number >= 0")
         self.lm_warmup_steps = lm_warmup_steps
@@ -310,7 +315,10 @@ class ProductCaptioner(TowerTask):
         if not (shift_labels != IGNORE_INDEX).any():
             return shift_logits.sum() * 0.0
         return F.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
         )
 
     @torch.no_grad()
