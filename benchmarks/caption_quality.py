@@ -154,27 +154,20 @@ def optimizer(model: nn.Module, pretrained: set[int], args: argparse.Namespace) 
 
 
 def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[Any, set[int]]:
-    from encoders.adapters import adapter_parameters
     from encoders.language_model import MiniLMLanguageModel
     from fusion import conditioning
     from multimodal.captioning.captioner import ProductCaptioner
 
     adapter = json.loads(args.lm_adapter) if getattr(args, "lm_adapter", "") else True
     lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter, head_init=args.head_init)
-    pretrained = {id(p) for p in lm.parameters()}
     vision = _NoVision(vision_dim)
     options = json.loads(args.conditioning) if args.conditioning and mode != "late" else {}
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
                              word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps,
                              label_smoothing=args.label_smoothing)  # fmt: skip
-    adapters = {id(p) for p in adapter_parameters(model.lm)}  # new weights: at lr, as new layers
-    pretrained = {
-        id(p)
-        for n, p in model.lm.model.named_parameters()
-        if (id(p) in pretrained or "crossattention" not in n) and id(p) not in adapters
-    }
-    return model, pretrained
+    # New cross-attention layers and adapters train at lr, as new layers; the LM's own weights at lr * lm_lr_scale.
+    return model, {id(p) for p in model.lm.pretrained_parameters()}
 
 
 class _NoVision(nn.Module):
