@@ -848,7 +848,11 @@ def seed_means(
             other = run.get("variants", {}).get(name)
             if other and unseeded(other["settings"]) == unseeded(record["settings"]):
                 found.setdefault(other["settings"]["seed"], other["predictions"])
-        if len(found) < 2 or any(set(ids) - set(p) for p in found.values()):
+        if len(found) < 2:
+            continue
+        short = {seed: len(set(ids) - set(p)) for seed, p in found.items() if set(ids) - set(p)}
+        if short:  # a seed that did not predict every scored test product cannot be paired on the same draws
+            say(f"--seed-runs: {name} left out: seed(s) {short} lack that many of the {len(ids)} scored test products")
             continue
         per_seed = {seed: {a: [p[i][a] for i in ids] for a in args.attributes} for seed, p in sorted(found.items())}
         scores = [score_table(truth, p, args.attributes)["mean_macro_f1"] for p in per_seed.values()]
