@@ -36,6 +36,9 @@ from benchmarks.common import machine, say, seed_all, write_json
 from encoders.types import Features
 from multimodal.captioning.metrics import caption_scores
 
+# --compare decodings every method (the peer too) can be scored with, next to greedy decoding
+DECODING: dict[str, dict[str, Any]] = {"no_repeat": {"no_repeat_ngram_size": 3}, "beams4": {"num_beams": 4}}
+SIMILAR = "similar"  # the prompt column holding the neighbours' titles (--retrieval)
 MODES = {
     "early": "PrefixConditioning",
     "cross_attention": "CrossAttentionConditioning",
@@ -99,6 +102,16 @@ def parse_args() -> argparse.Namespace:
         "bfloat16 (weights cast as --precision bf16-true does); empty for none",
     )
     p.add_argument(
+        "--retrieval",
+        type=int,
+        default=0,
+        metavar="K",
+        help="retrieval-augmented captioning: every trained method (ours and the peer) gets the titles of the K "
+        "training products with the most similar photos as a prompt (training items leave themselves out); "
+        "0: none. The nearest_title method copies the nearest one's title",
+    )
+    p.add_argument("--retrieval_tokens", type=int, default=48, help="prompt tokens kept for the neighbour titles")
+    p.add_argument(
         "--seed", type=int, nargs="+", default=[0], help="one or more seeds: each method trains once per seed"
     )
     return p.parse_args()
@@ -159,13 +172,16 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     from multimodal.captioning.captioner import ProductCaptioner
 
     adapter = json.loads(args.lm_adapter) if getattr(args, "lm_adapter", "") else True
-    lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter, head_init=args.head_init)
+    room = args.retrieval_tokens if args.retrieval else 0  # the target keeps max_length - 2 tokens either way
+    lm = MiniLMLanguageModel(max_length=args.max_length + room, trainable=adapter, head_init=args.head_init)
     vision = _NoVision(vision_dim)
     options = json.loads(args.conditioning) if args.conditioning and mode != "late" else {}
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
                              word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps,
-                             label_smoothing=args.label_smoothing)  # fmt: skip
+                             label_smoothing=args.label_smoothing,
+                             prompt_columns=[SIMILAR] if args.retrieval else None,
+                             prompt_length=room if args.retrieval else None)  # fmt: skip
     # New cross-attention layers and adapters train at lr, as new layers; the LM's own weights at lr * lm_lr_scale.
     return model, {id(p) for p in model.lm.pretrained_parameters()}
 
@@ -226,7 +242,19 @@ def peer_batch(texts: list[str], args: argparse.Namespace) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- training
-def train(method: str, feats: Features, texts: list[str], args: argparse.Namespace) -> tuple[Any, float, int]:
+def peer_prompt_text(args: argparse.Namespace) -> Any:
+    """With --retrieval, the peer's decoder reads the same ``[CLS] neighbour titles target [SEP]`` sequences as ours."""
+    from multimodal.captioning.captioner import CaptionText
+
+    tok = _tokenizer()
+    return CaptionText(tok, args.target, [SIMILAR], "", args.max_length + args.retrieval_tokens, tok.cls_token_id,
+                       tok.sep_token_id, tok.pad_token_id, prompt_length=args.retrieval_tokens)  # fmt: skip
+
+
+def train(
+    method: str, feats: Features, texts: list[str], args: argparse.Namespace, prompts: list[str] | None = None
+) -> tuple[Any, float, int]:
+    """Train ``method``; ``prompts`` (one per training text, --retrieval) go before each target."""
     from transformers.modeling_outputs import BaseModelOutput
 
     seed_all(args.seed)
@@ -235,7 +263,8 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
         build_peer(vision_dim, args) if method == "hf_vision_encoder_decoder" else build_ours(method, vision_dim, args)
     )
     opt = optimizer(model, pretrained, args)
-    text_fn = None if method == "hf_vision_encoder_decoder" else model.text_fn()
+    peer = method == "hf_vision_encoder_decoder"
+    text_fn = (peer_prompt_text(args) if prompts else None) if peer else model.text_fn()
     model.train()
     steps, start, n = 0, time.perf_counter(), len(texts)
     for epoch in range(args.epochs):
@@ -244,18 +273,26 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
             idx = order[i : i + args.batch_size]
             f = take(feats, idx)
             batch_texts = [texts[j] for j in idx.tolist()]
-            if text_fn is None:
+            columns = {args.target: batch_texts, **({SIMILAR: [prompts[j] for j in idx.tolist()]} if prompts else {})}
+            if peer and text_fn is None:
                 out = model(
                     encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), labels=peer_batch(batch_texts, args)
                 )
                 loss = out.loss
+            elif peer:  # given decoder inputs, VED scores labels position by position: shift them by one
+                enc = text_fn(columns)
+                labels = torch.cat([enc["caption_labels"][:, 1:], enc["caption_labels"][:, :1].fill_(-100)], 1)
+                out = model(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens),
+                            decoder_input_ids=enc["input_ids"], decoder_attention_mask=enc["attention_mask"],
+                            labels=labels)  # fmt: skip
+                loss = out.loss
             else:
-                enc = text_fn({args.target: batch_texts})
+                enc = text_fn(columns)
                 ids = model.drop_words(enc["input_ids"], enc["caption_labels"])  # unchanged when word_dropout is 0
                 loss = model.loss(model.logits(f, ids, enc["attention_mask"]), enc["caption_labels"])
             opt.zero_grad()
             loss.backward()
-            if text_fn is not None:
+            if not peer:
                 model.hold_language_model(steps)  # what ProductCaptioner.on_before_optimizer_step does in fit
             opt.step()
             steps += 1
@@ -266,24 +303,43 @@ def train(method: str, feats: Features, texts: list[str], args: argparse.Namespa
 
 @torch.no_grad()
 def predict(
-    method: str, model: Any, feats: Features, args: argparse.Namespace, batch_size: int = 32, **options: Any
+    method: str,
+    model: Any,
+    feats: Features,
+    args: argparse.Namespace,
+    batch_size: int = 32,
+    prompts: list[str] | None = None,
+    **options: Any,
 ) -> list[str]:
+    """Greedy captions of ``feats``; ``prompts`` (--retrieval) go before each caption."""
     from transformers.modeling_outputs import BaseModelOutput
 
     tok = _tokenizer()
     out: list[str] = []
     for i in range(0, feats.tokens.shape[0], batch_size):
-        f = take(feats, torch.arange(i, min(i + batch_size, feats.tokens.shape[0])))
+        rows = torch.arange(i, min(i + batch_size, feats.tokens.shape[0]))
+        f = take(feats, rows)
         b = f.tokens.shape[0]
-        if method == "hf_vision_encoder_decoder":
+        if method == "hf_vision_encoder_decoder" and prompts:  # one at a time: VED's BERT decoder has no left padding
+            text_fn = peer_prompt_text(args)
+            for j, row in enumerate(rows.tolist()):
+                ids = text_fn({SIMILAR: [prompts[row]]})["prompt_ids"]
+                encoded = BaseModelOutput(last_hidden_state=f.tokens[j : j + 1])
+                seqs = model.generate(encoder_outputs=encoded, decoder_input_ids=ids,
+                                      max_new_tokens=args.max_new_tokens, **{"num_beams": 1, **options})  # fmt: skip
+                out.append(tok.decode(seqs[0, ids.shape[1] :], skip_special_tokens=True).strip())
+        elif method == "hf_vision_encoder_decoder":
             seqs = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens),
-                                  max_new_tokens=args.max_new_tokens, num_beams=1)  # fmt: skip
+                                  max_new_tokens=args.max_new_tokens, **{"num_beams": 1, **options})  # fmt: skip
             out += [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
         else:
-            ids = torch.full((b, 1), model.lm.bos_id)
-            new = model.generate_from_features(
-                f, ids, torch.ones_like(ids), max_new_tokens=args.max_new_tokens, **options
-            )
+            if prompts:
+                enc = model.text_fn()({SIMILAR: [prompts[r] for r in rows.tolist()]})
+                ids, mask = enc["prompt_ids"], enc["prompt_mask"]
+            else:
+                ids = torch.full((b, 1), model.lm.bos_id)
+                mask = torch.ones_like(ids)
+            new = model.generate_from_features(f, ids, mask, max_new_tokens=args.max_new_tokens, **options)
             out += new.texts
     return out
 
@@ -299,21 +355,40 @@ def variants(model: Any, feats: Features, names: list[str]) -> dict[str, tuple[A
         elif name == "bfloat16":
             bf16 = Features(tokens=feats.tokens.bfloat16(), mask=feats.mask, pooled=feats.pooled.bfloat16())
             out[name] = (copy.deepcopy(model).to(torch.bfloat16), bf16, {})
+        elif name in DECODING:
+            out[name] = (model, feats, DECODING[name])
         else:
-            raise SystemExit(f"--compare: unknown variant '{name}' (full_vocabulary, bfloat16)")
+            raise SystemExit(f"--compare: unknown variant '{name}' (full_vocabulary, bfloat16, {', '.join(DECODING)})")
     return out
 
 
 def run_method(
-    method: str, feats: dict[str, Features], train_texts: list[str], refs: list[str], args: argparse.Namespace
+    method: str,
+    feats: dict[str, Features],
+    train_texts: list[str],
+    refs: list[str],
+    args: argparse.Namespace,
+    retrieved: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Train one method under ``args.seed``, caption the test split, score it (and its ``--compare`` variants)."""
-    model, seconds, steps = train(method, feats["train"], train_texts, args)
+    """Train one method under ``args.seed``, caption the test split, score it (and its ``--compare`` variants).
+
+    ``retrieved`` (--retrieval): neighbour-title prompts per split, and ``nearest``: each test photo's nearest title.
+    """
+    if method == "nearest_title":
+        if retrieved is None:
+            raise SystemExit("--methods nearest_title needs --retrieval K")
+        preds, start = retrieved["nearest"], time.perf_counter()
+        scores = caption_scores(preds, refs)
+        say(f"nearest_title: BLEU-4 {scores['bleu4']:.4f}  CIDEr {scores['cider']:.4f}  exact {scores['exact']:.3f}")
+        examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
+        return {**scores, "train_seconds": 0.0, "steps": 0, "examples": examples, "caption_seconds": 0.0}
+    prompts = retrieved or {}
+    model, seconds, steps = train(method, feats["train"], train_texts, args, prompts.get("train"))
     ours = method != "hf_vision_encoder_decoder"
     if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default
         model.caption_token_ids = model.target_token_ids(train_texts)
     start = time.perf_counter()
-    preds = predict(method, model, feats["test"], args)
+    preds = predict(method, model, feats["test"], args, prompts=prompts.get("test"))
     scores = caption_scores(preds, refs)
     examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
     result: dict[str, Any] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
@@ -322,10 +397,10 @@ def run_method(
         result["kept_token_ids"] = len(model.caption_token_ids)
     b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]
     say(f"{method} (seed {args.seed}): BLEU-4 {b4:.4f}  CIDEr {cd:.4f}  exact {ex:.3f}  ({seconds:.0f}s)")
-    names = [n for n in args.compare.split(",") if n] if ours else []
+    names = [n for n in args.compare.split(",") if n and (ours or n in DECODING)]
     for name, (m, f, options) in variants(model, feats["test"], names).items():
         start = time.perf_counter()
-        other = predict(method, m, f, args, **options)
+        other = predict(method, m, f, args, prompts=prompts.get("test"), **options)
         same = sum(a == b for a, b in zip(preds, other, strict=True))
         result[name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
                         "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
@@ -358,13 +433,25 @@ def main() -> None:
             torch.save({"key": key, **{s: vars(f) for s, f in feats.items()}}, cache)
     train_texts = [t for _, _, t in splits["train"]]
     refs = [t for _, _, t in splits["test"]]
+    retrieved = None
+    if args.retrieval:
+        from multimodal.captioning.retrieval import CaptionMemory
+
+        train_ids = [i for i, _, _ in splits["train"]]
+        memory = CaptionMemory.from_features(feats["train"], train_texts, train_ids)
+        retrieved = {
+            "train": memory.prompts(feats["train"], args.retrieval, exclude=train_ids),
+            "test": memory.prompts(feats["test"], args.retrieval),
+            "nearest": [memory.titles[row[0]] for row in memory.neighbours(feats["test"], 1)],
+        }
+        say(f"retrieval: {args.retrieval} neighbour titles per photo, e.g. '{retrieved['test'][0]}'")
     results: dict[str, Any] = {}
     seeds = list(args.seed)
     for method in args.methods.split(","):
         runs = {}
         for seed in seeds:
             runs[seed] = run_method(
-                method, feats, train_texts, refs, argparse.Namespace(**{**vars(args), "seed": seed})
+                method, feats, train_texts, refs, argparse.Namespace(**{**vars(args), "seed": seed}), retrieved
             )
         results[method] = {**runs[seeds[0]], "seeds": seeds}
         if len(seeds) > 1:

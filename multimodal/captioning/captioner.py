@@ -16,6 +16,7 @@ from encoders.language_model import CausalLM, InputTransform
 from encoders.types import Features, ImageTransform, VisionEncoder
 from fusion.conditioning import LMCondition, LMConditioning
 from multimodal.captioning.metrics import caption_scores
+from multimodal.captioning.retrieval import CaptionMemory, raw_keys
 from multimodal.data.dataset import IGNORE_INDEX, TextFn
 from multimodal.errors import UserError
 from multimodal.towers import MissingModality, TowerTask
@@ -23,6 +24,8 @@ from multimodal.towers import MissingModality, TowerTask
 # Typed loosely on purpose: a fusion block of another family gets a one-line UserError, not a parser dump.
 ConditioningFactory = Callable[[int, int], nn.Module]
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
+RETRIEVED = "_retrieved_titles"  # the prompt part holding the neighbours' titles (retrieval)
+RETRIEVAL_DEFAULTS = {"k": 3, "tokens": 48}
 
 
 class CaptionText:
@@ -42,6 +45,7 @@ class CaptionText:
         eos_id: end token id.
         pad_id: padding id.
         separator: joins the prompt parts.
+        prompt_length: prompt tokens kept (default: all that fit in ``max_length - 2``); the target gets the rest.
     """
 
     def __init__(
@@ -55,8 +59,10 @@ class CaptionText:
         eos_id: int,
         pad_id: int,
         separator: str = ". ",
+        prompt_length: int | None = None,
     ) -> None:
         self.tokenizer, self.target_column = tokenizer, target_column
+        self.prompt_length = max_length - 2 if prompt_length is None else min(prompt_length, max_length - 2)
         self.prompt_columns, self.prompt, self.separator = list(prompt_columns), prompt, separator
         self.max_length, self.bos_id, self.eos_id, self.pad_id = max_length, bos_id, eos_id, pad_id
 
@@ -70,7 +76,7 @@ class CaptionText:
     def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Any]:
         n = len(next(iter(texts.values()))) if texts else 0
         targets = texts.get(self.target_column, [None] * n)
-        prompts = [self._ids(p)[: self.max_length - 2] for p in self.prompt_texts(texts, n)]
+        prompts = [self._ids(p)[: self.prompt_length] for p in self.prompt_texts(texts, n)]
         seqs, labels = [], []
         for prompt, target in zip(prompts, targets, strict=True):
             room = max(self.max_length - 2 - len(prompt), 0)
@@ -82,6 +88,8 @@ class CaptionText:
             "caption_labels": _pad(labels, IGNORE_INDEX, left=False),
             "prompt_ids": _pad([[self.bos_id, *p] for p in prompts], self.pad_id, left=True),
             "references": list(targets),
+            "texts": texts,  # as given, with the fixed prompt: a retrieval captioner re-encodes them with its
+            "prompt": self.prompt,  # neighbours' titles
         }
         out["attention_mask"] = _pad([[1] * len(s) for s in seqs], 0, left=False)
         out["prompt_mask"] = _pad([[1] * (1 + len(p)) for p in prompts], 0, left=True)
@@ -97,6 +105,19 @@ def _pad(rows: list[list[int]], value: int, left: bool) -> Tensor:
     return torch.tensor(
         [[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows], dtype=torch.long
     )
+
+
+def _check_retrieval(value: Any) -> dict[str, int] | None:
+    """``model.retrieval``: None, or ``k`` and ``tokens`` (whole numbers >= 1) over :data:`RETRIEVAL_DEFAULTS`."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - set(RETRIEVAL_DEFAULTS):
+        raise UserError(f"model.retrieval={value!r}: give null or a mapping with keys k and tokens, e.g. {{k: 3}}")
+    out = {**RETRIEVAL_DEFAULTS, **value}
+    for key, v in out.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"model.retrieval.{key}={v!r}: needs a whole number >= 1")
+    return out
 
 
 def check_trim_vocabulary(value: Any) -> None:
@@ -134,6 +155,8 @@ class ProductCaptioner(TowerTask):
         target_column: the data module's text column to write.
         prompt_columns: text columns given before the target (must be among the data's ``text_columns``).
         prompt: fixed prompt text (e.g. ``"What is the material?"``).
+        prompt_length: prompt tokens kept per item (default: all that fit in the LM's ``max_length - 2``); the
+            target gets the rest of ``max_length``.
         generation: Hugging Face ``generate`` options for validation, test and predict (``max_new_tokens``,
             ``num_beams``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``...), and
             ``trim_vocabulary``: True / False / None (default: True when the token ids of the training targets are
@@ -147,6 +170,11 @@ class ProductCaptioner(TowerTask):
             update (their gradients are dropped): the new conditioning layers learn to address a fixed LM before
             the LM may learn to do without the image (a frozen-LM warm-up, as ClipCap and BLIP-2 train their
             mappers).
+        retrieval: retrieval-augmented captioning (SmallCap-style): ``{"k": 3, "tokens": 48}`` gives the LM the
+            titles of the ``k`` training products whose photos look most like this one (a
+            :class:`~multimodal.captioning.retrieval.CaptionMemory`, built from the training split when fit starts
+            and saved in the checkpoint) before the other prompt parts, in up to ``tokens`` extra tokens; a query
+            never retrieves its own product id. None: off.
         log_examples: validation examples written to the log each epoch.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
@@ -161,11 +189,13 @@ class ProductCaptioner(TowerTask):
         target_column: str = "title",
         prompt_columns: list[str] | None = None,
         prompt: str = "",
+        prompt_length: int | None = None,
         generation: dict[str, Any] | None = None,
         augment: bool = True,
         word_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         lm_warmup_steps: int = 0,
+        retrieval: dict[str, int] | None = None,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -183,6 +213,9 @@ class ProductCaptioner(TowerTask):
         self.conditioning = conditioning
         self.missing_image = MissingModality(vision.output_dim)
         self.target_column, self.prompt_columns, self.prompt = target_column, list(prompt_columns or []), prompt
+        if prompt_length is not None and (not isinstance(prompt_length, int) or prompt_length < 0):
+            raise UserError(f"model.prompt_length={prompt_length!r}: needs a whole number >= 0 (or null)")
+        self.prompt_length = prompt_length
         self.generation = {**DEFAULT_GENERATION, **(generation or {})}
         self.augment, self.log_examples = augment, log_examples
         self.word_dropout, self._dropped_word_id = word_dropout, None
@@ -202,6 +235,8 @@ class ProductCaptioner(TowerTask):
         if not isinstance(lm_warmup_steps, int) or lm_warmup_steps < 0:
             raise UserError(f"model.lm_warmup_steps={lm_warmup_steps!r}: needs a whole number >= 0")
         self.lm_warmup_steps = lm_warmup_steps
+        self.retrieval = _check_retrieval(retrieval)
+        self.memory: CaptionMemory | None = None  # built when fit starts (retrieval), kept in the checkpoint
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
         self.predict_options: dict[str, Any] = {}  # generate options of predict jobs (set by the caller)
         self.predict_seed = 0
@@ -236,8 +271,12 @@ class ProductCaptioner(TowerTask):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.caption_token_ids is not None:
             checkpoint["caption_token_ids"] = self.caption_token_ids.cpu()
+        if self.memory is not None:
+            checkpoint["caption_memory"] = self.memory.state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("caption_memory") is not None:
+            self.memory = CaptionMemory.from_state(checkpoint["caption_memory"])
         ids = checkpoint.get("caption_token_ids")  # absent in checkpoints written before vocabulary trimming
         if ids is None:
             return
@@ -258,15 +297,18 @@ class ProductCaptioner(TowerTask):
 
     def text_fn(self, prompt: str | None = None) -> TextFn:
         lm = self.lm
+        room = self.retrieval["tokens"] if self.retrieval else 0  # the target keeps max_length - 2 tokens
+        prompt_length = self.prompt_length if self.prompt_length is not None else (room or None)
         return CaptionText(  # type: ignore[return-value]
             lm.tokenizer,
             self.target_column,
-            self.prompt_columns,
+            ([RETRIEVED] if self.retrieval else []) + self.prompt_columns,
             self.prompt if prompt is None else prompt,
-            lm.max_length,
+            lm.max_length + room,
             lm.bos_id,
             lm.eos_id,
             lm.pad_id,
+            prompt_length=prompt_length,
         )
 
     # -------------------------------------------------------------------------------------------- forward
@@ -295,9 +337,71 @@ class ProductCaptioner(TowerTask):
         return ids, mask, put_prefix
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        """Teacher-forced next-token logits ``(B, T, V)`` of the text positions."""
+        """Teacher-forced next-token logits ``(B, T, V)`` of the text positions (a retrieval captioner: of the
+        batch :meth:`with_neighbours` returns)."""
         vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        batch = self.with_neighbours(batch, vision)
         return self.logits(vision, batch["input_ids"], batch["attention_mask"])
+
+    # ------------------------------------------------------------------------------------------- retrieval
+    def with_neighbours(self, batch: dict[str, Any], vision: Features) -> dict[str, Any]:
+        """The batch re-encoded with each item's neighbour titles in its prompt (unchanged without retrieval).
+
+        Items without a photo get no neighbours; an item never retrieves its own product id."""
+        if self.retrieval is None:
+            return batch
+        if self.memory is None:
+            raise UserError(
+                "this captioner retrieves neighbour titles (model.retrieval) but holds no caption memory: fit it "
+                "(the memory is built from the training split) or load a checkpoint written by fit"
+            )
+        prompts = self.memory.prompts(vision, self.retrieval["k"], exclude=batch["ids"])
+        has_image = batch.get("has_image")
+        if has_image is not None:
+            prompts = [p if bool(h) else "" for p, h in zip(prompts, has_image.tolist(), strict=True)]
+        encoded = self.text_fn(batch.get("prompt"))({**batch["texts"], RETRIEVED: prompts})
+        device = batch["input_ids"].device
+        return {**batch, **{k: v.to(device) if isinstance(v, Tensor) else v for k, v in encoded.items()}}
+
+    @torch.no_grad()
+    def build_memory(self, loader: Any) -> CaptionMemory:
+        """A caption memory of every product of ``loader`` (eval transforms) with a photo and a target text."""
+        keys, titles, ids = [], [], []
+        training = self.vision.training
+        self.vision.eval()
+        try:
+            for batch in loader:
+                if not batch["ids"]:
+                    continue
+                pairs = zip(batch["references"], batch["has_image"].tolist(), strict=True)
+                keep = [i for i, (ref, has) in enumerate(pairs) if ref and has]
+                if not keep:
+                    continue
+                pixels = batch["pixel_values"][keep].to(self.device)
+                keys.append(raw_keys(self.vision(pixels)).cpu())
+                titles += [batch["references"][i] for i in keep]
+                ids += [batch["ids"][i] for i in keep]
+        finally:
+            self.vision.train(training)
+        if not keys:
+            raise UserError("model.retrieval: no training product has both a photo and a target text to remember")
+        memory = CaptionMemory(torch.cat(keys), titles, ids)
+        rank_zero_info(f"captioning: caption memory of {len(memory)} training products ({memory.width}-value keys)")
+        return memory
+
+    def _ensure_memory(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.retrieval is not None and self.memory is None and datamodule is not None:
+            self.memory = self.build_memory(datamodule.loader("train", train=False))
+
+    def on_fit_start(self) -> None:
+        self._ensure_memory()
+
+    def on_validation_start(self) -> None:
+        self._ensure_memory()
+
+    def on_test_start(self) -> None:
+        self._ensure_memory()
 
     def logits(self, vision: Features, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Next-token logits ``(B, T, V)`` for right-padded ids ``(B, T)`` given vision features."""
@@ -333,13 +437,23 @@ class ProductCaptioner(TowerTask):
     ) -> Captions:
         """Captions for images ``(B, 3, H, W)`` after left-padded prompts ``(B, T)`` through HF ``generate``.
 
-        ``generation`` overrides the model's settings (``num_beams``, ``do_sample``, ``max_new_tokens``...).
+        ``generation`` overrides the model's settings (``num_beams``, ``do_sample``, ``max_new_tokens``...). The prompts
+        are used as given: :meth:`caption_batch` adds a retrieval captioner's neighbour titles.
         """
+        vision = self.encode_images(pixel_values, has_image)
+        return self._caption(vision, prompt_ids, prompt_mask, use_cache=use_cache, **generation)
+
+    def _caption(self, vision: Features, prompt_ids: Tensor, prompt_mask: Tensor, **generation: Any) -> Captions:
         options = {**self.generation, **generation}
         if int(options.get("max_new_tokens", 1)) <= 0:
             raise UserError(f"max_new_tokens must be positive, not {options['max_new_tokens']}")
-        vision = self.encode_images(pixel_values, has_image)
-        return self.generate_from_features(vision, prompt_ids, prompt_mask, use_cache=use_cache, **options)
+        return self.generate_from_features(vision, prompt_ids, prompt_mask, **options)
+
+    def caption_batch(self, batch: dict[str, Any], **generation: Any) -> Captions:
+        """Captions of a collated batch (its prompts; a retrieval captioner adds each photo's neighbour titles)."""
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        batch = self.with_neighbours(batch, vision)
+        return self._caption(vision, batch["prompt_ids"], batch["prompt_mask"], **generation)
 
     @torch.no_grad()
     def generate_from_features(
@@ -410,9 +524,10 @@ class ProductCaptioner(TowerTask):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if not batch["ids"]:
             return None
-        if self.word_dropout > 0:
-            batch = {**batch, "input_ids": self.drop_words(batch["input_ids"], batch["caption_labels"])}
-        loss = self.loss(self(batch), batch["caption_labels"])
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        batch = self.with_neighbours(batch, vision)
+        ids = self.drop_words(batch["input_ids"], batch["caption_labels"])  # unchanged without word dropout
+        loss = self.loss(self.logits(vision, ids, batch["attention_mask"]), batch["caption_labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
 
@@ -420,16 +535,16 @@ class ProductCaptioner(TowerTask):
         if not batch["ids"]:
             return
         n = len(batch["ids"])
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        batch = self.with_neighbours(batch, vision)
         self.log(
             f"{stage}/loss",
-            self.loss(self(batch), batch["caption_labels"]),
+            self.loss(self.logits(vision, batch["input_ids"], batch["attention_mask"]), batch["caption_labels"]),
             prog_bar=True,
             batch_size=n,
             sync_dist=True,
         )
-        captions = self.generate(
-            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image")
-        )
+        captions = self._caption(vision, batch["prompt_ids"], batch["prompt_mask"])
         preds, refs = self._outputs.setdefault(stage, ([], []))
         for text, ref in zip(captions.texts, batch["references"], strict=True):
             if ref is not None:
@@ -465,8 +580,5 @@ class ProductCaptioner(TowerTask):
             return {"ids": [], "captions": [], "scores": []}
         if batch.get("positions"):
             torch.manual_seed(self.predict_seed + batch["positions"][0])
-        captions = self.generate(
-            batch["pixel_values"], batch["prompt_ids"], batch["prompt_mask"], batch.get("has_image"),
-            **self.predict_options,
-        )  # fmt: skip
+        captions = self.caption_batch(batch, **self.predict_options)
         return {"ids": batch["ids"], "captions": captions.texts, "scores": captions.scores}
