@@ -34,11 +34,12 @@ from torch import Tensor, nn
 
 from benchmarks.common import machine, say, seed_all, write_json
 from encoders.types import Features
+from multimodal.captioning.captioner import RETRIEVED
 from multimodal.captioning.metrics import caption_scores
 
 # --compare decodings every method (the peer too) can be scored with, next to greedy decoding
 DECODING: dict[str, dict[str, Any]] = {"no_repeat": {"no_repeat_ngram_size": 3}, "beams4": {"num_beams": 4}}
-SIMILAR = "similar"  # the prompt column holding the neighbours' titles (--retrieval)
+SIMILAR = RETRIEVED  # the prompt column holding the neighbours' titles (--retrieval)
 MODES = {
     "early": "PrefixConditioning",
     "cross_attention": "CrossAttentionConditioning",
@@ -172,16 +173,17 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     from multimodal.captioning.captioner import ProductCaptioner
 
     adapter = json.loads(args.lm_adapter) if getattr(args, "lm_adapter", "") else True
-    room = args.retrieval_tokens if args.retrieval else 0  # the target keeps max_length - 2 tokens either way
-    lm = MiniLMLanguageModel(max_length=args.max_length + room, trainable=adapter, head_init=args.head_init)
+    lm = MiniLMLanguageModel(max_length=args.max_length, trainable=adapter, head_init=args.head_init)
+    # --retrieval: the captioner's own retrieval prompt (room for the titles, closing token); the benchmark fills
+    # its neighbour-title column from the same CaptionMemory the captioner builds in fit
+    retrieval = {"k": args.retrieval, "tokens": args.retrieval_tokens} if args.retrieval else None
     vision = _NoVision(vision_dim)
     options = json.loads(args.conditioning) if args.conditioning and mode != "late" else {}
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
                              word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps,
                              label_smoothing=args.label_smoothing,
-                             prompt_columns=[SIMILAR] if args.retrieval else None,
-                             prompt_length=room if args.retrieval else None)  # fmt: skip
+                             retrieval=retrieval)  # fmt: skip
     # New cross-attention layers and adapters train at lr, as new layers; the LM's own weights at lr * lm_lr_scale.
     return model, {id(p) for p in model.lm.pretrained_parameters()}
 
@@ -244,11 +246,12 @@ def peer_batch(texts: list[str], args: argparse.Namespace) -> Tensor:
 # --------------------------------------------------------------------------------------------- training
 def peer_prompt_text(args: argparse.Namespace) -> Any:
     """With --retrieval, the peer's decoder reads the same ``[CLS] neighbour titles target [SEP]`` sequences as ours."""
-    from multimodal.captioning.captioner import CaptionText
+    from multimodal.captioning.captioner import RETRIEVAL_PROMPT_END, CaptionText
 
     tok = _tokenizer()
     return CaptionText(tok, args.target, [SIMILAR], "", args.max_length + args.retrieval_tokens, tok.cls_token_id,
-                       tok.sep_token_id, tok.pad_token_id, prompt_length=args.retrieval_tokens)  # fmt: skip
+                       tok.sep_token_id, tok.pad_token_id, prompt_length=args.retrieval_tokens,
+                       prompt_end=RETRIEVAL_PROMPT_END)  # fmt: skip
 
 
 def train(
@@ -392,7 +395,9 @@ def run_method(
     scores = caption_scores(preds, refs)
     examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
     result: dict[str, Any] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
-                              "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+                              "caption_seconds": round(time.perf_counter() - start, 1),
+                              "distinct_captions": len(set(preds)),
+                              "empty_captions": sum(not p for p in preds)}  # fmt: skip
     if ours:
         result["kept_token_ids"] = len(model.caption_token_ids)
     b4, cd, ex = scores["bleu4"], scores["cider"], scores["exact"]

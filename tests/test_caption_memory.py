@@ -82,6 +82,13 @@ def test_prompt_length_caps_the_prompt_and_leaves_the_target_its_room() -> None:
     assert out["input_ids"][0].tolist() == [lm.bos_id, *prompt, *tgt, lm.eos_id]
     assert out["caption_labels"][0].tolist() == [IGNORE_INDEX] * 5 + [*tgt, lm.eos_id]
     assert out["prompt_ids"][0].tolist() == [lm.bos_id, *prompt]
+    # prompt_end closes a non-empty prompt after truncation (where the target starts); an empty prompt stays empty.
+    colon = lm.tokenizer(" :", add_special_tokens=False)["input_ids"]
+    fn = CaptionText(lm.tokenizer, "title", ["similar"], "", 10 + 4, lm.bos_id, lm.eos_id, lm.pad_id, prompt_length=4,
+                     prompt_end=" :")  # fmt: skip
+    out = fn({"title": [target, target], "similar": [similar, None]})
+    assert out["prompt_ids"][0].tolist() == [lm.bos_id, *prompt, *colon]
+    assert out["input_ids"][1].tolist()[: 1 + len(tgt)] == [lm.bos_id, *tgt]
 
 
 def test_retrieval_captioner_fits_saves_its_memory_and_captions_from_the_checkpoint(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from multimodal.towers import MissingModality, TowerTask
 ConditioningFactory = Callable[[int, int], nn.Module]
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
 RETRIEVED = "_retrieved_titles"  # the prompt part holding the neighbours' titles (retrieval)
+RETRIEVAL_PROMPT_END = " :"  # closes a retrieval prompt: without it, a caption often ended before it began
 RETRIEVAL_DEFAULTS = {"k": 3, "tokens": 48}
 
 
@@ -46,6 +47,8 @@ class CaptionText:
         pad_id: padding id.
         separator: joins the prompt parts.
         prompt_length: prompt tokens kept (default: all that fit in ``max_length - 2``); the target gets the rest.
+        prompt_end: text whose tokens close a non-empty prompt, after truncation, so the model knows where the
+            target starts (a retrieval captioner's list of titles ends with it); "": none.
     """
 
     def __init__(
@@ -60,8 +63,10 @@ class CaptionText:
         pad_id: int,
         separator: str = ". ",
         prompt_length: int | None = None,
+        prompt_end: str = "",
     ) -> None:
         self.tokenizer, self.target_column = tokenizer, target_column
+        self.prompt_end = self._ids(prompt_end)
         self.prompt_length = max_length - 2 if prompt_length is None else min(prompt_length, max_length - 2)
         self.prompt_columns, self.prompt, self.separator = list(prompt_columns), prompt, separator
         self.max_length, self.bos_id, self.eos_id, self.pad_id = max_length, bos_id, eos_id, pad_id
@@ -77,6 +82,7 @@ class CaptionText:
         n = len(next(iter(texts.values()))) if texts else 0
         targets = texts.get(self.target_column, [None] * n)
         prompts = [self._ids(p)[: self.prompt_length] for p in self.prompt_texts(texts, n)]
+        prompts = [[*p, *self.prompt_end] if p else p for p in prompts]
         seqs, labels = [], []
         for prompt, target in zip(prompts, targets, strict=True):
             room = max(self.max_length - 2 - len(prompt), 0)
@@ -309,6 +315,7 @@ class ProductCaptioner(TowerTask):
             lm.eos_id,
             lm.pad_id,
             prompt_length=prompt_length,
+            prompt_end=RETRIEVAL_PROMPT_END if self.retrieval else "",
         )
 
     # -------------------------------------------------------------------------------------------- forward
