@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -460,8 +459,8 @@ def main() -> None:
             )
         results[method] = {**runs[seeds[0]], "seeds": seeds}
         if len(seeds) > 1:
-            results[method]["per_seed"] = {str(k): {m: v[m] for m in ("bleu4", "cider", "exact", "examples")}
-                                           for k, v in runs.items()}  # fmt: skip
+            kept = ("bleu4", "cider", "exact", "examples", "distinct_captions", "empty_captions")
+            results[method]["per_seed"] = {str(k): {m: v[m] for m in kept if m in v} for k, v in runs.items()}
             for metric in ("bleu4", "cider", "exact"):
                 results[method][metric] = sum(v[metric] for v in runs.values()) / len(runs)
             say(f"{method}: mean over seeds {seeds}: CIDEr {results[method]['cider']:.4f} (" +
@@ -469,26 +468,27 @@ def main() -> None:
     peer = results.get("hf_vision_encoder_decoder")
     over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
     table = [
-        f"| method | BLEU-4{over} | CIDEr{over} | exact match | train s | CIDEr / peer |",
-        "|---|---|---|---|---|---|",
+        f"| method | BLEU-4{over} | CIDEr{over} | exact match | distinct / empty captions | train s | CIDEr / peer |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        ratio = r["cider"] / peer["cider"] if peer and peer["cider"] > 0 else math.nan
-        cells = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f} | {r['train_seconds']:.0f} | {ratio:.2f}"
+        ratio = f"{r['cider'] / peer['cider']:.2f}" if peer and peer["cider"] > 0 else "-"
+        counts = f"{r['distinct_captions']} / {r['empty_captions']}" if "distinct_captions" in r and over == "" else "-"
+        scores = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f}"
+        cells = f"{scores} | {counts} | {r['train_seconds']:.0f} | {ratio}"
         table.append(f"| {name} | {cells} |")
-    variant_table = ["| method | captioning | BLEU-4 | CIDEr | exact match | captions equal to default | caption s |",
-                     "|---|---|---|---|---|---|---|"]  # fmt: skip
+    variant_table = []
     for name, r in results.items():
-        if "kept_token_ids" not in r:
+        rows = [(v, r[v], f"{r[v]['same_captions']}/{r[v]['captions']}") for v in args.compare.split(",") if v in r]
+        if not rows:
             continue
-        rows = [(f"trimmed output layer ({r['kept_token_ids']} ids, default)", r, "-")]
-        rows += [
-            (v, r[v], f"{r[v]['same_captions']}/{r[v]['captions']}") for v in ("full_vocabulary", "bfloat16") if v in r
-        ]
-        for label, v, same in rows:
+        default = f"trimmed output layer ({r['kept_token_ids']} ids, default)" if "kept_token_ids" in r else "default"
+        for label, v, same in [(default, r, "-"), *rows]:
             cells = f"{v['bleu4']:.4f} | {v['cider']:.4f} | {v['exact']:.3f} | {same} | {v['caption_seconds']:.1f}"
             variant_table.append(f"| {name} | {label} | {cells} |")
-    table += ["", *variant_table]
+    if variant_table:
+        table += ["", "| method | captioning | BLEU-4 | CIDEr | exact match | captions equal to default | caption s |",
+                  "|---|---|---|---|---|---|---|", *variant_table]  # fmt: skip
     print("\n".join(table))
     splits_n = {k: len(v) for k, v in splits.items()}
     payload = {
