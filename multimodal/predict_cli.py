@@ -107,6 +107,9 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
     cap.add_argument("--no_cache", action="store_true", help="generate without the KV cache (slower; same text)")
     cap.add_argument("--trim_vocabulary", metavar="{on,off}", help="logits for the training targets' token ids "
                      "only (faster; default on when the checkpoint holds them)")  # fmt: skip
+    cap.add_argument("--rerank", metavar="{on,off}", help="consensus reranking: beam candidates, keep the one closest "
+                     "in CIDEr-D to the titles of the most similar training photos (default: the checkpoint's "
+                     "model.rerank; on needs a checkpoint with a caption memory)")  # fmt: skip
     cap.add_argument("--seed", type=int, default=0, help="sampling seed (same inputs and batch size: same captions)")
     return p
 
@@ -252,6 +255,10 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
         raise UserError(f"--trim_vocabulary must be on or off, not '{args.trim_vocabulary}'")
     if args.trim_vocabulary is not None:
         generation["trim_vocabulary"] = args.trim_vocabulary == "on"
+    if args.rerank not in (None, "on", "off"):
+        raise UserError(f"--rerank must be on or off, not '{args.rerank}'")
+    if args.rerank is not None:
+        generation["rerank"] = args.rerank == "on"
     captioner.configure(args.prompt, args.seed, **generation)
     sink = RowsSink(args.out)
     dataset, problems, _ = _inputs(captioner, source, image_root)

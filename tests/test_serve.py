@@ -216,6 +216,10 @@ def test_caption_answers_what_the_python_api_writes(caption_service: Service, tr
     beams = httpx.post(caption_service.url + "/caption", files={"image": photo(names[0])},
                        data={"num_beams": "2", "max_new_tokens": "8"}, timeout=60)  # fmt: skip
     assert beams.status_code == 200 and isinstance(beams.json()["caption"], str)
+    # Consensus reranking needs a caption memory, which this captioner (no rerank, no retrieval) lacks: a 400.
+    rerank = httpx.post(caption_service.url + "/caption", files={"image": photo(names[0])},
+                        data={"rerank": "true"}, timeout=60)  # fmt: skip
+    assert rerank.status_code == 400 and "no caption memory" in rerank.json()["detail"], rerank.text
 
 
 def test_absent_models_answer_404_with_a_message(service: Service, caption_service: Service) -> None:

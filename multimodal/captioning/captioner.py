@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from encoders.language_model import CausalLM, InputTransform
 from encoders.types import Features, ImageTransform, VisionEncoder
 from fusion.conditioning import LMCondition, LMConditioning
+from multimodal.captioning.consensus import CiderConsensus
 from multimodal.captioning.metrics import caption_scores
 from multimodal.captioning.retrieval import CaptionMemory, raw_keys
 from multimodal.data.dataset import IGNORE_INDEX, TextFn
@@ -27,6 +28,7 @@ DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 24, "num_beams": 1}
 RETRIEVED = "_retrieved_titles"  # the prompt part holding the neighbours' titles (retrieval)
 RETRIEVAL_PROMPT_END = " :"  # closes a retrieval prompt: without it, a caption often ended before it began
 RETRIEVAL_DEFAULTS = {"k": 3, "tokens": 48}
+RERANK_DEFAULTS: dict[str, Any] = {"k": 5, "candidates": 8, "weight": 0.0}
 
 
 class CaptionText:
@@ -126,6 +128,27 @@ def _check_retrieval(value: Any) -> dict[str, int] | None:
     return out
 
 
+def check_rerank(value: Any, name: str = "rerank") -> dict[str, Any] | None:
+    """``rerank``: None / False (off), True (:data:`RERANK_DEFAULTS`), or a mapping over them: ``k`` neighbour titles
+    and ``candidates`` captions (whole numbers >= 1), ``weight`` of the beam score (a number >= 0)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(RERANK_DEFAULTS)
+    if not isinstance(value, dict) or set(value) - set(RERANK_DEFAULTS):
+        raise UserError(
+            f"{name}={value!r}: give true, false or a mapping with keys k, candidates and weight, e.g. {{k: 5}}"
+        )
+    out = {**RERANK_DEFAULTS, **value}
+    for key in ("k", "candidates"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise UserError(f"{name}.{key}={out[key]!r}: needs a whole number >= 1")
+    if isinstance(out["weight"], bool) or not isinstance(out["weight"], int | float) or not out["weight"] >= 0:
+        raise UserError(f"{name}.weight={out['weight']!r}: needs a number >= 0")
+    out["weight"] = float(out["weight"])
+    return out
+
+
 def check_trim_vocabulary(value: Any) -> None:
     """A one-line error unless ``value`` is None, True or False (the ``trim_vocabulary`` generation option)."""
     if value not in (None, True, False):
@@ -181,6 +204,12 @@ class ProductCaptioner(TowerTask):
             :class:`~multimodal.captioning.retrieval.CaptionMemory`, built from the training split when fit starts
             and saved in the checkpoint) before the other prompt parts, in up to ``tokens`` extra tokens; a query
             never retrieves its own product id. None: off.
+        rerank: consensus reranking (:mod:`multimodal.captioning.consensus`): ``{"k": 5, "candidates": 8,
+            "weight": 0.0}`` (or true for these) makes beam search propose ``candidates`` captions and keeps the one
+            closest in CIDEr-D to the titles of the ``k`` training products with the most similar photos (+
+            ``weight`` x its beam score). Builds the same caption memory as ``retrieval`` (saved in the
+            checkpoint); validation, test and predict rerank unless the ``rerank`` generation option says false.
+            None: off (a captioner with a memory can still rerank when a caption job asks for it).
         log_examples: validation examples written to the log each epoch.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
@@ -202,6 +231,7 @@ class ProductCaptioner(TowerTask):
         label_smoothing: float = 0.0,
         lm_warmup_steps: int = 0,
         retrieval: dict[str, int] | None = None,
+        rerank: dict[str, Any] | bool | None = None,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -242,7 +272,9 @@ class ProductCaptioner(TowerTask):
             raise UserError(f"model.lm_warmup_steps={lm_warmup_steps!r}: needs a whole number >= 0")
         self.lm_warmup_steps = lm_warmup_steps
         self.retrieval = _check_retrieval(retrieval)
-        self.memory: CaptionMemory | None = None  # built when fit starts (retrieval), kept in the checkpoint
+        self.rerank = check_rerank(rerank, "model.rerank")
+        self.memory: CaptionMemory | None = None  # built when fit starts (retrieval, rerank), kept in the checkpoint
+        self._consensus: tuple[CaptionMemory, CiderConsensus] | None = None  # idf of the memory's titles
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
         self.predict_options: dict[str, Any] = {}  # generate options of predict jobs (set by the caller)
         self.predict_seed = 0
@@ -391,14 +423,17 @@ class ProductCaptioner(TowerTask):
         finally:
             self.vision.train(training)
         if not keys:
-            raise UserError("model.retrieval: no training product has both a photo and a target text to remember")
+            raise UserError(
+                "model.retrieval / model.rerank: no training product has both a photo and a target text to remember"
+            )
         memory = CaptionMemory(torch.cat(keys), titles, ids)
         rank_zero_info(f"captioning: caption memory of {len(memory)} training products ({memory.width}-value keys)")
         return memory
 
     def _ensure_memory(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.retrieval is not None and self.memory is None and datamodule is not None:
+        wanted = self.retrieval is not None or self.rerank is not None
+        if wanted and self.memory is None and datamodule is not None:
             self.memory = self.build_memory(datamodule.loader("train", train=False))
 
     def on_fit_start(self) -> None:
@@ -448,7 +483,7 @@ class ProductCaptioner(TowerTask):
         are used as given: :meth:`caption_batch` adds a retrieval captioner's neighbour titles.
         """
         vision = self.encode_images(pixel_values, has_image)
-        return self._caption(vision, prompt_ids, prompt_mask, use_cache=use_cache, **generation)
+        return self._caption(vision, prompt_ids, prompt_mask, use_cache=use_cache, has_image=has_image, **generation)
 
     def _caption(self, vision: Features, prompt_ids: Tensor, prompt_mask: Tensor, **generation: Any) -> Captions:
         options = {**self.generation, **generation}
@@ -460,13 +495,84 @@ class ProductCaptioner(TowerTask):
         """Captions of a collated batch (its prompts; a retrieval captioner adds each photo's neighbour titles)."""
         vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
         batch = self.with_neighbours(batch, vision)
-        return self._caption(vision, batch["prompt_ids"], batch["prompt_mask"], **generation)
+        context = {"exclude": batch["ids"], "has_image": batch.get("has_image")}
+        return self._caption(vision, batch["prompt_ids"], batch["prompt_mask"], **context, **generation)
+
+    def rerank_settings(self, value: Any = None) -> dict[str, Any] | None:
+        """The consensus reranking a caption call gets: the model's ``rerank`` for None, off for False, the model's
+        (or :data:`RERANK_DEFAULTS`) for True, a mapping over those; a one-line error without a caption memory."""
+        if value is None:
+            settings = self.rerank
+        elif isinstance(value, dict):
+            settings = check_rerank({**(self.rerank or {}), **value})
+        else:
+            settings = check_rerank(self.rerank or RERANK_DEFAULTS if value is True else value)
+        if settings is not None and self.memory is None:
+            raise UserError(
+                "rerank: this captioner holds no caption memory to rerank against: fit it with model.rerank or "
+                "model.retrieval set (the memory of the training photos and titles is saved in the checkpoint)"
+            )
+        return settings
+
+    def consensus(self) -> CiderConsensus:
+        """CIDEr-D scorer whose document frequencies are the caption memory's titles (built once per memory)."""
+        if self.memory is None:
+            raise UserError("rerank: this captioner holds no caption memory")
+        if self._consensus is None or self._consensus[0] is not self.memory:
+            self._consensus = (self.memory, CiderConsensus(self.memory.titles))
+        return self._consensus[1]
 
     @torch.no_grad()
     def generate_from_features(
-        self, vision: Features, prompt_ids: Tensor, prompt_mask: Tensor, use_cache: bool = True, **options: Any
+        self,
+        vision: Features,
+        prompt_ids: Tensor,
+        prompt_mask: Tensor,
+        use_cache: bool = True,
+        exclude: list[str] | None = None,
+        has_image: Tensor | None = None,
+        **options: Any,
     ) -> Captions:
-        """:meth:`generate` from vision features computed beforehand (cached features, benchmarks)."""
+        """:meth:`generate` from vision features computed beforehand (cached features, benchmarks).
+
+        With consensus reranking (``rerank`` option, or the model's), ``exclude`` holds each item's product id (its
+        own title is never a neighbour) and items whose ``has_image`` is False keep the best-scored candidate."""
+        rerank = self.rerank_settings(options.pop("rerank", None))
+        if rerank is not None:
+            n = rerank["candidates"]
+            if not options.get("do_sample"):
+                options["num_beams"] = max(int(options.get("num_beams") or 1), n)
+            options["num_return_sequences"] = n
+        captions = self._generate(vision, prompt_ids, prompt_mask, use_cache, **options)
+        if rerank is None:
+            return captions
+        return self._rerank(vision, captions, rerank, exclude, has_image)
+
+    def _rerank(
+        self,
+        vision: Features,
+        captions: Captions,
+        rerank: dict[str, Any],
+        exclude: list[str] | None,
+        has_image: Tensor | None,
+    ) -> Captions:
+        """One caption per item out of its ``candidates`` consecutive ones: the best consensus with its neighbours."""
+        assert self.memory is not None
+        n, consensus = rerank["candidates"], self.consensus()
+        neighbours = self.memory.neighbours(vision, rerank["k"], exclude=exclude)
+        present = [True] * len(neighbours) if has_image is None else [bool(h) for h in has_image.tolist()]
+        texts, scores = [], []
+        for i, rows in enumerate(neighbours):
+            candidates, beam = captions.texts[i * n : (i + 1) * n], captions.scores[i * n : (i + 1) * n]
+            titles = [self.memory.titles[r] for r in rows] if present[i] else []
+            best = consensus.choose(candidates, beam, titles, rerank["weight"])
+            texts.append(candidates[best])
+            scores.append(beam[best])
+        return Captions(texts=texts, scores=scores)
+
+    def _generate(
+        self, vision: Features, prompt_ids: Tensor, prompt_mask: Tensor, use_cache: bool, **options: Any
+    ) -> Captions:
         kept = self.output_token_ids(options.pop("trim_vocabulary", None))
         cond = self.conditioning(vision)
         ids, mask, put_prefix = self._inputs(cond, prompt_ids, prompt_mask)
@@ -551,7 +657,8 @@ class ProductCaptioner(TowerTask):
             batch_size=n,
             sync_dist=True,
         )
-        captions = self._caption(vision, batch["prompt_ids"], batch["prompt_mask"])
+        context = {"exclude": batch["ids"], "has_image": batch.get("has_image")}
+        captions = self._caption(vision, batch["prompt_ids"], batch["prompt_mask"], **context)
         preds, refs = self._outputs.setdefault(stage, ([], []))
         for text, ref in zip(captions.texts, batch["references"], strict=True):
             if ref is not None:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from multimodal.captioning.captioner import check_trim_vocabulary
+from multimodal.captioning.captioner import check_rerank, check_trim_vocabulary
 from multimodal.data.dataset import Collate
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
@@ -18,6 +18,7 @@ def check_generation(options: dict[str, Any]) -> dict[str, Any]:
         if key in options and int(options[key]) <= 0:
             raise UserError(f"{key} must be positive, not {options[key]}")
     check_trim_vocabulary(options.get("trim_vocabulary"))
+    check_rerank(options.get("rerank"))
     if int(options.get("num_return_sequences", 1)) != 1:
         raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
     return options
@@ -64,8 +65,10 @@ class Captioner(Predictor):
                 the model was trained with).
             prompt: fixed text before the caption instead of the trained one.
             seed: sampling seed (with the same inputs and batch size, the same captions).
-            generation: Hugging Face ``generate`` options, and ``trim_vocabulary`` (default True when the checkpoint
-                holds its training targets' token ids; False computes logits over the whole vocabulary).
+            generation: Hugging Face ``generate`` options, ``trim_vocabulary`` (default True when the checkpoint
+                holds its training targets' token ids; False computes logits over the whole vocabulary) and
+                ``rerank`` (consensus reranking: True / False / ``{"k": 5, "candidates": 8, "weight": 0.0}``;
+                default: the checkpoint's ``model.rerank``).
         """
         self.configure(prompt, seed, **generation)
         return frame(self.run(inputs))

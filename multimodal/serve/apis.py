@@ -170,6 +170,7 @@ CAPTION_OPTIONS: dict[str, tuple[str, int, int]] = {
     "top_p": ("float", 0, 0),
     "repetition_penalty": ("float", 0, 0),
     "length_penalty": ("float", 0, 0),
+    "rerank": ("bool", 0, 0),
 }
 
 
@@ -202,6 +203,8 @@ class CaptionAPI(TaskAPI):
                 options[key] = flag(payload, key)
             else:
                 options[key] = number(payload, key)
+        if options.get("rerank") and model.memory is None:
+            raise Problem("rerank: this captioner holds no caption memory (fit with model.rerank or model.retrieval)")
         record = {self.captioner.columns.image: photo, **{c: text(payload, c) for c in model.prompt_columns}}
         prompt = text(payload, "prompt")
         seed = integer(payload, "seed", 0, 0)
