@@ -129,6 +129,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--seed", type=int, nargs="+", default=[0], help="one or more seeds: each method trains once per seed"
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: join the --out files of runs made apart (one process per method and seed, other "
+        "flags per method) into one table of per-seed and mean CIDEr, greedy and each --compare decoding, with "
+        "ratios to the peer's; written to --out",
+    )
     return p.parse_args()
 
 
@@ -499,8 +507,71 @@ def run_method(
     return result
 
 
+RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_init", "lm_warmup_steps")
+PEER = "hf_vision_encoder_decoder"
+
+
+def merge(paths: list[str], out: str) -> None:
+    """One table from separate runs: a row per method and per-method flags (``--retrieval 3`` ...), per-seed and
+    mean CIDEr of greedy decoding and of each ``--compare`` decoding, ratios of the means to the peer's."""
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    runs = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        settings = payload["settings"]
+        flags = " ".join(
+            f"--{k} {settings[k]}" for k in RUN_FLAGS if settings.get(k) not in (None, 0, 0.0, "", "random")
+        )
+        seeds = settings["seed"] if isinstance(settings["seed"], list) else [settings["seed"]]
+        for method, result in payload["results"].items():
+            label = f"{method} {flags}".strip()
+            per_seed = result.get("per_seed") or {str(seeds[0]): result}
+            for seed, r in per_seed.items():
+                if int(seed) in rows.get(label, {}):
+                    raise SystemExit(f"--merge: {path} holds '{label}' seed {seed} again (a run given twice?)")
+                rows.setdefault(label, {})[int(seed)] = {**r, **{k: result[k] for k in result if k not in r}}
+        kept = {k: v for k, v in settings.items() if k not in ("out", "features_cache", "merge", "data")}
+        runs.append({"file": Path(path).name, "machine": payload["machine"], "settings": kept})
+    decodings = sorted({k for r in rows.values() for v in r.values() for k in DECODING if k in v})
+
+    def mean(label: str, decoding: str | None) -> float | None:
+        values = [
+            (v[decoding] if decoding else v)["cider"] for v in rows[label].values() if not decoding or decoding in v
+        ]
+        return sum(values) / len(values) if values else None
+
+    peer = {d: mean(PEER, d) for d in [None, *decodings]} if PEER in rows else {}
+    head = ["method", "seeds", "CIDEr per seed", "mean CIDEr", "/ peer"]
+    for d in decodings:
+        head += [f"{d}: CIDEr per seed", f"{d}: mean", f"{d}: / peer {d}", f"{d}: / peer greedy"]
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    means: dict[str, dict[str, float | None]] = {}
+    for label, by_seed in rows.items():
+        seeds = sorted(by_seed)
+        means[label] = {"greedy": mean(label, None), **{d: mean(label, d) for d in decodings}}
+
+        def ratio(value: float | None, base: float | None) -> str:
+            return f"{value / base:.2f}" if value is not None and base else "-"
+
+        cells = [label, ", ".join(map(str, seeds)), " / ".join(f"{by_seed[s]['cider']:.4f}" for s in seeds),
+                 f"{means[label]['greedy']:.4f}", ratio(means[label]["greedy"], peer.get(None))]  # fmt: skip
+        for d in decodings:
+            got = [f"{by_seed[s][d]['cider']:.4f}" if d in by_seed[s] else "-" for s in seeds]
+            value = means[label][d]
+            cells += [" / ".join(got), f"{value:.4f}" if value is not None else "-", ratio(value, peer.get(d)),
+                      ratio(value, peer.get(None))]  # fmt: skip
+        table.append("| " + " | ".join(cells) + " |")
+    print("\n".join(table))
+    write_json(out, {"benchmark": "caption_quality --merge", "runs": runs, "results": rows, "means": means,
+                     "table": "\n".join(table)})  # fmt: skip
+    say(f"wrote {out}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seed_all(args.seed[0])
     from encoders.pretrained import EfficientNetLiteEncoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,30 @@ def test_several_runs_of_a_method_are_scored_by_their_mean() -> None:
     assert mean["diff"] == pytest.approx((score["a"] + score["c"]) / 2 - score["b"], abs=1e-12)
     alone = paired_bootstrap(truth, [a], b, ATTRIBUTES, samples=300, seed=4)
     assert alone == paired_bootstrap(truth, a, b, ATTRIBUTES, samples=300, seed=4)
+
+
+def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.caption_quality import merge
+
+    def run(name: str, method: str, seed: int, cider: float, consensus: float, **flags: object) -> str:
+        result = {"bleu4": 0.1, "cider": cider, "exact": 0.0, "consensus": {"bleu4": 0.1, "cider": consensus}}
+        settings = {"seed": [seed], "retrieval": 0, "word_dropout": 0.0, "out": "x.json", **flags}
+        path = tmp_path / name
+        path.write_text(json.dumps({"machine": {}, "settings": settings, "results": {method: result}}))
+        return str(path)
+
+    files = [run("p0.json", "hf_vision_encoder_decoder", 0, 1.0, 1.2), run("p1.json", "hf_vision_encoder_decoder", 1,
+             1.2, 1.4), run("l0.json", "late", 0, 1.1, 1.5), run("l1.json", "late", 1, 1.3, 1.7),
+             run("e0.json", "early", 0, 0.9, 1.1, retrieval=3)]  # fmt: skip
+    merge(files, str(tmp_path / "merged.json"))
+    out = json.loads((tmp_path / "merged.json").read_text())
+    assert out["means"]["late"] == {"greedy": pytest.approx(1.2), "consensus": pytest.approx(1.6)}
+    assert out["means"]["early --retrieval 3"]["greedy"] == pytest.approx(0.9)  # per-method flags name the row
+    late = next(line for line in out["table"].splitlines() if line.startswith("| late |"))
+    # greedy 1.2 / peer 1.1; consensus 1.6 / peer's consensus 1.3, and / peer greedy 1.1
+    assert "| 1.09 |" in late and "| 1.23 | 1.45 |" in late
+    assert all("out" not in r["settings"] for r in out["runs"])  # no local paths kept
+    with pytest.raises(SystemExit, match="seed 0 again"):
+        merge([files[2], files[2]], str(tmp_path / "twice.json"))
