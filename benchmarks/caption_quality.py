@@ -57,7 +57,7 @@ MODES = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--target", default="title", help="text column to write")
@@ -137,7 +137,7 @@ def parse_args() -> argparse.Namespace:
         "flags per method) into one table of per-seed and mean CIDEr, greedy and each --compare decoding, with "
         "ratios to the peer's; written to --out",
     )
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------- data

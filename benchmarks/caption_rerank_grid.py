@@ -1,0 +1,123 @@
+"""Consensus reranking settings, chosen on the validation split: CIDEr of ``k`` (neighbour titles) x ``weight``
+(of the beam score) for one trained captioner, on validation and test.
+
+Trains one method exactly as ``benchmarks.caption_quality`` does (same data, features, split, steps and learning
+rates), lets beam search propose ``--candidates`` captions per photo of the validation and test splits once, then
+reranks those candidates with every ``k`` x ``weight`` (:class:`multimodal.captioning.consensus.CiderConsensus`,
+the neighbours from the training photos' caption memory, as ``ProductCaptioner(rerank=...)`` does). The setting
+with the best validation CIDEr is the one to use; its test CIDEr is printed beside it, next to greedy decoding and
+the top beam. The captioner gets no neighbour titles in its prompt (no ``--retrieval``).
+
+    python -m benchmarks.caption_rerank_grid --data data/fashion-products --method late \\
+        --out benchmarks/results/caption_rerank_grid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import caption_quality as cq
+from benchmarks.common import machine, say, write_json
+from encoders.types import Features
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
+    p.add_argument("--method", default="late", choices=sorted(cq.MODES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=int, default=8, help="beam candidates per photo")
+    p.add_argument("--ks", type=int, nargs="+", default=[3, 5, 8, 12, 20], help="neighbour titles to agree with")
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="weights of the beam score")
+    p.add_argument("--features_cache", default="", help="caption_quality's feature cache (train and test)")
+    p.add_argument("--benchmark_args", default="--epochs 3 --lr 0.001 --max_length 20",
+                   help="caption_quality flags for training (its defaults otherwise)")  # fmt: skip
+    p.add_argument("--out", default="benchmarks/results/caption_rerank_grid.json")
+    return p.parse_args()
+
+
+@torch.no_grad()
+def candidates(model: Any, feats: Features, n: int, max_new_tokens: int) -> list[list[tuple[str, float]]]:
+    """``n`` beam captions (text, beam score) per photo, best first."""
+    out = []
+    for i in range(0, feats.tokens.shape[0], 32):
+        rows = torch.arange(i, min(i + 32, feats.tokens.shape[0]))
+        ids = torch.full((len(rows), 1), model.lm.bos_id)
+        options = {"max_new_tokens": max_new_tokens, "num_beams": n, "num_return_sequences": n}
+        found = model.generate_from_features(cq.take(feats, rows), ids, torch.ones_like(ids), rerank=False, **options)
+        out += [list(zip(found.texts[j * n : (j + 1) * n], found.scores[j * n : (j + 1) * n], strict=True))
+                for j in range(len(rows))]  # fmt: skip
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    from encoders.pretrained import EfficientNetLiteEncoder
+    from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.metrics import caption_scores
+    from multimodal.captioning.retrieval import CaptionMemory
+
+    flags = ["--data", args.data, "--features_cache", args.features_cache, "--seed", str(args.seed)]
+    bench = cq.parse_args([*args.benchmark_args.split(), *flags])
+    bench.seed = args.seed
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    splits = cq.load_split(bench)
+    vision = EfficientNetLiteEncoder(0, image_size=bench.image_size, trainable=False).eval()
+    cache = Path(args.features_cache) if args.features_cache else None
+    key = [bench.data, bench.image_size, [i for i, _, _ in splits["train"]], [i for i, _, _ in splits["test"]]]
+    saved = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
+    feats = {}
+    for split in ("train", "val", "test"):
+        if saved is not None and saved["key"] == key and split in saved:
+            feats[split] = Features(**saved[split])
+        else:
+            feats[split] = cq.image_features(splits[split], vision)
+    texts = {s: [t for _, _, t in splits[s]] for s in splits}
+    memory = CaptionMemory.from_features(feats["train"], texts["train"], [i for i, _, _ in splits["train"]])
+    model, seconds, steps = cq.train(args.method, feats["train"], texts["train"], bench)
+    model.caption_token_ids = model.target_token_ids(texts["train"])
+    say(f"{args.method} (seed {args.seed}) trained: {steps} steps, {seconds:.0f} s")
+    consensus = CiderConsensus(memory.titles)
+    results: dict[str, Any] = {}
+    for split in ("val", "test"):
+        start = time.perf_counter()
+        found = candidates(model, feats[split], args.candidates, bench.max_new_tokens)
+        greedy = cq.predict(args.method, model, feats[split], bench)
+        neighbours = memory.neighbours(feats[split], max(args.ks))
+        grid = {}
+        for k in args.ks:
+            for w in args.weights:
+                picked = []
+                for options, rows in zip(found, neighbours, strict=True):
+                    texts_, scores = [t for t, _ in options], [s for _, s in options]
+                    picked.append(texts_[consensus.choose(texts_, scores, [memory.titles[r] for r in rows[:k]], w)])
+                grid[f"k={k} weight={w}"] = caption_scores(picked, texts[split])["cider"]
+        results[split] = {"greedy": caption_scores(greedy, texts[split])["cider"],
+                          "top_beam": caption_scores([o[0][0] for o in found], texts[split])["cider"], "grid": grid,
+                          "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        say(f"{split}: greedy {results[split]['greedy']:.4f}, top beam {results[split]['top_beam']:.4f}")
+    best = max(results["val"]["grid"], key=results["val"]["grid"].get)
+    lines = [f"| k \\ weight | {' | '.join(str(w) for w in args.weights)} |", "|---|" + "---|" * len(args.weights)]
+    for k in args.ks:
+        pairs = [(results["val"]["grid"][f"k={k} weight={w}"], results["test"]["grid"][f"k={k} weight={w}"])
+                 for w in args.weights]  # fmt: skip
+        cells = [f"{v:.3f} / {t:.3f}" for v, t in pairs]
+        lines.append(f"| {k} | {' | '.join(cells)} |")
+    lines.append(f"(validation / test CIDEr; greedy {results['val']['greedy']:.3f} / {results['test']['greedy']:.3f}, "
+                 f"top beam {results['val']['top_beam']:.3f} / {results['test']['top_beam']:.3f}; best on validation: "
+                 f"{best}, test {results['test']['grid'][best]:.3f})")  # fmt: skip
+    print("\n".join(lines))
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "features_cache")}
+    write_json(args.out, {"machine": machine(), "settings": settings, "method": args.method, "seed": args.seed,
+                          "train_seconds": round(seconds, 1), "results": results, "best_on_validation": best,
+                          "table": "\n".join(lines)})  # fmt: skip
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
