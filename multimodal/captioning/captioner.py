@@ -506,7 +506,7 @@ class ProductCaptioner(TowerTask):
         elif isinstance(value, dict):
             settings = check_rerank({**(self.rerank or {}), **value})
         else:
-            settings = check_rerank(self.rerank or RERANK_DEFAULTS if value is True else value)
+            settings = check_rerank((self.rerank or RERANK_DEFAULTS) if value is True else value)
         if settings is not None and self.memory is None:
             raise UserError(
                 "rerank: this captioner holds no caption memory to rerank against: fit it with model.rerank or "
