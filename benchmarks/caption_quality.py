@@ -511,6 +511,22 @@ RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_in
 PEER = "hf_vision_encoder_decoder"
 
 
+def _public_command(command: str) -> str:
+    """``command`` without ``--out`` / ``--features_cache`` and with ``--data``'s folder as ``data/<name>``."""
+    words, out, skip = command.split(), [], False
+    for i, word in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        if word in ("--out", "--features_cache"):
+            skip = True
+        elif i > 0 and words[i - 1] == "--data":
+            out.append(f"data/{Path(word).name}")
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
 def merge(paths: list[str], out: str) -> None:
     """One table from separate runs: a row per method and per-method flags (``--retrieval 3`` ...), per-seed and
     mean CIDEr of greedy decoding and of each ``--compare`` decoding, ratios of the means to the peer's."""
@@ -531,7 +547,10 @@ def merge(paths: list[str], out: str) -> None:
                     raise SystemExit(f"--merge: {path} holds '{label}' seed {seed} again (a run given twice?)")
                 rows.setdefault(label, {})[int(seed)] = {**r, **{k: result[k] for k in result if k not in r}}
         kept = {k: v for k, v in settings.items() if k not in ("out", "features_cache", "merge", "data")}
-        runs.append({"file": Path(path).name, "machine": payload["machine"], "settings": kept})
+        about = {k: v for k, v in payload["machine"].items() if k != "command"}
+        if "command" in payload["machine"]:  # without the local paths of the data, the cache and the output
+            about["command"] = _public_command(payload["machine"]["command"])
+        runs.append({"file": Path(path).name, "machine": about, "settings": kept})
     decodings = sorted({k for r in rows.values() for v in r.values() for k in DECODING if k in v})
 
     def mean(label: str, decoding: str | None) -> float | None:

@@ -66,7 +66,11 @@ def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:
         result = {"bleu4": 0.1, "cider": cider, "exact": 0.0, "consensus": {"bleu4": 0.1, "cider": consensus}}
         settings = {"seed": [seed], "retrieval": 0, "word_dropout": 0.0, "out": "x.json", **flags}
         path = tmp_path / name
-        path.write_text(json.dumps({"machine": {}, "settings": settings, "results": {method: result}}))
+        command = (
+            f"python -m benchmarks.caption_quality --data /somewhere/fashion-products --out /tmp/{name} --seed {seed}"
+        )
+        payload = {"machine": {"command": command}, "settings": settings, "results": {method: result}}
+        path.write_text(json.dumps(payload))
         return str(path)
 
     files = [run("p0.json", "hf_vision_encoder_decoder", 0, 1.0, 1.2), run("p1.json", "hf_vision_encoder_decoder", 1,
@@ -80,5 +84,9 @@ def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:
     # greedy 1.2 / peer 1.1; consensus 1.6 / peer's consensus 1.3, and / peer greedy 1.1
     assert "| 1.09 |" in late and "| 1.23 | 1.45 |" in late
     assert all("out" not in r["settings"] for r in out["runs"])  # no local paths kept
+    assert (
+        out["runs"][0]["machine"]["command"]
+        == "python -m benchmarks.caption_quality --data data/fashion-products --seed 0"
+    )
     with pytest.raises(SystemExit, match="seed 0 again"):
         merge([files[2], files[2]], str(tmp_path / "twice.json"))
