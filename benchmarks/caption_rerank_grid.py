@@ -1,10 +1,11 @@
-"""Consensus reranking settings, chosen on the validation split: CIDEr of ``k`` (neighbour titles) x ``weight``
-(of the beam score) for one trained captioner, on validation and test.
+"""Consensus reranking settings, chosen on the validation split: CIDEr of ``candidates`` x ``k`` (neighbour titles) x
+``weight`` (of the beam score) for one trained captioner, on validation and test.
 
 Trains one method exactly as ``benchmarks.caption_quality`` does (same data, features, split, steps and learning
-rates), lets beam search propose ``--candidates`` captions per photo of the validation and test splits once, then
-reranks those candidates with every ``k`` x ``weight`` (:class:`multimodal.captioning.consensus.CiderConsensus`,
-the neighbours from the training photos' caption memory, as ``ProductCaptioner(rerank=...)`` does). The setting
+rates), lets beam search propose each ``--candidates`` number of captions per photo of the validation and test
+splits, then reranks those candidates with every ``k`` x ``weight``
+(:class:`multimodal.captioning.consensus.CiderConsensus`, the neighbours from the training photos' caption memory,
+as ``ProductCaptioner(rerank=...)`` does). The setting
 with the best validation CIDEr is the one to use; its test CIDEr is printed beside it, next to greedy decoding and
 the top beam. The captioner gets no neighbour titles in its prompt (no ``--retrieval``).
 
@@ -31,7 +32,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--method", default="late", choices=sorted(cq.MODES))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--candidates", type=int, default=8, help="beam candidates per photo")
+    p.add_argument("--candidates", type=int, nargs="+", default=[4, 8, 12, 16], help="beam candidates per photo")
     p.add_argument("--ks", type=int, nargs="+", default=[3, 5, 8, 12, 20], help="neighbour titles to agree with")
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="weights of the beam score")
     p.add_argument("--features_cache", default="", help="caption_quality's feature cache (train and test)")
@@ -86,31 +87,37 @@ def main() -> None:
     results: dict[str, Any] = {}
     for split in ("val", "test"):
         start = time.perf_counter()
-        found = candidates(model, feats[split], args.candidates, bench.max_new_tokens)
         greedy = cq.predict(args.method, model, feats[split], bench)
         neighbours = memory.neighbours(feats[split], max(args.ks))
-        grid = {}
-        for k in args.ks:
-            for w in args.weights:
-                picked = []
-                for options, rows in zip(found, neighbours, strict=True):
-                    texts_, scores = [t for t, _ in options], [s for _, s in options]
-                    picked.append(texts_[consensus.choose(texts_, scores, [memory.titles[r] for r in rows[:k]], w)])
-                grid[f"k={k} weight={w}"] = caption_scores(picked, texts[split])["cider"]
-        results[split] = {"greedy": caption_scores(greedy, texts[split])["cider"],
-                          "top_beam": caption_scores([o[0][0] for o in found], texts[split])["cider"], "grid": grid,
-                          "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        say(f"{split}: greedy {results[split]['greedy']:.4f}, top beam {results[split]['top_beam']:.4f}")
+        grid, top_beam = {}, {}
+        for n in args.candidates:
+            found = candidates(model, feats[split], n, bench.max_new_tokens)
+            top_beam[n] = caption_scores([o[0][0] for o in found], texts[split])["cider"]
+            for k in args.ks:
+                for w in args.weights:
+                    picked = []
+                    for options, rows in zip(found, neighbours, strict=True):
+                        texts_, scores = [t for t, _ in options], [s for _, s in options]
+                        titles = [memory.titles[r] for r in rows[:k]]
+                        picked.append(texts_[consensus.choose(texts_, scores, titles, w)])
+                    grid[f"candidates={n} k={k} weight={w}"] = caption_scores(picked, texts[split])["cider"]
+        results[split] = {"greedy": caption_scores(greedy, texts[split])["cider"], "top_beam": top_beam,
+                          "grid": grid, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        say(f"{split}: greedy {results[split]['greedy']:.4f}, top beam {top_beam}")
     best = max(results["val"]["grid"], key=results["val"]["grid"].get)
-    lines = [f"| k \\ weight | {' | '.join(str(w) for w in args.weights)} |", "|---|" + "---|" * len(args.weights)]
-    for k in args.ks:
-        pairs = [(results["val"]["grid"][f"k={k} weight={w}"], results["test"]["grid"][f"k={k} weight={w}"])
-                 for w in args.weights]  # fmt: skip
-        cells = [f"{v:.3f} / {t:.3f}" for v, t in pairs]
-        lines.append(f"| {k} | {' | '.join(cells)} |")
-    lines.append(f"(validation / test CIDEr; greedy {results['val']['greedy']:.3f} / {results['test']['greedy']:.3f}, "
-                 f"top beam {results['val']['top_beam']:.3f} / {results['test']['top_beam']:.3f}; best on validation: "
-                 f"{best}, test {results['test']['grid'][best]:.3f})")  # fmt: skip
+    weights = " | ".join(f"weight {w}" for w in args.weights)
+    lines = [f"| candidates | k | {weights} |", "|---|---|" + "---|" * len(args.weights)]
+    for n in args.candidates:
+        for k in args.ks:
+            names = [f"candidates={n} k={k} weight={w}" for w in args.weights]
+            cells = [f"{results['val']['grid'][m]:.3f} / {results['test']['grid'][m]:.3f}" for m in names]
+            lines.append(f"| {n} | {k} | {' | '.join(cells)} |")
+    beams = ", ".join(f"{n}: {results['val']['top_beam'][n]:.3f} / {results['test']['top_beam'][n]:.3f}"
+                      for n in args.candidates)  # fmt: skip
+    lines.append(
+        f"(validation / test CIDEr; greedy {results['val']['greedy']:.3f} / {results['test']['greedy']:.3f}; "
+        f"top beam {beams}; best on validation: {best}, test {results['test']['grid'][best]:.3f})"
+    )
     print("\n".join(lines))
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "features_cache")}
     write_json(args.out, {"machine": machine(), "settings": settings, "method": args.method, "seed": args.seed,
