@@ -511,7 +511,7 @@ RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_in
 PEER = "hf_vision_encoder_decoder"
 
 
-def _public_command(command: str) -> str:
+def public_command(command: str) -> str:
     """``command`` without ``--out`` / ``--features_cache`` and with ``--data``'s folder as ``data/<name>``."""
     words, out, skip = command.split(), [], False
     for i, word in enumerate(words):
@@ -549,7 +549,7 @@ def merge(paths: list[str], out: str) -> None:
         kept = {k: v for k, v in settings.items() if k not in ("out", "features_cache", "merge", "data")}
         about = {k: v for k, v in payload["machine"].items() if k != "command"}
         if "command" in payload["machine"]:  # without the local paths of the data, the cache and the output
-            about["command"] = _public_command(payload["machine"]["command"])
+            about["command"] = public_command(payload["machine"]["command"])
         runs.append({"file": Path(path).name, "machine": about, "settings": kept})
     decodings = sorted({k for r in rows.values() for v in r.values() for k in DECODING if k in v})
 

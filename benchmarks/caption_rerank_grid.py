@@ -120,7 +120,9 @@ def main() -> None:
     )
     print("\n".join(lines))
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "features_cache")}
-    write_json(args.out, {"machine": machine(), "settings": settings, "method": args.method, "seed": args.seed,
+    about = machine()
+    about["command"] = cq.public_command(about.get("command", ""))  # without local paths
+    write_json(args.out, {"machine": about, "settings": settings, "method": args.method, "seed": args.seed,
                           "train_seconds": round(seconds, 1), "results": results, "best_on_validation": best,
                           "table": "\n".join(lines)})  # fmt: skip
     say(f"wrote {args.out}")
