@@ -175,6 +175,33 @@ def image_features(items: list[tuple[str, Path, str]], vision: Any, batch_size: 
     return Features(tokens=t, mask=torch.ones(t.shape[:2], dtype=torch.bool), pooled=torch.cat(pooled))
 
 
+def cached_features(
+    args: argparse.Namespace, splits: dict[str, list[tuple[str, Path, str]]], names: tuple[str, ...] = ("train", "test")
+) -> dict[str, Features]:
+    """Frozen EfficientNet-Lite0 features of the ``names`` splits, read from ``--features_cache`` when it holds them
+    for this data, image size and train / test split, computed (and added to the cache) otherwise."""
+    from encoders.pretrained import EfficientNetLiteEncoder
+
+    cache = Path(args.features_cache) if args.features_cache else None
+    key = [args.data, args.image_size, [i for i, _, _ in splits["train"]], [i for i, _, _ in splits["test"]]]
+    saved = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
+    saved = saved if saved is not None and saved["key"] == key else {"key": key}
+    feats, vision = {}, None
+    for split in names:
+        if split in saved:
+            feats[split] = Features(**saved[split])
+            continue
+        vision = vision or EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
+        feats[split] = image_features(splits[split], vision)
+        saved[split] = vars(feats[split])
+        say(f"features {split}: {tuple(feats[split].tokens.shape)}")
+    if vision is None:
+        say(f"features from {cache}")
+    elif cache:
+        torch.save(saved, cache)
+    return feats
+
+
 def take(features: Features, index: Tensor) -> Features:
     return Features(tokens=features.tokens[index], mask=features.mask[index], pooled=features.pooled[index])
 
@@ -410,11 +437,8 @@ def peer_rerank(
             res = model.generate(encoder_outputs=encoded, **start, **settings)
             skip = start["decoder_input_ids"].shape[1] if start else 0
             texts = [t.strip() for t in tok.batch_decode(res.sequences[:, skip:], skip_special_tokens=True)]
-            scores = res.sequences_scores.tolist()
-            for j, row in enumerate(group):
-                titles = [memory.titles[t] for t in neighbours[row]]
-                candidates = texts[j * n : (j + 1) * n]
-                out.append(candidates[consensus.choose(candidates, scores[j * n : (j + 1) * n], titles, weight)])
+            titles = [[memory.titles[t] for t in neighbours[row]] for row in group]
+            out += consensus.pick(texts, res.sequences_scores.tolist(), titles, weight)[0]
     return out
 
 
@@ -448,9 +472,8 @@ def copy_titles(method: str, memory: Any, feats: Features) -> list[str]:
     consensus, out = CiderConsensus(memory.titles), []
     for row in memory.neighbours(feats, RERANK_DEFAULTS["k"]):
         titles = [memory.titles[r] for r in row]
-        others = [[t for j, t in enumerate(titles) if j != i] for i in range(len(titles))]
-        out.append(max(range(len(titles)), key=lambda i: (consensus.consensus(titles[i], others[i]), -i)))
-        out[-1] = titles[out[-1]]
+        agree = [consensus.consensus(t, titles[:i] + titles[i + 1 :]) for i, t in enumerate(titles)]
+        out.append(titles[agree.index(max(agree))])  # the first of equals
     return out
 
 
@@ -565,13 +588,13 @@ def merge(paths: list[str], out: str) -> None:
         head += [f"{d}: CIDEr per seed", f"{d}: mean", f"{d}: / peer {d}", f"{d}: / peer greedy"]
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     means: dict[str, dict[str, float | None]] = {}
+
+    def ratio(value: float | None, base: float | None) -> str:
+        return f"{value / base:.2f}" if value is not None and base else "-"
+
     for label, by_seed in rows.items():
         seeds = sorted(by_seed)
         means[label] = {"greedy": mean(label, None), **{d: mean(label, d) for d in decodings}}
-
-        def ratio(value: float | None, base: float | None) -> str:
-            return f"{value / base:.2f}" if value is not None and base else "-"
-
         cells = [label, ", ".join(map(str, seeds)), " / ".join(f"{by_seed[s]['cider']:.4f}" for s in seeds),
                  f"{means[label]['greedy']:.4f}", ratio(means[label]["greedy"], peer.get(None))]  # fmt: skip
         for d in decodings:
@@ -593,24 +616,9 @@ def main() -> None:
         return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seed_all(args.seed[0])
-    from encoders.pretrained import EfficientNetLiteEncoder
-
     splits = load_split(args)
     say(f"data {args.data}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    vision = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
-    cache = Path(args.features_cache) if args.features_cache else None
-    key = [args.data, args.image_size, [i for i, _, _ in splits["train"]], [i for i, _, _ in splits["test"]]]
-    saved = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
-    if saved is not None and saved["key"] == key:
-        feats = {s: Features(**saved[s]) for s in ("train", "test")}
-        say(f"features from {cache}")
-    else:
-        feats = {}
-        for split in ("train", "test"):
-            feats[split] = image_features(splits[split], vision)
-            say(f"features {split}: {tuple(feats[split].tokens.shape)}")
-        if cache:
-            torch.save({"key": key, **{s: vars(f) for s, f in feats.items()}}, cache)
+    feats = cached_features(args, splits)
     train_texts = [t for _, _, t in splits["train"]]
     refs = [t for _, _, t in splits["test"]]
     from multimodal.captioning.retrieval import CaptionMemory

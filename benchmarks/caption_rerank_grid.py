@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,22 +42,22 @@ def parse_args() -> argparse.Namespace:
 
 
 @torch.no_grad()
-def candidates(model: Any, feats: Features, n: int, max_new_tokens: int) -> list[list[tuple[str, float]]]:
-    """``n`` beam captions (text, beam score) per photo, best first."""
-    out = []
+def candidates(model: Any, feats: Features, n: int, max_new_tokens: int) -> tuple[list[str], list[float]]:
+    """``n`` beam captions per photo, best first, one photo after the other: texts and beam scores."""
+    texts: list[str] = []
+    scores: list[float] = []
     for i in range(0, feats.tokens.shape[0], 32):
         rows = torch.arange(i, min(i + 32, feats.tokens.shape[0]))
         ids = torch.full((len(rows), 1), model.lm.bos_id)
         options = {"max_new_tokens": max_new_tokens, "num_beams": n, "num_return_sequences": n}
         found = model.generate_from_features(cq.take(feats, rows), ids, torch.ones_like(ids), rerank=False, **options)
-        out += [list(zip(found.texts[j * n : (j + 1) * n], found.scores[j * n : (j + 1) * n], strict=True))
-                for j in range(len(rows))]  # fmt: skip
-    return out
+        texts += found.texts
+        scores += found.scores
+    return texts, scores
 
 
 def main() -> None:
     args = parse_args()
-    from encoders.pretrained import EfficientNetLiteEncoder
     from multimodal.captioning.consensus import CiderConsensus
     from multimodal.captioning.metrics import caption_scores
     from multimodal.captioning.retrieval import CaptionMemory
@@ -68,16 +67,7 @@ def main() -> None:
     bench.seed = args.seed
     torch.set_num_threads(min(2, torch.get_num_threads()))
     splits = cq.load_split(bench)
-    vision = EfficientNetLiteEncoder(0, image_size=bench.image_size, trainable=False).eval()
-    cache = Path(args.features_cache) if args.features_cache else None
-    key = [bench.data, bench.image_size, [i for i, _, _ in splits["train"]], [i for i, _, _ in splits["test"]]]
-    saved = torch.load(cache, weights_only=True) if cache and cache.is_file() else None
-    feats = {}
-    for split in ("train", "val", "test"):
-        if saved is not None and saved["key"] == key and split in saved:
-            feats[split] = Features(**saved[split])
-        else:
-            feats[split] = cq.image_features(splits[split], vision)
+    feats = cq.cached_features(bench, splits, ("train", "val", "test"))
     texts = {s: [t for _, _, t in splits[s]] for s in splits}
     memory = CaptionMemory.from_features(feats["train"], texts["train"], [i for i, _, _ in splits["train"]])
     model, seconds, steps = cq.train(args.method, feats["train"], texts["train"], bench)
@@ -91,15 +81,12 @@ def main() -> None:
         neighbours = memory.neighbours(feats[split], max(args.ks))
         grid, top_beam = {}, {}
         for n in args.candidates:
-            found = candidates(model, feats[split], n, bench.max_new_tokens)
-            top_beam[n] = caption_scores([o[0][0] for o in found], texts[split])["cider"]
+            found, scores = candidates(model, feats[split], n, bench.max_new_tokens)
+            top_beam[n] = caption_scores(found[::n], texts[split])["cider"]
             for k in args.ks:
+                titles = [[memory.titles[r] for r in rows[:k]] for rows in neighbours]
                 for w in args.weights:
-                    picked = []
-                    for options, rows in zip(found, neighbours, strict=True):
-                        texts_, scores = [t for t, _ in options], [s for _, s in options]
-                        titles = [memory.titles[r] for r in rows[:k]]
-                        picked.append(texts_[consensus.choose(texts_, scores, titles, w)])
+                    picked = consensus.pick(found, scores, titles, w)[0]
                     grid[f"candidates={n} k={k} weight={w}"] = caption_scores(picked, texts[split])["cider"]
         results[split] = {"greedy": caption_scores(greedy, texts[split])["cider"], "top_beam": top_beam,
                           "grid": grid, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip

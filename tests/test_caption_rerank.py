@@ -48,6 +48,11 @@ def test_choose_follows_the_neighbours_then_the_beam_score() -> None:
     assert consensus.choose(["", "nike men black shoes"], [-0.1, -0.5], neighbours) == 1  # empty captions lose
     with pytest.raises(ValueError, match="no caption candidates"):
         consensus.choose([], [], neighbours)
+    # pick: per item, the choice among its consecutive candidates (here 3 each), with their scores.
+    texts, scores = consensus.pick(candidates * 2, [-0.1, -0.9, -0.2] * 2, [neighbours, []])
+    assert texts == ["nike men black shoes", "titan men watch"] and scores == [-0.9, -0.1]
+    with pytest.raises(ValueError, match="5 candidates and 5 scores for 2 items"):
+        consensus.pick(candidates + candidates[:2], [0.0] * 5, [neighbours, []])
 
 
 @pytest.fixture(scope="module")

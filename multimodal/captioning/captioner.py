@@ -558,16 +558,12 @@ class ProductCaptioner(TowerTask):
     ) -> Captions:
         """One caption per item out of its ``candidates`` consecutive ones: the best consensus with its neighbours."""
         assert self.memory is not None
-        n, consensus = rerank["candidates"], self.consensus()
         neighbours = self.memory.neighbours(vision, rerank["k"], exclude=exclude)
         present = [True] * len(neighbours) if has_image is None else [bool(h) for h in has_image.tolist()]
-        texts, scores = [], []
-        for i, rows in enumerate(neighbours):
-            candidates, beam = captions.texts[i * n : (i + 1) * n], captions.scores[i * n : (i + 1) * n]
-            titles = [self.memory.titles[r] for r in rows] if present[i] else []
-            best = consensus.choose(candidates, beam, titles, rerank["weight"])
-            texts.append(candidates[best])
-            scores.append(beam[best])
+        titles = [
+            [self.memory.titles[r] for r in rows] if on else [] for rows, on in zip(neighbours, present, strict=True)
+        ]
+        texts, scores = self.consensus().pick(captions.texts, captions.scores, titles, rerank["weight"])
         return Captions(texts=texts, scores=scores)
 
     def _generate(

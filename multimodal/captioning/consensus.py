@@ -99,6 +99,22 @@ class CiderConsensus:
                 best, best_value = i, value
         return best
 
+    def pick(
+        self, texts: Sequence[str], scores: Sequence[float], references: Sequence[Sequence[str]], weight: float = 0.0
+    ) -> tuple[list[str], list[float]]:
+        """Per item, :meth:`choose` among its ``n`` consecutive candidates of ``texts`` / ``scores`` (``n`` =
+        ``len(texts) // len(references)``) with its ``references``; returns the chosen texts and their scores."""
+        n = len(texts) // max(len(references), 1)
+        if n * len(references) != len(texts) or len(scores) != len(texts):
+            raise ValueError(f"{len(texts)} candidates and {len(scores)} scores for {len(references)} items")
+        chosen, kept = [], []
+        for i, refs in enumerate(references):
+            candidates, beam = texts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n]
+            best = self.choose(candidates, beam, refs, weight)
+            chosen.append(candidates[best])
+            kept.append(beam[best])
+        return chosen, kept
+
 
 def _grams(words: Sequence[str]) -> Counter[tuple[str, ...]]:
     counts: Counter[tuple[str, ...]] = Counter()
