@@ -17,7 +17,8 @@ Our captioners generate with the output layer trimmed to the training targets' t
 ``rerank`` option (8 beam candidates, the one closest in CIDEr-D to the 5 nearest training photos' titles); the
 peer's beam candidates go through the same reranker. ``nearest_title`` and ``consensus_title`` copy a training
 title (the nearest photo's; the one of the 5 nearest that agrees most with the other 4): the floor a trained
-captioner has to beat.
+captioner has to beat. ``--self_critical`` trains ours with ``ProductCaptioner(self_critical=...)`` from its
+``start_epoch`` on (sampled captions rewarded with their CIDEr-D); compare it with the peer at the same ``--epochs``.
 
     python -m benchmarks.caption_quality --data data/fashion-products \\
         --out benchmarks/results/caption_quality.json
@@ -87,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="our methods: peft adapters on the language model instead of fine-tuning it, e.g. "
         '\'{"lora": {"r": 16, "alpha": 32}}\' (adapters at --lr; new cross-attention layers train fully)',
+    )
+    p.add_argument(
+        "--self_critical",
+        default="",
+        metavar="JSON",
+        help="ours: ProductCaptioner self_critical, e.g. '{\"start_epoch\": 2}' (the last epoch samples 5 captions "
+        "per photo and is rewarded with their CIDEr-D: same steps, about 5x the compute of a teacher-forced epoch)",
     )
     p.add_argument("--label_smoothing", type=float, default=0.0, help="ours: ProductCaptioner label_smoothing")
     p.add_argument(
@@ -231,8 +239,8 @@ def build_ours(mode: str, vision_dim: int, args: argparse.Namespace) -> tuple[An
     model = ProductCaptioner(vision, lm, partial(getattr(conditioning, MODES[mode]), dropout=0.1, **options),
                              generation={"max_new_tokens": args.max_new_tokens, "num_beams": 1},
                              word_dropout=args.word_dropout, lm_warmup_steps=args.lm_warmup_steps,
-                             label_smoothing=args.label_smoothing,
-                             retrieval=retrieval)  # fmt: skip
+                             label_smoothing=args.label_smoothing, retrieval=retrieval,
+                             self_critical=json.loads(args.self_critical) if args.self_critical else None)  # fmt: skip
     # New cross-attention layers and adapters train at lr, as new layers; the LM's own weights at lr * lm_lr_scale.
     return model, {id(p) for p in model.lm.pretrained_parameters()}
 
@@ -317,9 +325,16 @@ def train(
     opt = optimizer(model, pretrained, args)
     peer = method == "hf_vision_encoder_decoder"
     text_fn = (peer_prompt_text(args) if prompts else None) if peer else model.text_fn()
+    if not peer and model.self_critical is not None:  # what fit sets up from the training split
+        from multimodal.captioning.consensus import CiderConsensus
+
+        model.reward = CiderConsensus(texts)
     model.train()
     steps, start, n = 0, time.perf_counter(), len(texts)
     for epoch in range(args.epochs):
+        critical = not peer and model.self_critical_on(epoch)
+        if critical:
+            model.start_self_critical(opt)  # what ProductCaptioner.on_train_epoch_start does in fit
         order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed + epoch))
         for i in range(0, n - args.batch_size + 1, args.batch_size):
             idx = order[i : i + args.batch_size]
@@ -338,6 +353,8 @@ def train(
                             decoder_input_ids=enc["input_ids"], decoder_attention_mask=enc["attention_mask"],
                             labels=labels)  # fmt: skip
                 loss = out.loss
+            elif critical:
+                loss, reward = model.self_critical_loss(f, text_fn(columns))
             else:
                 enc = text_fn(columns)
                 ids = model.drop_words(enc["input_ids"], enc["caption_labels"])  # unchanged when word_dropout is 0
@@ -349,7 +366,8 @@ def train(
             opt.step()
             steps += 1
             if steps % 20 == 0:
-                say(f"{method}: epoch {epoch} step {steps} loss {float(loss):.3f}")
+                extra = f" reward {float(reward):.3f}" if critical else ""
+                say(f"{method}: epoch {epoch} step {steps} loss {loss.item():.3f}{extra}")
     return model.eval(), time.perf_counter() - start, steps
 
 
@@ -530,7 +548,7 @@ def run_method(
     return result
 
 
-RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_init", "lm_warmup_steps")
+RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_init", "lm_warmup_steps", "self_critical")
 PEER = "hf_vision_encoder_decoder"
 
 

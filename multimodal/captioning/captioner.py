@@ -29,6 +29,7 @@ RETRIEVED = "_retrieved_titles"  # the prompt part holding the neighbours' title
 RETRIEVAL_PROMPT_END = " :"  # closes a retrieval prompt: without it, a caption often ended before it began
 RETRIEVAL_DEFAULTS = {"k": 3, "tokens": 48}
 RERANK_DEFAULTS: dict[str, Any] = {"k": 5, "candidates": 8, "weight": 0.0}
+SELF_CRITICAL_DEFAULTS: dict[str, Any] = {"start_epoch": 0, "samples": 5, "lr_scale": 0.1}
 
 
 class CaptionText:
@@ -149,6 +150,29 @@ def check_rerank(value: Any, name: str = "rerank") -> dict[str, Any] | None:
     return out
 
 
+def check_self_critical(value: Any) -> dict[str, Any] | None:
+    """``model.self_critical``: None / False (off), True (:data:`SELF_CRITICAL_DEFAULTS`), or a mapping over them:
+    ``start_epoch`` (whole number >= 0), ``samples`` (whole number >= 2), ``lr_scale`` (a number > 0)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(SELF_CRITICAL_DEFAULTS)
+    if not isinstance(value, dict) or set(value) - set(SELF_CRITICAL_DEFAULTS):
+        raise UserError(
+            f"model.self_critical={value!r}: give true, false or a mapping with keys start_epoch, samples and "
+            "lr_scale, e.g. {start_epoch: 2}"
+        )
+    out = {**SELF_CRITICAL_DEFAULTS, **value}
+    for key, low in (("start_epoch", 0), ("samples", 2)):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise UserError(f"model.self_critical.{key}={out[key]!r}: needs a whole number >= {low}")
+    scale = out["lr_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise UserError(f"model.self_critical.lr_scale={scale!r}: needs a number > 0")
+    out["lr_scale"] = float(scale)
+    return out
+
+
 def check_trim_vocabulary(value: Any) -> None:
     """A one-line error unless ``value`` is None, True or False (the ``trim_vocabulary`` generation option)."""
     if value not in (None, True, False):
@@ -165,10 +189,12 @@ def _token_logprob(scores: Tensor, tokens: Tensor, kept: Tensor | None) -> Tenso
 
 @dataclass
 class Captions:
-    """Generated captions: ``texts`` and ``scores`` (mean token log-probability, or the beam score) per item."""
+    """Generated captions: ``texts`` and ``scores`` (mean token log-probability, or the beam score) per item, and the
+    new token ids ``(B, L)`` (padded after ``[eos]``) where generation returned them (not after reranking)."""
 
     texts: list[str]
     scores: list[float]
+    tokens: Tensor | None = None
 
 
 class ProductCaptioner(TowerTask):
@@ -210,6 +236,13 @@ class ProductCaptioner(TowerTask):
             ``weight`` x its beam score). Builds the same caption memory as ``retrieval`` (saved in the
             checkpoint); validation, test and predict rerank unless the ``rerank`` generation option says false.
             None: off (a captioner with a memory can still rerank when a caption job asks for it).
+        self_critical: self-critical sequence training (Rennie et al. 2017, with the mean-of-other-samples baseline
+            of Luo 2020): ``{"start_epoch": 2, "samples": 5, "lr_scale": 0.1}`` (or true for the defaults) replaces
+            teacher forcing from epoch ``start_epoch`` (0-based) on: each photo's caption is sampled ``samples``
+            times, each sample is rewarded with its CIDEr-D against the photo's target text (document frequencies
+            of the training targets), and the samples that beat the mean of the others are made likelier
+            (REINFORCE). The learning rates are multiplied by ``lr_scale`` when it starts. It optimises the metric
+            the captions are judged by; each step costs about five teacher-forced ones. None: off.
         log_examples: validation examples written to the log each epoch.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
@@ -232,6 +265,7 @@ class ProductCaptioner(TowerTask):
         lm_warmup_steps: int = 0,
         retrieval: dict[str, int] | None = None,
         rerank: dict[str, Any] | bool | None = None,
+        self_critical: dict[str, Any] | bool | None = None,
         log_examples: int = 3,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -273,6 +307,8 @@ class ProductCaptioner(TowerTask):
         self.lm_warmup_steps = lm_warmup_steps
         self.retrieval = _check_retrieval(retrieval)
         self.rerank = check_rerank(rerank, "model.rerank")
+        self.self_critical = check_self_critical(self_critical)
+        self.reward: CiderConsensus | None = None  # self-critical reward: set at fit from the training targets
         self.memory: CaptionMemory | None = None  # built when fit starts (retrieval, rerank), kept in the checkpoint
         self._consensus: tuple[CaptionMemory, CiderConsensus] | None = None  # idf of the memory's titles
         self._outputs: dict[str, tuple[list[str], list[str]]] = {}
@@ -299,6 +335,8 @@ class ProductCaptioner(TowerTask):
             self.caption_token_ids = self.target_token_ids([r.texts.get(self.target_column) for r in records])
             vocab = self.lm.get_output_layer().weight.shape[0]
             rank_zero_info(f"captioning: the training targets use {len(self.caption_token_ids)} of {vocab} token ids")
+        if stage == "fit" and self.self_critical is not None and records is not None:
+            self.reward = CiderConsensus([t for r in records if (t := r.texts.get(self.target_column))])
 
     def target_token_ids(self, texts: list[str | None]) -> Tensor:
         """Sorted ids ``(K,)`` of every token of ``texts`` (as training tokenizes them) and of bos/eos/pad."""
@@ -585,7 +623,7 @@ class ProductCaptioner(TowerTask):
             )
         seqs = out.sequences[:, ids.shape[1] :]  # (B * num_return_sequences, L) new tokens only
         texts = [t.strip() for t in self.lm.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
-        return Captions(texts=texts, scores=self._scores(out, seqs, kept))
+        return Captions(texts=texts, scores=self._scores(out, seqs, kept), tokens=seqs)
 
     def output_token_ids(self, trim_vocabulary: bool | None) -> Tensor | None:
         """The ids generation may write: :attr:`caption_token_ids` unless ``trim_vocabulary`` is False (None: when
@@ -635,10 +673,90 @@ class ProductCaptioner(TowerTask):
             return None
         vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
         batch = self.with_neighbours(batch, vision)
-        ids = self.drop_words(batch["input_ids"], batch["caption_labels"])  # unchanged without word dropout
-        loss = self.loss(self.logits(vision, ids, batch["attention_mask"]), batch["caption_labels"])
+        if self.self_critical_on(self.current_epoch):
+            loss, reward = self.self_critical_loss(vision, batch)
+            self.log("train/reward", reward, prog_bar=True, batch_size=len(batch["ids"]))
+        else:
+            ids = self.drop_words(batch["input_ids"], batch["caption_labels"])  # unchanged without word dropout
+            loss = self.loss(self.logits(vision, ids, batch["attention_mask"]), batch["caption_labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
+
+    # ----------------------------------------------------------------------------------- self-critical
+    def self_critical_on(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) trains with :meth:`self_critical_loss` instead of teacher forcing."""
+        return self.self_critical is not None and epoch >= self.self_critical["start_epoch"]
+
+    def start_self_critical(self, optimizer: torch.optim.Optimizer, schedulers: list[Any] = ()) -> None:
+        """Multiply the learning rates of ``optimizer`` (and the base rates of ``schedulers``) by ``lr_scale`` and
+        clear its per-parameter state (Adam's moments: the policy gradient has another scale than the cross-entropy's),
+        once: a mark in the parameter groups, saved with the optimizer's state, stops a resumed run doing it again."""
+        assert self.self_critical is not None
+        scale = self.self_critical["lr_scale"]
+        if all(group.get("self_critical") for group in optimizer.param_groups):
+            return
+        optimizer.state.clear()
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+            group["self_critical"] = True
+        for scheduler in schedulers:
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+
+    def on_train_epoch_start(self) -> None:
+        if self.self_critical_on(self.current_epoch):
+            if self.reward is None:
+                raise UserError("model.self_critical: no training target texts to reward the samples against")
+            optimizers = self.optimizers(use_pl_optimizer=False)
+            schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+            for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+                self.start_self_critical(optimizer, schedulers)
+
+    def self_critical_loss(self, vision: Features, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """REINFORCE loss of ``samples`` sampled captions per item of an encoded ``batch`` (its prompts and
+        ``references``) and their mean CIDEr-D reward.
+
+        Each sample's advantage is its reward minus the mean reward of the item's other samples; items without a
+        reference get none. The log-probabilities are those of the sampled tokens after the item's prompt (dropout
+        on, as in training), up to and including the first ``[eos]``: a sample cut by ``max_new_tokens`` has none."""
+        if self.reward is None:
+            raise UserError("model.self_critical: no reward: the training targets' CIDEr-D document frequencies")
+        n, count = len(batch["references"]), self.self_critical["samples"] if self.self_critical else 5
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                sampled = self._generate(vision, batch["prompt_ids"], batch["prompt_mask"], use_cache=True,
+                                         do_sample=True, num_beams=1, num_return_sequences=count,
+                                         max_new_tokens=int(self.generation.get("max_new_tokens", 24)))  # fmt: skip
+        finally:
+            self.train(training)
+        rewards = torch.zeros(n, count)
+        for i, reference in enumerate(batch["references"]):
+            if reference:
+                texts = sampled.texts[i * count : (i + 1) * count]
+                rewards[i] = torch.tensor([self.reward.similarity(t, reference) for t in texts])
+        advantage = rewards - (rewards.sum(1, keepdim=True) - rewards) / (count - 1)
+        assert sampled.tokens is not None
+        eos, seqs, labels = self.lm.eos_id, [], []
+        for row, new in enumerate(sampled.tokens.tolist()):
+            item = row // count
+            prompt = batch["prompt_ids"][item][batch["prompt_mask"][item].bool()].tolist()  # [bos] prompt
+            new = new[: new.index(eos) + 1] if eos in new else new
+            seqs.append(prompt + new)
+            labels.append([IGNORE_INDEX] * len(prompt) + new)
+        device = vision.tokens.device
+        ids = _pad(seqs, self.lm.pad_id, left=False).to(device)
+        mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
+        rows = torch.arange(n, device=device).repeat_interleave(count)
+        repeated = Features(tokens=vision.tokens[rows], mask=vision.mask[rows], pooled=vision.pooled[rows])
+        logits = self.logits(repeated, ids, mask)
+        target = _pad(labels, IGNORE_INDEX, left=False).to(device)
+        target = F.pad(target, (logits.shape[1] - target.shape[1], 0), value=IGNORE_INDEX)[:, 1:]
+        logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+        valid = (target != IGNORE_INDEX).float()
+        weight = advantage.reshape(-1, 1).to(device, logp.dtype) * valid
+        return -(weight * logp).sum() / valid.sum().clamp(min=1), rewards.mean()
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         if not batch["ids"]:
