@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from functools import partial
 from pathlib import Path
@@ -495,6 +496,11 @@ def copy_titles(method: str, memory: Any, feats: Features) -> list[str]:
     return out
 
 
+def mean_words(captions: list[str]) -> float:
+    """Mean words per caption (a captioner that learned to ramble, or to stop early, shows here first)."""
+    return round(sum(len(c.split()) for c in captions) / max(len(captions), 1), 2)
+
+
 def run_method(
     method: str,
     feats: dict[str, Features],
@@ -530,7 +536,7 @@ def run_method(
     examples = [{"generated": p, "reference": r} for p, r in list(zip(preds, refs, strict=True))[:5]]
     result: dict[str, Any] = {**scores, "train_seconds": round(seconds, 1), "steps": steps, "examples": examples,
                               "caption_seconds": round(time.perf_counter() - start, 1),
-                              "distinct_captions": len(set(preds)),
+                              "distinct_captions": len(set(preds)), "mean_words": mean_words(preds),
                               "empty_captions": sum(not p for p in preds)}  # fmt: skip
     if ours:
         result["kept_token_ids"] = len(model.caption_token_ids)
@@ -542,6 +548,7 @@ def run_method(
         other = predict(method, m, f, args, prompts=prompts.get("test"), memory=memory, **options)
         same = sum(a == b for a, b in zip(preds, other, strict=True))
         result[name] = {**caption_scores(other, refs), "same_captions": same, "captions": len(preds),
+                        "mean_words": mean_words(other),
                         "caption_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
         o = result[name]
         say(f"{method} {name}: BLEU-4 {o['bleu4']:.4f}  CIDEr {o['cider']:.4f}  same captions {same}/{len(preds)}")
@@ -573,12 +580,15 @@ def merge(paths: list[str], out: str) -> None:
     mean CIDEr of greedy decoding and of each ``--compare`` decoding, ratios of the means to the peer's."""
     rows: dict[str, dict[int, dict[str, Any]]] = {}
     runs = []
-    for path in paths:
-        payload = json.loads(Path(path).read_text())
+    payloads = [(path, json.loads(Path(path).read_text())) for path in paths]
+    budgets = len({p["settings"].get("epochs") for _, p in payloads}) > 1  # runs of several lengths: say which
+    for path, payload in payloads:
         settings = payload["settings"]
         flags = " ".join(
             f"--{k} {settings[k]}" for k in RUN_FLAGS if settings.get(k) not in (None, 0, 0.0, "", "random")
         )
+        if budgets and payload["results"].keys() - set(COPYING):
+            flags = f"--epochs {settings.get('epochs')} {flags}".strip()
         seeds = settings["seed"] if isinstance(settings["seed"], list) else [settings["seed"]]
         for method, result in payload["results"].items():
             label = f"{method} {flags}".strip()
@@ -600,7 +610,10 @@ def merge(paths: list[str], out: str) -> None:
         ]
         return sum(values) / len(values) if values else None
 
-    peer = {d: mean(PEER, d) for d in [None, *decodings]} if PEER in rows else {}
+    # the peer to divide by: its row without other flags than --epochs, the best greedy mean of those
+    peers = [label for label in rows if re.fullmatch(rf"{PEER}( --epochs \d+)?", label)]
+    best = max(peers, key=lambda label: mean(label, None) or 0.0, default=None)
+    peer = {d: mean(best, d) for d in [None, *decodings]} if best else {}
     head = ["method", "seeds", "CIDEr per seed", "mean CIDEr", "/ peer"]
     for d in decodings:
         head += [f"{d}: CIDEr per seed", f"{d}: mean", f"{d}: / peer {d}", f"{d}: / peer greedy"]
@@ -622,8 +635,10 @@ def merge(paths: list[str], out: str) -> None:
                       ratio(value, peer.get(None))]  # fmt: skip
         table.append("| " + " | ".join(cells) + " |")
     print("\n".join(table))
+    if best:
+        print(f"(ratios to the peer row '{best}')")
     write_json(out, {"benchmark": "caption_quality --merge", "runs": runs, "results": rows, "means": means,
-                     "table": "\n".join(table)})  # fmt: skip
+                     "peer_row": best, "table": "\n".join(table)})  # fmt: skip
     say(f"wrote {out}")
 
 

@@ -90,3 +90,21 @@ def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:
     )
     with pytest.raises(SystemExit, match="seed 0 again"):
         merge([files[2], files[2]], str(tmp_path / "twice.json"))
+    # Runs of two lengths: every trained row says its --epochs, and ratios divide by the peer row with the best
+    # greedy mean (here the 3-epoch peer, 1.1, not the 4-epoch one, 0.8).
+    longer = [run("p4.json", "hf_vision_encoder_decoder", 0, 0.8, 1.0, epochs=4),
+              run("l4.json", "late", 0, 1.32, 1.65, epochs=4, self_critical='{"start_epoch": 3}')]  # fmt: skip
+    files = [
+        run(f"{n}3.json", m, s, c, k, epochs=3)
+        for n, m, s, c, k in [
+            ("p0", "hf_vision_encoder_decoder", 0, 1.0, 1.2),
+            ("p1", "hf_vision_encoder_decoder", 1, 1.2, 1.4),
+        ]
+    ]
+    merge([*files, *longer], str(tmp_path / "budgets.json"))
+    out = json.loads((tmp_path / "budgets.json").read_text())
+    assert out["peer_row"] == "hf_vision_encoder_decoder --epochs 3"
+    assert set(out["means"]) == {out["peer_row"], "hf_vision_encoder_decoder --epochs 4",
+                                 'late --epochs 4 --self_critical {"start_epoch": 3}'}  # fmt: skip
+    late = next(line for line in out["table"].splitlines() if line.startswith("| late --epochs 4"))
+    assert "| 1.3200 | 1.20 |" in late and "| 1.27 | 1.50 |" in late  # 1.32 / 1.1; 1.65 / 1.3 and / 1.1
