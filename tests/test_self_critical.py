@@ -141,3 +141,38 @@ def test_start_clears_the_optimizer_state_and_scales_the_rates_once(captioner: t
     model.start_self_critical(optimizer, [scheduler])  # already started (as after a resume): nothing changes
     assert len(optimizer.state) == len(weights)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0025, 0.00025])
+
+
+def test_loss_after_prompts_of_several_lengths(captioner: tuple[Path, Path]) -> None:
+    """Only the sampled tokens are scored: the vocabulary projection skips the shortest prompt's positions, and the
+    loss is the one computed over whole sequences."""
+    import multimodal
+    from encoders.types import Features
+    from multimodal.captioning.consensus import CiderConsensus
+
+    model = multimodal.load(captioner[0]).model.eval()
+    model.reward = CiderConsensus(TITLES)
+    torch.manual_seed(2)
+    vision = model.encode_images(torch.randn(2, 3, 64, 64))
+    text_fn = model.text_fn(prompt="")
+    text_fn.prompt_columns = ["brand"]  # a known text column before the title, of two lengths
+    batch = text_fn({"brand": ["Nike", "Puma sports and casual"], "title": TITLES[:2]})
+    torch.manual_seed(3)
+    loss, _ = model.self_critical_loss(vision, batch)
+    torch.manual_seed(3)
+    options = {"use_cache": True, "do_sample": True, "num_beams": 1, "num_return_sequences": 3, "max_new_tokens": 20}
+    sampled = model._generate(vision, batch["prompt_ids"], batch["prompt_mask"], **options)
+    total, tokens = 0.0, 0
+    for item in range(2):
+        prompt = batch["prompt_ids"][item][batch["prompt_mask"][item].bool()].tolist()
+        r = [model.reward.similarity(t, TITLES[item]) for t in sampled.texts[item * 3 : item * 3 + 3]]
+        for j in range(3):
+            new = sampled.tokens[item * 3 + j].tolist()
+            new = new[: new.index(model.lm.eos_id) + 1] if model.lm.eos_id in new else new
+            ids = torch.tensor([prompt + new])
+            one = Features(vision.tokens[item : item + 1], vision.mask[item : item + 1], vision.pooled[item : item + 1])
+            logits = model.logits(one, ids, torch.ones_like(ids))[0, len(prompt) - 1 : -1]
+            logp = -F.cross_entropy(logits, torch.tensor(new), reduction="sum")
+            total += -(r[j] - (sum(r) - r[j]) / 2) * logp.item()
+            tokens += len(new)
+    assert float(loss) == pytest.approx(total / tokens, rel=1e-4, abs=1e-6)

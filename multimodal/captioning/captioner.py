@@ -483,12 +483,13 @@ class ProductCaptioner(TowerTask):
     def on_test_start(self) -> None:
         self._ensure_memory()
 
-    def logits(self, vision: Features, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Next-token logits ``(B, T, V)`` for right-padded ids ``(B, T)`` given vision features."""
+    def logits(self, vision: Features, input_ids: Tensor, attention_mask: Tensor, skip: int = 0) -> Tensor:
+        """Next-token logits ``(B, T - skip, V)`` for right-padded ids ``(B, T)`` given vision features, from
+        position ``skip`` of ``input_ids`` on (earlier positions predict no target: no vocabulary projection)."""
         cond = self.conditioning(vision)
         ids, mask, put_prefix = self._inputs(cond, input_ids, attention_mask)
         # No prefix position is ever a target: skip their vocabulary projection (the costliest layer).
-        keep_from = ids.shape[1] - input_ids.shape[1]
+        keep_from = ids.shape[1] - input_ids.shape[1] + skip
         with self.lm.input_transform(put_prefix), self.lm.hidden_transform(cond.hidden):
             return self.lm(ids, mask, cond.encoder, keep_from=keep_from)
 
@@ -738,21 +739,22 @@ class ProductCaptioner(TowerTask):
                 rewards[i] = torch.tensor([self.reward.similarity(t, reference) for t in texts])
         advantage = rewards - (rewards.sum(1, keepdim=True) - rewards) / (count - 1)
         assert sampled.tokens is not None
-        eos, seqs, labels = self.lm.eos_id, [], []
+        eos, seqs, labels, sampled_ids = self.lm.eos_id, [], [], []
         for row, new in enumerate(sampled.tokens.tolist()):
             item = row // count
             prompt = batch["prompt_ids"][item][batch["prompt_mask"][item].bool()].tolist()  # [bos] prompt
             new = new[: new.index(eos) + 1] if eos in new else new
             seqs.append(prompt + new)
             labels.append([IGNORE_INDEX] * len(prompt) + new)
+            sampled_ids.append(new)
         device = vision.tokens.device
         ids = _pad(seqs, self.lm.pad_id, left=False).to(device)
         mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
         rows = torch.arange(n, device=device).repeat_interleave(count)
         repeated = Features(tokens=vision.tokens[rows], mask=vision.mask[rows], pooled=vision.pooled[rows])
-        logits = self.logits(repeated, ids, mask)
-        target = _pad(labels, IGNORE_INDEX, left=False).to(device)
-        target = F.pad(target, (logits.shape[1] - target.shape[1], 0), value=IGNORE_INDEX)[:, 1:]
+        skip = min(len(q) - len(t) for q, t in zip(seqs, sampled_ids, strict=True)) - 1  # shortest prompt, bos kept
+        logits = self.logits(repeated, ids, mask, skip=skip)  # (B, T - skip, V): the prompts' positions are no targets
+        target = _pad(labels, IGNORE_INDEX, left=False).to(device)[:, skip + 1 :]
         logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
         valid = (target != IGNORE_INDEX).float()
         weight = advantage.reshape(-1, 1).to(device, logp.dtype) * valid
