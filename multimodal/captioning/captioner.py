@@ -129,21 +129,33 @@ def _check_retrieval(value: Any) -> dict[str, int] | None:
     return out
 
 
-def check_rerank(value: Any, name: str = "rerank") -> dict[str, Any] | None:
-    """``rerank``: None / False (off), True (:data:`RERANK_DEFAULTS`), or a mapping over them: ``k`` neighbour titles
-    and ``candidates`` captions (whole numbers >= 1), ``weight`` of the beam score (a number >= 0)."""
+def _option(value: Any, defaults: dict[str, Any], name: str, example: str) -> dict[str, Any] | None:
+    """A mapping option: None / False (off), True (``defaults``), or a mapping over ``defaults``' keys, merged over
+    them; anything else is a one-line error naming the keys."""
     if value is None or value is False:
         return None
     if value is True:
-        return dict(RERANK_DEFAULTS)
-    if not isinstance(value, dict) or set(value) - set(RERANK_DEFAULTS):
-        raise UserError(
-            f"{name}={value!r}: give true, false or a mapping with keys k, candidates and weight, e.g. {{k: 5}}"
-        )
-    out = {**RERANK_DEFAULTS, **value}
-    for key in ("k", "candidates"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise UserError(f"{name}.{key}={out[key]!r}: needs a whole number >= 1")
+        return dict(defaults)
+    if not isinstance(value, dict) or set(value) - set(defaults):
+        *first, last = defaults
+        raise UserError(f"{name}={value!r}: give true, false or a mapping with keys {', '.join(first)} and {last}, "
+                        f"e.g. {example}")  # fmt: skip
+    return {**defaults, **value}
+
+
+def _check_whole(out: dict[str, Any], name: str, lowest: dict[str, int]) -> None:
+    for key, low in lowest.items():
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
+            raise UserError(f"{name}.{key}={out[key]!r}: needs a whole number >= {low}")
+
+
+def check_rerank(value: Any, name: str = "rerank") -> dict[str, Any] | None:
+    """``rerank``: None / False (off), True (:data:`RERANK_DEFAULTS`), or a mapping over them: ``k`` neighbour titles
+    and ``candidates`` captions (whole numbers >= 1), ``weight`` of the beam score (a number >= 0)."""
+    out = _option(value, RERANK_DEFAULTS, name, "{k: 5}")
+    if out is None:
+        return None
+    _check_whole(out, name, {"k": 1, "candidates": 1})
     if isinstance(out["weight"], bool) or not isinstance(out["weight"], int | float) or not out["weight"] >= 0:
         raise UserError(f"{name}.weight={out['weight']!r}: needs a number >= 0")
     out["weight"] = float(out["weight"])
@@ -153,22 +165,14 @@ def check_rerank(value: Any, name: str = "rerank") -> dict[str, Any] | None:
 def check_self_critical(value: Any) -> dict[str, Any] | None:
     """``model.self_critical``: None / False (off), True (:data:`SELF_CRITICAL_DEFAULTS`), or a mapping over them:
     ``start_epoch`` (whole number >= 0), ``samples`` (whole number >= 2), ``lr_scale`` (a number > 0)."""
-    if value is None or value is False:
+    name = "model.self_critical"
+    out = _option(value, SELF_CRITICAL_DEFAULTS, name, "{start_epoch: 2}")
+    if out is None:
         return None
-    if value is True:
-        return dict(SELF_CRITICAL_DEFAULTS)
-    if not isinstance(value, dict) or set(value) - set(SELF_CRITICAL_DEFAULTS):
-        raise UserError(
-            f"model.self_critical={value!r}: give true, false or a mapping with keys start_epoch, samples and "
-            "lr_scale, e.g. {start_epoch: 2}"
-        )
-    out = {**SELF_CRITICAL_DEFAULTS, **value}
-    for key, low in (("start_epoch", 0), ("samples", 2)):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < low:
-            raise UserError(f"model.self_critical.{key}={out[key]!r}: needs a whole number >= {low}")
+    _check_whole(out, name, {"start_epoch": 0, "samples": 2})
     scale = out["lr_scale"]
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
-        raise UserError(f"model.self_critical.lr_scale={scale!r}: needs a number > 0")
+        raise UserError(f"{name}.lr_scale={scale!r}: needs a number > 0")
     out["lr_scale"] = float(scale)
     return out
 
