@@ -123,9 +123,7 @@ def _check_retrieval(value: Any) -> dict[str, int] | None:
     if not isinstance(value, dict) or set(value) - set(RETRIEVAL_DEFAULTS):
         raise UserError(f"model.retrieval={value!r}: give null or a mapping with keys k and tokens, e.g. {{k: 3}}")
     out = {**RETRIEVAL_DEFAULTS, **value}
-    for key, v in out.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"model.retrieval.{key}={v!r}: needs a whole number >= 1")
+    _check_whole(out, "model.retrieval", dict.fromkeys(out, 1))
     return out
 
 
@@ -726,7 +724,7 @@ class ProductCaptioner(TowerTask):
         on, as in training), up to and including the first ``[eos]``: a sample cut by ``max_new_tokens`` has none."""
         if self.reward is None:
             raise UserError("model.self_critical: no reward: the training targets' CIDEr-D document frequencies")
-        n, count = len(batch["references"]), self.self_critical["samples"] if self.self_critical else 5
+        n, count = len(batch["references"]), (self.self_critical or SELF_CRITICAL_DEFAULTS)["samples"]
         training = self.training
         self.eval()
         try:
@@ -743,20 +741,20 @@ class ProductCaptioner(TowerTask):
                 rewards[i] = torch.tensor([self.reward.similarity(t, reference) for t in texts])
         advantage = rewards - (rewards.sum(1, keepdim=True) - rewards) / (count - 1)
         assert sampled.tokens is not None
-        eos, seqs, labels, sampled_ids = self.lm.eos_id, [], [], []
+        pairs = zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)
+        prompts = [row[real.bool()].tolist() for row, real in pairs]  # [bos] prompt, left padding dropped
+        eos, seqs, labels = self.lm.eos_id, [], []
         for row, new in enumerate(sampled.tokens.tolist()):
-            item = row // count
-            prompt = batch["prompt_ids"][item][batch["prompt_mask"][item].bool()].tolist()  # [bos] prompt
+            prompt = prompts[row // count]
             new = new[: new.index(eos) + 1] if eos in new else new
             seqs.append(prompt + new)
             labels.append([IGNORE_INDEX] * len(prompt) + new)
-            sampled_ids.append(new)
         device = vision.tokens.device
         ids = _pad(seqs, self.lm.pad_id, left=False).to(device)
         mask = _pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
         rows = torch.arange(n, device=device).repeat_interleave(count)
         repeated = Features(tokens=vision.tokens[rows], mask=vision.mask[rows], pooled=vision.pooled[rows])
-        skip = min(len(q) - len(t) for q, t in zip(seqs, sampled_ids, strict=True)) - 1  # shortest prompt, bos kept
+        skip = min(len(p) for p in prompts) - 1  # the shortest prompt's positions predict no sample token; bos kept
         logits = self.logits(repeated, ids, mask, skip=skip)  # (B, T - skip, V): the prompts' positions are no targets
         target = _pad(labels, IGNORE_INDEX, left=False).to(device)[:, skip + 1 :]
         logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
