@@ -1,5 +1,8 @@
 """Building FAISS indexes: one kind (exact, IVF, HNSW, IVF-PQ) over vectors with labels, and a whole index folder
-from an embedding export (choice, shards, BM25, recall check; see :mod:`multimodal.search.index` for the folder)."""
+from an embedding export (choice, shards, BM25, recall check; see :mod:`multimodal.search.index` for the folder).
+
+An id names one product: an export that holds an id on two rows is refused (:func:`refuse_repeated_ids`, naming the
+id and both rows), by a build as by an update, and nothing is written."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 
 from multimodal.errors import UserError
 from multimodal.search.index import KINDS, LABEL, IndexKind, SearchIndex, _faiss, save_index, shard_of
@@ -77,6 +81,23 @@ def build_index(
     return index
 
 
+def refuse_repeated_ids(products: pd.DataFrame, export: str | Path) -> None:
+    """A one-line error naming the first id of ``products`` (an export's table) found on two rows, and both rows
+    (0-based, in export order: the order of its ``products.parquet``)."""
+    ids = products["id"].astype(str)
+    repeated = ids.duplicated()
+    if not repeated.any():
+        return
+    first = ids[repeated].iat[0]
+    rows = np.flatnonzero(ids.to_numpy() == first)
+    more = int(repeated.sum()) - 1
+    raise UserError(
+        f"export {export} holds id '{first}' on rows {rows[0]} and {rows[1]}"
+        + (f" (and {more} more repeated rows)" if more else "")
+        + ": an id names one product; give each product its own id and export again"
+    )
+
+
 def recall_against_exact(index: Any, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
     """Share of the exact top-k (brute force over ``vectors``) that ``index`` also returns, averaged over queries."""
     faiss = _faiss()
@@ -118,6 +139,7 @@ def build_from_export(
     manifest, vectors, products = load_export(export_folder)
     if len(vectors) == 0:
         raise UserError(f"export {export_folder} holds no vectors")
+    refuse_repeated_ids(products, export_folder)
     n, dim = vectors.shape
     products = products.assign(**{LABEL: np.arange(n, dtype=np.int64)})
     lex = LexicalIndex.build(products, lexical) if lexical else None

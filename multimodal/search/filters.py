@@ -16,8 +16,10 @@ Grammar (keywords in any case)::
 
 A column is *numeric* when its stored type is numeric or every stored value reads as a number (exports store
 metadata as text, so ``stock`` holds "12"); a number is compared with numeric columns only and a quoted text
-with text columns only: a mismatch, an unknown column or a syntax error is one :class:`UserError` naming it.
-A missing value never satisfies a comparison; ``NOT`` inverts the whole comparison.
+with text columns only: a mismatch, an unknown column or a syntax error is one :class:`UserError` naming it (for an
+unknown column, with the ``multimodal export --columns`` that would store it). A missing value never satisfies a
+comparison; ``NOT`` inverts the whole comparison. Every product of an index has every column (an update with other
+columns is refused), so a missing value is one the catalogue left empty, never a column a product lacks.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ TOKEN = re.compile(
 )
 KEYWORDS = {"AND", "OR", "NOT", "IN"}
 OPS = {"=": "eq", "!=": "ne", "<>": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+EXPORT_STORES = ("id", "image_path")  # columns an export always stores, whatever its --columns
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,11 @@ class Filter:
         known = [c for c in products.columns if c not in hidden]
         for column in columns_of(self.tree):
             if column not in known:
-                raise UserError(f"--where: unknown column '{column}' (the index stores: {', '.join(known)})")
+                wanted = [c for c in known if c not in EXPORT_STORES] + [column]
+                raise UserError(
+                    f"--where: unknown column '{column}' (the index stores: {', '.join(known)}); "
+                    f"export with --columns {' '.join(wanted)} and rebuild the index"
+                )
         self.products = products
         self._numeric: dict[str, pd.Series | None] = {} if cache is None else cache
 

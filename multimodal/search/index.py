@@ -3,27 +3,28 @@
 
 Every vector carries a *label* (int64, the products table's ``_label`` column, never reused), so products can be
 added and removed without a rebuild (:mod:`multimodal.search.updates`) and a result is an id, never a bare row.
+Every id is in the table once (builds and updates refuse an export that repeats one), and its vector, title and
+metadata come from one row of one export.
 An approximate index is checked against exact search when it is built (recall@10 of held-out catalogue vectors,
 each query's own product left out) and the result is stored with it.
 
 Folder layout: ``index.faiss`` (or ``index-NNN.faiss`` per shard), ``products.parquet``, ``index.json`` (kind,
 options, dim, count, shards, recall check, export), ``lexical/`` (BM25, when built) and ``model.ckpt`` (the
-export's checkpoint, a hard link or a copy: the folder answers queries wherever it is moved). The folder is written
-as a temporary sibling and swapped in with one rename, so a reader never sees half of a rebuild or an update.
+export's checkpoint, a hard link or a copy: the folder answers queries wherever it is moved), plus an empty
+``.lock``. Each build or update is a new folder under ``.<name>.builds/`` and ``<name>`` a link swapped to it with
+one rename, so a reader never sees half of a rebuild or an update; a reader holds a shared lock on its build while
+it uses it and a writer deletes only builds nobody holds (:mod:`multimodal.search.builds`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import time
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -62,10 +63,18 @@ class SearchIndex:
     folder: Path = Path(".")
     lexical: Any = None  # multimodal.search.lexical.LexicalIndex
     filter_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # numeric forms of filtered columns
+    hold: IO[bytes] | None = field(default=None, repr=False, compare=False)  # a shared lock: keeps folder on disk
 
     def __post_init__(self) -> None:
         if LABEL not in self.products.columns:  # an index written before labels: labels are row numbers
             self.products = self.products.assign(**{LABEL: np.arange(len(self.products), dtype=np.int64)})
+
+    def close(self) -> None:
+        """Release the build (the checkpoint and BM25 files are read from it while the index is in use): a later
+        rebuild may then delete it. Dropping the last reference does the same."""
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None
 
     @property
     def dim(self) -> int:
@@ -224,37 +233,30 @@ def save_index(
     """Write an index folder so that a reader sees the old index or the new one, never a mix.
 
     ``index`` is one FAISS index or a list of shards. Each build is a complete folder under the hidden sibling
-    ``.<name>.builds/``; ``<name>`` is a symbolic link to the newest build, swapped in with one atomic rename. A
-    reader resolves the link once and reads every file of one build (:func:`load_index`); the build before the
-    newest is kept for readers still on it.
+    ``.<name>.builds/``; ``<name>`` is a symbolic link to the newest build, swapped in with one atomic rename, and
+    older builds are deleted unless a reader holds them (:mod:`multimodal.search.builds`).
     """
-    import uuid
-
-    from multimodal.search.export import link_or_copy
+    from multimodal.search.builds import new_build, publish
 
     folder = Path(folder)
     if folder.exists() and not (folder / INFO_FILE).is_file():
         raise UserError(f"--out {folder} exists and is not a search index: it is left untouched; use another --out")
+    repeated = products["id"].astype(str).duplicated()
+    if repeated.any():  # the callers refuse repeated ids with their rows first: this guards the invariant
+        raise UserError(f"index {folder}: id '{products['id'].astype(str)[repeated].iat[0]}' on two rows, not written")
     shards = index if isinstance(index, list) else [index]
-    builds = folder.with_name(f".{folder.name}.builds")
-    build = builds / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    build.mkdir(parents=True)
+    build = new_build(folder)
     for s, shard in enumerate(shards):
         _faiss().write_index(shard, str(build / shard_file(s, len(shards))))
     products.to_parquet(build / PRODUCTS_FILE, index=False)
     if lexical is not None:
         lexical.save(build / LEXICAL_DIR)
     if checkpoint is not None:
+        from multimodal.search.export import link_or_copy  # (imports torch: only when there is a checkpoint)
+
         link_or_copy(checkpoint, build / CHECKPOINT_FILE)
     (build / INFO_FILE).write_text(json.dumps({**info, "shards": len(shards)}, indent=2) + "\n")
-    if folder.exists() and not folder.is_symlink():  # an index written before builds were kept: move it aside
-        os.replace(folder, builds / "0-previous")
-    link = folder.with_name(f".{folder.name}.{os.getpid()}.link")
-    link.unlink(missing_ok=True)
-    link.symlink_to(build.relative_to(folder.parent))
-    os.replace(link, folder)  # the one atomic step: readers resolve either the old build or this one
-    for old in sorted((b for b in builds.iterdir() if b != build), key=lambda b: b.stat().st_mtime)[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(folder, build)
     return folder
 
 
@@ -269,10 +271,23 @@ def index_checkpoint(index: SearchIndex) -> Path:
 
 
 def load_index(folder: str | Path) -> SearchIndex:
-    """Read an index folder written by ``multimodal index`` (one-line errors for missing or corrupt files)."""
+    """Read one build of an index folder written by ``multimodal index`` (one-line errors for missing or corrupt
+    files). The link is resolved once and the build is held (:func:`multimodal.search.builds.hold`) until the
+    returned index is closed or dropped, so a rebuild meanwhile never deletes the files it reads."""
+    from multimodal.search.builds import hold
+
+    build, lock = hold(Path(folder), INFO_FILE)
+    try:
+        return _read_build(build, lock)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+
+
+def _read_build(folder: Path, lock: IO[bytes] | None) -> SearchIndex:
     from multimodal.search.lexical import LexicalIndex
 
-    folder = Path(folder).resolve()  # one build, read whole even if a rebuild swaps the link meanwhile
     if not (folder / INFO_FILE).is_file():
         raise UserError(f"{folder} is not a search index (no {INFO_FILE}); build one with `multimodal index`")
     try:
@@ -290,4 +305,4 @@ def load_index(folder: str | Path) -> SearchIndex:
         raise UserError(f"index {folder}: {stored} vectors but {len(products)} products")
     if lexical is not None and lexical.count != len(products):
         raise UserError(f"index {folder}: the BM25 index holds {lexical.count} products, the table {len(products)}")
-    return SearchIndex(shards=shards, products=products, info=info, folder=folder, lexical=lexical)
+    return SearchIndex(shards=shards, products=products, info=info, folder=folder, lexical=lexical, hold=lock)
