@@ -1,6 +1,7 @@
 """The ``LitServer`` of ``multimodal serve``: the task APIs that were given, plus the routes LitServe does not
-make itself: the search page at ``/``, the catalogue photos under ``/images/`` (read-only, confined to the index's
-image root), ``GET /search`` beside LitServe's ``POST /search``, and a 404 JSON answer for each task not loaded.
+make itself: the search page at ``/``, the catalogue photos under ``/images/`` (read-only, confined to the image
+root of the index's current build), ``GET /search`` beside LitServe's ``POST /search``, ``/info`` with the current
+build of the index, and a 404 JSON answer for each task not loaded.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations as objects.
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.errors import UserError
-from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, FORM_SLACK
+from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, DEFAULT_RELOAD_INTERVAL, FORM_SLACK
+from multimodal.serve.live import read_build
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -36,6 +38,7 @@ class Settings:
     fast_queue: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL  # seconds between looks for a new build of the index (0: never)
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
 
 
@@ -49,6 +52,9 @@ def check(settings: Settings) -> None:
         raise UserError("--max_batch_size and --workers must be at least 1, --batch_timeout at least 0")
     if settings.forward_batch_size is not None and settings.forward_batch_size < 1:
         raise UserError("--forward_batch_size must be at least 1")
+    if not settings.reload_interval >= 0:  # also refuses NaN
+        raise UserError(f"--reload_interval {settings.reload_interval} must be 0 (never) or a positive number of "
+                        "seconds")  # fmt: skip
     for name, task in (("tagger", "ProductTagger"), ("captioner", "ProductCaptioner")):
         path = getattr(settings, name)
         if path is None:
@@ -63,19 +69,21 @@ def check(settings: Settings) -> None:
         if not info_file.is_file():
             raise UserError(f"--index {settings.index} is not a search index (no index.json): build one with "
                             "`multimodal index`")  # fmt: skip
-        info = json.loads(info_file.read_text())
-        export = info.get("export") or {}
-        settings.models["index"] = {
-            "folder": str(settings.index), "kind": info.get("kind"), "count": info.get("count"),
-            "image_root": export.get("image_root"), "columns": export.get("columns"),
-        }  # fmt: skip
+        settings.models["index"] = describe_index(settings.index)
+
+
+def describe_index(folder: str | Path) -> dict[str, Any]:
+    """What ``/info`` tells about the index: its current build (version), kind, size, image root and columns."""
+    version, info = read_build(folder)
+    export = info.get("export") or {}
+    return {"folder": str(folder), "index_version": version, "kind": info.get("kind"), "count": info.get("count"),
+            "image_root": export.get("image_root"), "columns": export.get("columns")}  # fmt: skip
 
 
 def build(settings: Settings) -> Any:
     """The configured ``LitServer`` (not started)."""
     import litserve as ls
-    from fastapi import HTTPException
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import HTMLResponse
 
     from multimodal.serve.apis import CaptionAPI, SearchAPI, TagAPI
 
@@ -84,7 +92,8 @@ def build(settings: Settings) -> Any:
                 "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime}  # fmt: skip
     given = {"tag": (TagAPI, settings.tagger), "caption": (CaptionAPI, settings.captioner),
              "search": (SearchAPI, settings.index)}  # fmt: skip
-    apis = [cls(str(path), **batching) for cls, path in given.values() if path is not None]
+    own = {SearchAPI: {"reload_interval": settings.reload_interval}}
+    apis = [cls(str(path), **batching, **own.get(cls, {})) for cls, path in given.values() if path is not None]
     server = ls.LitServer(
         apis,
         accelerator=settings.accelerator,
@@ -115,22 +124,57 @@ def build(settings: Settings) -> Any:
         post = next(r for r in app.router.routes if getattr(r, "path", None) == "/search")
         app.add_api_route("/search", post.endpoint, methods=["GET"], dependencies=post.dependencies,
                           summary="Search by text or 'like' (query string)")  # fmt: skip
-        root = settings.models["index"].get("image_root")
-        root = Path(root).resolve() if root else None
-
-        @app.get("/images/{path:path}", summary="A catalogue photo (from the index's image root)")
-        async def photo(path: str) -> FileResponse:
-            if root is None:
-                raise HTTPException(404, "this index names no image root")
-            target = (root / path).resolve()
-            if not target.is_relative_to(root):
-                raise HTTPException(400, f"image path '{path}' escapes the image root")
-            if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
-                raise HTTPException(404, f"no catalogue photo '{path}'")
-            return FileResponse(target)
+        _follow_index(app, settings.index)
 
     _document(app, settings)
     return server
+
+
+def current(folder: str) -> tuple[str, dict[str, Any]]:
+    """The version and ``index.json`` of the index's current build; 503 when the index folder is gone."""
+    from fastapi import HTTPException
+
+    try:
+        return read_build(folder)
+    except UserError as err:
+        raise HTTPException(503, str(err)) from None
+
+
+def _follow_index(app: Any, folder: str) -> None:
+    """``/images/`` from the image root of the index's current build, and ``/info`` telling that build; each
+    reports the version it read (the photo in an ``X-Index-Version`` header)."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import FileResponse, JSONResponse
+
+    @app.get("/images/{path:path}", summary="A catalogue photo (from the index's image root)")
+    async def photo(path: str) -> FileResponse:
+        version, info = current(folder)
+        header = {"X-Index-Version": version}
+        root = (info.get("export") or {}).get("image_root")
+        if not root:
+            raise HTTPException(404, "this index names no image root", headers=header)
+        base = Path(root).resolve()
+        target = (base / path).resolve()
+        if not target.is_relative_to(base):
+            raise HTTPException(400, f"image path '{path}' escapes the image root", headers=header)
+        if target.suffix.lower() not in IMAGE_SUFFIXES or not target.is_file():
+            raise HTTPException(404, f"no catalogue photo '{path}'", headers=header)
+        return FileResponse(target, headers=header)
+
+    info_route = next(r for r in app.router.routes if getattr(r, "path", None) == "/info")
+    litserve_info = info_route.endpoint
+    app.router.routes.remove(info_route)
+
+    async def info(request: Request) -> JSONResponse:
+        body = json.loads((await litserve_info(request)).body)  # LitServe's answer, its server part kept
+        try:
+            body["model"]["models"]["index"] = describe_index(folder)
+        except UserError as err:
+            raise HTTPException(503, str(err)) from None
+        return JSONResponse(body)
+
+    app.add_api_route("/info", info, methods=["GET"], dependencies=info_route.dependencies,
+                      summary="The loaded models and the index's current build")  # fmt: skip
 
 
 def _absent(app: Any, name: str) -> None:

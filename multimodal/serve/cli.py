@@ -8,12 +8,13 @@ import signal
 import sys
 from typing import Any
 
+from multimodal.arguments import Parser
 from multimodal.errors import UserError
-from multimodal.serve import DEFAULT_MAX_PIXELS, MB
+from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_RELOAD_INTERVAL, MB
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="multimodal serve",
         description="Serve trained models over HTTP: POST /tag, POST /caption, GET|POST /search, a search page at /, "
         "/health, /info and the OpenAPI schema at /openapi.json (interactive at /docs). Any subset of the three "
@@ -23,6 +24,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--tagger", metavar="CKPT", help="a tagger checkpoint (multimodal fit, tagging config)")
     m.add_argument("--captioner", metavar="CKPT", help="a captioner checkpoint")
     m.add_argument("--index", metavar="FOLDER", help="a search index (multimodal index); its photos are served too")
+    m.add_argument("--reload_interval", "--reload-interval", type=float, default=DEFAULT_RELOAD_INTERVAL,
+                   metavar="SECONDS",
+                   help="seconds between looks for a new build of --index (after `multimodal index` rebuilds or "
+                        "updates it); the new build is loaded in the background and answers from then on "
+                        f"(default {DEFAULT_RELOAD_INTERVAL}; 0: never)")  # fmt: skip
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
                    help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
@@ -65,12 +71,14 @@ def settings(args: argparse.Namespace) -> Any:
         raise UserError(f"--port {args.port} is outside 1024..65535")
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise UserError("--max_upload_mb and --max_pixels must be positive")
+    if args.timeout <= args.batch_timeout:  # LitServe refuses it with a traceback from its own server
+        raise UserError(f"--timeout {args.timeout} must be longer than --batch_timeout {args.batch_timeout}")
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return Settings(
         tagger=args.tagger, captioner=args.captioner, index=args.index, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout, workers=args.workers, accelerator=args.accelerator, devices=devices,
         threads=args.threads, runtime=args.runtime, forward_batch_size=args.forward_batch_size,
-        fast_queue=args.fast_queue, timeout=args.timeout,
+        fast_queue=args.fast_queue, timeout=args.timeout, reload_interval=args.reload_interval,
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
     )  # fmt: skip
 

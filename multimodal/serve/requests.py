@@ -11,25 +11,88 @@ that request alone (the other requests of its dynamic batch are answered normall
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from multimodal.serve import DEFAULT_MAX_UPLOAD, FORM_SLACK
 
 
 @dataclass
 class Problem(Exception):
-    """A request that cannot be answered, with its HTTP status and a one-line message."""
+    """A request that cannot be answered, with its HTTP status, a one-line message and any fields the answer
+    carries besides (e.g. the index version that found a product id missing)."""
 
     message: str
     status: int = 400
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"detail": self.message}, status_code=self.status)
+        return JSONResponse({"detail": self.message, **self.extra}, status_code=self.status)
+
+
+MAX_FILES, MAX_FIELDS = 4, 64  # per form: more is not a request of this service
+
+
+class CheckedMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser that also tells whether the body reached its closing boundary.
+
+    python-multipart's ``MultipartParser.finalize`` does not check that the message is complete (a TODO in its
+    code), and Starlette returns the parts completed so far: a body cut off inside the photo's part would read
+    as a form without a photo. The closing boundary is the parser's ``on_end`` callback.
+    """
+
+    ended = False
+    inside: str | None = None  # the part being read: its field name ("" until its headers are read)
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.inside = ""
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        self.inside = self._current_part.field_name
+
+    def on_part_end(self) -> None:
+        super().on_part_end()
+        self.inside = None
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.ended = True
+
+    def cut_off(self) -> str:
+        """The one-line problem of a body that ended before its closing boundary."""
+        if self.inside is None:
+            where = f"after {len(self.items)} complete part(s)"
+        else:
+            where = f"inside the part '{self.inside}'" if self.inside else "inside a part's headers"
+        return f"upload cut off: the multipart body ends {where}, before its closing boundary; send it again"
+
+
+async def read_form(request: Request) -> FormData:
+    """The request's multipart or URL-encoded form.
+
+    Raises:
+        HTTPException: 400 for a malformed form or a multipart body cut off before its closing boundary.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
+    async with aclosing(request.stream()) as stream:
+        parser = CheckedMultiPartParser(request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FIELDS)
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            raise HTTPException(400, f"the request body is not a readable form ({err.message})") from err
+    if not parser.ended:
+        await form.close()
+        raise HTTPException(400, parser.cut_off())
+    return form
 
 
 async def read_payload(request: Request) -> dict[str, Any]:
@@ -46,20 +109,22 @@ async def read_payload(request: Request) -> dict[str, Any]:
     kind = request.headers.get("content-type", "")
     if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         try:
-            form = await request.form(max_files=4, max_fields=64)
+            form = await read_form(request)
         except HTTPException:
             raise
         except Exception as err:  # noqa: BLE001 - a malformed form body is the client's mistake
             raise HTTPException(400, f"the request body is not a readable form ({err})") from err
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                data = await value.read(limit + 1)
-                await value.close()
-                if len(data) > limit:
-                    raise HTTPException(413, f"upload '{key}' is over the limit of {limit} bytes")
-                payload[key] = data
-            else:
-                payload[key] = value
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    data = await value.read(limit + 1)
+                    if len(data) > limit:
+                        raise HTTPException(413, f"upload '{key}' is over the limit of {limit} bytes")
+                    payload[key] = data
+                else:
+                    payload[key] = value
+        finally:
+            await form.close()  # every upload's spooled file, also after a refusal
     elif kind.startswith("application/json"):
         try:
             body = await request.json()
