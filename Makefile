@@ -26,7 +26,7 @@ demo: install
 DEMO := runs/serve-demo
 newest = "$$(ls -t $(1)/version_*/checkpoints/last.ckpt | head -n 1)"
 
-serve-demo: install $(DEMO)/tagger.ckpt $(DEMO)/captioner.ckpt $(DEMO)/index
+serve-demo: install $(DEMO)/tagger.ckpt $(DEMO)/captioner.ckpt $(DEMO)/index/lexical
 	$(BIN)/multimodal serve --tagger $(DEMO)/tagger.ckpt --captioner $(DEMO)/captioner.ckpt --index $(DEMO)/index \
 		--port 8000 --max_batch_size 32 --batch_timeout 0.01 --workers 1
 
@@ -42,10 +42,14 @@ $(DEMO)/retriever.ckpt:
 	$(BIN)/multimodal fit --config configs/retrieval/dual_encoder.yaml
 	mkdir -p $(DEMO) && cp $(call newest,runs/retrieval/dual_encoder) $@
 
-$(DEMO)/index: $(DEMO)/retriever.ckpt
+# The export keeps every manifest column (the page's filters) and the index adds BM25 over the titles (its lexical
+# and hybrid modes). The target is the BM25 folder, so an older demo index without one is built again; its export
+# is rebuilt with it (an export of another version's columns is refused, not reused).
+$(DEMO)/index/lexical: $(DEMO)/retriever.ckpt
+	rm -rf $(DEMO)/export
 	$(BIN)/multimodal export --ckpt_path $< --input examples/fashion-products/metadata.csv \
 		--image_root examples/fashion-products/images --out $(DEMO)/export
-	$(BIN)/multimodal index $(DEMO)/export --out $@
+	$(BIN)/multimodal index $(DEMO)/export --out $(DEMO)/index --lexical title
 
 # Headless Chromium for the search page's browser test (Debian packages; skipped where apt is not usable).
 browser:

@@ -57,16 +57,25 @@ class Predictor:
         return [self.columns.image, *self.columns.texts]
 
     def records(self, inputs: Any) -> list[ProductRecord]:
+        """Records of ``inputs``; an empty or repeated id is a one-line error (a caller's DataFrame, not a file
+        whose rows must each get an output line as in the batch jobs)."""
         records, problems = api_records(inputs, self.columns, self.required_columns(), self.require_image)
         if problems:
             raise UserError(problems[0]["reason"] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         return records
 
-    def dataset(self, records: list[ProductRecord], image_root: Path | None = None) -> ProductDataset:
-        """Eval-transform dataset over ``records``; unreadable images become per-row errors."""
+    def dataset(
+        self, records: list[ProductRecord], image_root: Path | None = None, confine_images: bool = False
+    ) -> ProductDataset:
+        """Eval-transform dataset over ``records``; unreadable images become per-row errors.
+
+        Image paths follow :func:`multimodal.data.images.resolve_image_path`: relative to ``image_root`` (None:
+        the working directory, the Python API's case) or absolute; ``confine_images`` refuses paths outside it.
+        """
         vocab = getattr(self.model, "vocabularies", {}) or {}
         tags = getattr(self.model, "tag_vocabularies", {}) or {}
-        return ProductDataset(records, image_root, self.model.image_transform(False), vocab, tags, "skip")
+        transform = self.model.image_transform(False)
+        return ProductDataset(records, image_root, transform, vocab, tags, "skip", confine_images)
 
     def collate(self) -> Collate:
         return Collate(self.model.text_fn())

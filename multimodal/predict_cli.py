@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from multimodal.arguments import Parser
 from multimodal.errors import UserError
 
 GENERATION_OPTIONS = (
@@ -29,8 +30,9 @@ EPILOG = """The task of the checkpoint picks the output:
   tagger     --out predictions.jsonl (or .csv): id, label and score per attribute, tags with probabilities
   retriever  --out folder/: vector shards + products table for `multimodal index` (same as `multimodal export`)
   captioner  --out captions.jsonl (or .csv): id, image, caption, score (same as `multimodal caption`)
-Rows keep the input order; an unreadable photo gives its row an "error" field. Re-running the same command after
-a kill finishes the missing blocks only; an --out that is not this job's own output is refused, never touched.
+One output line per input row, in input order: an unreadable photo, an empty or a repeated id gives its row an
+"error" field (a job whose every row fails exits with status 2). Re-running the same command after a kill
+finishes the missing blocks only; an --out that is not this job's own output is refused, never touched.
 
   multimodal predict --ckpt_path runs/tagging/.../best.ckpt --data.manifest new.csv --out tags.jsonl --top_k 3"""
 
@@ -41,7 +43,7 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
         "export": "Export one L2-normalised vector per product (a retriever checkpoint) to resumable shards.",
         "caption": "Caption product photos in batches (a captioner checkpoint); JSONL out, resumable.",
     }
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=f"multimodal {command}",
         description=descriptions[command],
         epilog=EPILOG,
@@ -70,7 +72,16 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
         "--data.image_root",
         "--data.init_args.image_root",
         dest="image_root",
-        help="folder the manifest's image paths are relative to (default: the manifest's folder)",
+        help="folder the manifest's relative image paths are relative to (default: the manifest's folder); "
+        "absolute paths are read as they are",
+    )
+    p.add_argument(
+        "--confine_images",
+        "--data.confine_images",
+        "--data.init_args.confine_images",
+        dest="confine_images",
+        action="store_true",
+        help="refuse, row by row, image paths outside the image root (../, absolute paths elsewhere, symlinks out)",
     )
     p.add_argument("--config", help="a training config: its data section gives the default manifest and image root")
     p.add_argument("--out", required=True, help="output file (.jsonl / .csv) or, for vectors, folder")
@@ -93,7 +104,13 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
     tags = p.add_argument_group("tagging")
     tags.add_argument("--top_k", type=int, default=None, help="also write the top-k labels per attribute (JSONL)")
     export = p.add_argument_group("vectors (retrieval)")
-    export.add_argument("--columns", nargs="*", default=None, help="manifest columns stored with the ids")
+    export.add_argument(
+        "--columns",
+        nargs="*",
+        default=None,
+        help="manifest columns stored with the ids, for search --where and index --lexical (default: every column; "
+        "--columns alone: none)",
+    )
     export.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
     export.add_argument("--format", choices=("safetensors", "npy"), default="safetensors", help="shard format")
     cap = p.add_argument_group("captioning")
@@ -168,6 +185,8 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
     if args.input is None and not source.exists():
         raise UserError(f"the checkpoint's training manifest {source} is not here: give --data.manifest")
     image_root = args.image_root or (defaults.get("image_root") if args.input is None else None)
+    # The training data's own rule follows its catalogue; a new catalogue is confined only when asked.
+    args.confine_images = args.confine_images or (args.input is None and bool(defaults.get("confine_images")))
     from multimodal.writers import JobOptions
 
     options = JobOptions(
@@ -188,21 +207,22 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
 
 
 def _inputs(
-    predictor: Any, source: Path, image_root: Path | None, extra: list[str] | None = None
-) -> tuple[Any, list[dict[str, Any]], Any]:
-    """(dataset, problems, the manifest as text cells or None for a folder) of a manifest or a folder of photos;
-    ``extra`` columns must be in the manifest too (read once with the rest)."""
+    predictor: Any, source: Path, args: argparse.Namespace, image_root: Path | None, extra: list[str] | None = None
+) -> tuple[Any, Any]:
+    """(dataset of every input row, the manifest as text cells or None for a folder) of a manifest or a folder of
+    photos; ``extra`` columns must be in the manifest too (read once with the rest). Image paths are relative to
+    ``image_root`` (default: the manifest's folder) or absolute, confined to the root with --confine_images."""
     from multimodal.data.inputs import folder_records, frame_records
     from multimodal.data.manifest import read_manifest
 
     if source.is_dir():
-        return predictor.dataset(folder_records(source, predictor.columns), source), [], None
+        return predictor.dataset(folder_records(source, predictor.columns), source, args.confine_images), None
     if not source.is_file():
         raise UserError(f"input {source}: no such manifest or folder")
     required = [predictor.columns.id, *predictor.required_columns()]
     df = read_manifest(source, [*required, *(extra or [])])
-    records, problems = frame_records(df, str(source), predictor.columns, required, predictor.require_image)
-    return predictor.dataset(records, image_root or source.parent), problems, df
+    records, _ = frame_records(df, str(source), predictor.columns, required, predictor.require_image)
+    return predictor.dataset(records, image_root or source.parent, args.confine_images), df
 
 
 def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
@@ -213,14 +233,19 @@ def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
     spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids)}
     if loaded.runtime != "torch":  # int8 outputs differ from eager: a job is resumed on the runtime it began on
         spec["runtime"] = loaded.runtime
+    if dataset.confine_images:  # recorded only when on: jobs begun before the option resume as they were
+        spec["confine_images"] = True
     return {**spec, "image_root": root, **options}
 
 
-def _finish(summary: dict[str, Any] | None, problems: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if summary is not None and problems:
-        summary["skipped_rows"] = len(problems)
-        for p in problems[:20]:
-            print(f"skipped: {p['reason']}", file=sys.stderr)
+def _finish(summary: dict[str, Any] | None, sink: Any, source: Path) -> dict[str, Any] | None:
+    """The summary of a rows job; a finished job in which every row failed is an error (exit 2), as an export
+    whose every product was skipped: the output is written, but nothing in it is a prediction."""
+    if summary is not None and summary.get("complete") and summary["rows"] and summary["errors"] == summary["rows"]:
+        raise UserError(
+            f"every row of {source} failed ({summary['rows']}; first: {sink.first_error}): is --image_root right? "
+            f"The rows and their errors are in {sink.out}"
+        )
     return summary
 
 
@@ -233,10 +258,10 @@ def _tagging(args, loaded, source, image_root, options, relaunch):  # noqa: ANN0
     sink = RowsSink(args.out)
     if sink.out.suffix == ".csv" and tagger.top_k > 1:
         raise UserError("--top_k > 1 writes lists of [label, score]: use a .jsonl --out")
-    dataset, problems, _ = _inputs(tagger, source, image_root)
+    dataset, _ = _inputs(tagger, source, args, image_root)
     spec = _spec(loaded, dataset, top_k=tagger.top_k, format=sink.out.suffix)
     summary = run_job(tagger.model, dataset, tagger.collate(), sink, spec, tagger.rows, options, relaunch)
-    return _finish(summary, problems)
+    return _finish(summary, sink, source)
 
 
 def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
@@ -261,7 +286,7 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
         generation["rerank"] = args.rerank == "on"
     captioner.configure(args.prompt, args.seed, **generation)
     sink = RowsSink(args.out)
-    dataset, problems, _ = _inputs(captioner, source, image_root)
+    dataset, _ = _inputs(captioner, source, args, image_root)
     spec = _spec(loaded, dataset, prompt=args.prompt, seed=args.seed, generation=generation, format=sink.out.suffix)
 
     def image(record: Any) -> dict[str, Any]:
@@ -269,27 +294,24 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
 
     model, collate = captioner.model, captioner.collate()
     summary = run_job(model, dataset, collate, sink, spec, captioner.rows, options, relaunch, image)
-    return _finish(summary, problems)
+    return _finish(summary, sink, source)
 
 
 def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
-    from multimodal.data.manifest import clean_value
-    from multimodal.search.export import ShardSink
+    from multimodal.search import export
     from multimodal.search.predictor import Retriever
     from multimodal.writers import run_job
 
-    retriever = Retriever(loaded)
-    columns = list(args.columns) if args.columns is not None else list(loaded.columns.texts)
-    dataset, problems, df = _inputs(retriever, source, image_root, columns)
-    metadata: dict[str, dict[str, Any]] = {}
+    retriever, cols = Retriever(loaded), loaded.columns
+    dataset, df = _inputs(retriever, source, args, image_root, args.columns)
     if df is not None:
-        wanted = {r.id for r in dataset.records}
-        for rec in df.to_dict("records"):
-            item = clean_value(rec[loaded.columns.id])
-            if item in wanted and item not in metadata:
-                metadata[item] = {c: clean_value(rec[c]) for c in columns}
-                metadata[item]["image_path"] = clean_value(rec.get(loaded.columns.image))
-    else:
+        df, columns, dropped = export.metadata_columns(df, cols.id, cols.image, args.columns, str(source))
+        for reason in dropped:
+            print(f"not stored (give --columns to choose): {reason}", file=sys.stderr)
+        ids = {r.id for r in dataset.records if r.error is None}
+        metadata = export.product_metadata(df, ids, cols.id, cols.image, columns)
+    else:  # a folder of photos: no columns to store
+        columns = list(args.columns) if args.columns is not None else list(cols.texts)
         metadata = {r.id: {"image_path": r.image} for r in dataset.records}
     model = retriever.model
     spec = _spec(
@@ -305,17 +327,6 @@ def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN0
         data_manifest=str(source.resolve()),
         image_root=str((image_root or (source if source.is_dir() else source.parent)).resolve()),
     )
-    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.checkpoint_file())
+    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.checkpoint_file())
     summary = run_job(model, dataset, retriever.collate(), sink, spec, retriever.rows, options, relaunch)
-    if summary is not None and summary.get("complete"):
-        skipped = summary.get("skipped") or []
-        if skipped and not summary.get("count"):
-            raise UserError(
-                f"every product of {source} was skipped ({len(skipped)}; first: {skipped[0]['reason']}): "
-                "is --image_root right? The reasons are in " + str(Path(args.out) / "export.json")
-            )
-        summary = {k: summary[k] for k in ("count", "dim", "shards", "complete") if k in summary}
-        summary.update(skipped=len(skipped), out=str(args.out))
-        for s in skipped[:20]:
-            print(f"skipped: {s['id']}: {s['reason']}", file=sys.stderr)
-    return _finish(summary, problems)
+    return export.summarise(summary, source, args.out)

@@ -119,10 +119,9 @@ def open_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> bool:
         except ValueError as err:
             raise UserError(f"{path} is corrupt ({err}): remove {sink.describe()} or use another --out") from None
         if state.get("spec") != spec:
-            diff = sorted(k for k in {*spec, *state.get("spec", {})} if spec.get(k) != state.get("spec", {}).get(k))
             raise UserError(
                 f"{sink.describe()} holds the output of another model, input or options (differs in "
-                f"{', '.join(diff)}): use another --out"
+                f"{_differences(state.get('spec') or {}, spec)}): use another --out, or re-run it as it was begun"
             )
         return bool(state.get("complete")) and sink.exists()  # complete, but output removed by hand: run again
     if sink.occupied():
@@ -132,6 +131,17 @@ def open_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> bool:
     sink.folder.mkdir(parents=True, exist_ok=True)
     _record(sink, spec, blocks, complete=False)
     return False
+
+
+def _differences(stored: dict[str, Any], new: dict[str, Any]) -> str:
+    """The keys that differ, each with its two values when they are short (an option the user can give again,
+    such as an export's columns, changed by a new default)."""
+    parts = []
+    for key in sorted(k for k in {*stored, *new} if stored.get(k) != new.get(k)):
+        was, now = json.dumps(stored.get(key), ensure_ascii=False), json.dumps(new.get(key), ensure_ascii=False)
+        short = len(was) + len(now) <= 160 and not key.endswith("sha256")
+        parts.append(f"{key}: {was} there, {now} now" if short else key)
+    return "; ".join(parts)
 
 
 def close_job(sink: Sink, spec: dict[str, Any], blocks: Blocks) -> None:
@@ -156,6 +166,7 @@ class RowsSink:
             raise UserError(f"--out must end in .jsonl or .csv, not '{self.out.name}'")
         self.folder = self.out.parent / f".{self.out.name}.job"
         self.output = self.out
+        self.first_error: str | None = None  # of the finished output (named when every row failed)
 
     def describe(self) -> str:
         return str(self.out)
@@ -198,14 +209,14 @@ class RowsSink:
             if self.out.suffix == ".jsonl":
                 for row in self.rows(blocks):
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    _count(counts, row)
+                    self._count(counts, row)
             else:
                 fields = list(dict.fromkeys(k for row in self.rows(blocks) for k in row))
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
                 for row in self.rows(blocks):
                     writer.writerow({k: _cell(v) for k, v in row.items()})
-                    _count(counts, row)
+                    self._count(counts, row)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.out)
@@ -217,10 +228,11 @@ class RowsSink:
     def incomplete(self, blocks: Blocks, spec: dict[str, Any], missing: list[int]) -> None:
         pass  # the blocks written so far stay in the job folder until a re-run completes the output
 
-
-def _count(counts: dict[str, int], row: Row) -> None:
-    counts["rows"] += 1
-    counts["errors"] += "error" in row
+    def _count(self, counts: dict[str, int], row: Row) -> None:
+        counts["rows"] += 1
+        if "error" in row:
+            counts["errors"] += 1
+            self.first_error = self.first_error or f"row {counts['rows'] - 1} (id {row['id']}): {row['error']}"
 
 
 def _cell(value: Any) -> Any:

@@ -115,6 +115,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("query photo corrupt", lambda w: ["search", str(w["index"]), "--image", str(w["photo"])], "broken.jpg"),
     ("unknown product", lambda w: ["search", str(w["index"]), "--like", "no-such-id"], "'no-such-id' is not in"),
     ("unknown command", lambda w: ["serve-me"], "unknown command 'serve-me'"),
+    ("serve timeout under batch", lambda w: ["serve", "--index", str(w["index"]), "--timeout", "0.001"], "--timeout 0.001 must be longer than --batch_timeout 0.01"),
     ("fit trainer typo", lambda w: [*fit(w), "--trainer.max_stepz", "3"], "unknown option 'max_stepz' for lightning.pytorch.Trainer: did you mean 'max_steps'?"),
     ("fit data typo", lambda w: [*fit(w), "--data.init_args.batchsize", "3"], "did you mean 'batch_size'?"),
     ("fit fusion typo", lambda w: [*fit(w), "--model.init_args.fusion.init_args.dimm", "3"], "did you mean 'dim'?"),

@@ -77,7 +77,7 @@ def test_manifest_input_with_prompt_columns_and_missing_images(checkpoint: Path,
     df = pd.read_csv(SAMPLE / "metadata.csv", dtype=str, keep_default_na=False).head(5)
     df.loc[1, "image"] = "nowhere.jpg"
     df.loc[2, "image"] = ""
-    df.loc[3, "id"] = df.loc[0, "id"]  # duplicate id: captioned once, counted
+    df.loc[3, "id"] = df.loc[0, "id"]  # duplicate id: a line of its own, with an error naming the first row
     manifest = tmp_path / "catalog.jsonl"
     df.to_json(manifest, orient="records", lines=True)
     out = tmp_path / "out.jsonl"
@@ -85,8 +85,9 @@ def test_manifest_input_with_prompt_columns_and_missing_images(checkpoint: Path,
           "--out", str(out), "--max_new_tokens", "4", "--prompt", "describe", "--do_sample", "--top_k", "5",
           "--seed", "3", "--no_progress"])  # fmt: skip
     lines = _lines(out)
-    assert [x["id"] for x in lines] == [df.loc[i, "id"] for i in (0, 1, 2, 4)]
+    assert [x["id"] for x in lines] == df["id"].tolist()
     assert "not found" in lines[1]["error"] and "no usable image" in lines[2]["error"]
+    assert lines[3]["error"].endswith("(first at row 0)") and "caption" not in lines[3]
     again = tmp_path / "again.jsonl"  # sampling with a seed: the same captions on a re-run
     main(["caption", "--ckpt_path", str(checkpoint), "--input", str(manifest), "--image_root", str(SAMPLE / "images"),
           "--out", str(again), "--max_new_tokens", "4", "--prompt", "describe", "--do_sample", "--top_k", "5",

@@ -113,7 +113,7 @@ def test_export_writes_every_product_once(export: Path, catalogue: Path) -> None
     assert sorted(products["id"]) == sorted(ids) and not products["id"].duplicated().any()
     assert vectors.shape == (N_PRODUCTS, 64)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)  # float16 shards
-    assert list(products.columns) == ["id", "title", "image_path"]
+    assert list(products.columns) == ["id", "title", *pd.read_csv(catalogue).columns[3:], "image_path"]  # all kept
     assert pd.read_parquet(export / "products.parquet")["id"].tolist() == products["id"].tolist()
 
 

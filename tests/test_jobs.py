@@ -54,15 +54,16 @@ def test_predict_writes_each_input_once_in_order_with_row_errors(
     out = out_path(tmp_path, task, "out")
     main(predict_args(trained[task], manifest, images, out))
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["complete"] and summary["skipped_rows"] == 1  # the duplicate id, counted
+    assert summary["complete"]
     rows = output(task, out)
     if task == "retriever":  # vectors are stored for readable products; the unreadable one is listed as skipped
-        assert [r["id"] for r in rows] == [i for i in ids if i != "broken-photo"] + ["broken-photo"]
-        assert all(len(r["vector"]) == 32 for r in rows[:-1])
+        assert [r["id"] for r in rows] == [i for i in ids if i != "broken-photo"] + ["broken-photo", ids[0]]
+        assert all(len(r["vector"]) == 32 for r in rows[:-2])
     else:
-        assert [r["id"] for r in rows] == ids  # input order, each id once
-    (bad,) = [r for r in rows if "error" in r]
+        assert [r["id"] for r in rows] == [*ids, ids[0]]  # input order, one line per input row
+    bad, repeated = [r for r in rows if "error" in r]
     assert bad["id"] == "broken-photo" and "broken.jpg" in bad["error"]
+    assert repeated["id"] == ids[0] and repeated["error"].endswith(f"duplicate id '{ids[0]}' (first at row 0)")
     good = [r for r in rows if "error" not in r]
     if task == "tagger":
         assert all(r["gender"] and 0 < r["gender_score"] <= 1 for r in good)
@@ -88,7 +89,7 @@ def test_stopped_and_resumed_job_equals_uninterrupted(
     got, want = output(task, resumed), output(task, full)
     assert [r["id"] for r in got] == [r["id"] for r in want]  # 0 lost, 0 duplicated, same order
     if task == "retriever":
-        np.testing.assert_array_equal([r["vector"] for r in got[:-1]], [r["vector"] for r in want[:-1]])
+        np.testing.assert_array_equal([r["vector"] for r in got[:-2]], [r["vector"] for r in want[:-2]])
     else:
         assert resumed.read_text() == full.read_text()
 
@@ -144,7 +145,7 @@ def test_csv_output_and_other_tasks_commands(
     out = tmp_path / "tags.csv"
     main(predict_args(trained["tagger"], manifest, images, out))
     df = pd.read_csv(out, dtype=str, keep_default_na=False)
-    assert df["id"].tolist() == ids and list(df.columns[:3]) == ["id", "gender", "gender_score"]
+    assert df["id"].tolist() == [*ids, ids[0]] and list(df.columns[:3]) == ["id", "gender", "gender_score"]
     assert df.loc[df["id"] == "broken-photo", "error"].str.contains("broken.jpg").all()
     args = predict_args(trained["tagger"], manifest, images, tmp_path / "c.jsonl")
     args[0] = "caption"
@@ -169,7 +170,7 @@ def test_two_process_ddp_equals_one_process(
     got, want = output(task, ddp), output(task, single)
     assert [r["id"] for r in got] == [r["id"] for r in want]  # every id once, input order
     if task == "retriever":
-        np.testing.assert_allclose([r["vector"] for r in got[:-1]], [r["vector"] for r in want[:-1]], atol=1e-3)
+        np.testing.assert_allclose([r["vector"] for r in got[:-2]], [r["vector"] for r in want[:-2]], atol=1e-3)
     else:
         for a, b in zip(got, want, strict=True):
             assert {k: v for k, v in a.items() if "score" not in k} == {k: v for k, v in b.items() if "score" not in k}

@@ -49,9 +49,12 @@ class ProductDataModule(L.LightningDataModule):
 
     Args:
         manifest: CSV, JSONL or Parquet file, one product per row.
-        image_root: folder that image paths are relative to (default: the manifest's folder).
+        image_root: folder that relative image paths are relative to (default: the manifest's folder); absolute
+            paths are read as they are.
+        confine_images: refuse (as an unreadable product) any image path that resolves outside ``image_root``
+            (``../``, absolute paths elsewhere, symlinks out); off by default, as in ``multimodal predict``.
         id_column: unique product id.
-        image_column: image path relative to ``image_root``; empty for a product without a photo.
+        image_column: image path, relative to ``image_root`` or absolute; empty for a product without a photo.
         text_columns: text fields (title, description...), in the order the task joins them.
         attributes: single-label attribute columns (one softmax head each).
         tag_columns: multi-label columns holding ``tag_separator``-joined tags (one sigmoid head each).
@@ -87,6 +90,7 @@ class ProductDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 2,
         report_path: str | None = None,
+        confine_images: bool = False,
     ) -> None:
         super().__init__()
         if on_bad_sample not in ("error", "skip"):
@@ -102,6 +106,7 @@ class ProductDataModule(L.LightningDataModule):
             raise UserError(f"data.predict_split must be all, train, val or test, not '{predict_split}'")
         self.manifest = Path(manifest)
         self.image_root = Path(image_root) if image_root else self.manifest.parent
+        self.confine_images = bool(confine_images)
         self.id_column, self.image_column = id_column, image_column
         self.text_columns = list(text_columns or [])
         self.attributes = list(attributes or [])
@@ -143,7 +148,7 @@ class ProductDataModule(L.LightningDataModule):
             image = clean_value(rec[self.image_column])
             if image is not None:
                 try:
-                    path = resolve_image_path(self.image_root, image)
+                    path = resolve_image_path(self.image_root, image, self.confine_images)
                     if not path.is_file():
                         raise BadSampleError(f"image not found: {path}")
                 except BadSampleError as err:
@@ -254,9 +259,8 @@ class ProductDataModule(L.LightningDataModule):
             raise self._vocabulary_error
         records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
-        return ProductDataset(
-            records, self.image_root, transform, self.vocabularies, self.tag_vocabularies, self.on_bad_sample
-        )
+        vocab, tags = self.vocabularies, self.tag_vocabularies
+        return ProductDataset(records, self.image_root, transform, vocab, tags, self.on_bad_sample, self.confine_images)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         """A DataLoader over one split; shuffled and with train transforms when ``train``."""

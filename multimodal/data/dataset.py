@@ -28,11 +28,11 @@ class ProductRecord:
 
     row: int
     id: str
-    image: str | Image.Image | None  # a path relative to the image root, or an image given in memory
+    image: str | Image.Image | None  # a path (relative to the image root, or absolute), or an image in memory
     texts: dict[str, str | None]
     labels: dict[str, str | None] = field(default_factory=dict)
     tags: dict[str, list[str] | None] = field(default_factory=dict)
-    error: str | None = None  # known unusable before decoding (e.g. no image where one is required)
+    error: str | None = None  # known unusable before decoding (an empty or repeated id, no image where needed)
 
 
 class ProductDataset(Dataset):
@@ -40,8 +40,10 @@ class ProductDataset(Dataset):
 
     A product without an image gets zero pixels and ``has_image=False``. An unreadable image raises
     :class:`BadSampleError` (policy ``error``) or yields an item with an ``error`` field (policy ``skip``) that the
-    collate function drops and reports. ``image_root`` None takes image paths as given (the Python API).
-    Every item carries its ``position`` in ``records``, so batch jobs can keep the input order.
+    collate function drops and reports. Image paths follow :func:`multimodal.data.images.resolve_image_path`:
+    relative to ``image_root`` (None: the working directory, as in the Python API) or absolute; with
+    ``confine_images`` a path outside ``image_root`` is an unreadable item. Every item carries its ``position`` in
+    ``records``, so batch jobs can keep the input order.
     """
 
     def __init__(
@@ -52,9 +54,11 @@ class ProductDataset(Dataset):
         vocabularies: dict[str, list[str]],
         tag_vocabularies: dict[str, list[str]],
         on_bad_sample: BadSamplePolicy = "error",
+        confine_images: bool = False,
     ) -> None:
         self.records = list(records)
         self.image_root = image_root
+        self.confine_images = confine_images
         self.transform = transform
         self.image_size = tuple(transform(Image.new("RGB", (64, 64))).shape[-2:])  # of the zeros of a missing image
         self.index = {a: {v: i for i, v in enumerate(vocab)} for a, vocab in vocabularies.items()}
@@ -118,7 +122,7 @@ class ProductDataset(Dataset):
             return torch.zeros(3, *self.image_size), False
         if isinstance(rec.image, Image.Image):
             return self.transform(to_rgb(rec.image)), True
-        path = Path(rec.image) if self.image_root is None else resolve_image_path(self.image_root, rec.image)
+        path = resolve_image_path(self.image_root, rec.image, self.confine_images)
         return self.transform(load_image(path)), True
 
 

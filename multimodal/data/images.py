@@ -1,4 +1,4 @@
-"""Robust image loading: EXIF rotation, every PIL mode to 8-bit RGB, paths kept inside the image root."""
+"""Robust image loading: EXIF rotation, every PIL mode to 8-bit RGB, and the one rule for image paths."""
 
 from __future__ import annotations
 
@@ -10,12 +10,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from multimodal.errors import BadSampleError
 
 
-def resolve_image_path(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing paths that escape ``root`` (``../``, absolute paths, symlinks out)."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise BadSampleError(f"image path '{relative}' escapes the image root {root}")
-    return path
+def resolve_image_path(root: Path | None, path: str, confine: bool = True) -> Path:
+    """Where a manifest's image path points: the one rule of every batch job, data module and the Python API.
+
+    A relative path is relative to ``root`` (``None``: the working directory); an absolute path is used as it is.
+    With ``confine``, a path that resolves outside ``root`` (``../``, an absolute path elsewhere, a symlink out)
+    is refused: batch jobs and data modules turn it on with ``confine_images``; the HTTP service always confines.
+
+    Raises:
+        BadSampleError: ``confine`` is on and the path escapes ``root``.
+    """
+    if root is None:
+        return Path(path)
+    resolved = (root / path).resolve()  # an absolute ``path`` replaces ``root`` (pathlib's rule)
+    if confine and not resolved.is_relative_to(root.resolve()):
+        raise BadSampleError(f"image path '{path}' escapes the image root {root} (confine_images is on)")
+    return resolved
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

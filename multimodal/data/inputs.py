@@ -2,9 +2,11 @@
 a list of dicts, image paths or PIL images.
 
 Columns come from the trained model (:class:`multimodal.loading.Columns`). Label columns are optional (absent =
-unknown); a text or image column the model reads must be present. An empty or duplicate id cannot be a row of
-the output: it is counted in ``problems`` (with its row) and left out. An unusable image is not known here: the
-dataset reports it as a per-row error when it fails to decode.
+unknown); a text or image column the model reads must be present. Every row becomes a record, so a batch job
+writes one output line per input row: a row with an empty or repeated id gets a record that carries its
+``error`` (the repeated one names the first row) and is listed in ``problems``; the Python API refuses such
+input instead. An unusable image is not known here: the dataset reports it as a per-row error when it fails to
+decode.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def frame_records(
     required: Sequence[str],
     require_image: bool = False,
 ) -> tuple[list[ProductRecord], Problems]:
-    """Records of every usable row of ``df``, in row order.
+    """A record of every row of ``df``, in row order; ``problems`` lists the rows whose id is empty or repeated
+    (their records carry the same reason as ``error``).
 
     Args:
         df: one product per row (cells may be strings, None, NaN or, in the image column, PIL images).
@@ -51,18 +54,19 @@ def frame_records(
     has_id = columns.id in df.columns
     for row, rec in enumerate(df.to_dict("records")):
         item_id = clean_value(rec[columns.id]) if has_id else str(row)
-        if item_id is None or item_id in seen:
-            what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
-            problems.append({"id": item_id, "row": row, "reason": f"{source} row {row}: {what}"})
-            continue
-        seen[item_id] = row
         image = rec.get(columns.image)
         image = image if isinstance(image, Image.Image) else clean_value(image)
         error = f"no usable image path ('{rec.get(columns.image) or ''}')" if require_image and image is None else None
+        if item_id is None or item_id in seen:
+            what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
+            error = f"{source} row {row}: {what}"
+            problems.append({"id": item_id, "row": row, "reason": error})
+        else:
+            seen[item_id] = row
         records.append(
             ProductRecord(
                 row=row,
-                id=item_id,
+                id=item_id or "",
                 image=image,
                 texts={c: clean_value(rec.get(c)) for c in columns.texts},
                 labels={a: clean_value(rec.get(a)) for a in columns.attributes},

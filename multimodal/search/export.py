@@ -5,7 +5,7 @@ Folder layout::
     export.json                 model, dims, dtype, normalisation, checkpoint (relative) and hash, count, shards
     model.ckpt                  the checkpoint that computed the vectors (a hard link or a copy): the folder moves
     shard-000000.safetensors    (or .npy) float16/float32 vectors of products [0, S) in input order
-    shard-000000.parquet        their ids and the chosen metadata columns
+    shard-000000.parquet        their ids, metadata columns (default: every manifest column) and image paths
     products.parquet            all ids + metadata, in shard order (written when the export is complete)
     job.json                    the job's identity (see :mod:`multimodal.writers`)
 
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,75 @@ PRODUCTS = "products.parquet"
 CHECKPOINT = "model.ckpt"
 FORMATS = ("safetensors", "npy")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+RESERVED = ("id", "image_path")  # the products table's own columns: the id and the photo's path
+
+
+def metadata_columns(
+    df: pd.DataFrame, id_column: str, image_column: str, chosen: list[str] | None, source: str
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The manifest columns an export stores next to the ids, so that `search --where` and `--lexical` find them.
+
+    Args:
+        df: the manifest as read (``chosen`` columns already text).
+        chosen: ``--columns`` (None: every column but the id and image columns, which are stored as ``id`` and
+            ``image_path``; an empty list: none).
+        source: the manifest, named in messages.
+    Returns:
+        ``df`` with the kept columns as text, the kept columns, and why each other column was left out of the
+        default: a cell is a list, a dict or another object (a Parquet or JSONL manifest's), or its name is
+        ``id`` / ``image_path``.
+    """
+    if chosen is not None:
+        clash = [c for c in chosen if c in RESERVED]
+        if clash:
+            raise UserError(f"--columns {clash}: the products table stores the id and image_path anyway")
+        return df, list(dict.fromkeys(chosen)), []
+    from multimodal.data.manifest import as_text
+
+    text, dropped = {}, []
+    for column in df.columns:
+        if column in (id_column, image_column):
+            continue
+        if column in RESERVED:  # another column under the products table's own name
+            dropped.append(f"{source} column '{column}': a name the products table keeps for its own column")
+            continue
+        try:
+            text[column] = as_text(df[[column]], [column], source)[column]
+        except UserError as err:  # a list or an object per cell: no text to filter on or to search
+            dropped.append(str(err))
+    return df.assign(**text), list(text), dropped
+
+
+def summarise(summary: dict[str, Any] | None, source: Path, out: str) -> dict[str, Any] | None:
+    """The printed summary of a finished export (skipped products listed on stderr); an export whose every product
+    was skipped is an error (exit 2), not an empty "complete" export."""
+    if summary is None or not summary.get("complete"):
+        return summary
+    skipped = summary.get("skipped") or []
+    if skipped and not summary.get("count"):
+        raise UserError(
+            f"every product of {source} was skipped ({len(skipped)}; first: {skipped[0]['reason']}): "
+            f"is --image_root right? The reasons are in {Path(out) / MANIFEST}"
+        )
+    for s in skipped[:20]:
+        print(f"skipped: {s['id']}: {s['reason']}", file=sys.stderr)
+    kept = {k: summary[k] for k in ("count", "dim", "shards", "complete") if k in summary}
+    return {**kept, "skipped": len(skipped), "out": out}
+
+
+def product_metadata(
+    df: pd.DataFrame, ids: set[str], id_column: str, image_column: str, columns: list[str]
+) -> dict[str, dict[str, Any]]:
+    """id -> {column: value as text or None, ``image_path``} of the first row of each of ``ids``."""
+    from multimodal.data.manifest import clean_value
+
+    metadata: dict[str, dict[str, Any]] = {}
+    for rec in df.to_dict("records"):
+        item = clean_value(rec[id_column])
+        if item in ids and item not in metadata:
+            metadata[item] = {c: clean_value(rec[c]) for c in columns}
+            metadata[item]["image_path"] = clean_value(rec.get(image_column))
+    return metadata
 
 
 def ids_sha256(ids: list[str]) -> str:
