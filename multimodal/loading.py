@@ -259,14 +259,18 @@ def load(
 
 
 def _load_onnx(path: Path, task: type | str | None, runtime: str) -> Loaded:
-    from multimodal.onnx.export import cached_export, is_onnx_export
+    """An export folder, or the export ``--runtime onnx`` runs for a checkpoint (:mod:`multimodal.onnx.cache`),
+    on ONNX Runtime; its files are checked against their hashes and its labels against its graphs."""
+    from multimodal.onnx.cache import export_for
+    from multimodal.onnx.export import is_onnx_export
     from multimodal.onnx.runtime import load_onnx
 
     int8 = runtime == "onnx-int8"
-    if not is_onnx_export(path):
+    hashed = not is_onnx_export(path)
+    if hashed:
         read_checkpoint(path, mmap=True)  # a missing or foreign file: its one-line error first
-        path = cached_export(path, "int8" if int8 else None)
-    loaded = load_onnx(path, int8)
+        path = export_for(path, int8)  # checks the files of the export it picks
+    loaded = load_onnx(path, int8, hashed)
     wanted = task if isinstance(task, str) or task is None else task.__name__
     if wanted is not None and loaded.task != wanted.rsplit(".", 1)[-1]:
         raise UserError(f"{path} holds a {loaded.task} export, not a {wanted.rsplit('.', 1)[-1]}")

@@ -2,14 +2,19 @@
 
     model_onnx/
       model.json           task, columns the model reads, label vocabularies, tokenizer length, image transform
-                           settings, every graph (file, inputs, outputs, max |ONNX - eager| measured at export),
-                           the source checkpoint's path and SHA-256
+                           settings, every graph (file, inputs, outputs, the width of every output, max
+                           |ONNX - eager| measured at export), the SHA-256 of every other file of the folder
+                           (``files``), the source checkpoint's path and SHA-256
       tokenizer/           the Hugging Face tokenizer (save_pretrained)
       <graph>.onnx         one file a graph (torch.onnx.export, dynamo exporter; dynamic batch and sequence axes)
       <graph>.int8.onnx    with --quantize int8: dynamic int8 weights (onnxruntime.quantization)
 
 The folder is written beside its destination and renamed into place when complete; a folder that exists is
-never overwritten: the same checkpoint and options are reused, anything else is a one-line error.
+never overwritten: the same checkpoint and options are reused (once its files match their hashes), anything else
+is a one-line error. Loading checks the files a run reads against ``files`` (:func:`check_files`) and the label
+counts against the graphs' own output widths (:mod:`multimodal.onnx.runtime`); an export written before the
+hashes were recorded loads with the width check alone. Which export ``--runtime onnx`` runs for a checkpoint is
+decided in :mod:`multimodal.onnx.cache`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from multimodal.arguments import Parser
 from multimodal.errors import UserError
 
 MANIFEST = "model.json"
@@ -48,6 +54,38 @@ def read_model_manifest(folder: str | Path) -> dict[str, Any]:
     if info.get("format") != "multimodal-onnx" or info.get("version") != FORMAT_VERSION:
         raise UserError(f"{path} is not an ONNX export of this project (format / version differ)")
     return info
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` but the manifest, by path relative to it (``/`` separated)."""
+    from multimodal.loading import file_sha256
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
+
+
+def check_files(folder: str | Path, info: dict[str, Any], int8: bool | None = None) -> None:
+    """Refuse an export whose files differ from the hashes recorded at export, naming the first such file.
+
+    Args:
+        folder: the export folder.
+        info: its manifest.
+        int8: check only the graphs of this precision (``None``: every graph); an export without recorded
+            hashes (written before they were) passes.
+    """
+    from multimodal.loading import file_sha256
+
+    skip = set()
+    if int8 is not None:  # the graphs of the other precision are not read by this run
+        skip = {g.get("file" if int8 else "int8_file") for g in info.get("graphs", {}).values()}
+    for name, sha in (info.get("files") or {}).items():
+        if name in skip:
+            continue
+        path = Path(folder) / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the ONNX export {folder} was changed since the export")
+        if file_sha256(path) != sha:
+            raise UserError(f"{path} was changed since the export (its SHA-256 differs from {MANIFEST})")
 
 
 def task_settings(model: Any) -> dict[str, Any]:
@@ -141,6 +179,8 @@ def export_model(
     quantize: str | None = None,
     extra: tuple[str, ...] = (),
     progress: bool = True,
+    keep_fp32: bool = True,
+    link_cache: bool = False,
 ) -> dict[str, Any]:
     """Export the inference graphs of the checkpoint at ``ckpt_path`` to the folder ``out``; returns its manifest.
 
@@ -149,10 +189,14 @@ def export_model(
         out: the folder to create (an existing export of the same checkpoint and options is reused).
         quantize: ``"int8"`` adds dynamic-int8 copies of every graph.
         extra: towers alone to add (``"vision"``, ``"text"``).
+        progress: one line on stderr per exported graph.
+        keep_fp32: with ``quantize``, False keeps the int8 graphs alone (the fp32 ones are removed once quantized).
+        link_cache: as ``multimodal export-model`` does: take the cache's export of the checkpoint when it has one
+            with these options, and record ``out`` in the cache for ``--runtime onnx`` (:mod:`multimodal.onnx.cache`).
     """
     from multimodal.loading import file_sha256, load
-    from multimodal.onnx.graphs import graphs_of, image_size
-    from multimodal.onnx.transforms import describe_transform
+    from multimodal.onnx import cache
+    from multimodal.onnx.graphs import graphs_of
 
     if quantize not in (None, *QUANTIZE):
         raise UserError(f"--quantize {quantize}: choose from {', '.join(QUANTIZE)}")
@@ -160,87 +204,108 @@ def export_model(
     sha = file_sha256(ckpt_path) if Path(ckpt_path).is_file() else None
     wanted = {"checkpoint_sha256": sha, "quantize": quantize, "extra": sorted(extra)}
     if out.exists():
-        if is_onnx_export(out):
-            info = read_model_manifest(out)
-            if {k: info.get(k) for k in wanted} == wanted:
-                return info
-            raise UserError(
-                f"{out} holds an ONNX export of another checkpoint or other options: choose a new --out "
-                "(an existing folder is never overwritten)"
-            )
-        raise UserError(f"{out} exists and is not an ONNX export: choose a new --out (it is never overwritten)")
-    loaded = load(ckpt_path)
-    model = loaded.model.eval().cpu()
-    graphs = graphs_of(model, extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        text = getattr(model, "text", None) or getattr(model, "lm", None)
-        text.tokenizer.save_pretrained(work / "tokenizer")
-        info: dict[str, Any] = {
-            "format": "multimodal-onnx",
-            "version": FORMAT_VERSION,
-            "task": loaded.task,
-            **wanted,
-            "checkpoint": str(Path(ckpt_path).resolve()),
-            "columns": vars(loaded.columns) | {"texts": list(loaded.columns.texts)},
-            "data": {k: loaded.data.get(k) for k in ("manifest", "image_root", "batch_size") if k in loaded.data},
-            "max_length": int(text.max_length),
-            "image_size": list(image_size(model)),
-            "image_transform": describe_transform(model.image_transform(False), work),
-            "settings": task_settings(model),
-            "graphs": {},
-        }
-        info["columns"]["attributes"] = list(loaded.columns.attributes)
-        info["columns"]["tags"] = list(loaded.columns.tags)
-        for graph in graphs:
-            start = time.perf_counter()
-            path = work / f"{graph.name}.onnx"
-            export_graph(graph, model, path)
-            entry: dict[str, Any] = {
-                "file": path.name,
-                "inputs": list(graph.inputs),
-                "outputs": list(graph.outputs),
-                "max_abs_diff": parity(graph, model, path),
-            }
-            if quantize == "int8":
-                int8 = work / f"{graph.name}.int8.onnx"
-                quantize_int8(path, int8)
-                entry["int8_file"] = int8.name
-            entry["export_s"] = round(time.perf_counter() - start, 1)
-            info["graphs"][graph.name] = entry
-            if progress:
-                print(f"exported {graph.name}: max |onnx - eager| {entry['max_abs_diff']:.2e}", file=sys.stderr)
-            if entry["max_abs_diff"] > 1e-3:
-                raise UserError(
-                    f"graph {graph.name}: ONNX Runtime differs from eager by {entry['max_abs_diff']:.2e} "
-                    "(> 1e-3); not written"
-                )
-        (work / MANIFEST).write_text(json.dumps(info, indent=2))
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _check_existing(out, wanted, keep_fp32)
+    elif not (link_cache and sha and keep_fp32 and cache.adopt(ckpt_path, sha, wanted, out)):
+        loaded = load(ckpt_path)
+        model = loaded.model.eval().cpu()
+        graphs = graphs_of(model, extra)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            info = _manifest(loaded, work, wanted, ckpt_path)
+            for graph in graphs:
+                info["graphs"][graph.name] = _export_one(graph, model, work, quantize, keep_fp32, progress)
+            info["files"] = file_hashes(work)
+            (work / MANIFEST).write_text(json.dumps(info, indent=2))
+            work.rename(out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    info = read_model_manifest(out)
+    if link_cache:
+        cache.record(out, info)
     return info
 
 
-def cached_export(ckpt_path: str | Path, quantize: str | None = None) -> Path:
-    """The ONNX export of a checkpoint in the user cache (made once, keyed by the checkpoint's SHA-256):
-    what ``--runtime onnx`` runs when it is given a checkpoint."""
-    import os
+def _check_existing(out: Path, wanted: dict[str, Any], keep_fp32: bool) -> None:
+    """Refuse an existing ``out`` unless it is an export of the same checkpoint and options with its files as
+    exported (an existing folder is never overwritten)."""
+    if not is_onnx_export(out):
+        raise UserError(f"{out} exists and is not an ONNX export: choose a new --out (it is never overwritten)")
+    info = read_model_manifest(out)
+    has_fp32 = all("file" in g for g in info["graphs"].values())
+    if {k: info.get(k) for k in wanted} != wanted or has_fp32 != keep_fp32:
+        raise UserError(
+            f"{out} holds an ONNX export of another checkpoint or other options: choose a new --out "
+            "(an existing folder is never overwritten)"
+        )
+    check_files(out, info)
 
-    from multimodal.loading import file_sha256
 
-    root = Path(os.environ.get("MULTIMODAL_CACHE") or Path.home() / ".cache" / "multimodal") / "onnx"
-    folder = root / f"{file_sha256(ckpt_path)[:20]}{'-' + quantize if quantize else ''}"
-    if not is_onnx_export(folder):
-        print(f"exporting {ckpt_path} to ONNX once: {folder}", file=sys.stderr)
-        export_model(ckpt_path, folder, quantize=quantize)
-    return folder
+def _manifest(loaded: Any, work: Path, wanted: dict[str, Any], ckpt_path: str | Path) -> dict[str, Any]:
+    """The manifest of an export of ``loaded`` (its graphs still to add); saves the tokenizer and any image
+    processor under ``work``."""
+    from multimodal.onnx.graphs import image_size
+    from multimodal.onnx.transforms import describe_transform
+
+    model = loaded.model
+    text = getattr(model, "text", None) or getattr(model, "lm", None)
+    text.tokenizer.save_pretrained(work / "tokenizer")
+    info: dict[str, Any] = {
+        "format": "multimodal-onnx",
+        "version": FORMAT_VERSION,
+        "task": loaded.task,
+        **wanted,
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "columns": vars(loaded.columns) | {"texts": list(loaded.columns.texts)},
+        "data": {k: loaded.data.get(k) for k in ("manifest", "image_root", "batch_size") if k in loaded.data},
+        "max_length": int(text.max_length),
+        "image_size": list(image_size(model)),
+        "image_transform": describe_transform(model.image_transform(False), work),
+        "settings": task_settings(model),
+        "graphs": {},
+    }
+    info["columns"]["attributes"] = list(loaded.columns.attributes)
+    info["columns"]["tags"] = list(loaded.columns.tags)
+    return info
+
+
+def _export_one(
+    graph: Any, model: Any, work: Path, quantize: str | None, keep_fp32: bool, progress: bool
+) -> dict[str, Any]:
+    """Export, check and (with ``quantize``) quantize one graph into ``work``; returns its manifest entry."""
+    from multimodal.onnx.runtime import output_widths, session
+
+    start = time.perf_counter()
+    path = work / f"{graph.name}.onnx"
+    export_graph(graph, model, path)
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "inputs": list(graph.inputs),
+        "outputs": list(graph.outputs),
+        # the graph's own output widths: loading compares the label counts with them
+        "widths": output_widths(session(path, 1)),
+        "max_abs_diff": parity(graph, model, path),
+    }
+    if progress:
+        print(f"exported {graph.name}: max |onnx - eager| {entry['max_abs_diff']:.2e}", file=sys.stderr)
+    if entry["max_abs_diff"] > 1e-3:
+        raise UserError(
+            f"graph {graph.name}: ONNX Runtime differs from eager by {entry['max_abs_diff']:.2e} (> 1e-3); not written"
+        )
+    if quantize == "int8":
+        int8 = work / f"{graph.name}.int8.onnx"
+        quantize_int8(path, int8)
+        entry["int8_file"] = int8.name
+        if not keep_fp32:  # an int8-only export: the fp32 graph was only needed to quantize and check it
+            path.unlink()
+            del entry["file"]
+    entry["export_s"] = round(time.perf_counter() - start, 1)
+    return entry
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="multimodal export-model",
         description="Export a checkpoint's inference graphs to ONNX (with its tokenizer, image transform and label "
         "vocabularies), to run with `--runtime onnx` or from any ONNX Runtime.",
@@ -258,6 +323,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    info = export_model(args.ckpt_path, args.out, args.quantize, tuple(args.towers))
+    info = export_model(args.ckpt_path, args.out, args.quantize, tuple(args.towers), link_cache=True)
     graphs = {name: {"max_abs_diff": g["max_abs_diff"]} for name, g in info["graphs"].items()}
     print(json.dumps({"out": str(args.out), "task": info["task"], "quantize": info["quantize"], "graphs": graphs}))

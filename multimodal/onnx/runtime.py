@@ -4,6 +4,12 @@ model (``predict_step``, ``decode``, ``embed_text``...), each running an ``onnxr
 
 The objects are Lightning modules without weights, so ``trainer.predict`` (the resumable batch jobs) runs them
 as it runs the eager models; tensors go to NumPy at the session boundary and come back as CPU tensors.
+
+Loading refuses an export whose files differ from the hashes recorded at export, and one whose label
+vocabularies do not fit its graphs: the label counts are compared with the widths ``model.json`` recorded and,
+when a graph's session is made, with the graph's own output shapes (the tagger's main graph at load). That
+second check needs no hash, so it also covers an export written before hashes were recorded and a
+``model.json`` edited together with its recorded widths.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor
 
 from encoders.types import tokenize
 from multimodal.errors import UserError
+from multimodal.onnx.export import MANIFEST
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
@@ -35,7 +42,24 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     # Idle threads sleep instead of spinning: a process also running torch (re-ranker, captioner, the data
     # loader) or several sessions must not lose its cores to threads that wait for work.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except _load_errors() as err:  # a truncated, empty or foreign file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path} cannot be read as an ONNX graph ({first.rsplit('failed:', 1)[-1].strip()})") from None
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a graph file it cannot load."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotImplemented")
+    return tuple(getattr(state, name) for name in names)
+
+
+def output_widths(sess: Any) -> dict[str, int]:
+    """The last dimension of every output of a session whose last dimension is fixed."""
+    return {o.name: o.shape[-1] for o in sess.get_outputs() if o.shape and isinstance(o.shape[-1], int)}
 
 
 class _Tokenizing:
@@ -66,6 +90,25 @@ class OnnxTask(L.LightningModule):
         self.text = _Tokenizing(tokenizer, int(info["max_length"]))
         if int8 and any("int8_file" not in g for g in info["graphs"].values()):
             raise UserError(f"{folder} has no int8 graphs: export it with --quantize int8")
+        if not int8 and any("file" not in g for g in info["graphs"].values()):
+            raise UserError(f"{folder} holds int8 graphs only: run it with --runtime onnx-int8")
+
+    def widths(self, name: str) -> dict[str, tuple[str, int]]:
+        """What the width of each output of graph ``name`` must be, by output name: (what it is, its width)."""
+        return {}
+
+    def check_widths(self, name: str, widths: dict[str, int], outputs: list[str] | None = None) -> None:
+        """Refuse graph ``name`` when its outputs (names ``outputs``, last dimensions ``widths``) do not fit what
+        ``model.json`` says, naming the file and both counts."""
+        graph = self.info["graphs"][name]
+        file = graph["int8_file"] if self.int8 else graph["file"]
+        problem = f"{self.folder / MANIFEST} does not match {file}"
+        if outputs is not None and outputs != list(graph["outputs"]):
+            raise UserError(f"{problem}: outputs {', '.join(graph['outputs'])}; graph outputs {', '.join(outputs)}")
+        for output, (what, count) in self.widths(name).items():
+            width = "none" if outputs is not None and output not in outputs else widths.get(output, count)
+            if width != count:  # a width the graph leaves open (or did not record) is not compared
+                raise UserError(f"{problem}: {what}: {count}, graph outputs: {width}")
 
     # ------------------------------------------------------------------------------------------------ graphs
     def has_graph(self, name: str) -> bool:
@@ -77,7 +120,9 @@ class OnnxTask(L.LightningModule):
             if graph is None:
                 raise UserError(f"{self.folder} holds no '{name}' graph (it has {', '.join(self.info['graphs'])})")
             file = graph["int8_file"] if self.int8 else graph["file"]
-            self._sessions[name] = session(self.folder / file)
+            sess = session(self.folder / file)
+            self.check_widths(name, output_widths(sess), [o.name for o in sess.get_outputs()])
+            self._sessions[name] = sess
         return self._sessions[name]
 
     def run_graph(self, name: str, **inputs: Tensor) -> list[Tensor]:
@@ -109,6 +154,16 @@ class OnnxTagger(OnnxTask):
         self.tag_threshold: float = float(self.settings["tag_threshold"])
         self.fused_dim: int = int(self.settings["fused_dim"])
         self.keys = [*self.vocabularies, *(f"tags/{k}" for k in self.tag_vocabularies)]
+        for name, graph in info["graphs"].items():  # the widths recorded at export: no graph to open
+            self.check_widths(name, graph.get("widths") or {})
+        self.session("tagger")  # the graph's own widths, and a graph that cannot be read, now rather than mid-job
+
+    def widths(self, name: str) -> dict[str, tuple[str, int]]:
+        if not name.startswith("tagger"):  # the towers alone
+            return {}
+        labels = {k: (f"labels for {k}", len(v)) for k, v in self.vocabularies.items()}
+        tags = {f"tags/{k}": (f"tags for {k}", len(v)) for k, v in self.tag_vocabularies.items()}
+        return labels | tags | {"fused": ("fused_dim", self.fused_dim)}
 
     def text_fn(self) -> Any:
         from multimodal.towers import JoinedText
@@ -155,6 +210,11 @@ class OnnxRetriever(OnnxTask):
         self.product: str = self.settings["product"]
         self.query_columns = self.settings.get("query_columns")
         self.product_columns = self.settings.get("product_columns")
+        for name, graph in info["graphs"].items():
+            self.check_widths(name, graph.get("widths") or {})
+
+    def widths(self, name: str) -> dict[str, tuple[str, int]]:
+        return {"vector": ("embed_dim", self.embed_dim)} if name.startswith("embed_") else {}
 
     def text_fn(self) -> Any:
         from multimodal.search.retriever import QueryAndProductText
@@ -184,12 +244,20 @@ class OnnxRetriever(OnnxTask):
 TASKS = {"ProductTagger": OnnxTagger, "ProductRetriever": OnnxRetriever}
 
 
-def load_onnx(folder: str | Path, int8: bool = False) -> Any:
-    """The task object of an ONNX export folder, as a :class:`multimodal.loading.Loaded`."""
+def load_onnx(folder: str | Path, int8: bool = False, hashed: bool = False) -> Any:
+    """The task object of an ONNX export folder, as a :class:`multimodal.loading.Loaded`.
+
+    Args:
+        folder: the export folder.
+        int8: run its int8 graphs.
+        hashed: its files were just checked against their hashes (:func:`multimodal.onnx.export.check_files`).
+    """
     from multimodal.loading import Columns, Loaded
-    from multimodal.onnx.export import read_model_manifest
+    from multimodal.onnx.export import check_files, read_model_manifest
 
     info = read_model_manifest(folder)
+    if not hashed:
+        check_files(folder, info, int8)
     cls = TASKS.get(info["task"])
     if cls is None:
         raise UserError(
