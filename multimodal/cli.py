@@ -106,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             # the other ranks with the same command line.
             MultimodalCLI(args=argv)
             _close_process_group()
-    except argparse.ArgumentError as err:  # LightningCLI's parser (exit_on_error=False)
+    except argparse.ArgumentError as err:  # LightningCLI's parser (exit_on_error=False) outside parse_arguments
         from multimodal.lightning_cli import parse_error_line
 
-        print(f"error: {parse_error_line(str(err))}", file=sys.stderr)
+        print(f"error: {parse_error_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
         user_error = find_user_error(err)

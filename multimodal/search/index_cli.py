@@ -1,17 +1,22 @@
 """``multimodal index``: a FAISS index over an embedding export (exact by default; IVF / HNSW / IVF-PQ, chosen by
 ``--index auto`` from the size and a memory budget and tuned to a target recall), with an optional BM25 index, in
-one or several shards; or a live update of an existing index (``--add`` / ``--remove``)."""
+one or several shards; or a live update of an existing index (``--add`` / ``--remove``).
+
+An export that holds an id on two rows is refused by both; an update also refuses an export of another model or
+with other metadata columns than the index (:mod:`multimodal.search.updates`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from multimodal.arguments import Parser
+
 KIND_CHOICES = ("flat", "ivf", "hnsw", "ivfpq", "auto")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="multimodal index",
         description="Build a FAISS inner-product index over an export folder, or update one in place "
         "(--add / --remove).",
@@ -50,7 +55,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--opq", action="store_true", help="IVF-PQ: learn an OPQ rotation first")
     p.add_argument("--check-queries", type=int, default=1000, help="held-out catalogue vectors used to check recall")
     p.add_argument("--min-recall", type=float, default=None, help="fail when recall@10 vs exact is below this")
-    p.add_argument("--add", default=None, metavar="EXPORT", help="update: add (or replace) the products of an export")
+    p.add_argument(
+        "--add",
+        default=None,
+        metavar="EXPORT",
+        help="update: add (or replace) the products of an export made with the index's checkpoint and --columns",
+    )
     p.add_argument("--remove", default=None, metavar="IDS_FILE", help="update: remove the ids listed, one a line")
     return p
 

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from multimodal.arguments import Parser
 from multimodal.errors import UserError
 
 HIDDEN_COLUMNS = {"image_path"}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="multimodal search",
         description="Search an index by text or by photo; prints JSON lines (rank, id, score, metadata).",
     )
