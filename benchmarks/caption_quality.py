@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.common import machine, ratio, say, seed_all, write_json
+from benchmarks.smoke import SAMPLE, parse
 from encoders.types import Features
 from multimodal.captioning.captioner import RETRIEVED
 from multimodal.captioning.metrics import caption_scores
@@ -52,6 +53,7 @@ DECODING: dict[str, dict[str, Any]] = {
 }
 COPYING = ("nearest_title", "consensus_title")  # methods that copy a training title, no model trained
 SIMILAR = RETRIEVED  # the prompt column holding the neighbours' titles (--retrieval)
+PEER = "hf_vision_encoder_decoder"
 MODES = {
     "early": "PrefixConditioning",
     "cross_attention": "CrossAttentionConditioning",
@@ -60,7 +62,13 @@ MODES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """This program's arguments (``--smoke`` included); the run starts here."""
+    return parse(parser(), argv, SMOKE, "benchmarks.caption_quality")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The options, also read by the programs that train as this one does (``caption_rerank_grid``)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.caption_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--target", default="title", help="text column to write")
     p.add_argument("--out", default="benchmarks/results/caption_quality.json")
@@ -75,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated: early, cross_attention, late, hf_vision_encoder_decoder (the peer); "
                    "nearest_title / consensus_title copy a training title (no training)")  # fmt: skip
     p.add_argument("--max_train", type=int, default=0, help="cap on training items (0 = all): the CPU budget")
-    p.add_argument("--max_test", type=int, default=0, help="cap on test items (0 = all)")
+    p.add_argument("--max_test", type=int, default=0, help="cap on validation and test items (0 = all)")
     p.add_argument("--features_cache", default="", help="torch file to keep the frozen image features in between runs")
     p.add_argument(
         "--word_dropout",
@@ -146,7 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "flags per method) into one table of per-seed and mean CIDEr, greedy and each --compare decoding, with "
         "ratios to the peer's; written to --out",
     )
-    return p.parse_args(argv)
+    return p
+
+
+# --smoke: two methods (ours and the peer) on a few products, a few tokens, one pass
+SMOKE = {"data": str(SAMPLE), "image_size": 64, "epochs": 1, "batch_size": 4, "max_length": 12, "max_new_tokens": 4,
+         "max_train": 8, "max_test": 4, "methods": f"cross_attention,{PEER}", "compare": ""}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -164,7 +177,7 @@ def load_split(args: argparse.Namespace) -> dict[str, list[tuple[str, Path, str]
     if args.max_train:
         out["train"] = out["train"][: args.max_train]
     if args.max_test:
-        out["test"] = out["test"][: args.max_test]
+        out["val"], out["test"] = out["val"][: args.max_test], out["test"][: args.max_test]
     return out
 
 
@@ -556,7 +569,6 @@ def run_method(
 
 
 RUN_FLAGS = ("retrieval", "word_dropout", "conditioning", "lm_adapter", "head_init", "lm_warmup_steps", "self_critical")
-PEER = "hf_vision_encoder_decoder"
 
 
 def public_command(command: str) -> str:
@@ -642,8 +654,8 @@ def merge(paths: list[str], out: str) -> None:
     say(f"wrote {out}")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.merge:
         merge(args.merge, args.out)
         return
@@ -688,10 +700,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        ratio = f"{r['cider'] / peer['cider']:.2f}" if peer and peer["cider"] > 0 else "-"
+        vs_peer = f"{r['cider'] / peer['cider']:.2f}" if peer and peer["cider"] > 0 else "-"
         counts = f"{r['distinct_captions']} / {r['empty_captions']}" if "distinct_captions" in r and over == "" else "-"
         scores = f"{r['bleu4']:.4f} | {r['cider']:.4f} | {r['exact']:.3f}"
-        cells = f"{scores} | {counts} | {r['train_seconds']:.0f} | {ratio}"
+        cells = f"{scores} | {counts} | {r['train_seconds']:.0f} | {vs_peer}"
         table.append(f"| {name} | {cells} |")
     variant_table = []
     for name, r in results.items():
@@ -712,6 +724,11 @@ def main() -> None:
         "settings": vars(args),
         "splits": splits_n,
         "results": results,
+        "ratios": {
+            f"{name} CIDEr / peer": ratio(r["cider"], peer["cider"] if peer else None)
+            for name, r in results.items()
+            if name != PEER
+        },
         "table": "\n".join(table),
     }
     write_json(args.out, payload)

@@ -22,12 +22,18 @@ from typing import Any
 import torch
 
 from benchmarks import caption_quality as cq
-from benchmarks.common import machine, say, write_json
+from benchmarks.common import machine, ratio, say, write_json
+from benchmarks.smoke import SAMPLE, parse
 from encoders.types import Features
 
+# --smoke: caption_quality's smoke training, 2 candidates, 2 neighbours, 2 weights
+SMOKE = {"data": str(SAMPLE), "candidates": [2], "ks": [2], "weights": [0.0, 1.0],
+         "benchmark_args": "--epochs 1 --batch_size 4 --max_length 12 --max_new_tokens 4 --max_train 8 --max_test 4 "
+         "--image_size 64"}  # fmt: skip
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.caption_rerank_grid", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--method", default="late", choices=sorted(cq.MODES))
     p.add_argument("--seed", type=int, default=0)
@@ -38,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--benchmark_args", default="--epochs 3 --lr 0.001 --max_length 20",
                    help="caption_quality flags for training (its defaults otherwise)")  # fmt: skip
     p.add_argument("--out", default="benchmarks/results/caption_rerank_grid.json")
-    return p.parse_args()
+    return parse(p, argv, SMOKE, "benchmarks.caption_rerank_grid")
 
 
 @torch.no_grad()
@@ -56,14 +62,14 @@ def candidates(model: Any, feats: Features, n: int, max_new_tokens: int) -> tupl
     return texts, scores
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from multimodal.captioning.consensus import CiderConsensus
     from multimodal.captioning.metrics import caption_scores
     from multimodal.captioning.retrieval import CaptionMemory
 
     flags = ["--data", args.data, "--features_cache", args.features_cache, "--seed", str(args.seed)]
-    bench = cq.parse_args([*args.benchmark_args.split(), *flags])
+    bench = cq.parser().parse_args([*args.benchmark_args.split(), *flags])
     bench.seed = args.seed
     torch.set_num_threads(min(2, torch.get_num_threads()))
     splits = cq.load_split(bench)
@@ -111,6 +117,8 @@ def main() -> None:
     about["command"] = cq.public_command(about.get("command", ""))  # without local paths
     write_json(args.out, {"machine": about, "settings": settings, "method": args.method, "seed": args.seed,
                           "train_seconds": round(seconds, 1), "results": results, "best_on_validation": best,
+                          "ratios": {"best on validation / greedy, test CIDEr":
+                                     ratio(results["test"]["grid"][best], results["test"]["greedy"])},
                           "table": "\n".join(lines)})  # fmt: skip
     say(f"wrote {args.out}")
 

@@ -30,15 +30,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks import caption_quality
 from benchmarks.caption_quality import MODES, build_ours, build_peer, image_features
-from benchmarks.common import machine, say, seed_all, set_threads, write_json
+from benchmarks.common import machine, ratio, say, seed_all, set_threads, write_json
+from benchmarks.smoke import SAMPLE, parse
 from encoders.types import Features
 
 PEER = "hf_vision_encoder_decoder"
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# --smoke: 2 photos, 3 tokens, one round, float32 only
+SMOKE = {"data": str(SAMPLE), "batch_size": 2, "tokens": 3, "image_size": 64, "repeats": 1, "dtypes": "float32"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.caption_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--target", default="title", help="text column whose token ids the trimmed output layer keeps")
     p.add_argument("--out", default="benchmarks/results/caption_speed.json")
@@ -50,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32,bfloat16", help="weight dtypes timed (bfloat16: the CPU's bf16)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared 2-core box)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    return parse(p, argv, SMOKE, "benchmarks.caption_speed")
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -70,7 +76,8 @@ def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[s
     from transformers.modeling_outputs import BaseModelOutput
 
     vision_dim = feats.tokens.shape[-1]
-    ns = argparse.Namespace(max_length=32, max_new_tokens=args.tokens, word_dropout=0.0)
+    # caption_quality's own defaults for every other option: its models get new options without this file changing
+    ns = caption_quality.parser().parse_args(["--max_length", "32", "--max_new_tokens", str(args.tokens)])
     ours, _ = build_ours(args.mode, vision_dim, ns)
     ours.eval().caption_token_ids = ours.target_token_ids(target_texts(args))
     peer = build_peer(vision_dim, ns)[0].eval()
@@ -173,10 +180,11 @@ def profile(table: dict[str, dict[str, Any]], models: dict[str, Any], args: argp
 def summarise(table: dict[str, dict[str, Any]], tokens: int, batch: int) -> tuple[list[dict[str, Any]], str]:
     rows = []
     for key, r in table.items():
-        seconds = statistics.median(r["seconds"]) if r["seconds"] else float("nan")
+        seconds = statistics.median(r["seconds"]) if r["seconds"] else None
         rows.append({"key": key, **{k: v for k, v in r.items() if k not in ("run", "seconds")},
-                     "seconds_median": round(seconds, 4), "seconds_all": [round(s, 4) for s in r["seconds"]],
-                     "tokens_per_s": round(batch * tokens / seconds, 1)})  # fmt: skip
+                     "seconds_median": None if seconds is None else round(seconds, 4),
+                     "seconds_all": [round(s, 4) for s in r["seconds"]],
+                     "tokens_per_s": ratio(batch * tokens, seconds, 1)})  # fmt: skip
     tps = {r["key"]: r["tokens_per_s"] for r in rows}
     lines = [
         "| method | decoding | weights | output layer | median s | tokens/s | vs HF VED fp32 | vs HF VED same dtype "
@@ -185,19 +193,23 @@ def summarise(table: dict[str, dict[str, Any]], tokens: int, batch: int) -> tupl
     ]
     for r in rows:
         decoding = r["decoding"] if r["decoding"] != "forward" else "greedy"
-        peer_fp32 = tps.get(f"peer/{decoding}/float32", float("nan"))
-        peer_same = tps.get(f"peer/{decoding}/{r['dtype']}", float("nan"))
-        r["vs_peer_fp32"] = round(r["tokens_per_s"] / peer_fp32, 2)
-        r["vs_peer_same_dtype"] = round(r["tokens_per_s"] / peer_same, 2)
-        r["vs_bound"] = round(r["tokens_per_s"] / tps.get("teacher-forced/float32/full", float("nan")), 2)
-        lines.append(f"| {r['method']} | {r['decoding']} | {r['dtype']} | {r['vocab']} | {r['seconds_median']:.3f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['vs_peer_fp32']:.2f} | {r['vs_peer_same_dtype']:.2f} | "
-                     f"{r['vs_bound']:.2f} |")  # fmt: skip
+        r["vs_peer_fp32"] = ratio(r["tokens_per_s"], tps.get(f"peer/{decoding}/float32"), 2)
+        r["vs_peer_same_dtype"] = ratio(r["tokens_per_s"], tps.get(f"peer/{decoding}/{r['dtype']}"), 2)
+        r["vs_bound"] = ratio(r["tokens_per_s"], tps.get("teacher-forced/float32/full"), 2)
+        cells = [r["seconds_median"], r["tokens_per_s"], r["vs_peer_fp32"], r["vs_peer_same_dtype"], r["vs_bound"]]
+        shown = " | ".join("-" if v is None else f"{v:.{d}f}" for v, d in zip(cells, (3, 0, 2, 2, 2), strict=True))
+        lines.append(f"| {r['method']} | {r['decoding']} | {r['dtype']} | {r['vocab']} | {shown} |")
     return rows, "\n".join(lines)
 
 
-def main() -> None:
-    args = parse_args()
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Our trimmed greedy and 4-beam decoding against the peer's, same dtype."""
+    return {f"{r['key']} / peer": r["vs_peer_same_dtype"] for r in rows if r["key"].startswith("ours/") and
+            r["vocab"] == "trimmed"}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     set_threads(args.threads)
     seed_all(args.seed)
     from encoders.pretrained import EfficientNetLiteEncoder
@@ -219,11 +231,12 @@ def main() -> None:
             r["seconds"].append(time.perf_counter() - start)
             say(f"round {round_ + 1}/{args.repeats} {key:32s} {r['seconds'][-1]:7.3f}s")
         rows, text = summarise(table, args.tokens, b)
-        write_json(args.out, {**payload, "rounds_done": round_ + 1, "rows": rows, "table": text})  # partial results
+        write_json(args.out, {**payload, "rounds_done": round_ + 1, "rows": rows, "ratios": ratios(rows),
+                              "table": text})  # partial results  # fmt: skip
     payload["profile_ms_per_step"] = profile(table, models, args)
     rows, text = summarise(table, args.tokens, b)
     print(text)
-    write_json(args.out, {**payload, "rounds_done": args.repeats, "rows": rows, "table": text})
+    write_json(args.out, {**payload, "rounds_done": args.repeats, "rows": rows, "ratios": ratios(rows), "table": text})
     say(f"wrote {args.out}")
 
 

@@ -22,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 _START = time.perf_counter()
+# The run now going on (set by :func:`begin`): a program is one run per process from the command line, but the smoke
+# tests call several programs' ``main(argv)`` one after the other in one process.
+_RUN: dict[str, Any] = {"program": None, "argv": None, "load_start": None}
 
 
 def say(message: str) -> None:
@@ -76,21 +79,49 @@ def machine() -> dict[str, Any]:
         "lightning": lightning.__version__,
         "transformers": transformers.__version__,
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "command": " ".join([Path(sys.executable).name, "-m", _module_name(), *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", _module_name(), *_argv()]),
     }
 
 
 def _module_name() -> str:
+    if _RUN["program"]:
+        return _RUN["program"]
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     return spec.name if spec is not None else sys.argv[0]
 
 
+def _argv() -> list[str]:
+    return list(sys.argv[1:] if _RUN["argv"] is None else _RUN["argv"])
+
+
+def begin(program: str, argv: Sequence[str] | None) -> None:
+    """Mark the start of a run of ``program`` (``benchmarks.<name>``) with ``argv``: the command
+    :func:`machine` records and the load average :func:`write_json` writes beside the numbers."""
+    _RUN.update(program=program, argv=None if argv is None else list(argv), load_start=load_average())
+
+
+def load_average() -> dict[str, float]:
+    """The machine's 1, 5 and 15 minute load averages now (``os.getloadavg``)."""
+    one, five, fifteen = os.getloadavg()
+    return {"1min": round(one, 2), "5min": round(five, 2), "15min": round(fifteen, 2)}
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 4) -> float | None:
+    """``numerator / denominator`` rounded, or None when either is missing or not finite or the denominator is 0
+    (a cell that answered nothing, a peer that scored 0): reported as such, never divided by."""
+    if numerator is None or denominator is None or not np.isfinite(numerator) or not np.isfinite(denominator):
+        return None
+    return None if denominator == 0 else round(float(numerator) / float(denominator), digits)
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (parent folders created)."""
+    """Write ``payload`` as indented JSON (parent folders created), with the load average at the run's start
+    (:func:`begin`) and now: other jobs on the machine slow what is measured."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    load = {"start": _RUN["load_start"] or load_average(), "end": load_average()}
+    p.write_text(json.dumps({**payload, "load_average": load}, indent=2, sort_keys=False) + "\n")
     return p
 
 

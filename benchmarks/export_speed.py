@@ -29,31 +29,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from benchmarks.common import machine, quiet_lightning, say, seed_all, write_json
+from benchmarks.common import machine, quiet_lightning, ratio, say, seed_all, write_json
+from benchmarks.smoke import ROOT, SAMPLE, TINY, config_checkpoint, parse
 
 CONFIG = "configs/retrieval/dual_encoder.yaml"
-
-
-def make_checkpoint(path: Path, catalogue: Path, image_root: Path, config: str = CONFIG) -> None:
-    """A checkpoint as `multimodal fit` writes it (weights + stored config), without training."""
-    from multimodal.lightning_cli import MultimodalCLI
-    from multimodal.loading import CONFIG_KEY
-
-    cli = MultimodalCLI(
-        args=[
-            "--config",
-            config,
-            "--data.manifest",
-            str(catalogue),
-            "--data.image_root",
-            str(image_root),
-            "--model.init_args.reranker",
-            "null",
-        ],
-        run=False,
-    )
-    config_yaml = cli.parser.dump(cli.config, skip_none=False)
-    torch.save({"state_dict": cli.model.state_dict(), CONFIG_KEY: config_yaml}, path)
+# --smoke: the tiny model for both comparisons, 24 products for speed, 16 and 32 for memory, no decoding workers
+SMOKE = {"data": str(SAMPLE), "config": TINY["retrieval"], "speed_n": 24, "memory_config": TINY["retrieval"],
+         "sizes": [16, 32], "batch_size": 8, "workers": 0, "raw_batches": 1, "in_process": True}  # fmt: skip
 
 
 def make_catalogue(sample: Path, n: int, path: Path) -> None:
@@ -63,8 +45,8 @@ def make_catalogue(sample: Path, n: int, path: Path) -> None:
     rows.to_csv(path, index=False)
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One export in this process; prints a JSON line with times and peak memory."""
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One export in this process: its times and peak memory."""
     import lightning
     from lightning.pytorch.callbacks import Callback
 
@@ -91,7 +73,6 @@ def worker(args: argparse.Namespace) -> None:
         kw["callbacks"] = [*kw.get("callbacks", []), Clock()]
         return original(*a, **kw)
 
-    lightning.Trainer = trainer_with_clock  # type: ignore[misc]
     start = time.perf_counter()
     argv = [
         "--ckpt_path",
@@ -107,28 +88,29 @@ def worker(args: argparse.Namespace) -> None:
         "cpu",
         "--data.manifest",
         args.catalogue,
+        "--image_root",  # a new catalogue's photos are looked for beside it unless told
+        args.image_root,
     ]
-    manifest = command.run(command.parser("export").parse_args(argv), "export", argv)
+    lightning.Trainer = trainer_with_clock  # type: ignore[misc]
+    try:
+        manifest = command.run(command.parser("export").parse_args(argv), "export", argv)
+    finally:
+        lightning.Trainer = original  # type: ignore[misc]
     total = time.perf_counter() - start
     rss = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     )
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = manifest["count"] if manifest else 0
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "n": n,
-                "predict_s": times["end"] - times["start"],
-                "total_s": total,
-                "peak_rss_mb": rss / 1024,
-                "main_rss_mb": self_rss / 1024,
-                "predict_rss_start_mb": times["rss_start"],
-                "predict_rss_max_mb": times["rss_max"],
-            }
-        )
-    )
+    return {
+        "n": n,
+        "predict_s": times["end"] - times["start"],
+        "total_s": total,
+        "peak_rss_mb": rss / 1024,
+        "main_rss_mb": self_rss / 1024,
+        "predict_rss_start_mb": times["rss_start"],
+        "predict_rss_max_mb": times["rss_max"],
+    }
 
 
 def current_rss_mb() -> float:
@@ -156,7 +138,12 @@ def raw_forward(ckpt: Path, sample: Path, batch_size: int, batches: int) -> floa
         return batches * batch_size / (time.perf_counter() - start)
 
 
-def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_export_process(
+    ckpt: Path, catalogue: Path, images: Path, out: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    if args.in_process:  # smoke runs: the same export without a process start (its peak RSS is this process's)
+        paths = {"ckpt": str(ckpt), "catalogue": str(catalogue), "image_root": str(images), "export_out": str(out)}
+        return worker(argparse.Namespace(**{**vars(args), **paths}))
     cmd = [
         sys.executable,
         "-m",
@@ -166,6 +153,8 @@ def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Na
         str(ckpt),
         "--catalogue",
         str(catalogue),
+        "--image-root",
+        str(images),
         "--export-out",
         str(out),
         "--batch-size",
@@ -173,7 +162,7 @@ def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Na
         "--workers",
         str(args.workers),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"export failed: {proc.stderr[-2000:]}")
@@ -183,15 +172,16 @@ def run_export_process(ckpt: Path, catalogue: Path, out: Path, args: argparse.Na
 def export_run(ckpt: Path, sample: Path, tmp: Path, n: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
     catalogue = tmp / f"catalogue-{tag}-{n}.csv"
     make_catalogue(sample, n, catalogue)
-    res = run_export_process(ckpt, catalogue, tmp / f"emb-{tag}-{n}", args)
+    res = run_export_process(ckpt, catalogue, sample / "images", tmp / f"emb-{tag}-{n}", args)
     res["images_per_s"] = res["n"] / res["predict_s"]
     res["images_per_s_whole_command"] = res["n"] / res["total_s"]
     say(f"export {tag} {n}: {res}")
     return res
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.export_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--data", default="examples/fashion-products", help="sample whose photos and titles are repeated")
     p.add_argument("--config", default=CONFIG, help="model of the speed comparison")
     p.add_argument("--speed-n", type=int, default=1000, help="products exported for the speed comparison")
@@ -202,22 +192,27 @@ def main() -> None:
     p.add_argument("--raw-batches", type=int, default=4, help="batches timed for the raw forward (before and after)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/export_speed.json")
+    p.add_argument("--in-process", action="store_true", help="export in this process, not one process an export "
+                   "(then every peak RSS is this process's: for smoke runs)")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--catalogue", help=argparse.SUPPRESS)
+    p.add_argument("--image-root", help=argparse.SUPPRESS)
     p.add_argument("--export-out", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE, "benchmarks.export_speed")
     quiet_lightning()
     if args.worker:
-        worker(args)
+        print("RESULT " + json.dumps(worker(args)))
         return
     seed_all(args.seed)
     sample = Path(args.data).resolve()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         speed_ckpt, memory_ckpt = tmp / "speed.ckpt", tmp / "memory.ckpt"
-        make_checkpoint(speed_ckpt, sample / "metadata.csv", sample / "images", args.config)
-        make_checkpoint(memory_ckpt, sample / "metadata.csv", sample / "images", args.memory_config)
+        # the raw forward feeds photos only: the speed model's product vector is the photo's, whatever the config
+        image = ("--model.init_args.product", "image", "--model.init_args.fusion", "null")
+        config_checkpoint(args.config, sample / "metadata.csv", sample / "images", speed_ckpt, False, image)
+        config_checkpoint(args.memory_config, sample / "metadata.csv", sample / "images", memory_ckpt, heads=False)
         say("checkpoints written")
         raw = [raw_forward(speed_ckpt, sample, args.batch_size, args.raw_batches)]
         say(f"raw forward: {raw[-1]:.1f} images/s")
@@ -241,6 +236,10 @@ def main() -> None:
         "speed": speed,
         "memory": memory,
         "summary": summary,
+        "ratios": {
+            "export / raw forward, images/s": ratio(speed["images_per_s"], summary["raw_images_per_s_mean"]),
+            f"peak RSS, {args.sizes[1]} / {args.sizes[0]} products": ratio(big["peak_rss_mb"], small["peak_rss_mb"]),
+        },
         "table": table(speed, memory, summary, args),
     }
     write_json(args.out, payload)
@@ -267,10 +266,10 @@ def table(speed: dict[str, Any], memory: dict[str, Any], summary: dict[str, Any]
         f"| {r['images_per_s']:.1f} |"
         for n, r in memory.items()
     ]
-    ratio = summary["peak_rss_ratio_big_vs_small"]
+    peak = summary["peak_rss_ratio_big_vs_small"]
     loop = summary["predict_loop_max_rss_ratio_big_vs_small"]
     sizes = f"{args.sizes[1]:,} vs {args.sizes[0]:,} products"
-    lines.append(f"\npeak RSS {sizes}: **{ratio:.3f}x** (max RSS in the predict loop: {loop:.3f}x)")
+    lines.append(f"\npeak RSS {sizes}: **{peak:.3f}x** (max RSS in the predict loop: {loop:.3f}x)")
     return "\n".join(lines)
 
 

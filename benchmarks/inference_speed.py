@@ -22,6 +22,7 @@ if every counted FLOP ran at the GEMM peak. int8 can pass it: its integer kernel
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,21 +34,25 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.smoke import ROOT, SAMPLE, TINY, parse
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "fashion-products"
 CONFIG = ROOT / "configs" / "tagging" / "cross_attention.yaml"
+GRAPHS = ("vision", "text", "tagger")
+# --smoke: the tiny tagger's full graph (each exported graph costs seconds), batches of 1 and 2, one short round,
+# a small matrix product for the FLOP rate
+SMOKE = {"config": TINY["tagging"], "graphs": ["tagger"], "batches": [1, 2], "repeats": 1, "seconds": 0.02,
+         "gemm_size": 128}  # fmt: skip
 
 
-def untrained_checkpoint(path: Path) -> Path:
-    """The default tagging config's model (pretrained towers, heads for the sample's labels) as a checkpoint."""
+def untrained_checkpoint(path: Path, config_path: Path = CONFIG) -> Path:
+    """A tagging config's model (pretrained towers, heads for the sample's labels) as a checkpoint."""
     import pandas as pd
     import yaml
 
     from multimodal.loading import CONFIG_KEY, build_model
 
-    config = yaml.safe_load(CONFIG.read_text())
-    model = build_model(config["model"], CONFIG)
+    config = yaml.safe_load(config_path.read_text())
+    model = build_model(config["model"], config_path)
     df = pd.read_csv(SAMPLE / "metadata.csv", dtype=str)
     attributes = config["data"]["init_args"]["attributes"]
     model.build_heads({a: sorted(df[a].dropna().unique()) for a in attributes}, {})
@@ -128,14 +133,17 @@ def timed(fn: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt_path", default=None, help="a tagger checkpoint (default: the untrained default config)")
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.inference_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt_path", default=None, help="a tagger checkpoint (default: --config's model, untrained)")
+    p.add_argument("--config", default=str(CONFIG), help="tagging config of the untrained model")
+    p.add_argument("--gemm-size", type=int, default=2048, help="side of the matrix product that measures FLOP/s")
+    p.add_argument("--graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS), help="graphs timed")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per variant (medians reported)")
     p.add_argument("--seconds", type=float, default=1.0, help="about this long per timed round")
     p.add_argument("--out", default="benchmarks/results/inference_speed.json")
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE, "benchmarks.inference_speed")
     seed_all(0)
 
     from multimodal.loading import load
@@ -144,24 +152,27 @@ def main() -> None:
     from multimodal.onnx.runtime import session
 
     work = Path(tempfile.mkdtemp(prefix="inference-speed-"))
-    ckpt = Path(args.ckpt_path) if args.ckpt_path else untrained_checkpoint(work / "tagger.ckpt")
-    say(f"exporting {ckpt.name} (fp32 + int8, towers alone)")
+    ckpt = Path(args.ckpt_path) if args.ckpt_path else untrained_checkpoint(work / "tagger.ckpt", Path(args.config))
+    towers = tuple(g for g in args.graphs if g != "tagger")  # the tagger's own graphs are always exported
+    say(f"exporting {ckpt.name} (fp32 + int8{', towers alone' if towers else ''})")
     folder = work / "onnx"
-    info = export_model(ckpt, folder, "int8", ("vision", "text"), progress=False)
-    quantize_int8(folder / "vision.onnx", folder / "vision.int8-conv.onnx", ["Conv", "MatMul", "Gemm"])
+    info = export_model(ckpt, folder, "int8", towers, progress=False)
+    if "vision" in args.graphs:
+        quantize_int8(folder / "vision.onnx", folder / "vision.int8-conv.onnx", ["Conv", "MatMul", "Gemm"])
     model = load(ckpt).model.eval()
-    graphs = {g.name: g for g in graphs_of(model, ("vision", "text"))}
-    rates = {"torch.mm": gemm_flops(), "onnxruntime MatMul": ort_gemm_flops(work)}
+    graphs = {g.name: g for g in graphs_of(model, towers)}
+    rates = {"torch.mm": gemm_flops(args.gemm_size), "onnxruntime MatMul": ort_gemm_flops(work, args.gemm_size)}
     gemm = max(rates.values())
-    say(f"fp32 2048^3 matrix-multiply rate with {torch.get_num_threads()} threads: "
+    say(f"fp32 {args.gemm_size}^3 matrix-multiply rate with {torch.get_num_threads()} threads: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()))  # fmt: skip
     payload: dict[str, Any] = {"machine": machine(), "args": vars(args), "gemm_gflops": round(gemm / 1e9, 2),
                                "gemm_gflops_by_runtime": {k: round(v / 1e9, 2) for k, v in rates.items()}}  # fmt: skip
     payload["export"] = {k: {"max_abs_diff": v["max_abs_diff"]} for k, v in info["graphs"].items()}
     rows: list[dict[str, Any]] = []
     payload["rows"] = rows
+    payload["ratios"] = ratios = {}  # ONNX Runtime / eager, items/s, by graph and batch
     unit = {"vision": "images/s", "text": "texts/s", "tagger": "products/s"}
-    for name in ("vision", "text", "tagger"):
+    for name in args.graphs:
         graph = graphs[name]
         files = {"onnx fp32": info["graphs"][name]["file"], "onnx int8": info["graphs"][name]["int8_file"]}
         if name == "vision":
@@ -212,9 +223,12 @@ def main() -> None:
                     "calls_per_round": calls[key],
                 }
                 rows.append(row)
+                if key != "torch eager":
+                    ratios[f"{name} batch {batch}: {key} / torch eager"] = row["vs_eager"]
                 say(f"  {key:22s} {row['items_per_s']:9.1f} {unit[name]}  x{row['vs_eager']:.2f} eager  "
                     f"{row['of_limit']:.1%} of limit  max|diff| {row['max_abs_diff_vs_eager']:.1e}")  # fmt: skip
             write_json(args.out, payload)  # partial results as they come
+    shutil.rmtree(work, ignore_errors=True)
     say(f"wrote {args.out}")
 
 

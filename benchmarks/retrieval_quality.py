@@ -43,11 +43,13 @@ from benchmarks.common import (
     deployable_checkpoint,
     machine,
     quiet_lightning,
+    ratio,
     runtime_apis,
     say,
     seed_all,
     write_json,
 )
+from benchmarks.smoke import SAMPLE, parse
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from fusion.cross_attention import CrossAttentionFusion
@@ -318,8 +320,14 @@ def build(
     )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# --smoke: 32 training and 12 validation / test products at 64 px, one epoch, a shallow re-rank, one fusion weight
+SMOKE = {"data": str(SAMPLE), "max_train": 32, "max_eval": 12, "image_size": 64, "epochs": 1, "batch_size": 8,
+         "rerank": 4, "rerank_dim": 16, "workers": 0, "fusion_weights": [0.5], "tagger_results": ""}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.retrieval_quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
     p.add_argument("--query-column", default="title")
     p.add_argument("--product-columns", nargs="+", default=["gender", "articleType", "baseColour", "season", "usage"])
@@ -331,6 +339,8 @@ def main() -> None:
     )
     p.add_argument("--image-size", type=int, default=128, help="photo size (128 px: 4x4 feature tokens)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training products")
+    p.add_argument("--max-eval", type=int, default=None, help="use at most this many validation and test products")
     p.add_argument("--rerank-dim", type=int, default=128, help="width of the re-ranker's cross-attention")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -351,7 +361,11 @@ def main() -> None:
     add_runtimes_argument(p, "rows '<model> [<runtime>]', full-title queries")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/retrieval_quality.json")
-    args = p.parse_args()
+    return parse(p, argv, SMOKE, "benchmarks.retrieval_quality")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     quiet_lightning()
     seed_all(args.seed)
     data = Path(args.data)
@@ -363,6 +377,8 @@ def main() -> None:
         on_bad_sample="error",
         batch_size=args.batch_size,
     )
+    for split, cap in {"train": args.max_train, "val": args.max_eval, "test": args.max_eval}.items():
+        dm.splits[split] = dm.splits[split][:cap]  # a cap of None keeps them all
     records = [r for s in ("train", "val", "test") for r in dm.splits[s]]
     n, ids = len(records), [r.id for r in records]
     offsets = {"train": 0, "val": len(dm.splits["train"]), "test": len(dm.splits["train"]) + len(dm.splits["val"])}
@@ -432,10 +448,28 @@ def main() -> None:
         "products": n,
         "test_products": len(split_rows["test"]),
         "results": results,
+        "ratios": ratios(results, args.rerank),
         "table": table(results),
     }
     write_json(args.out, payload)
     print(payload["table"])
+
+
+def ratios(results: dict[str, Any], depth: int) -> dict[str, float | None]:
+    """Text->product recall@1 of each model against its peer in this run: the image-only vectors, the re-ranker's
+    input, BM25 on shopper queries."""
+    shopper = results["shopper_queries"]
+    bm25 = shopper["BM25 on the title"]["t2p_recall@1"]
+    out = {
+        "fused / image-only, R@1": ratio(results["fused"]["t2p_recall@1"], results["image-only"]["t2p_recall@1"]),
+        f"fused + re-rank top {depth} / fused, R@1": ratio(
+            results[f"fused + re-rank top {depth}"]["t2p_recall@1"], results["fused"]["t2p_recall@1"]
+        ),
+    }
+    for name, scores in shopper.items():
+        if name.startswith("hybrid"):
+            out[f"shopper queries, {name} / BM25, R@1"] = ratio(scores["t2p_recall@1"], bm25)
+    return out
 
 
 def zero_shot(

@@ -29,9 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
-from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.common import machine, ratio, say, seed_all, write_json
+from benchmarks.smoke import parse
 from multimodal.search.build import build_index
 from multimodal.search.index import LABEL, SearchIndex
 
@@ -117,10 +119,8 @@ def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generato
         index = build_index(x, kind, seed=args.seed, **options)  # type: ignore[arg-type]
         build_s = time.perf_counter() - t
         for value in values or [None]:
-            if knob == "nprobe":
-                index.nprobe = value
-            elif knob == "efSearch":
-                index.hnsw.efSearch = value
+            if knob:  # through FAISS's parameter space: it reaches the IVF / HNSW index inside the id map
+                faiss.ParameterSpace().set_index_parameter(index, knob, value)
             lat = latency(index, queries[: args.latency_queries], args.k)
             t = time.perf_counter()
             _, found = index.search(queries, args.k)
@@ -237,8 +237,37 @@ def table(results: list[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# --smoke: 2,000 32-d vectors (unfiltered and filtered), few queries, small sweeps
+SMOKE = {"sizes": [2000], "dim": 32, "queries": 50, "latency_queries": 20, "clusters": 32, "nprobe": [4],
+         "max_nlist": 32, "hnsw_m": 8, "ef_construction": 16, "ef_search": [16], "filter_sizes": [2000]}  # fmt: skip
+
+
+def ratios(results: list[dict[str, Any]], filtered: list[dict[str, Any]], k: int) -> dict[str, float | None]:
+    """Each approximate index against exact search in this run: p50 speed-up and recall@k; filtered, the
+    post-filter's recall against the prefilter's."""
+    out: dict[str, float | None] = {}
+    for res in results:
+        exact = res.get("exact", {})
+        for label, row in res.items():
+            if isinstance(row, dict) and label != "exact" and "p50_ms" in row:
+                tag = f"{res['distribution']} n={res['n']} {label}"
+                out[f"{tag}: exact p50 / p50"] = ratio(exact.get("p50_ms"), row["p50_ms"])
+                out[f"{tag}: recall@{k} vs exact"] = row[f"recall@{k}_vs_exact"]
+    for res in filtered:
+        rows = res["rows"]
+        for key, row in rows.items():
+            pre = rows.get(key.replace("post-filter top 100", "prefilter"))
+            if row["method"] != "prefilter" and pre:
+                recall = f"recall@{k}_vs_exact_filtered"
+                out[f"n={res['n']} {row['index']} {row['filter']}: post-filter / prefilter recall"] = ratio(
+                    row[recall], pre[recall]
+                )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batch throughput")
@@ -261,7 +290,7 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="add these sizes to the results already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE, "benchmarks.search_speed")
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []
@@ -276,6 +305,7 @@ def main() -> None:
     def save() -> None:
         payload = {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)}
         payload.update(filtered=filtered, filtered_table=filtered_table(filtered, args.k))
+        payload["ratios"] = ratios(results, filtered, args.k)
         write_json(args.out, payload)
 
     if args.only != "filtered":

@@ -3,9 +3,10 @@
 For each ``--max_batch_size`` (default 1 and 32) a fresh service is started on a free loopback port with the given
 models; then ``GET /search?text=`` (the sample's 842 titles as queries, in turn) and ``POST /tag`` (the sample's
 photos + titles, multipart, in turn) are sent by 16 and 64 concurrent clients, each cell ``--repeats`` times after a
-warm-up (medians reported). Each cell reports requests/s, p50 and p99 latency and failed requests (socket errors,
-timeouts and any status but 2xx). The ratio that matters is requests/s at batch 32 / batch 1 on ``/tag`` at 64
-clients (bar: >= 2).
+warm-up (medians reported). Each cell reports requests answered (2xx) and their rate, p50 and p99 latency, and
+failed requests (socket errors, timeouts and any status but 2xx) counted by reason; a cell that answered nothing has
+no rate (null, with a note) and its ratios are null. The ratio that matters is requests/s at batch 32 / batch 1 on
+``/tag`` at 64 clients (bar: >= 2).
 
 The load generator is wrk (a C program: ``apt-get install wrk``), which runs each cell for ``--seconds`` and stops
 by itself; without it (``--client httpx``), asyncio + httpx in this process send ``--*_requests`` requests per cell.
@@ -15,6 +16,11 @@ box is CPU the batched service would otherwise use (measured: 1.5-1.9x with http
 Memory: on the batched service, the resident memory of the whole process tree (HTTP servers, inference workers,
 LitServe's manager) is read before and after ``--memory_requests`` (default 10,000) more requests (httpx, an exact
 count), 90% search and 10% tag: current RSS and peak RSS (VmHWM), summed over processes; growth must stay under 10%.
+Its failed requests are counted by reason too: a request that waits in the service's queue longer than the
+service's ``--timeout`` (60 s by default; on a loaded machine a burst of tag requests can) is answered
+``504 Request timed out`` by LitServe.
+
+``--smoke`` serves an untrained tiny tagger and an index of 40 sample products (built here) to a few clients.
 
     make serve-demo    # once: trains the demo models (or give your own checkpoints)
     python -m benchmarks.serve_load --tagger runs/serve-demo/tagger.ckpt --index runs/serve-demo/index \
@@ -26,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -39,13 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 
-from benchmarks.common import machine, say, write_json
+from benchmarks.common import machine, ratio, say, write_json
+from benchmarks.http_load import Requests, load, load_wrk, write_wrk_inputs
+from benchmarks.smoke import ROOT, SAMPLE, TINY, config_checkpoint, index_of, parse, sample_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples" / "fashion-products"
+# --smoke: tiny untrained models built here, batch 1 vs 4, 2 clients, a few requests (httpx)
+SMOKE = {"tagger": "", "index": "", "batch_sizes": [1, 4], "clients": [2], "search_requests": 8, "tag_requests": 4,
+         "repeats": 1, "memory_requests": 20, "warmup_requests": 4, "client": "httpx", "seconds": 1}  # fmt: skip
 
 
 def free_port() -> int:
@@ -88,6 +94,8 @@ def memory(pid: int) -> dict[str, float]:
 
 
 class Service:
+    """``multimodal serve <args>`` in its own process group, on a free loopback port, once /health answers ok."""
+
     def __init__(self, args: list[str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -105,6 +113,7 @@ class Service:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        self.stop()
         raise SystemExit(f"serve did not become healthy; see {log}")
 
     def stop(self) -> None:
@@ -116,153 +125,39 @@ class Service:
         self.out.close()
 
 
-class Requests:
-    """Real requests from the sample: titles as text queries, photos + titles for tagging."""
-
-    def __init__(self) -> None:
-        df = pd.read_csv(SAMPLE / "metadata.csv", dtype=str, keep_default_na=False)
-        self.titles = df["title"].tolist()
-        self.photos = [(SAMPLE / "images" / name).read_bytes() for name in df["image"]]
-
-    def send(self, client: httpx.AsyncClient, endpoint: str, i: int) -> Any:
-        if endpoint == "search":
-            return client.get("/search", params={"text": self.titles[i % len(self.titles)], "k": 10})
-        j = i % len(self.photos)
-        return client.post("/tag", files={"image": ("p.jpg", self.photos[j], "image/jpeg")},
-                           data={"title": self.titles[j]})  # fmt: skip
-
-
-async def load(url: str, requests: Requests, plan: list[str], clients: int) -> dict[str, Any]:
-    """Send ``plan`` (one endpoint name per request) from ``clients`` concurrent clients."""
-    latencies: list[float] = []
-    failures: list[str] = []
-    counter = iter(range(len(plan)))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-
-        async def worker() -> None:
-            for i in counter:
-                start = time.perf_counter()
-                try:
-                    answer = await requests.send(client, plan[i], i)
-                    if answer.status_code != 200:
-                        failures.append(f"{answer.status_code} {answer.text[:120]}")
-                except httpx.HTTPError as err:
-                    failures.append(f"{type(err).__name__}: {err}")
-                latencies.append(time.perf_counter() - start)
-
-        cpu = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    ms = np.array(latencies) * 1000
-    return {
-        "requests": len(plan),
-        "requests_per_s": round(len(plan) / wall, 2),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1),
-        "p99_ms": round(float(np.percentile(ms, 99)), 1),
-        "failed": len(failures),
-        "failures": failures[:5],
-        "client_cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 2),
-        "wall_s": round(wall, 2),
-    }
-
-
-WRK_SCRIPT = r"""
--- GET paths (one per line) or POST bodies (one file each), taken in turn; done() prints the numbers as JSON.
-local items, method, ctype, n, sent = {}, "GET", nil, 0, 0
-local counter = 0
-function setup(thread)
-  thread:set("id", counter)
-  counter = counter + 1
-end
-function init(args)
-  local dir, kind = args[1], args[2]
-  if kind == "search" then
-    for line in io.lines(dir .. "/paths.txt") do items[#items + 1] = line end
-  else
-    method, ctype = "POST", "multipart/form-data; boundary=" .. args[3]
-    local i = 0
-    while true do
-      local f = io.open(string.format("%s/%06d.body", dir, i), "rb")
-      if not f then break end
-      items[#items + 1] = f:read("*all"); f:close(); i = i + 1
-    end
-  end
-  n = #items
-  sent = (id or 0) * 397
-end
-function request()
-  sent = sent + 1
-  local item = items[(sent % n) + 1]
-  if method == "GET" then return wrk.format("GET", item) end
-  return wrk.format("POST", "/tag", {["Content-Type"] = ctype}, item)
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('\nRESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.connect, e.read, e.write, e.status, e.timeout))
-end
-"""
-BOUNDARY = "multimodal-serve-load"
-
-
-def write_wrk_inputs(requests: Requests, folder: Path) -> Path:
-    """The Lua script, search paths and multipart tag bodies (real sample photos and titles) for wrk."""
-    from urllib.parse import urlencode
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "load.lua").write_text(WRK_SCRIPT)
-    (folder / "paths.txt").write_text("".join(f"/search?{urlencode({'text': t, 'k': 10})}\n" for t in requests.titles))
-    for i, (photo, title) in enumerate(zip(requests.photos, requests.titles, strict=True)):
-        body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="title"\r\n\r\n{title}\r\n'
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{BOUNDARY}--\r\n".encode()  # fmt: skip
-        (folder / f"{i:06d}.body").write_bytes(body)
-    return folder
-
-
-def load_wrk(url: str, folder: Path, endpoint: str, seconds: float, clients: int) -> dict[str, Any]:
-    """``clients`` connections sending for ``seconds`` with wrk (2 threads); latencies of answered requests."""
-    import json
-
-    threads = 2 if clients >= 2 else 1
-    command = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{int(seconds)}s", "--timeout", "120s",
-               "-s", str(folder / "load.lua"), url, "--", str(folder), endpoint, BOUNDARY]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"wrk failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-    r = json.loads(line[len("RESULT ") :])
-    return {
-        "requests": r["requests"],
-        "requests_per_s": round(r["requests"] / (r["duration_us"] / 1e6), 2),
-        "p50_ms": round(r["p50_us"] / 1000, 1),
-        "p99_ms": round(r["p99_us"] / 1000, 1),
-        "failed": r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"],
-        "errors": {k: r[k] for k in ("connect", "read", "write", "status", "timeout")},
-        "wall_s": round(r["duration_us"] / 1e6, 2),
-    }
-
-
 def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("requests_per_s", "p50_ms", "p99_ms")
-    cell = {k: round(statistics.median(r[k] for r in runs), 2) for k in keys}
-    cell.update(failed=sum(r["failed"] for r in runs), runs=runs)
+    """Medians over the runs that answered (null when none did), every failure counted."""
+    cell: dict[str, Any] = {}
+    for key in ("requests_per_s", "p50_ms", "p99_ms"):
+        values = [r[key] for r in runs if r[key] is not None]
+        cell[key] = round(statistics.median(values), 2) if values else None
+    reasons: dict[str, int] = {}
+    for r in runs:
+        for why, count in r["failure_reasons"].items():
+            reasons[why] = reasons.get(why, 0) + count
+    cell.update(answered=sum(r["answered"] for r in runs), failed=sum(r["failed"] for r in runs),
+                failure_reasons=reasons, runs=runs)  # fmt: skip
+    if cell["requests_per_s"] is None:
+        cell["note"] = "no request answered in this cell: no rate, and no ratio with it"
     return cell
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tagger", default="runs/serve-demo/tagger.ckpt")
-    p.add_argument("--index", default="runs/serve-demo/index")
+def failed(cell: dict[str, Any]) -> str:
+    """The failed count of a cell, with its reasons when there were failures."""
+    reasons = "; ".join(f"{n} x {why}" for why, n in cell["failure_reasons"].items())
+    return f"{cell['failed']} ({reasons})" if reasons else str(cell["failed"])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
+    p.add_argument("--tagger", default="runs/serve-demo/tagger.ckpt", help="(empty: an untrained tiny one, built)")
+    p.add_argument("--index", default="runs/serve-demo/index", help="(empty: a tiny one of 40 products, built)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     p.add_argument("--search_requests", type=int, default=640, help="requests per search cell")
     p.add_argument("--tag_requests", type=int, default=320, help="requests per tag cell")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup_requests", type=int, default=32, help="requests sent to a new service before timing")
     p.add_argument("--batch_timeout", type=float, default=0.01)
     p.add_argument("--serve_args", default="", help="more `multimodal serve` options, e.g. '--threads 1'")
     p.add_argument("--memory_requests", type=int, default=10_000)
@@ -270,64 +165,107 @@ def main() -> None:
                    help="load generator (default wrk, a C program, when installed: apt-get install wrk)")  # fmt: skip
     p.add_argument("--seconds", type=int, default=15, help="length of a wrk cell (httpx: --*_requests)")
     p.add_argument("--out", default="benchmarks/results/serve_load.json")
-    args = p.parse_args()
-    requests = Requests()
-    wrk_inputs = None
-    if args.client == "wrk":
-        wrk_inputs = write_wrk_inputs(requests, Path(tempfile.mkdtemp(prefix="serve-load-")))
+    return parse(p, argv, SMOKE, "benchmarks.serve_load")
 
-    def run(url: str, endpoint: str, n: int, clients: int, seconds: float) -> dict[str, Any]:
+
+def tiny_models(work: Path) -> tuple[Path, Path]:
+    """An untrained tiny tagger and an index of 40 sample products by an untrained tiny retriever."""
+    catalogue, images = sample_rows(40, work / "catalogue.csv"), SAMPLE / "images"
+    tagger = config_checkpoint(TINY["tagging"], catalogue, images, work / "tagger.ckpt")
+    retriever = config_checkpoint(TINY["retrieval"], catalogue, images, work / "retriever.ckpt")
+    return tagger, index_of(retriever, catalogue, work)
+
+
+class Cells:
+    """The load cells of one service: each endpoint x clients, ``--repeats`` runs after a warm-up."""
+
+    def __init__(self, args: argparse.Namespace, requests: Requests) -> None:
+        self.args, self.requests = args, requests
+        self.wrk = None
+        if args.client == "wrk":
+            self.wrk = write_wrk_inputs(requests, Path(tempfile.mkdtemp(prefix="serve-load-wrk-")))
+
+    def run(self, url: str, endpoint: str, n: int, clients: int, seconds: float) -> dict[str, Any]:
         """``n`` requests (httpx), or as many as ``seconds`` allow (wrk: it runs for a set time)."""
-        if wrk_inputs is not None:
-            return load_wrk(url, wrk_inputs, endpoint, seconds, clients)
-        return asyncio.run(load(url, requests, [endpoint] * n, clients))
+        if self.wrk is not None:
+            return load_wrk(url, self.wrk, endpoint, seconds, clients)
+        return asyncio.run(load(url, self.requests, [endpoint] * n, clients))
 
+    def measure(self, service: Service, batch: int, results: dict[str, Any]) -> None:
+        """Every cell of ``service`` (started with ``max_batch_size`` ``batch``) into ``results["cells"]``."""
+        args = self.args
+        warm = max(args.warmup_requests // 2, 1)
+        asyncio.run(load(service.url, self.requests, ["search", "tag"] * warm, min(8, warm * 2)))
+        for endpoint, n in (("search", args.search_requests), ("tag", args.tag_requests)):
+            for clients in args.clients:
+                self.run(service.url, endpoint, clients * 2, clients, 4)  # warm-up: new batch shapes
+                cell = median_cell([self.run(service.url, endpoint, n, clients, args.seconds)
+                                    for _ in range(args.repeats)])  # fmt: skip
+                results["cells"][f"{endpoint}/b{batch}/c{clients}"] = cell
+                rate, p50, p99 = (f"{cell[k]:7.1f}" if cell[k] is not None else "   null" for k in
+                                  ("requests_per_s", "p50_ms", "p99_ms"))  # fmt: skip
+                say(f"{endpoint:6s} batch {batch:2d} clients {clients:2d}: {rate} req/s, p50 {p50} ms, p99 {p99} ms, "
+                    f"answered {cell['answered']}, failed {failed(cell)}")  # fmt: skip
+                write_json(args.out, results)
+
+    def memory_phase(self, service: Service, results: dict[str, Any]) -> None:
+        """Resident memory of the service's process tree before and after ``--memory_requests`` more requests."""
+        before = memory(service.proc.pid)
+        plan = ["tag" if i % 10 == 0 else "search" for i in range(self.args.memory_requests)]
+        run = asyncio.run(load(service.url, self.requests, plan, 32))
+        after = memory(service.proc.pid)
+        growth = {f"{k}_growth": ratio(after[f"{k}_mib"] - before[f"{k}_mib"], before[f"{k}_mib"])
+                  for k in ("rss", "peak")}  # fmt: skip
+        results["memory"] = {"before": before, "after": after, "run": run, **growth}
+        rss, peak = (f"{before[k]} -> {after[k]} MiB" for k in ("rss_mib", "peak_mib"))
+        say(f"memory over {self.args.memory_requests} requests (answered {run['answered']}, failed {failed(run)}): "
+            f"RSS {rss}, peak {peak}")  # fmt: skip
+        write_json(self.args.out, results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))  # the services' logs (named in any failure), tiny models
+    if not args.tagger or not args.index:
+        tagger, index = tiny_models(work / "models")
+        args.tagger, args.index = args.tagger or str(tagger), args.index or str(index)
+    cells = Cells(args, Requests())
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args), "cells": {}}
-    logs = Path(tempfile.mkdtemp(prefix="serve-load-logs-"))  # the services' output, named in any failure
     for batch in args.batch_sizes:
         say(f"starting the service, max_batch_size {batch}")
         serve = ["--tagger", args.tagger, "--index", args.index, "--max_batch_size", str(batch),
                  "--batch_timeout", str(args.batch_timeout), *args.serve_args.split()]  # fmt: skip
-        service = Service(serve, logs / f"serve-b{batch}.log")
+        service = Service(serve, work / f"serve-b{batch}.log")
         try:
-            asyncio.run(load(service.url, requests, ["search", "tag"] * 16, 8))  # warm-up
-            for endpoint, n in (("search", args.search_requests), ("tag", args.tag_requests)):
-                for clients in args.clients:
-                    run(service.url, endpoint, clients * 2, clients, 4)  # warm-up: new batch shapes
-                    runs = [run(service.url, endpoint, n, clients, args.seconds) for _ in range(args.repeats)]
-                    cell = median_cell(runs)
-                    results["cells"][f"{endpoint}/b{batch}/c{clients}"] = cell
-                    say(f"{endpoint:6s} batch {batch:2d} clients {clients:2d}: {cell['requests_per_s']:7.1f} req/s, "
-                        f"p50 {cell['p50_ms']:7.1f} ms, p99 {cell['p99_ms']:7.1f} ms, "
-                        f"failed {cell['failed']}")  # fmt: skip
-                    write_json(args.out, results)
+            cells.measure(service, batch, results)
             if batch == max(args.batch_sizes) and args.memory_requests:
-                before = memory(service.proc.pid)
-                plan = ["tag" if i % 10 == 0 else "search" for i in range(args.memory_requests)]
-                run = asyncio.run(load(service.url, requests, plan, 32))
-                after = memory(service.proc.pid)
-                results["memory"] = {"before": before, "after": after, "run": run,
-                                     "rss_growth": round(after["rss_mib"] / before["rss_mib"] - 1, 4),
-                                     "peak_growth": round(after["peak_mib"] / before["peak_mib"] - 1, 4)}  # fmt: skip
-                say(f"memory over {args.memory_requests} requests ({run['failed']} failed): RSS {before['rss_mib']} -> "
-                    f"{after['rss_mib']} MiB, peak {before['peak_mib']} -> {after['peak_mib']} MiB")  # fmt: skip
-                write_json(args.out, results)
+                cells.memory_phase(service, results)
         finally:
             service.stop()
-    cells = results["cells"]
-    ratios = {}
+    report(args, results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Ratios batched / batch 1 (null where either cell answered nothing) and the failures in all; --out."""
+    cells, ratios = results["cells"], {}
+    lo, hi = min(args.batch_sizes), max(args.batch_sizes)
     for endpoint in ("search", "tag"):
         for clients in args.clients:
-            lo, hi = (cells.get(f"{endpoint}/b{b}/c{clients}") for b in (min(args.batch_sizes), max(args.batch_sizes)))
-            if lo and hi:
-                ratios[f"{endpoint}/c{clients}"] = round(hi["requests_per_s"] / lo["requests_per_s"], 3)
-    results["ratios_batched_over_b1"] = ratios
-    results["failed_total"] = sum(c["failed"] for c in cells.values()) + results.get("memory", {}).get("run", {}).get(
-        "failed", 0
-    )
+            a, b = cells.get(f"{endpoint}/b{hi}/c{clients}"), cells.get(f"{endpoint}/b{lo}/c{clients}")
+            if a and b:
+                ratios[f"{endpoint}/c{clients}"] = ratio(a["requests_per_s"], b["requests_per_s"], 3)
+    results["ratios_batched_over_b1"] = results["ratios"] = ratios
+    every = [*cells.values(), *([results["memory"]["run"]] if "memory" in results else [])]
+    results["failed_total"] = sum(c["failed"] for c in every)
+    reasons: dict[str, int] = {}
+    for c in every:
+        for why, count in c["failure_reasons"].items():
+            reasons[why] = reasons.get(why, 0) + count
+    results["failure_reasons"] = reasons
     write_json(args.out, results)
-    say(f"requests/s, batch {max(args.batch_sizes)} / batch {min(args.batch_sizes)}: {ratios}")
-    say(f"failed requests in all: {results['failed_total']}")
+    say(f"requests/s, batch {hi} / batch {lo}: {ratios}")
+    say(f"failed requests in all: {failed({'failed': results['failed_total'], 'failure_reasons': reasons})}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import machine, say, seed_all, write_json
+from benchmarks.common import machine, ratio, say, seed_all, write_json
 from benchmarks.search_speed import clustered_unit, random_unit
+from benchmarks.smoke import parse
 from multimodal.search.build import build_index
 from multimodal.search.choice import memory
 from multimodal.search.index import LABEL, SearchIndex, shard_of
@@ -79,8 +80,26 @@ def layout(
     return SearchIndex(parts, products, {"kind": "ivf", "options": {"nlist": nlist}}), time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# --smoke: 20,000 16-d vectors, 2 shards of 16 cells, few queries
+SMOKE = {"n": 20_000, "dim": 16, "shards": 2, "nlist": 16, "nprobe": [2, 4], "queries": 20, "clusters": 64}
+
+
+def ratios(rows: list[dict[str, Any]], shards: int) -> dict[str, float | None]:
+    """The sharded layout against one index at each nprobe: recall@10, p50 of the whole search in this process,
+    p50 of the slowest shard alone (a machine a shard)."""
+    one = {r["nprobe"]: r for r in rows if r["shards"] == 1}
+    out: dict[str, float | None] = {}
+    for r in (r for r in rows if r["shards"] == shards and r["nprobe"] in one):
+        base, tag = one[r["nprobe"]], f"{shards} shards / one index, nprobe {r['nprobe']}"
+        out[f"{tag}: recall@10"] = ratio(r["recall@10_vs_exact"], base["recall@10_vs_exact"])
+        out[f"{tag}: p50 in one process"] = ratio(r["p50_ms"], base["p50_ms"])
+        out[f"{tag}: slowest shard alone p50 / one index p50"] = ratio(r["slowest_shard_p50_ms"], base["p50_ms"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.shard_simulation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--n", type=int, default=10_000_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--shards", type=int, default=4)
@@ -93,7 +112,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/shard_simulation.json")
-    args = p.parse_args()
+    args = parse(p, argv, SMOKE, "benchmarks.shard_simulation")
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
     say(f"generating {args.n:,} x {args.dim} vectors ({args.n * args.dim * 4 / 2**30:.1f} GiB)")
@@ -118,6 +137,7 @@ def main() -> None:
             result["rows"].append(row)
             say(f"  {row}")
             payload["table"] = table(result)
+            payload["ratios"] = ratios(result["rows"], args.shards)
             write_json(args.out, payload)
         del index
         gc.collect()

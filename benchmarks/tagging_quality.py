@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from benchmarks.common import (
     machine,
     paired_bootstrap,
     quiet_lightning,
+    ratio,
     runtime_apis,
     say,
     score_table,
@@ -57,12 +59,17 @@ from benchmarks.common import (
     set_threads,
     write_json,
 )
+from benchmarks.smoke import SAMPLE, parse
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 TAGGERS = ["early", "late", "cross_attention", "image_only", "title_only"]
 PEERS = ["peer", "peer_image"]
 ALL_VARIANTS = [*TAGGERS, *PEERS]
 TEXT_CACHE: dict[str, torch.Tensor] = {}
+# --smoke: the cross-attention tagger (frozen, cached towers at 64 px) and the title peer on 32 + 16 + 16 products
+SMOKE = {"data": str(SAMPLE), "work_dir": "", "variants": "cross_attention,peer", "epochs": 1, "image_size": 64,
+         "max_train": 32, "max_eval": 16, "batch_size": 16, "text_trainable": 0, "max_length": 12, "fusion_dim": 16,
+         "fusion_layers": 1, "ngram_buckets": 64, "peer_c": [1.0], "bootstrap": 50}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="manifest file (default: DATA/metadata.csv)")
     p.add_argument("--image-root", default=None, help="image folder (default: DATA/images)")
     p.add_argument("--out", default="benchmarks/results/tagging_quality.json", help="JSON result file")
-    p.add_argument("--work-dir", default="runs/benchmarks/tagging_quality", help="checkpoints and data reports")
+    p.add_argument("--work-dir", default="runs/benchmarks/tagging_quality",
+                   help="checkpoints, data reports and tower caches (empty: a temporary folder, removed)")  # fmt: skip
     p.add_argument("--attributes", nargs="+", default=ATTRIBUTES, help="attribute columns scored")
     p.add_argument("--text-columns", nargs="+", default=["title"], help="text columns fed to the taggers and the peer")
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list out of {ALL_VARIANTS}")
@@ -196,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores",
     )
-    args = p.parse_args(argv)
+    args = parse(p, argv, SMOKE, "benchmarks.tagging_quality")
     for flag in ("text_adapter", "vision_adapter"):  # JSON -> {peft method: {options}}, read once
         text = getattr(args, flag)
         try:
@@ -690,7 +698,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet_lightning()
     set_threads(args.threads)
-    work = Path(args.work_dir)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="tagging-quality-"))
+    try:
+        return run(args, work)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every variant of ``args`` with its checkpoints and caches in ``work``; the scores against the peers."""
     previous: dict[str, Any] = {}  # per variant, the first result recorded with this command's settings
     sources = [*args.resume_from, *([args.out] if args.resume else [])]
     for source in sources:
@@ -779,6 +796,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 preds = {a: [variants[n]["predictions"][i][a] for i in common_ids] for a in args.attributes}
                 d["bootstrap"] = paired_bootstrap(truth, preds, peer_preds, args.attributes, args.bootstrap, args.seed)
             versus[n] = d
+    payload["ratios"] = {f"{n} / {p}, mean macro-F1": ratio(r["mean_macro_f1"], results[p]["mean_macro_f1"])
+                         for p in PEERS if p in results for n, r in results.items() if n not in PEERS}  # fmt: skip
     if args.seed_runs:
         payload["seeds"] = seed_means(args, variants, truth, common_ids)
     write_json(args.out, payload)

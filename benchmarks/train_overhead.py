@@ -31,8 +31,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import machine, quiet_lightning, say, seed_all, set_threads, write_json
+from benchmarks.smoke import SAMPLE, parse
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+# --smoke: batches of 2 photos at 32 px, one warm-up step and 2 timed steps, one run of each path
+SMOKE = {"data": str(SAMPLE), "image_size": 32, "batch_size": 2, "warmup": 1, "steps": 2, "repeats": 1,
+         "warmup_runs": 0}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads (0: torch's default); 1 keeps the timing stable when other jobs share the cores",
     )
-    return p.parse_args(argv)
+    return parse(p, argv, SMOKE, "benchmarks.train_overhead")
 
 
 def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "median_samples_per_s": median,
         "paired_ratios": paired,
         "ratio_fit_over_hand": ratio,
+        "ratios": {"Trainer.fit / hand-written loop, samples/s": round(ratio, 4)},
         "median_paired_ratio": statistics.median(paired),
         "passes_0_97": ratio >= 0.97,
     }

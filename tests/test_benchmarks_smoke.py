@@ -1,0 +1,155 @@
+"""Every benchmark program still runs from the tree: ``--help`` answers, and ``--smoke`` (tiny sizes and models, the
+committed sample) exits 0 and writes its comparison ratios beside the machine's load average, never over the
+published results. The load cells of ``serve_load`` count failed requests by reason and give no rate, not a
+division by zero, when nothing was answered."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+BENCHMARKS = [
+    "caption_quality",
+    "caption_rerank_grid",
+    "caption_speed",
+    "cold_start",
+    "export_speed",
+    "inference_speed",
+    "retrieval_quality",
+    "search_speed",
+    "serve_load",
+    "shard_simulation",
+    "tagging_quality",
+    "train_overhead",
+]
+# Quality benchmarks divide by a score that tiny, barely trained models may leave at 0 (then the ratio is null);
+# speed, memory and recall ratios of a run always have a number.
+QUALITY = {"caption_quality", "caption_rerank_grid", "retrieval_quality", "tagging_quality"}
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_every_benchmark_program_is_listed() -> None:
+    programs = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    helpers = {"__init__", "common", "smoke", "http_load"}
+    assert programs - helpers == set(BENCHMARKS)
+
+
+@pytest.fixture
+def torch_state() -> Iterator[None]:
+    """The programs set torch's threads and seeds for themselves: the tests after them get theirs back."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+
+
+def published() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS.glob("*.json"))}
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_help_answers(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    program = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as exc:
+        program.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--smoke" in text and "--out" in text, text
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_smoke_run_writes_ratios_and_load_average(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_state: None
+) -> None:
+    monkeypatch.chdir(ROOT)
+    before, out = published(), tmp_path / f"{name}.json"
+    importlib.import_module(f"benchmarks.{name}").main(["--smoke", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    ratios = payload["ratios"]
+    assert ratios, payload.keys()
+    for key, value in ratios.items():
+        assert value is None or (isinstance(value, float | int) and math.isfinite(value)), (key, value)
+        assert value is not None or name in QUALITY, (key, ratios)
+    load = payload["load_average"]
+    for moment in ("start", "end"):
+        assert set(load[moment]) == {"1min", "5min", "15min"} and min(load[moment].values()) >= 0, load
+    assert f"benchmarks.{name} --smoke" in payload["machine"]["command"]
+    assert published() == before, "a smoke run changed benchmarks/results/"
+
+
+def test_smoke_results_are_not_written_into_the_published_results(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import search_speed
+
+    before = published()
+    with pytest.raises(SystemExit) as exc:
+        search_speed.main(["--smoke", "--out", str(RESULTS / "search_speed.json")])
+    assert exc.value.code == 2 and "not published" in capsys.readouterr().err
+    assert published() == before
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    """/search answers 200; /tag answers 504 as LitServe does for a request that waited past its timeout."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self.answer(200, {"hits": []})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(504, {"detail": "Request timed out"})
+
+    def answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def service_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_failed_requests_are_counted_by_reason_and_a_silent_cell_has_no_rate(service_url: str) -> None:
+    import asyncio
+    import types
+
+    from benchmarks.http_load import Requests, load
+    from benchmarks.serve_load import median_cell, report
+
+    requests = Requests()
+    mixed = asyncio.run(load(service_url, requests, ["search", "tag"] * 3, 2))
+    assert (mixed["requests"], mixed["answered"], mixed["failed"]) == (6, 3, 3)
+    assert mixed["failure_reasons"] == {"HTTP 504 Request timed out": 3}
+    assert mixed["requests_per_s"] > 0 and mixed["p50_ms"] is not None
+    silent = median_cell([asyncio.run(load(service_url, requests, ["tag"] * 4, 2))])
+    assert silent["answered"] == 0 and silent["failed"] == 4
+    assert silent["requests_per_s"] is None and silent["p50_ms"] is None and "no request answered" in silent["note"]
+    args = types.SimpleNamespace(batch_sizes=[1, 32], clients=[2], out="")
+    cells = {"tag/b1/c2": silent, "tag/b32/c2": median_cell([mixed])}
+    results = {"cells": cells, "memory": {"run": mixed}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("benchmarks.serve_load.write_json", lambda path, payload: None)
+        report(args, results)  # type: ignore[arg-type]
+    assert results["ratios"] == {"tag/c2": None}
+    assert results["failed_total"] == 4 + 3 + 3
+    assert results["failure_reasons"] == {"HTTP 504 Request timed out": 10}
