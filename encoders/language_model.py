@@ -8,12 +8,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from encoders.adapters import adapter_parameters
 from encoders.freezing import Trainable, set_trainable
+from encoders.lm_loading import load_decoder, with_cross_attention
+from encoders.lm_vocabulary import (
+    FULL_VOCABULARY_OPTIONS,
+    CompactEmbedding,
+    CompactOutput,
+    CompactVocabulary,
+    TrimmedOutput,
+    swapped,
+)
 from encoders.types import Features
 
 HiddenTransform = Callable[[Tensor], Tensor]
@@ -57,35 +64,12 @@ class CausalLM(nn.Module):
         head_init: str = "random",
     ) -> None:
         super().__init__()
-        if (model_name_or_path is None) == (model_type is None):
-            raise ValueError("give exactly one of model_name_or_path (pretrained) or model_type (built from config)")
-        tokenizer_path = tokenizer or model_name_or_path
-        if tokenizer_path is None:
-            raise ValueError(f"model_type '{model_type}' needs a tokenizer (local directory or hub id)")
-        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        overrides = {"is_decoder": True, **(config_overrides or {})}
-        if model_type is not None:
-            config = AutoConfig.for_model(model_type, vocab_size=len(self._tokenizer), **overrides)
-            random_init = True
-        else:
-            config = AutoConfig.from_pretrained(model_name_or_path, **overrides)
-        self.bos_id, self.eos_id, self.pad_id = _special_ids(self._tokenizer)
-        for key, value in (("bos_token_id", self.bos_id), ("eos_token_id", self.eos_id), ("pad_token_id", self.pad_id)):
-            setattr(config, key, value)
-        if random_init:
-            self.model = AutoModelForCausalLM.from_config(config)
-        else:
-            self.model, info = AutoModelForCausalLM.from_pretrained(
-                model_name_or_path, config=config, output_loading_info=True
-            )
-            if head_init == "identity":
-                _identity_head_transform(self.model, set(info["missing_keys"]))
-            elif head_init != "random":
-                raise ValueError(f"head_init must be 'identity' or 'random', not {head_init!r}")
-        self.model.generation_config.pad_token_id = self.pad_id
-        self.model.generation_config.eos_token_id = self.eos_id
-        self.model.generation_config.bos_token_id = self.bos_id
-        self.hidden_size: int = config.hidden_size
+        self._tokenizer, self.model = load_decoder(
+            model_name_or_path, model_type, tokenizer, config_overrides, random_init, head_init
+        )
+        ids = self.model.generation_config
+        self.bos_id, self.eos_id, self.pad_id = int(ids.bos_token_id), int(ids.eos_token_id), int(ids.pad_token_id)
+        self.hidden_size: int = self.model.config.hidden_size
         self.max_length = max_length
         self.trainable = trainable
         set_trainable(self.model, trainable)
@@ -122,19 +106,7 @@ class CausalLM(nn.Module):
         """Rebuild the model with cross-attention layers; every existing weight is kept, the new layers train."""
         if self.has_cross_attention:
             return
-        config = self.model.config
-        config.add_cross_attention = True
-        new = AutoModelForCausalLM.from_config(config)
-        set_trainable(new, self.trainable)  # first: peft adapters rename the weights they wrap
-        missing, unexpected = new.load_state_dict(self.model.state_dict(), strict=False)
-        if unexpected:
-            raise ValueError(f"cross-attention rebuild lost weights: {unexpected[:5]}")
-        new.generation_config = self.model.generation_config
-        for name, param in new.named_parameters():
-            if name in missing:
-                param.requires_grad_(True)
-        self.added_parameter_names = set(missing)
-        self.model = new
+        self.model, self.added_parameter_names = with_cross_attention(self.model, self.trainable)
         self._install_hooks()
 
     # ------------------------------------------------------------------------------------------- running
@@ -180,20 +152,8 @@ class CausalLM(nn.Module):
         layer = self.get_output_layer()
         trimmed = TrimmedOutput(layer, token_ids)
         trimmed.register_forward_pre_hook(self._apply_hidden_transform)
-        with self._swapped({layer: trimmed}):
+        with swapped(self.model, {layer: trimmed}):
             yield
-
-    @contextmanager
-    def _swapped(self, replacements: dict[nn.Module, nn.Module]) -> Iterator[None]:
-        """Within the block each submodule of the model that is a key of ``replacements`` is its value."""
-        places = {m: n.rpartition(".") for n, m in self.model.named_modules() if m in replacements}
-        for old, (parent, _, attr) in places.items():
-            setattr(self.model.get_submodule(parent), attr, replacements[old])
-        try:
-            yield
-        finally:
-            for old, (parent, _, attr) in places.items():
-                setattr(self.model.get_submodule(parent), attr, old)
 
     def _install_hooks(self) -> None:
         self.get_output_layer().register_forward_pre_hook(self._apply_hidden_transform)
@@ -270,7 +230,7 @@ class CausalLM(nn.Module):
         layer = self.get_output_layer()
         output = CompactOutput(layer, space)
         output.register_forward_pre_hook(self._apply_hidden_transform)
-        with self._swapped({embedding: CompactEmbedding(embedding, space), layer: output}):
+        with swapped(self.model, {embedding: CompactEmbedding(embedding, space), layer: output}):
             yield
 
     def _encoder_kwargs(self, encoder: Features | None) -> dict[str, Tensor]:
@@ -281,131 +241,10 @@ class CausalLM(nn.Module):
         return {"encoder_hidden_states": encoder.tokens, "encoder_attention_mask": encoder.mask.long()}
 
 
-def _identity_head_transform(model: nn.Module, missing: set[str]) -> None:
-    """Set every square Linear of the LM head that the checkpoint lacked (weight and bias both missing) to the
-    identity: BERT's prediction-head transform, so logits start as ``LayerNorm(gelu(h)) @ E^T``."""
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            weight = f"{name}.weight"
-            if isinstance(module, nn.Linear) and weight in missing and module.in_features == module.out_features:
-                if module.bias is not None and f"{name}.bias" not in missing:
-                    continue
-                module.weight.copy_(torch.eye(module.in_features))
-                if module.bias is not None:
-                    module.bias.zero_()
-
-
-class TrimmedOutput(nn.Module):
-    """A vocabulary projection restricted to ``token_ids``: their logits, ``-inf`` for every other id.
-
-    The kept rows of the weight and bias are copied once (``K x D``); the layer it wraps is left untouched.
-
-    Args:
-        full: the output layer (``weight (V, D)``, optional ``bias (V,)``).
-        token_ids: ``(K,)`` the ids kept.
-    """
-
-    def __init__(self, full: nn.Module, token_ids: Tensor) -> None:
-        super().__init__()
-        weight: Tensor = full.weight  # type: ignore[assignment]
-        bias: Tensor | None = getattr(full, "bias", None)
-        ids = token_ids.to(device=weight.device, dtype=torch.long)
-        self.vocab_size = weight.shape[0]
-        self.register_buffer("token_ids", ids, persistent=False)
-        self.register_buffer("weight", weight.detach().index_select(0, ids), persistent=False)
-        self.register_buffer("bias", None if bias is None else bias.detach().index_select(0, ids), persistent=False)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """``hidden (..., D)`` -> logits ``(..., V)``."""
-        kept = F.linear(hidden, self.weight.to(hidden.dtype), None if self.bias is None else self.bias.to(hidden.dtype))
-        out = kept.new_full((*kept.shape[:-1], self.vocab_size), float("-inf"))
-        return out.index_copy_(-1, self.token_ids, kept)
-
-
-# generate options holding token ids, reading the vocabulary or seeing ids and scores as they are made: with any of
-# them, a trimmed output layer scatters its logits into the whole vocabulary instead of generating in a compact one.
-FULL_VOCABULARY_OPTIONS = frozenset(
-    {
-        "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "constraints", "decoder_start_token_id",
-        "eos_token_id", "force_words_ids", "forced_bos_token_id", "forced_eos_token_id", "logits_processor",
-        "pad_token_id", "prompt_lookup_num_tokens", "assistant_model", "sequence_bias", "stop_strings",
-        "stopping_criteria", "streamer", "suppress_tokens", "tokenizer", "watermarking_config", "generation_config",
-    }
-)  # fmt: skip
-
-
-class CompactVocabulary:
-    """A small id space for generation: ``ids (K',)``, the sorted union of the ids that may be generated, the ids
-    of the prompt and the special ids. Compact id ``j`` stands for token id ``ids[j]``; ``blocked (K',)`` is
-    ``-inf`` where an id is there only to be read (prompt or special ids outside ``generable``), else 0.
-
-    ``generate`` then works on ``(B, K')`` scores instead of ``(B, V)``: with ~2k of 30k ids, its per-step work
-    (logits processors, argmax or top-k, the copies) shrinks with the output layer.
-    """
-
-    def __init__(self, generable: Tensor, input_ids: Tensor, special: tuple[int, ...] = ()) -> None:
-        generable = generable.to(device=input_ids.device, dtype=torch.long)
-        extra = torch.tensor(special, dtype=torch.long, device=input_ids.device)
-        self.ids = torch.unique(torch.cat([generable, input_ids.flatten().long(), extra]))
-        blocked = torch.full(self.ids.shape, float("-inf"), device=input_ids.device)
-        self.blocked = blocked.masked_fill(torch.isin(self.ids, generable), 0.0)
-
-    def to_compact(self, token_ids: Tensor) -> Tensor:
-        """Token ids (any of :attr:`ids`) -> compact ids, same shape."""
-        return torch.searchsorted(self.ids, token_ids.to(self.ids.device).long())
-
-    def to_full(self, compact: Tensor) -> Tensor:
-        """Compact ids -> token ids, same shape."""
-        return self.ids[compact]
-
-
-class CompactEmbedding(nn.Module):
-    """Reads compact ids: the model's input embedding ``full`` (its hooks included) called on the real ids."""
-
-    def __init__(self, full: nn.Module, space: CompactVocabulary) -> None:
-        super().__init__()
-        self.full = full
-        self.space = space
-
-    def forward(self, compact: Tensor) -> Tensor:
-        return self.full(self.space.to_full(compact))
-
-
-class CompactOutput(nn.Module):
-    """Writes compact ids: the logits ``(..., K')`` of :attr:`CompactVocabulary.ids` (rows of ``full`` copied once),
-    ``-inf`` at the blocked ones."""
-
-    def __init__(self, full: nn.Module, space: CompactVocabulary) -> None:
-        super().__init__()
-        weight: Tensor = full.weight  # type: ignore[assignment]
-        bias: Tensor | None = getattr(full, "bias", None)
-        ids = space.ids.to(weight.device)
-        self.register_buffer("weight", weight.detach().index_select(0, ids), persistent=False)
-        blocked = space.blocked.to(device=weight.device, dtype=weight.dtype)
-        self.register_buffer(
-            "bias", blocked if bias is None else bias.detach().index_select(0, ids) + blocked, persistent=False
-        )
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, self.weight.to(hidden.dtype), self.bias.to(hidden.dtype))
-
-
 def positions(attention_mask: Tensor) -> Tensor:
     """Position ids that count real tokens only, as ``generate`` makes them: ``(B, T)``, padding at 0."""
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.masked_fill(attention_mask == 0, 0)
-
-
-def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
-    """Begin, end and padding ids: GPT-2's ``<|endoftext|>`` or BERT's ``[CLS]``/``[SEP]``/``[PAD]``."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if bos is None or eos is None:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither bos/eos nor cls/sep tokens")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
-    return int(bos), int(eos), int(pad)
 
 
 class MiniLMLanguageModel(CausalLM):

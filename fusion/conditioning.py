@@ -1,7 +1,9 @@
-"""Conditioning a causal language model on an image: the early, cross-attention and late fusion families.
+"""Conditioning a causal language model on an image: the contract, and the early, cross-attention and late families.
 
 Each block turns vision :class:`Features` into an :class:`LMCondition` that the captioning task hands to the
-language model. A config picks one by ``class_path``; all take ``(vision_dim, lm_dim)`` first:
+language model; its :attr:`LMConditioning.kind` says which part of the LM it feeds, so a caller (the task, an
+export) dispatches on a type instead of probing attributes. A config picks one by ``class_path``; all take
+``(vision_dim, lm_dim)`` first:
 
 - :class:`PrefixConditioning` (early): image tokens projected into the LM's input-embedding space and put before
   the text (ClipCap / LLaVA).
@@ -16,13 +18,46 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from encoders.types import Features
-from fusion.layers import MLP, CrossAttentionLayer, zero_padding
+from fusion.image_tokens import ImageTokens
+from fusion.layers import MLP
+
+__all__ = [
+    "ConditioningKind",
+    "CrossAttentionConditioning",
+    "ImageTokens",
+    "LMCondition",
+    "LMConditioning",
+    "LateConditioning",
+    "PrefixConditioning",
+]
+
+
+class ConditioningKind(str, Enum):
+    """How a conditioning feeds the language model; the value names the tensor it hands over.
+
+    Attributes:
+        PREFIX: embeddings ``(B, P, D)`` with mask, placed before the text tokens (:attr:`LMCondition.prefix`).
+        CROSS_ATTENTION: memory ``(B, N, D)`` with mask for the LM's cross-attention layers
+            (:attr:`LMCondition.encoder`).
+        IMAGE_VECTOR: a pooled vector ``(B, D)`` fused into the LM's last hidden states (:attr:`LMCondition.vector`,
+            applied by :attr:`LMCondition.hidden`).
+    """
+
+    PREFIX = "prefix"
+    CROSS_ATTENTION = "encoder_states"
+    IMAGE_VECTOR = "image_vector"
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """Names of what :meth:`LMCondition.tensors` returns: the tokens and their mask, or the vector alone."""
+        return (self.value,) if self is ConditioningKind.IMAGE_VECTOR else (self.value, f"{self.value}_mask")
 
 
 @dataclass
@@ -34,30 +69,64 @@ class LMCondition:
         encoder: ``(B, N, D)`` states (with mask) for the LM's cross-attention layers.
         hidden: rewrites the LM's last hidden states ``(B', T, D)`` before its output layer, where ``B'`` is a
             multiple of ``B`` (items repeated consecutively, as ``generate`` does for beams).
+        vector: ``(B, D)`` the image vector ``hidden`` fuses in: a function cannot leave an exported graph, a
+            tensor can.
     """
 
     prefix: Features | None = None
     encoder: Features | None = None
     hidden: Callable[[Tensor], Tensor] | None = None
+    vector: Tensor | None = None
+
+    def tensors(self, kind: ConditioningKind) -> tuple[Tensor, ...]:
+        """The part ``kind`` names as plain tensors, in the order of :attr:`ConditioningKind.tensor_names`.
+
+        Raises:
+            ValueError: the condition lacks that part (its block declares a kind it does not produce).
+        """
+        if kind is ConditioningKind.IMAGE_VECTOR:
+            if self.vector is None:
+                raise ValueError("an image-vector conditioning returned no vector")
+            return (self.vector,)
+        part = self.prefix if kind is ConditioningKind.PREFIX else self.encoder
+        if part is None:
+            raise ValueError(f"a {kind.name.lower()} conditioning returned no {kind.value}")
+        return part.tokens, part.mask
 
 
 class LMConditioning(nn.Module, ABC):
     """Maps vision features to an :class:`LMCondition` for a language model of width ``lm_dim``.
+
+    Every family declares its :attr:`kind` and fills the matching part of the condition (the shared contract test
+    holds each family to it): prefix tokens, cross-attention memory, or an image vector.
 
     Args:
         vision_dim: width ``Dv`` of the vision tokens and pooled vector.
         lm_dim: hidden width ``D`` of the language model.
     """
 
-    needs_cross_attention: bool = False
-
     def __init__(self, vision_dim: int, lm_dim: int) -> None:
         super().__init__()
         self.vision_dim, self.lm_dim = vision_dim, lm_dim
 
+    @property
+    @abstractmethod
+    def kind(self) -> ConditioningKind:
+        """How this family feeds the language model (a class attribute in each family)."""
+
+    @property
+    def needs_cross_attention(self) -> bool:
+        """Whether the language model must have cross-attention layers to read this condition."""
+        return self.kind is ConditioningKind.CROSS_ATTENTION
+
     @abstractmethod
     def forward(self, vision: Features) -> LMCondition:
-        """Condition on ``vision`` (tokens ``(B, N, Dv)``, mask ``(B, N)``, pooled ``(B, Dv)``)."""
+        """Condition on ``vision`` (tokens ``(B, N, Dv)``, mask ``(B, N)``, pooled ``(B, Dv)``).
+
+        Returns:
+            a condition whose part named by :attr:`kind` is set; its masked tokens are zero, and a masked vision
+            position never changes it.
+        """
 
 
 def _load_old_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
@@ -71,80 +140,6 @@ def _load_old_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: st
     for old, new in (("mlp.", "image.project."), ("norm.", "image.norm.")):
         for key in [k for k in state_dict if k.startswith(prefix + old)]:
             state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
-
-
-class ImageTokens(nn.Module):
-    """Vision features -> ``(B, P, D)`` tokens for the language model: what the early and cross-attention families
-    share.
-
-    ``[pooled; tokens]`` (or either alone) are projected to ``D``, optionally summarised by a learned-query resampler
-    (``queries`` learned vectors attend to the projected tokens through ``resampler_layers`` pre-norm blocks, as
-    Flamingo's Perceiver resampler and BLIP-2's Q-Former do), then optionally layer-normalised.
-
-    Args:
-        vision_dim: ``Dv``.
-        lm_dim: ``D``.
-        hidden_dim: MLP hidden width (default ``D``).
-        dropout: inside the MLP and the resampler.
-        projection: ``"linear"`` (one Linear, as ``VisionEncoderDecoderModel``) or ``"mlp"`` (Linear, GELU, Linear).
-            The single Linear without LayerNorm captions better (``docs/benchmarks.md``, caption quality).
-        norm: LayerNorm the output.
-        use_pooled: include the pooled vector as a token.
-        use_tokens: include the image tokens (at least one of the two).
-        queries: resampler output length ``P`` (0: no resampler, ``P`` is the number of input tokens).
-        resampler_layers: blocks of the resampler.
-        heads: attention heads of the resampler.
-    """
-
-    def __init__(
-        self,
-        vision_dim: int,
-        lm_dim: int,
-        hidden_dim: int | None = None,
-        dropout: float = 0.0,
-        projection: str = "linear",
-        norm: bool = False,
-        use_pooled: bool = True,
-        use_tokens: bool = True,
-        queries: int = 0,
-        resampler_layers: int = 2,
-        heads: int = 8,
-    ) -> None:
-        super().__init__()
-        if not (use_pooled or use_tokens):
-            raise ValueError("image tokens: use_pooled and use_tokens are both off; nothing would reach the LM")
-        if projection == "mlp":
-            self.project: nn.Module = MLP(vision_dim, hidden_dim or lm_dim, lm_dim, dropout)
-        elif projection == "linear":
-            self.project = nn.Linear(vision_dim, lm_dim)
-        else:
-            raise ValueError(f"image tokens: projection must be 'mlp' or 'linear', not {projection!r}")
-        if queries < 0:
-            raise ValueError(f"image tokens: queries must be 0 (no resampler) or positive, not {queries}")
-        self.use_pooled, self.use_tokens = use_pooled, use_tokens
-        self.queries = nn.Parameter(torch.randn(queries, lm_dim) * 0.02) if queries else None
-        layers = resampler_layers if queries else 0
-        self.resampler = nn.ModuleList(CrossAttentionLayer(lm_dim, heads, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(lm_dim) if norm else nn.Identity()
-
-    def forward(self, vision: Features) -> Features:
-        """``(B, P, D)`` tokens with mask ``(B, P)``; ``pooled`` is the first token."""
-        parts, masks = [], []
-        if self.use_pooled:
-            parts.append(vision.pooled.unsqueeze(1))  # (B, 1, Dv)
-            masks.append(vision.mask.new_ones(vision.mask.shape[0], 1))
-        if self.use_tokens:
-            parts.append(vision.tokens)  # (B, N, Dv)
-            masks.append(vision.mask)
-        tokens, mask = self.project(torch.cat(parts, 1)), torch.cat(masks, 1)  # (B, P, D)
-        if self.queries is not None:
-            x = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)  # (B, Q, D)
-            x_mask = mask.new_ones(x.shape[:2])
-            for layer in self.resampler:
-                x = layer(x, x_mask, tokens, mask)
-            tokens, mask = x, x_mask
-        tokens = zero_padding(self.norm(tokens), mask)
-        return Features(tokens=tokens, mask=mask, pooled=tokens[:, 0])
 
 
 class _ImageTokensConditioning(LMConditioning):
@@ -173,6 +168,8 @@ class PrefixConditioning(_ImageTokensConditioning):
     become ``P`` prefix embeddings of width ``D`` before the text (ClipCap / LLaVA); ``use_tokens=False`` keeps the
     pooled vector alone (one prefix token)."""
 
+    kind = ConditioningKind.PREFIX
+
     def forward(self, vision: Features) -> LMCondition:
         return LMCondition(prefix=self.image(vision))
 
@@ -183,7 +180,7 @@ class CrossAttentionConditioning(_ImageTokensConditioning):
     By default the grid tokens alone (``use_pooled=False``): the pooled vector as an extra key lowered CIDEr.
     """
 
-    needs_cross_attention = True
+    kind = ConditioningKind.CROSS_ATTENTION
 
     def __init__(
         self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0, **options: Any
@@ -206,6 +203,8 @@ class LateConditioning(LMConditioning):
         dropout: inside the MLP.
     """
 
+    kind = ConditioningKind.IMAGE_VECTOR
+
     def __init__(self, vision_dim: int, lm_dim: int, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
         super().__init__(vision_dim, lm_dim)
         self.mlp = MLP(vision_dim, hidden_dim or lm_dim, lm_dim, dropout)
@@ -213,7 +212,7 @@ class LateConditioning(LMConditioning):
 
     def forward(self, vision: Features) -> LMCondition:
         vector = self.image_vector(vision)
-        return LMCondition(hidden=lambda hidden: self.fuse(hidden, vector))
+        return LMCondition(hidden=lambda hidden: self.fuse(hidden, vector), vector=vector)
 
     def image_vector(self, vision: Features) -> Tensor:
         """``v = MLP(pooled)`` ``(B, D)``: what :meth:`fuse` adds to the hidden states."""

@@ -1,4 +1,9 @@
-"""One contract for every fusion block: shapes, padding masks honoured exactly, gradients to both inputs."""
+"""One contract for every fusion block and every captioning conditioning: shapes, padding masks honoured exactly,
+gradients to the real tokens of each input it reads.
+
+A conditioning is seen through what its language model reads (:func:`lm_view`): the prefix or the cross-attention
+memory, or the LM's last hidden states once the image vector is fused in; it reads no text.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,27 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
 from encoders.types import Features
-from fusion import CrossAttentionFusion, EarlyFusion, FusionBlock, LateFusion
+from fusion import (
+    ConditioningKind,
+    CrossAttentionConditioning,
+    CrossAttentionFusion,
+    EarlyFusion,
+    FusionBlock,
+    LateConditioning,
+    LateFusion,
+    LMConditioning,
+    PrefixConditioning,
+)
 from fusion.layers import masked_mean
 
-DV, DT, DIM = 24, 16, 32  # vision width, text width, fused width
+DV, DT, DIM = 24, 16, 32  # vision width, text width, fused width (the LM's width for a conditioning)
 B, NV, NT = 3, 5, 6
+T_LM, QUERIES = 4, 3  # LM positions a late conditioning rewrites; resampler output length
 
-BLOCKS: dict[str, Callable[[], FusionBlock]] = {
+BLOCKS: dict[str, Callable[[], nn.Module]] = {
     "early": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1),
     "early-mean": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1, pooling="mean"),
     "early-text": lambda: EarlyFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1, pooling="text"),
@@ -23,6 +40,11 @@ BLOCKS: dict[str, Callable[[], FusionBlock]] = {
     "late-bilinear": lambda: LateFusion(DV, DT, dim=DIM, mode="bilinear"),
     "cross": lambda: CrossAttentionFusion(DV, DT, dim=DIM, layers=2, heads=4, dropout=0.1),
     "cross-bidirectional": lambda: CrossAttentionFusion(DV, DT, dim=DIM, layers=2, heads=4, bidirectional=True),
+    # Captioning's conditionings, each with dropout somewhere so the seeded-dropout test has something to seed.
+    "condition-prefix": lambda: PrefixConditioning(DV, DIM, dropout=0.1, projection="mlp"),
+    "condition-prefix-resampler": lambda: PrefixConditioning(DV, DIM, dropout=0.1, queries=QUERIES, heads=4),
+    "condition-cross": lambda: CrossAttentionConditioning(DV, DIM, dropout=0.1, projection="mlp"),
+    "condition-late": lambda: LateConditioning(DV, DIM, dropout=0.1),
 }
 # Token count of the fused output, per block.
 OUT_TOKENS = {
@@ -35,6 +57,14 @@ OUT_TOKENS = {
     "cross": NT,
 }
 OUT_TOKENS["cross-bidirectional"] = NT + NV
+OUT_TOKENS.update(
+    {
+        "condition-prefix": 1 + NV,
+        "condition-prefix-resampler": QUERIES,
+        "condition-cross": NV,
+        "condition-late": T_LM,
+    }
+)
 
 V_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
 T_MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -50,13 +80,44 @@ def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(B, NV, DV, generator=g), torch.randn(B, NT, DT, generator=g)
 
 
-def build(name: str) -> FusionBlock:
+def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     return BLOCKS[name]()
 
 
-def run(block: FusionBlock, v: torch.Tensor, t: torch.Tensor) -> Features:
-    return block(features(v, V_MASK), features(t, T_MASK))
+def lm_view(block: LMConditioning, vision: Features, items: slice) -> Features:
+    """What the language model reads of a conditioning: its prefix or cross-attention memory, or (late) the LM's
+    last hidden states ``(B, T_LM, D)`` after the image vector is fused in, every position real."""
+    cond = block(vision)
+    if block.kind is ConditioningKind.PREFIX:
+        assert cond.prefix is not None and cond.encoder is None and cond.hidden is None
+        return cond.prefix
+    if block.kind is ConditioningKind.CROSS_ATTENTION:
+        assert cond.encoder is not None and cond.prefix is None and cond.hidden is None
+        return cond.encoder
+    assert cond.hidden is not None and cond.prefix is None and cond.encoder is None
+    g = torch.Generator().manual_seed(7)
+    hidden = cond.hidden(torch.randn(B, T_LM, DIM, generator=g)[items])  # (B, T_LM, D)
+    return Features(tokens=hidden, mask=torch.ones(hidden.shape[:2], dtype=torch.bool), pooled=hidden.mean(1))
+
+
+def run(block: nn.Module, v: torch.Tensor, t: torch.Tensor, items: slice = slice(None)) -> Features:
+    """``block`` on products ``items`` of the vision and text tokens (with their masks)."""
+    vision, text = features(v[items], V_MASK[items]), features(t[items], T_MASK[items])
+    if isinstance(block, FusionBlock):
+        return block(vision, text)
+    assert isinstance(block, LMConditioning)
+    return lm_view(block, vision, items)
+
+
+def width(block: nn.Module) -> int:
+    """The output width: a fusion block's ``output_dim``, a conditioning's ``lm_dim``."""
+    return block.output_dim if isinstance(block, FusionBlock) else block.lm_dim
+
+
+def reads_text(name: str) -> bool:
+    """Fusion blocks read text; a conditioning reads the image only."""
+    return not name.startswith("condition-")
 
 
 def poison(x: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
@@ -77,7 +138,7 @@ def test_shapes_and_output_dim(name: str) -> None:
     with torch.no_grad():
         out = run(block, v, t)
     assert isinstance(out, Features)
-    assert block.output_dim == DIM
+    assert width(block) == DIM
     assert out.tokens.shape == (B, OUT_TOKENS[name], DIM)
     assert out.mask.shape == (B, OUT_TOKENS[name]) and out.mask.dtype == torch.bool
     assert out.pooled.shape == (B, DIM)
@@ -87,7 +148,7 @@ def test_shapes_and_output_dim(name: str) -> None:
     assert out.mask.any(1).all()
     # Items are independent: one product encoded alone gives the same result as in the batch.
     with torch.no_grad():
-        alone = block(features(v[1:2], V_MASK[1:2]), features(t[1:2], T_MASK[1:2]))
+        alone = run(block, v, t, items=slice(1, 2))
     torch.testing.assert_close(alone.pooled[0], out.pooled[1], atol=1e-5, rtol=1e-5)
 
 
@@ -106,7 +167,8 @@ def test_padded_positions_never_change_any_output(name: str, grad: bool) -> None
 
 
 def test_real_positions_do_change_the_output(name: str) -> None:
-    """The padding test is not vacuous: the same change to a real token of either modality shows up."""
+    """The padding test is not vacuous: the same change to a real token of either modality shows up (text: only
+    where the block reads it)."""
     block = build(name).eval()
     v, t = inputs()
     with torch.no_grad():
@@ -116,11 +178,14 @@ def test_real_positions_do_change_the_output(name: str) -> None:
         t2[2, 1] += 3.0  # a real text token of product 2
         out_v, out_t = run(block, v2, t), run(block, v, t2)
     assert not torch.allclose(out_v.pooled[1], ref.pooled[1])
-    assert not torch.allclose(out_t.pooled[2], ref.pooled[2])
+    if reads_text(name):
+        assert not torch.allclose(out_t.pooled[2], ref.pooled[2])
+    else:
+        assert torch.equal(out_t.pooled, ref.pooled)
     torch.testing.assert_close(out_v.pooled[0], ref.pooled[0])  # other products untouched
 
 
-def test_gradients_reach_both_inputs_unmasked_tokens(name: str) -> None:
+def test_gradients_reach_only_the_real_tokens_of_each_input_read(name: str) -> None:
     block = build(name).eval()  # no dropout, so the gradient is deterministic
     v, t = inputs()
     v.requires_grad_(True)
@@ -131,7 +196,9 @@ def test_gradients_reach_both_inputs_unmasked_tokens(name: str) -> None:
     w_pooled = torch.randn(out.pooled.shape, generator=g)
     w_tokens = torch.randn(out.tokens.shape, generator=g)
     ((out.pooled * w_pooled).sum() + (out.tokens * w_tokens).sum()).backward()
-    for x, mask in ((v, V_MASK), (t, T_MASK)):
+    if not reads_text(name):
+        assert t.grad is None, "a conditioning's output depends on the text"
+    for x, mask in ((v, V_MASK), (t, T_MASK)) if reads_text(name) else ((v, V_MASK),):
         assert x.grad is not None
         norms = x.grad.norm(dim=-1)  # (B, N)
         assert (norms[mask] > 0).all(), "a real token got no gradient"

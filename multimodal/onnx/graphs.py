@@ -119,24 +119,13 @@ class CaptionVision(nn.Module):
 
     @staticmethod
     def outputs(captioner: nn.Module) -> tuple[str, ...]:
-        kind = _condition_kind(captioner.conditioning)
-        return ("tokens", "mask", "pooled", *((kind,) if kind == "image_vector" else (kind, f"{kind}_mask")))
+        # The conditioning's declared kind (fusion.conditioning.ConditioningKind) names what the LM reads.
+        return ("tokens", "mask", "pooled", *captioner.conditioning.kind.tensor_names)
 
     def forward(self, pixel_values: Tensor, has_image: Tensor) -> tuple[Tensor, ...]:
         f = self.captioner.encode_images(pixel_values, has_image)
         conditioning = self.captioner.conditioning
-        if _condition_kind(conditioning) == "image_vector":
-            return f.tokens, f.mask, f.pooled, conditioning.image_vector(f)
-        cond = conditioning(f)
-        part = cond.prefix if cond.prefix is not None else cond.encoder
-        return f.tokens, f.mask, f.pooled, part.tokens, part.mask
-
-
-def _condition_kind(conditioning: nn.Module) -> str:
-    """``prefix`` (early), ``encoder_states`` (cross-attention) or ``image_vector`` (late)."""
-    if hasattr(conditioning, "image_vector"):
-        return "image_vector"
-    return "encoder_states" if getattr(conditioning, "needs_cross_attention", False) else "prefix"
+        return (f.tokens, f.mask, f.pooled, *conditioning(f).tensors(conditioning.kind))
 
 
 def tower_graphs(model: nn.Module) -> list[Graph]:
