@@ -13,125 +13,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multimodal.arguments import Parser
 from multimodal.errors import UserError
+from multimodal.predict_args import GENERATION_OPTIONS, parser
 
-GENERATION_OPTIONS = (
-    "num_beams", "max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p",
-    "repetition_penalty", "no_repeat_ngram_size", "length_penalty",
-)  # fmt: skip
+if TYPE_CHECKING:
+    from multimodal.writers import JobOptions
+
 TASK_OF_COMMAND = {
     "export": "multimodal.search.retriever.ProductRetriever",
     "caption": "multimodal.captioning.captioner.ProductCaptioner",
 }
-EPILOG = """The task of the checkpoint picks the output:
-  tagger     --out predictions.jsonl (or .csv): id, label and score per attribute, tags with probabilities
-  retriever  --out folder/: vector shards + products table for `multimodal index` (same as `multimodal export`)
-  captioner  --out captions.jsonl (or .csv): id, image, caption, score (same as `multimodal caption`)
-One output line per input row, in input order: an unreadable photo, an empty or a repeated id gives its row an
-"error" field (a job whose every row fails exits with status 2). Re-running the same command after a kill
-finishes the missing blocks only; an --out that is not this job's own output is refused, never touched.
-
-  multimodal predict --ckpt_path runs/tagging/.../best.ckpt --data.manifest new.csv --out tags.jsonl --top_k 3"""
-
-
-def parser(command: str = "predict") -> argparse.ArgumentParser:
-    descriptions = {
-        "predict": "Predict with any task's checkpoint: tags, product vectors or captions.",
-        "export": "Export one L2-normalised vector per product (a retriever checkpoint) to resumable shards.",
-        "caption": "Caption product photos in batches (a captioner checkpoint); JSONL out, resumable.",
-    }
-    p = Parser(
-        prog=f"multimodal {command}",
-        description=descriptions[command],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--ckpt_path", "--ckpt", required=True, help="checkpoint written by `multimodal fit` (or an ONNX export folder)"
-    )
-    p.add_argument(
-        "--runtime",
-        choices=("torch", "onnx", "onnx-int8"),
-        default="torch",
-        help="PyTorch eager (default) or ONNX Runtime fp32 / int8 on the CPU (taggers and retrievers; a checkpoint "
-        "is exported once to the user cache; an export folder always runs on ONNX Runtime)",
-    )
-    p.add_argument(
-        "--input",
-        "--data.manifest",
-        "--data.init_args.manifest",
-        dest="input",
-        help="manifest (.csv, .jsonl, .parquet) or folder of photos (default: the manifest of --config, else the "
-        "training manifest named in the checkpoint)",
-    )
-    p.add_argument(
-        "--image_root",
-        "--data.image_root",
-        "--data.init_args.image_root",
-        dest="image_root",
-        help="folder the manifest's relative image paths are relative to (default: the manifest's folder); "
-        "absolute paths are read as they are",
-    )
-    p.add_argument(
-        "--confine_images",
-        "--data.confine_images",
-        "--data.init_args.confine_images",
-        dest="confine_images",
-        action="store_true",
-        help="refuse, row by row, image paths outside the image root (../, absolute paths elsewhere, symlinks out)",
-    )
-    p.add_argument("--config", help="a training config: its data section gives the default manifest and image root")
-    p.add_argument("--out", required=True, help="output file (.jsonl / .csv) or, for vectors, folder")
-    run = p.add_argument_group("running")
-    run.add_argument("--batch_size", "--batch-size", "--data.batch_size", type=int, help="items per batch")
-    run.add_argument(
-        "--block_size",
-        "--shard-size",
-        "--shard_size",
-        type=int,
-        help="items per resumable block (an export's shard); default 1024 rows, 8192 vectors",
-    )
-    run.add_argument("--num_workers", "--num-workers", "--data.num_workers", type=int, help="decoding workers")
-    run.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    run.add_argument("--devices", default="1", help="devices / processes (e.g. 2 with --strategy ddp)")
-    run.add_argument("--strategy", default="auto", help="Lightning strategy (ddp for several devices)")
-    run.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: full)")
-    run.add_argument("--limit_batches", "--limit-batches", type=int, help="stop after this many batches per rank")
-    run.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
-    tags = p.add_argument_group("tagging")
-    tags.add_argument("--top_k", type=int, default=None, help="also write the top-k labels per attribute (JSONL)")
-    export = p.add_argument_group("vectors (retrieval)")
-    export.add_argument(
-        "--columns",
-        nargs="*",
-        default=None,
-        help="manifest columns stored with the ids, for search --where and index --lexical (default: every column; "
-        "--columns alone: none)",
-    )
-    export.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
-    export.add_argument("--format", choices=("safetensors", "npy"), default="safetensors", help="shard format")
-    cap = p.add_argument_group("captioning")
-    cap.add_argument("--prompt", help="fixed prompt text before the caption (default: the trained one)")
-    cap.add_argument("--do_sample", action="store_true", help="sample instead of greedy / beam search")
-    for name in GENERATION_OPTIONS:
-        kind = int if name in ("num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size") else float
-        if name == "top_k":
-            continue  # shared with tagging's --top_k: the task decides what it means
-        cap.add_argument(f"--{name}", type=kind, help="Hugging Face generate option")
-    cap.add_argument("--no_cache", action="store_true", help="generate without the KV cache (slower; same text)")
-    cap.add_argument("--trim_vocabulary", metavar="{on,off}", help="logits for the training targets' token ids "
-                     "only (faster; default on when the checkpoint holds them)")  # fmt: skip
-    cap.add_argument("--rerank", metavar="{on,off}", help="consensus reranking: beam candidates, keep the one closest "
-                     "in CIDEr-D to the titles of the most similar training photos (default: the checkpoint's "
-                     "model.rerank; on needs a checkpoint with a caption memory)")  # fmt: skip
-    cap.add_argument("--seed", type=int, default=0, help="sampling seed (same inputs and batch size: same captions)")
-    return p
 
 
 def main(argv: list[str], command: str = "predict") -> None:
+    """Run one batch command; prints the job's summary as one JSON line on rank 0."""
     args = parser(command).parse_args(argv)
     summary = run(args, command, argv)
     if summary is not None:
@@ -139,14 +36,17 @@ def main(argv: list[str], command: str = "predict") -> None:
 
 
 def export_main(argv: list[str]) -> None:
+    """``multimodal export``: ``predict`` that accepts retriever checkpoints only."""
     main(argv, "export")
 
 
 def caption_main(argv: list[str]) -> None:
+    """``multimodal caption``: ``predict`` that accepts captioner checkpoints only."""
     main(argv, "caption")
 
 
 def _positive(args: argparse.Namespace) -> None:
+    """One-line errors for counts that must be positive (or, for workers, not negative)."""
     for name in ("batch_size", "block_size", "num_beams", "max_new_tokens", "top_k"):
         value = getattr(args, name, None)
         if value is not None and value <= 0:
@@ -156,6 +56,7 @@ def _positive(args: argparse.Namespace) -> None:
 
 
 def _config_data(path: str | None) -> dict[str, Any]:
+    """The ``data.init_args`` of a training config (empty without one)."""
     if path is None:
         return {}
     import yaml
@@ -226,6 +127,8 @@ def _inputs(
 
 
 def _spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
+    """The job's identity (:mod:`multimodal.job_state`): task, checkpoint and ids hashes, runtime, image root and
+    the options that change its output."""
     from multimodal.search.export import ids_sha256
 
     ids = [r.id for r in dataset.records]
@@ -249,12 +152,19 @@ def _finish(summary: dict[str, Any] | None, sink: Any, source: Path) -> dict[str
     return summary
 
 
-def _tagging(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+def _tagging(
+    args: argparse.Namespace,
+    loaded: Any,
+    source: Path,
+    image_root: Path | None,
+    options: JobOptions,
+    relaunch: list[str],
+) -> dict[str, Any] | None:
+    """A tagger's job: one row of labels and scores per input row."""
     from multimodal.tagging.predictor import Tagger
     from multimodal.writers import RowsSink, run_job
 
-    tagger = Tagger(loaded)
-    tagger.top_k = args.top_k or 1
+    tagger = Tagger(loaded).with_top_k(args.top_k or 1)
     sink = RowsSink(args.out)
     if sink.out.suffix == ".csv" and tagger.top_k > 1:
         raise UserError("--top_k > 1 writes lists of [label, score]: use a .jsonl --out")
@@ -264,7 +174,15 @@ def _tagging(args, loaded, source, image_root, options, relaunch):  # noqa: ANN0
     return _finish(summary, sink, source)
 
 
-def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+def _captions(
+    args: argparse.Namespace,
+    loaded: Any,
+    source: Path,
+    image_root: Path | None,
+    options: JobOptions,
+    relaunch: list[str],
+) -> dict[str, Any] | None:
+    """A captioner's job: one row with the caption of each input row's photo."""
     from multimodal.captioning.predictor import Captioner
     from multimodal.writers import RowsSink, run_job
 
@@ -284,7 +202,7 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
         raise UserError(f"--rerank must be on or off, not '{args.rerank}'")
     if args.rerank is not None:
         generation["rerank"] = args.rerank == "on"
-    captioner.configure(args.prompt, args.seed, **generation)
+    captioner = captioner.with_options(args.prompt, args.seed, **generation)
     sink = RowsSink(args.out)
     dataset, _ = _inputs(captioner, source, args, image_root)
     spec = _spec(loaded, dataset, prompt=args.prompt, seed=args.seed, generation=generation, format=sink.out.suffix)
@@ -297,7 +215,15 @@ def _captions(args, loaded, source, image_root, options, relaunch):  # noqa: ANN
     return _finish(summary, sink, source)
 
 
-def _vectors(args, loaded, source, image_root, options, relaunch):  # noqa: ANN001, ANN202
+def _vectors(
+    args: argparse.Namespace,
+    loaded: Any,
+    source: Path,
+    image_root: Path | None,
+    options: JobOptions,
+    relaunch: list[str],
+) -> dict[str, Any] | None:
+    """A retriever's job: an export folder of product vectors and their products table."""
     from multimodal.search import export
     from multimodal.search.predictor import Retriever
     from multimodal.writers import run_job

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from encoders.types import Features
+from multimodal.captioning.settings import RetrievalSettings
 from multimodal.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_caption_memory_bad_inputs_are_one_line_errors() -> None:
 
 def test_prompt_length_caps_the_prompt_and_leaves_the_target_its_room() -> None:
     from encoders.language_model import MiniLMLanguageModel
-    from multimodal.captioning.captioner import CaptionText
+    from multimodal.captioning.text import CaptionText
     from multimodal.data.dataset import IGNORE_INDEX
 
     lm = MiniLMLanguageModel(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1,
@@ -107,7 +108,7 @@ def test_retrieval_captioner_fits_saves_its_memory_and_captions_from_the_checkpo
 
     captioner = multimodal.load(ckpt)
     model = captioner.model
-    assert model.retrieval == {"k": 2, "tokens": 16} and model.memory is not None
+    assert model.retrieval == RetrievalSettings(k=2, tokens=16) and model.memory is not None
     assert model.memory.ids == stored["ids"]
     # A training product's prompt holds two other products' titles, never its own.
     from multimodal.data.datamodule import ProductDataModule
@@ -133,9 +134,8 @@ def test_retrieval_captioner_fits_saves_its_memory_and_captions_from_the_checkpo
 
 
 def test_retrieval_settings_and_a_missing_memory_are_user_errors() -> None:
-    from multimodal.captioning.captioner import _check_retrieval
 
-    assert _check_retrieval({"k": 4}) == {"k": 4, "tokens": 48}
+    assert RetrievalSettings.parse({"k": 4}) == RetrievalSettings(k=4, tokens=48)
     for bad, match in (({"k": 0}, "retrieval.k=0"), ({"n": 3}, "keys k and tokens"), (3, "keys k and tokens")):
         with pytest.raises(UserError, match=match):
-            _check_retrieval(bad)
+            RetrievalSettings.parse(bad)

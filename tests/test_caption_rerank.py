@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import SAMPLE_IMAGES, cli_error, fit_tiny, write_manifest
 
+from multimodal.captioning.settings import RerankSettings
 from multimodal.errors import UserError
 
 
@@ -76,7 +77,7 @@ def test_reranking_captioner_keeps_its_memory_and_picks_the_consensus_candidate(
     assert len(stored["caption_memory"]["titles"]) == 24  # built at fit from the training split, no retrieval
     captioner = multimodal.load(ckpt)
     model = captioner.model
-    assert model.rerank == {"k": 3, "candidates": 4, "weight": 0.0} and model.retrieval is None
+    assert model.rerank == RerankSettings(k=3, candidates=4, weight=0.0) and model.retrieval is None
     options = {"max_new_tokens": 6, "no_repeat_ngram_size": 1}  # varied candidates from an untrained LM
     chosen = captioner.caption(photos, **options)
     # The same photos by hand: 4 beam candidates each, the one with the best mean CIDEr-D with the 3 nearest titles.
@@ -89,7 +90,7 @@ def test_reranking_captioner_keeps_its_memory_and_picks_the_consensus_candidate(
     beams = model.generate_from_features(vision, enc["prompt_ids"], enc["prompt_mask"], rerank=False, num_beams=4,
                                          num_return_sequences=4, **options)  # fmt: skip
     neighbours = model.memory.neighbours(vision, 3)
-    consensus = model.consensus()
+    consensus = model.reranker.consensus(model.memory)
     for i, row in enumerate(neighbours):
         candidates, scores = beams.texts[i * 4 : (i + 1) * 4], beams.scores[i * 4 : (i + 1) * 4]
         best = consensus.choose(candidates, scores, [model.memory.titles[r] for r in row])
@@ -106,7 +107,6 @@ def test_rerank_from_the_cli_and_its_errors(
     reranking: tuple[Path, list[str]], trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import multimodal
-    from multimodal.captioning.captioner import check_rerank
     from multimodal.cli import main
 
     ckpt, photos = reranking
@@ -137,5 +137,6 @@ def test_rerank_from_the_cli_and_its_errors(
     for bad, match in (({"k": 0}, r"rerank.k=0"), ({"beams": 3}, "keys k, candidates and weight"),
                        ({"weight": -1}, r"rerank.weight=-1"), ("yes", "keys k, candidates and weight")):  # fmt: skip
         with pytest.raises(UserError, match=match):
-            check_rerank(bad)
-    assert check_rerank({"k": 8}) == {"k": 8, "candidates": 8, "weight": 0.0} and check_rerank(False) is None
+            RerankSettings.parse(bad)
+    assert RerankSettings.parse({"k": 8}) == RerankSettings(k=8, candidates=8, weight=0.0)
+    assert RerankSettings.parse(False) is None

@@ -110,7 +110,7 @@ def test_sampling_is_seeded_and_length_limited(trained: tuple[str, Any, dict[str
 
 def test_prompt_is_masked_out_of_the_loss() -> None:
     from encoders.language_model import MiniLMLanguageModel
-    from multimodal.captioning.captioner import CaptionText
+    from multimodal.captioning.text import CaptionText
     from multimodal.data.dataset import IGNORE_INDEX
 
     lm = MiniLMLanguageModel(random_init=True, config_overrides={"hidden_size": 32, "num_hidden_layers": 1,
@@ -167,7 +167,8 @@ def test_word_dropout_masks_only_target_inputs() -> None:
     from encoders.language_model import MiniLMLanguageModel
     from encoders.timm_encoder import TimmVisionEncoder
     from fusion.conditioning import PrefixConditioning
-    from multimodal.captioning.captioner import CaptionText, ProductCaptioner
+    from multimodal.captioning.captioner import ProductCaptioner
+    from multimodal.captioning.text import CaptionText
 
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     vision = TimmVisionEncoder("test_efficientnet", image_size=32)

@@ -12,17 +12,18 @@ import torch
 from conftest import SAMPLE_IMAGES, fit_tiny, write_manifest
 from torch.nn import functional as F
 
+from multimodal.captioning.settings import SelfCriticalSettings
 from multimodal.errors import UserError
 
 TITLES = ["Nike Men Black Running Shoes", "Puma Women White Casual Shoes", "Titan Men Silver Watch"]
 
 
 def test_settings_and_their_errors() -> None:
-    from multimodal.captioning.captioner import SELF_CRITICAL_DEFAULTS, check_self_critical
+    check_self_critical = SelfCriticalSettings.parse
 
     assert check_self_critical(None) is None and check_self_critical(False) is None
-    assert check_self_critical(True) == SELF_CRITICAL_DEFAULTS
-    assert check_self_critical({"start_epoch": 2, "lr_scale": 1}) == {"start_epoch": 2, "samples": 5, "lr_scale": 1.0}
+    assert check_self_critical(True) == SelfCriticalSettings(start_epoch=0, samples=5, lr_scale=0.1)
+    assert check_self_critical({"start_epoch": 2, "lr_scale": 1}) == SelfCriticalSettings(2, 5, 1.0)
     for bad, message in [
         ({"samples": 1}, r"self_critical.samples=1: needs a whole number >= 2"),
         ({"start_epoch": -1}, r"start_epoch=-1: needs a whole number >= 0"),
@@ -49,9 +50,10 @@ def test_loss_is_reinforce_with_the_mean_of_the_other_samples_as_baseline(captio
     import multimodal
     from encoders.types import Features
     from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.generation import generate_once
 
     model = multimodal.load(captioner[0]).model.eval()
-    assert model.self_critical == {"start_epoch": 1, "samples": 3, "lr_scale": 0.25}
+    assert model.self_critical == SelfCriticalSettings(start_epoch=1, samples=3, lr_scale=0.25)
     model.reward = CiderConsensus(TITLES)
     torch.manual_seed(1)
     vision = model.encode_images(torch.randn(3, 3, 64, 64))
@@ -64,7 +66,7 @@ def test_loss_is_reinforce_with_the_mean_of_the_other_samples_as_baseline(captio
     # item's other two, times the sum of the log-probabilities of its tokens up to its first [eos] (none if it was
     # cut by max_new_tokens), over all those tokens.
     torch.manual_seed(7)
-    sampled = model._generate(vision, batch["prompt_ids"], batch["prompt_mask"], **options)
+    sampled = generate_once(model, vision, batch["prompt_ids"], batch["prompt_mask"], **options)
     total, tokens, rewards = 0.0, 0, []
     for item, reference in enumerate([TITLES[0], None, TITLES[2]]):
         mine = sampled.texts[item * 3 : item * 3 + 3]
@@ -149,6 +151,7 @@ def test_loss_after_prompts_of_several_lengths(captioner: tuple[Path, Path]) -> 
     import multimodal
     from encoders.types import Features
     from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.generation import generate_once
 
     model = multimodal.load(captioner[0]).model.eval()
     model.reward = CiderConsensus(TITLES)
@@ -161,7 +164,7 @@ def test_loss_after_prompts_of_several_lengths(captioner: tuple[Path, Path]) -> 
     loss, _ = model.self_critical_loss(vision, batch)
     torch.manual_seed(3)
     options = {"use_cache": True, "do_sample": True, "num_beams": 1, "num_return_sequences": 3, "max_new_tokens": 20}
-    sampled = model._generate(vision, batch["prompt_ids"], batch["prompt_mask"], **options)
+    sampled = generate_once(model, vision, batch["prompt_ids"], batch["prompt_mask"], **options)
     total, tokens = 0.0, 0
     for item in range(2):
         prompt = batch["prompt_ids"][item][batch["prompt_mask"][item].bool()].tolist()

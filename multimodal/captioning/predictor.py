@@ -1,13 +1,20 @@
-"""``Captioner``: the Python API of a trained :class:`ProductCaptioner`."""
+"""``Captioner``: the Python API of a trained :class:`ProductCaptioner`.
+
+A call's prompt, seed and ``generate`` options travel with its batches (:class:`CaptionCollate` puts them in each
+one) to ``predict_step``, so concurrent calls sharing one model never see each other's options.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from multimodal.captioning.captioner import check_rerank, check_trim_vocabulary
-from multimodal.data.dataset import Collate
+from multimodal.captioning.settings import RerankSettings, check_trim_vocabulary
+from multimodal.data.dataset import Collate, TextFn
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
 
@@ -18,10 +25,30 @@ def check_generation(options: dict[str, Any]) -> dict[str, Any]:
         if key in options and int(options[key]) <= 0:
             raise UserError(f"{key} must be positive, not {options[key]}")
     check_trim_vocabulary(options.get("trim_vocabulary"))
-    check_rerank(options.get("rerank"))
+    RerankSettings.parse(options.get("rerank"))
     if int(options.get("num_return_sequences", 1)) != 1:
         raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
     return options
+
+
+class CaptionCollate(Collate):
+    """The collate of one caption call (picklable): each batch also carries the call's ``generation`` options and
+    sampling ``seed``, which ``predict_step`` reads.
+
+    Args:
+        text_fn: the captioner's text function (with the call's prompt).
+        generation: ``generate`` options of the call (checked by :func:`check_generation`).
+        seed: sampling seed of the call.
+    """
+
+    def __init__(self, text_fn: TextFn, generation: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        super().__init__(text_fn)
+        self.generation, self.seed = dict(generation or {}), seed
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(items)
+        batch["generation"], batch["seed"] = dict(self.generation), self.seed  # a copy per batch: nothing shared
+        return batch
 
 
 class Captioner(Predictor):
@@ -36,19 +63,22 @@ class Captioner(Predictor):
     task_name: ClassVar[str] = "multimodal.captioning.captioner.ProductCaptioner"
     require_image: ClassVar[bool] = True
     prompt: str | None = None
+    seed: int = 0
+    generation: Mapping[str, Any] = MappingProxyType({})  # read-only: with_options makes a new API per call
 
     def required_columns(self) -> list[str]:
         return [self.columns.image, *self.model.prompt_columns]
 
     def collate(self) -> Collate:
-        return Collate(self.model.text_fn(self.prompt))
+        return CaptionCollate(self.model.text_fn(self.prompt), self.generation, self.seed)
 
-    def configure(self, prompt: str | None = None, seed: int = 0, **generation: Any) -> None:
-        """Set the prompt, the sampling seed and ``generate`` options (``num_beams``, ``do_sample``,
-        ``max_new_tokens``, ``top_p``...) of the following predictions."""
-        self.prompt = prompt
-        self.model.predict_options = check_generation(dict(generation))
-        self.model.predict_seed = seed
+    def with_options(self, prompt: str | None = None, seed: int = 0, **generation: Any) -> Captioner:
+        """This API for one call: its prompt, sampling seed and ``generate`` options (``num_beams``, ``do_sample``,
+        ``max_new_tokens``, ``top_p``...). A new object sharing the model, which it never writes to: concurrent
+        calls each get their own."""
+        bound = copy.copy(self)
+        bound.prompt, bound.seed, bound.generation = prompt, seed, check_generation(dict(generation))
+        return bound
 
     def rows(self, prediction: dict[str, Any]) -> list[Row]:
         return [
@@ -70,7 +100,6 @@ class Captioner(Predictor):
                 ``rerank`` (consensus reranking: True / False / ``{"k": 5, "candidates": 8, "weight": 0.0}``;
                 default: the checkpoint's ``model.rerank``).
         """
-        self.configure(prompt, seed, **generation)
-        return frame(self.run(inputs))
+        return frame(self.with_options(prompt, seed, **generation).run(inputs))
 
     predict = caption

@@ -18,7 +18,8 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from encoders.types import Features
@@ -129,3 +130,48 @@ class CaptionMemory:
         except (KeyError, AttributeError, TypeError) as err:
             raise UserError(f"the checkpoint's caption memory is not one this version wrote ({err})") from None
         return memory
+
+
+@torch.no_grad()
+def build_memory(vision: nn.Module, loader: Any, device: torch.device) -> CaptionMemory:
+    """A caption memory of every product of ``loader`` (eval transforms) with a photo and a target text, keyed by
+    the ``vision`` encoder in eval mode (its mode is restored after)."""
+    keys, titles, ids = [], [], []
+    training = vision.training
+    vision.eval()
+    try:
+        for batch in loader:
+            if not batch["ids"]:
+                continue
+            pairs = zip(batch["references"], batch["has_image"].tolist(), strict=True)
+            keep = [i for i, (ref, has) in enumerate(pairs) if ref and has]
+            if not keep:
+                continue
+            keys.append(raw_keys(vision(batch["pixel_values"][keep].to(device))).cpu())
+            titles += [batch["references"][i] for i in keep]
+            ids += [batch["ids"][i] for i in keep]
+    finally:
+        vision.train(training)
+    if not keys:
+        raise UserError(
+            "model.retrieval / model.rerank: no training product has both a photo and a target text to remember"
+        )
+    memory = CaptionMemory(torch.cat(keys), titles, ids)
+    rank_zero_info(f"captioning: caption memory of {len(memory)} training products ({memory.width}-value keys)")
+    return memory
+
+
+def neighbour_prompts(
+    memory: CaptionMemory | None, features: Features, k: int, ids: Sequence[str], has_image: Tensor | None = None
+) -> list[str]:
+    """Per item, its ``k`` neighbour titles joined (:meth:`CaptionMemory.prompts`): items whose ``has_image`` is
+    False get none, and an item never retrieves its own product id (``ids``)."""
+    if memory is None:
+        raise UserError(
+            "this captioner retrieves neighbour titles (model.retrieval) but holds no caption memory: fit it "
+            "(the memory is built from the training split) or load a checkpoint written by fit"
+        )
+    prompts = memory.prompts(features, k, exclude=ids)
+    if has_image is not None:
+        prompts = [p if bool(h) else "" for p, h in zip(prompts, has_image.tolist(), strict=True)]
+    return prompts

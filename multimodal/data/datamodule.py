@@ -14,18 +14,10 @@ from torch.utils.data import DataLoader
 
 from encoders.types import ImageTransform
 from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
-from multimodal.data.images import resolve_image_path
-from multimodal.data.manifest import (
-    SPLITS,
-    assign_splits,
-    build_tag_vocabulary,
-    build_vocabulary,
-    clean_value,
-    read_manifest,
-    split_tags,
-    unseen_counts,
-)
-from multimodal.errors import BadSampleError, UserError
+from multimodal.data.manifest import SPLITS, unseen_counts
+from multimodal.data.options import check_data_options
+from multimodal.data.splits import DataColumns, SplitRule, read_splits, training_vocabularies
+from multimodal.errors import UserError
 from multimodal.resume import EpochShuffle, batches_done
 
 log = logging.getLogger(__name__)
@@ -93,17 +85,7 @@ class ProductDataModule(L.LightningDataModule):
         confine_images: bool = False,
     ) -> None:
         super().__init__()
-        if on_bad_sample not in ("error", "skip"):
-            raise UserError(f"data.on_bad_sample must be 'error' or 'skip', not '{on_bad_sample}'")
-        if batch_size <= 0 or num_workers < 0:
-            raise UserError(
-                f"data.batch_size must be positive and data.num_workers >= 0, not {batch_size} / {num_workers}"
-            )
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise UserError(f"data.val_fraction / test_fraction must be in [0, 1) with a sum below 1, not "
-                            f"{val_fraction} / {test_fraction}")  # fmt: skip
-        if predict_split not in ("all", *SPLITS):
-            raise UserError(f"data.predict_split must be all, train, val or test, not '{predict_split}'")
+        check_data_options(on_bad_sample, batch_size, num_workers, val_fraction, test_fraction, predict_split)
         self.manifest = Path(manifest)
         self.image_root = Path(image_root) if image_root else self.manifest.parent
         self.confine_images = bool(confine_images)
@@ -133,40 +115,11 @@ class ProductDataModule(L.LightningDataModule):
     def _read(
         self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str
     ) -> dict[str, list[ProductRecord]]:
-        required = [self.id_column, self.image_column, *self.text_columns, *self.attributes, *self.tag_columns]
-        df = read_manifest(self.manifest, required)
-        splits = assign_splits(df, self.id_column, split_column, val_fraction, test_fraction, salt)
-        out: dict[str, list[ProductRecord]] = {s: [] for s in SPLITS}
-        seen: dict[str, int] = {}
-        for row, (rec, split) in enumerate(zip(df.to_dict("records"), splits, strict=True)):
-            item_id = clean_value(rec[self.id_column])
-            if item_id is None or item_id in seen:
-                what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
-                self._bad(row, str(item_id), f"{self.manifest} row {row}: {what} in column '{self.id_column}'")
-                continue
-            seen[item_id] = row
-            image = clean_value(rec[self.image_column])
-            if image is not None:
-                try:
-                    path = resolve_image_path(self.image_root, image, self.confine_images)
-                    if not path.is_file():
-                        raise BadSampleError(f"image not found: {path}")
-                except BadSampleError as err:
-                    self._bad(row, item_id, f"{self.manifest} row {row} (id {item_id}): {err}")
-                    continue
-            out[split].append(
-                ProductRecord(
-                    row=row,
-                    id=item_id,
-                    image=image,
-                    texts={c: clean_value(rec[c]) for c in self.text_columns},
-                    labels={a: clean_value(rec[a]) for a in self.attributes},
-                    tags={c: split_tags(clean_value(rec[c]), self.tag_separator) for c in self.tag_columns},
-                )
-            )
-        if not any(out.values()):
-            raise UserError(f"manifest {self.manifest}: no usable product (all {len(df)} rows skipped)")
-        return out
+        columns = DataColumns(
+            self.id_column, self.image_column, self.text_columns, self.attributes, self.tag_columns, self.tag_separator
+        )
+        rule = SplitRule(split_column, val_fraction, test_fraction, salt)
+        return read_splits(self.manifest, self.image_root, self.confine_images, columns, rule, self._bad)
 
     def _bad(self, row: int, item_id: str, message: str) -> None:
         if self.on_bad_sample == "error":
@@ -174,15 +127,7 @@ class ProductDataModule(L.LightningDataModule):
         self.skipped[item_id] = {"id": item_id, "row": row, "reason": message}
 
     def _training_vocabularies(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        train = self.splits["train"]
-        if (self.attributes or self.tag_columns) and not train:
-            raise UserError(f"manifest {self.manifest}: the training split is empty")
-        vocab = {a: build_vocabulary([r.labels[a] for r in train]) for a in self.attributes}
-        tags = {c: build_tag_vocabulary([r.tags[c] for r in train]) for c in self.tag_columns}
-        for name, values in {**vocab, **tags}.items():
-            if not values:
-                raise UserError(f"column '{name}': no known value in the training split of {self.manifest}")
-        return vocab, tags
+        return training_vocabularies(self.splits["train"], self.attributes, self.tag_columns, self.manifest)
 
     def set_vocabularies(self, vocabularies: dict[str, list[str]], tag_vocabularies: dict[str, list[str]]) -> None:
         """Use these vocabularies (from training, or from a checkpoint) to encode labels."""

@@ -22,70 +22,30 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from multimodal.arguments import Parser
 from multimodal.errors import UserError
+from multimodal.onnx.graph_export import (  # noqa: F401 - re-exported: the export's one import path
+    INT8_OPS,
+    TOLERANCE,
+    export_graph,
+    export_one,
+    parity,
+    quantize_int8,
+)
+from multimodal.onnx.manifest import (  # noqa: F401 - re-exported, as above
+    FORMAT_VERSION,
+    MANIFEST,
+    check_files,
+    file_hashes,
+    is_onnx_export,
+    read_model_manifest,
+)
 
-MANIFEST = "model.json"
-FORMAT_VERSION = 1
 QUANTIZE = ("int8",)
-# Dynamic int8 on these op types: the matrix products (Conv stays fp32: ConvInteger is slower than fp32 Conv on
-# CPUs here, benchmarks/inference_speed.py).
-INT8_OPS = ["MatMul", "Gemm"]
-TOLERANCE = 1e-4
-
-
-def is_onnx_export(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / MANIFEST).is_file()
-
-
-def read_model_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} cannot be read as an ONNX export manifest ({err})") from None
-    if info.get("format") != "multimodal-onnx" or info.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path} is not an ONNX export of this project (format / version differ)")
-    return info
-
-
-def file_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` but the manifest, by path relative to it (``/`` separated)."""
-    from multimodal.loading import file_sha256
-
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
-
-
-def check_files(folder: str | Path, info: dict[str, Any], int8: bool | None = None) -> None:
-    """Refuse an export whose files differ from the hashes recorded at export, naming the first such file.
-
-    Args:
-        folder: the export folder.
-        info: its manifest.
-        int8: check only the graphs of this precision (``None``: every graph); an export without recorded
-            hashes (written before they were) passes.
-    """
-    from multimodal.loading import file_sha256
-
-    skip = set()
-    if int8 is not None:  # the graphs of the other precision are not read by this run
-        skip = {g.get("file" if int8 else "int8_file") for g in info.get("graphs", {}).values()}
-    for name, sha in (info.get("files") or {}).items():
-        if name in skip:
-            continue
-        path = Path(folder) / name
-        if not path.is_file():
-            raise UserError(f"{path} is missing: the ONNX export {folder} was changed since the export")
-        if file_sha256(path) != sha:
-            raise UserError(f"{path} was changed since the export (its SHA-256 differs from {MANIFEST})")
 
 
 def task_settings(model: Any) -> dict[str, Any]:
@@ -109,70 +69,6 @@ def task_settings(model: Any) -> dict[str, Any]:
     return {}
 
 
-def export_graph(graph: Any, model: Any, path: Path) -> None:
-    import torch
-
-    from multimodal.onnx.graphs import SEQUENCE_INPUTS, example_inputs
-
-    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
-    shapes = tuple({0: batch, 1: seq} if name in SEQUENCE_INPUTS or name.endswith("input_ids") or
-                   name.endswith("attention_mask") else {0: batch} for name in graph.inputs)  # fmt: skip
-    args = example_inputs(graph, model)
-    import warnings
-
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph.module.eval(),
-            args,
-            str(path),
-            dynamo=True,
-            input_names=list(graph.inputs),
-            output_names=list(graph.outputs),
-            dynamic_shapes=(shapes,) if _varargs(graph.module) else shapes,
-            verbose=False,
-            external_data=False,
-        )
-
-
-def _varargs(module: Any) -> bool:
-    import inspect
-
-    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
-
-
-def parity(graph: Any, model: Any, path: Path) -> float:
-    """Largest |ONNX Runtime - eager| over every output of ``graph`` on two input shapes (batch 2 and 3, two
-    sequence lengths, padding and a missing modality in each)."""
-    import numpy as np
-    import torch
-
-    from multimodal.onnx.graphs import example_inputs
-    from multimodal.onnx.runtime import session
-
-    sess = session(path)
-    worst = 0.0
-    for batch, seq in ((2, 8), (3, 5)):
-        args = example_inputs(graph, model, batch, seq)
-        with torch.no_grad():
-            ref = graph.module(*args)
-        out = sess.run(None, {n: a.numpy() for n, a in zip(graph.inputs, args, strict=True)})
-        for r, o in zip(ref, out, strict=True):
-            worst = max(worst, float(np.abs(r.float().numpy() - o.astype(np.float32)).max()))
-    return worst
-
-
-def quantize_int8(source: Path, target: Path, op_types: list[str] | None = None) -> None:
-    """Dynamic int8 weights (activations quantized per batch at run time) of the graph at ``source``, on the
-    op types ``op_types`` (default :data:`INT8_OPS`)."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every op it skips
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=op_types or INT8_OPS)
-
-
 def export_model(
     ckpt_path: str | Path,
     out: str | Path,
@@ -194,9 +90,8 @@ def export_model(
         link_cache: as ``multimodal export-model`` does: take the cache's export of the checkpoint when it has one
             with these options, and record ``out`` in the cache for ``--runtime onnx`` (:mod:`multimodal.onnx.cache`).
     """
-    from multimodal.loading import file_sha256, load
+    from multimodal.loading import file_sha256
     from multimodal.onnx import cache
-    from multimodal.onnx.graphs import graphs_of
 
     if quantize not in (None, *QUANTIZE):
         raise UserError(f"--quantize {quantize}: choose from {', '.join(QUANTIZE)}")
@@ -206,25 +101,36 @@ def export_model(
     if out.exists():
         _check_existing(out, wanted, keep_fp32)
     elif not (link_cache and sha and keep_fp32 and cache.adopt(ckpt_path, sha, wanted, out)):
-        loaded = load(ckpt_path)
-        model = loaded.model.eval().cpu()
-        graphs = graphs_of(model, extra)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            info = _manifest(loaded, work, wanted, ckpt_path)
-            for graph in graphs:
-                info["graphs"][graph.name] = _export_one(graph, model, work, quantize, keep_fp32, progress)
-            info["files"] = file_hashes(work)
-            (work / MANIFEST).write_text(json.dumps(info, indent=2))
-            work.rename(out)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+        _write_export(ckpt_path, out, wanted, extra, keep_fp32, progress)
     info = read_model_manifest(out)
     if link_cache:
         cache.record(out, info)
     return info
+
+
+def _write_export(
+    ckpt_path: str | Path, out: Path, wanted: dict[str, Any], extra: tuple[str, ...], keep_fp32: bool, progress: bool
+) -> None:
+    """Export every graph of the checkpoint into a temporary sibling of ``out``, then rename it into place (a
+    failed export leaves nothing behind)."""
+    from multimodal.loading import load
+    from multimodal.onnx.graphs import graphs_of
+
+    loaded = load(ckpt_path)
+    model = loaded.model.eval().cpu()
+    graphs = graphs_of(model, extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        info = _manifest(loaded, work, wanted, ckpt_path)
+        for graph in graphs:
+            info["graphs"][graph.name] = export_one(graph, model, work, wanted["quantize"], keep_fp32, progress)
+        info["files"] = file_hashes(work)
+        (work / MANIFEST).write_text(json.dumps(info, indent=2))
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _check_existing(out: Path, wanted: dict[str, Any], keep_fp32: bool) -> None:
@@ -270,41 +176,8 @@ def _manifest(loaded: Any, work: Path, wanted: dict[str, Any], ckpt_path: str | 
     return info
 
 
-def _export_one(
-    graph: Any, model: Any, work: Path, quantize: str | None, keep_fp32: bool, progress: bool
-) -> dict[str, Any]:
-    """Export, check and (with ``quantize``) quantize one graph into ``work``; returns its manifest entry."""
-    from multimodal.onnx.runtime import output_widths, session
-
-    start = time.perf_counter()
-    path = work / f"{graph.name}.onnx"
-    export_graph(graph, model, path)
-    entry: dict[str, Any] = {
-        "file": path.name,
-        "inputs": list(graph.inputs),
-        "outputs": list(graph.outputs),
-        # the graph's own output widths: loading compares the label counts with them
-        "widths": output_widths(session(path, 1)),
-        "max_abs_diff": parity(graph, model, path),
-    }
-    if progress:
-        print(f"exported {graph.name}: max |onnx - eager| {entry['max_abs_diff']:.2e}", file=sys.stderr)
-    if entry["max_abs_diff"] > 1e-3:
-        raise UserError(
-            f"graph {graph.name}: ONNX Runtime differs from eager by {entry['max_abs_diff']:.2e} (> 1e-3); not written"
-        )
-    if quantize == "int8":
-        int8 = work / f"{graph.name}.int8.onnx"
-        quantize_int8(path, int8)
-        entry["int8_file"] = int8.name
-        if not keep_fp32:  # an int8-only export: the fp32 graph was only needed to quantize and check it
-            path.unlink()
-            del entry["file"]
-    entry["export_s"] = round(time.perf_counter() - start, 1)
-    return entry
-
-
 def parser() -> argparse.ArgumentParser:
+    """The command line of ``multimodal export-model``."""
     p = Parser(
         prog="multimodal export-model",
         description="Export a checkpoint's inference graphs to ONNX (with its tokenizer, image transform and label "
@@ -322,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
+    """Run ``multimodal export-model``; prints a one-line JSON summary."""
     args = parser().parse_args(argv)
     info = export_model(args.ckpt_path, args.out, args.quantize, tuple(args.towers), link_cache=True)
     graphs = {name: {"max_abs_diff": g["max_abs_diff"]} for name, g in info["graphs"].items()}

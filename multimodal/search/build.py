@@ -60,24 +60,34 @@ def build_index(
         graph.hnsw.efSearch = ef_search
         index = faiss.IndexIDMap2(graph)
     elif kind in ("ivf", "ivfpq"):
-        cells = nlist or default_nlist(n)
-        if kind == "ivf":
-            factory = f"IVF{cells},Flat"
-        else:
-            if dim % pq_m:
-                raise UserError(f"pq_m={pq_m} must divide the vector dimension {dim}")
-            factory = f"{f'OPQ{pq_m},' if opq else ''}IVF{cells},PQ{pq_m}x8"
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = seed
-        rng = np.random.default_rng(seed)
-        sample = x if n <= train_size * cells else x[np.sort(rng.choice(n, train_size * cells, replace=False))]
-        index.train(sample)
-        ivf.nprobe = min(nprobe, cells)
+        index = _trained_ivf(x, kind, nlist or default_nlist(n), nprobe, pq_m, opq, seed, train_size)
     else:
         raise UserError(f"unknown index kind '{kind}' (choose {', '.join(KINDS)} or auto)")
     for start in range(0, n, 1_000_000):  # bounded temporary memory for large catalogues
         index.add_with_ids(x[start : start + 1_000_000], labels[start : start + 1_000_000])
+    return index
+
+
+def _trained_ivf(
+    x: np.ndarray, kind: str, cells: int, nprobe: int, pq_m: int, opq: bool, seed: int, train_size: int
+) -> Any:
+    """An empty IVF (``ivf``) or IVF-PQ (``ivfpq``) index over ``cells`` cells, trained on a seeded sample of
+    ``x (N, E)`` of at most ``train_size`` vectors a cell."""
+    faiss = _faiss()
+    n, dim = x.shape
+    if kind == "ivf":
+        factory = f"IVF{cells},Flat"
+    else:
+        if dim % pq_m:
+            raise UserError(f"pq_m={pq_m} must divide the vector dimension {dim}")
+        factory = f"{f'OPQ{pq_m},' if opq else ''}IVF{cells},PQ{pq_m}x8"
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    rng = np.random.default_rng(seed)
+    sample = x if n <= train_size * cells else x[np.sort(rng.choice(n, train_size * cells, replace=False))]
+    index.train(sample)
+    ivf.nprobe = min(nprobe, cells)
     return index
 
 
@@ -129,34 +139,19 @@ def build_from_export(
     breadth to ``target_recall`` (:mod:`multimodal.search.choice`); ``lexical`` names the text columns of a BM25
     index kept beside; ``shards`` splits the products by id hash into that many FAISS indexes.
     """
-    from multimodal.search.choice import choose, tune
-    from multimodal.search.export import CHECKPOINT, load_export
+    from multimodal.search.export import CHECKPOINT
     from multimodal.search.lexical import LexicalIndex
     from multimodal.writers import output_lock
 
     if shards < 1:
         raise UserError(f"--shards must be at least 1, not {shards}")
-    manifest, vectors, products = load_export(export_folder)
-    if len(vectors) == 0:
-        raise UserError(f"export {export_folder} holds no vectors")
-    refuse_repeated_ids(products, export_folder)
+    manifest, vectors, products = _read_export(export_folder)
     n, dim = vectors.shape
-    products = products.assign(**{LABEL: np.arange(n, dtype=np.int64)})
     lex = LexicalIndex.build(products, lexical) if lexical else None
     info: dict[str, Any] = {}
-    if kind == "auto":
-        choice = choose(n, dim, memory_budget, shards=shards)
-        kind, options = choice.pop("kind"), {**choice.pop("options"), **options}
-        info["choice"] = choice
-    if shards > 1 and kind in ("ivf", "ivfpq") and options.get("nlist") is None:
-        # as many cells a shard as one index of all n would have (see choose())
-        options = {**options, "nlist": max(1, min(default_nlist(n), n // shards // 39))}
+    kind, options = _settle_kind(kind, options, n, dim, memory_budget, shards, info)
     start = time.perf_counter()
-    owner = shard_of(products["id"], shards)
-    parts = [
-        build_index(vectors[owner == s], kind, seed=seed, ids=np.flatnonzero(owner == s), **options)  # type: ignore[arg-type]
-        for s in range(shards)
-    ]
+    parts = _build_shards(vectors, products["id"], kind, options, shards, seed)
     info.update(
         kind=kind,
         dim=int(dim),
@@ -168,15 +163,78 @@ def build_from_export(
         export=manifest,
         export_folder=str(Path(export_folder).resolve()),
     )
-    built = SearchIndex(shards=parts, products=products, info=info, lexical=lex)
     if kind != "flat":
-        info.update(tune(built, vectors, target_recall, check_queries, seed))
-        if min_recall is not None and info["recall@10_vs_exact"] < min_recall:
-            raise UserError(
-                f"{kind} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
-                "raise --nprobe / --ef-search, or use --target_recall"
-            )
+        built = SearchIndex(shards=parts, products=products, info=info, lexical=lex)
+        _check_recall(built, vectors, target_recall, check_queries, seed, min_recall)
     checkpoint = Path(export_folder) / CHECKPOINT
     with output_lock(Path(out)):
         save_index(out, parts, products, info, checkpoint if checkpoint.is_file() else None, lex)
     return info
+
+
+def _build_shards(
+    vectors: np.ndarray, ids: pd.Series, kind: str, options: dict[str, Any], shards: int, seed: int
+) -> list[Any]:
+    """One FAISS index a shard, over the vectors of the products whose id hashes to it (labels: their rows)."""
+    owner = shard_of(ids, shards)
+    return [
+        build_index(vectors[owner == s], kind, seed=seed, ids=np.flatnonzero(owner == s), **options)  # type: ignore[arg-type]
+        for s in range(shards)
+    ]
+
+
+def _read_export(export_folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
+    """An export's manifest, vectors ``(N, E)`` and products table (labelled ``0..N-1``); refuses an empty export
+    or one that repeats an id."""
+    from multimodal.search.export import load_export
+
+    manifest, vectors, products = load_export(export_folder)
+    if len(vectors) == 0:
+        raise UserError(f"export {export_folder} holds no vectors")
+    refuse_repeated_ids(products, export_folder)
+    products = products.assign(**{LABEL: np.arange(len(vectors), dtype=np.int64)})
+    return manifest, vectors, products
+
+
+def _check_recall(
+    built: SearchIndex,
+    vectors: np.ndarray,
+    target_recall: float | None,
+    check_queries: int,
+    seed: int,
+    min_recall: float | None,
+) -> None:
+    """Tune an approximate index's search breadth and record its recall@10 against exact search in its info;
+    refuse it below ``min_recall``."""
+    from multimodal.search.choice import tune
+
+    info = built.info
+    info.update(tune(built, vectors, target_recall, check_queries, seed))
+    if min_recall is not None and info["recall@10_vs_exact"] < min_recall:
+        raise UserError(
+            f"{info['kind']} index recall@10 vs exact is {info['recall@10_vs_exact']:.3f} < {min_recall}: "
+            "raise --nprobe / --ef-search, or use --target_recall"
+        )
+
+
+def _settle_kind(
+    kind: str,
+    options: dict[str, Any],
+    n: int,
+    dim: int,
+    memory_budget: int | None,
+    shards: int,
+    info: dict[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """The index kind and options to build: ``auto`` chosen from the vector count and the memory budget (the
+    choice is recorded in ``info``), and IVF cells a shard when the products are sharded."""
+    from multimodal.search.choice import choose
+
+    if kind == "auto":
+        choice = choose(n, dim, memory_budget, shards=shards)
+        kind, options = choice.pop("kind"), {**choice.pop("options"), **options}
+        info["choice"] = choice
+    if shards > 1 and kind in ("ivf", "ivfpq") and options.get("nlist") is None:
+        # as many cells a shard as one index of all n would have (see choose())
+        options = {**options, "nlist": max(1, min(default_nlist(n), n // shards // 39))}
+    return kind, options

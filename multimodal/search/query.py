@@ -6,21 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from multimodal.errors import UserError
 from multimodal.search.filters import Filter
-from multimodal.search.index import LABEL, SearchIndex, index_checkpoint
-
-if TYPE_CHECKING:
-    from multimodal.search.retriever import ProductRetriever
-
-QueryImage = Path | Image.Image
-HIDDEN = frozenset({LABEL})
+from multimodal.search.hits import HIDDEN, HYBRID_DEPTH, Hits, candidates, fuse  # noqa: F401 - re-exported
+from multimodal.search.index import LABEL, SearchIndex
+from multimodal.search.query_encoder import QueryEncoder, QueryImage
 
 
 @dataclass
@@ -50,89 +44,8 @@ class Query:
         return given[0]
 
 
-class QueryEncoder:
-    """The towers of the checkpoint kept with an index (or named by its export), turning text or photos into query
-    vectors. Loads the checkpoint alone: no catalogue is read, whatever its size."""
-
-    def __init__(self, index: SearchIndex, device: str = "cpu", runtime: str = "torch") -> None:
-        from multimodal.loading import file_sha256, load
-        from multimodal.search.retriever import ProductRetriever
-
-        export = index.info["export"]
-        ckpt = index_checkpoint(index)
-        if not ckpt.is_file():
-            raise UserError(f"the checkpoint of index {index.folder}, {ckpt}, is missing: rebuild the index")
-        expected = export.get("checkpoint_sha256")
-        if expected and file_sha256(ckpt) != expected:
-            raise UserError(f"{ckpt} changed since the export (sha256 differs): re-run `multimodal export`")
-        # the query towers on the chosen runtime; the re-ranker (when asked for) always runs eager
-        self.model: ProductRetriever = load(ckpt, task=ProductRetriever, runtime=runtime).model.eval().to(device)
-        self.device, self.checkpoint, self.runtime = device, ckpt, runtime
-        self._eager: ProductRetriever | None = self.model if runtime == "torch" else None
-        self.image_root = Path(export["image_root"])
-        self.product_columns = self.model.product_columns or export.get("columns") or []
-        self.transform = self.model.image_transform(False)
-
-    @property
-    def can_rerank(self) -> bool:
-        if self._eager is None:
-            return bool(self.model.settings.get("reranker"))
-        return self._eager.reranker is not None
-
-    @property
-    def eager(self) -> ProductRetriever:
-        """The checkpoint's model in PyTorch (the re-ranker's runtime), loaded when first needed."""
-        if self._eager is None:
-            from multimodal.loading import load
-            from multimodal.search.retriever import ProductRetriever
-
-            self._eager = load(self.checkpoint, task=ProductRetriever).model.eval().to(self.device)
-        return self._eager
-
-    @torch.inference_mode()
-    def texts(self, queries: list[str]) -> np.ndarray:
-        """Query vectors ``(Q, E)`` of text queries."""
-        if any(not q or not q.strip() for q in queries):
-            raise UserError("empty query text")
-        enc = self.model.text.tokenize([q.strip() for q in queries])
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        return self.model.embed_text(ids, mask).float().cpu().numpy()
-
-    def pixels(self, images: list[QueryImage]) -> torch.Tensor:
-        """``(N, 3, H, W)`` eval-transformed pixels of paths or PIL images."""
-        from multimodal.data.images import load_image, to_rgb
-
-        loaded = [to_rgb(im) if isinstance(im, Image.Image) else load_image(Path(im)) for im in images]
-        return torch.stack([self.transform(im) for im in loaded]).to(self.device)
-
-    @torch.inference_mode()
-    def images(self, images: list[QueryImage]) -> np.ndarray:
-        """Query vectors ``(Q, E)`` of photo queries."""
-        return self.model.embed_image(self.pixels(images)).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def rerank(self, products: list[dict[str, Any]], text: str | None, image: QueryImage | None) -> list[float]:
-        """Re-ranker scores of (query, candidate): a text query meets candidate photos, a photo candidate texts."""
-        model = self.eager
-        if text is not None:
-            paths = [p.get("image_path") for p in products]
-            if any(p is None for p in paths):
-                raise UserError("re-ranking a text query needs every candidate's photo; some have none")
-            pixels = self.pixels([self.image_root / str(p) for p in paths])
-            enc = model.text.tokenize([text] * len(products))
-        else:
-            assert image is not None
-            pixels = self.pixels([image]).expand(len(products), -1, -1, -1)
-            joined = [". ".join(str(p[c]) for c in self.product_columns if p.get(c) is not None) for p in products]
-            enc = model.text.tokenize(joined)
-        vision = model.vision(pixels)
-        tokens = model.text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
-        return model.match_scores(vision, tokens).float().cpu().tolist()
-
-
 MODES = ("dense", "lexical", "hybrid")
 FUSIONS = ("rrf", "weighted")
-HYBRID_DEPTH = 100  # candidates taken from each list before fusing them
 
 
 def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> None:
@@ -195,60 +108,6 @@ def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: lis
     return out
 
 
-Hits = list[tuple[int, float]]  # (products-table row, score), best first
-
-
-def _candidates(
-    index: SearchIndex, queries: list[Query], vectors: dict[int, np.ndarray]
-) -> tuple[dict[int, Hits], dict[int, Hits]]:
-    """Dense and lexical candidate lists of each query: one FAISS search and one BM25 search per filter."""
-    dense: dict[int, Hits] = {}
-    lexical: dict[int, Hits] = {}
-    groups: dict[str | None, list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault(q.where, []).append(i)
-    for where, members in groups.items():
-        allowed = Filter(where, index.products, HIDDEN, index.filter_cache).mask() if where is not None else None
-
-        def depth(q: Query) -> int:
-            wide = HYBRID_DEPTH if q.mode == "hybrid" else 0
-            return min(index.count, max(q.k, q.rerank, wide) + (q.like is not None))
-
-        want = [i for i in members if queries[i].mode != "lexical"]
-        if want:
-            scores, rows = index.search(
-                np.stack([vectors[i] for i in want]), max(depth(queries[i]) for i in want), allowed
-            )
-            for i, s, r in zip(want, scores, rows, strict=True):
-                dense[i] = [(int(row), float(sc)) for row, sc in zip(r, s, strict=True) if row >= 0]
-        want = [i for i in members if queries[i].mode != "dense"]
-        if want:
-            lex = index.lexical
-            scores, rows = lex.search(
-                [str(queries[i].text) for i in want], max(depth(queries[i]) for i in want), allowed
-            )
-            for i, s, r in zip(want, scores, rows, strict=True):
-                lexical[i] = [(int(row), float(sc)) for row, sc in zip(r, s, strict=True) if row >= 0]
-    return dense, lexical
-
-
-def _fuse(q: Query, dense: Hits | None, lexical: Hits | None) -> Hits:
-    from multimodal.search.lexical import reciprocal_rank_fusion, weighted_fusion
-
-    if q.mode == "dense":
-        return dense or []
-    if q.mode == "lexical":
-        return lexical or []
-
-    def arrays(hits: Hits) -> tuple[np.ndarray, np.ndarray]:
-        return np.array([s for _, s in hits], np.float32), np.array([r for r, _ in hits], np.int64)
-
-    d, lx = arrays(dense or []), arrays(lexical or [])
-    if q.fusion == "weighted":
-        return weighted_fusion(d, lx, q.weight)
-    return reciprocal_rank_fusion([d[1], lx[1]])
-
-
 def search_many(index: SearchIndex, encoder: QueryEncoder | None, queries: list[Query]) -> list[list[dict[str, Any]]]:
     """Top-k products of each query (``score`` plus the products table's columns; ``rerank_score`` when re-ranked).
 
@@ -260,10 +119,10 @@ def search_many(index: SearchIndex, encoder: QueryEncoder | None, queries: list[
         check_query(index, q, can_rerank)
     need = [i for i, q in enumerate(queries) if q.mode != "lexical" or q.rerank]
     vectors = dict(zip(need, query_vectors(index, encoder, [queries[i] for i in need]), strict=True)) if need else {}
-    dense, lexical = _candidates(index, queries, vectors)
+    dense, lexical = candidates(index, queries, vectors)
     out = []
     for i, q in enumerate(queries):
-        found = _fuse(q, dense.get(i), lexical.get(i))
+        found = fuse(q, dense.get(i), lexical.get(i))
         if q.like is not None:
             found = [(r, s) for r, s in found if str(index.products["id"].iat[r]) != q.like]
         found = found[: max(q.k, q.rerank)]

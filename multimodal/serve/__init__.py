@@ -1,7 +1,8 @@
 """``multimodal serve``: the task APIs over HTTP with LitServe (dynamic batching), and a search page.
 
 Importing this package imports nothing heavy (``multimodal serve --help`` answers at once); ``app`` builds the
-server, ``apis`` holds one LitAPI per task, ``requests`` turns HTTP input into model input.
+server, ``task_api`` holds what the per-task LitAPIs share (one module each: ``tag_api``, ``caption_api``,
+``search_api``), ``requests`` turns HTTP input into model input.
 """
 
 MB = 1024 * 1024

@@ -85,7 +85,9 @@ def build(settings: Settings) -> Any:
     import litserve as ls
     from fastapi.responses import HTMLResponse
 
-    from multimodal.serve.apis import CaptionAPI, SearchAPI, TagAPI
+    from multimodal.serve.caption_api import CaptionAPI
+    from multimodal.serve.search_api import SearchAPI
+    from multimodal.serve.tag_api import TagAPI
 
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,

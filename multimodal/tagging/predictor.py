@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +40,15 @@ class Tagger(Predictor):
         """Tag names per tag column."""
         return dict(self.model.tag_vocabularies)
 
+    def with_top_k(self, top_k: int) -> Tagger:
+        """This API for one call decoding ``top_k`` labels per attribute: a new object sharing the model, which it
+        never writes to, so concurrent calls each get their own."""
+        if top_k < 1:
+            raise UserError(f"top_k must be at least 1, not {top_k}")
+        bound = copy.copy(self)
+        bound.top_k = top_k
+        return bound
+
     def rows(self, prediction: dict[str, Any]) -> list[Row]:
         decoded = self.model.decode(prediction["probs"], top_k=self.top_k)
         return [{"id": i, **row} for i, row in zip(prediction["ids"], decoded, strict=True)]
@@ -47,10 +57,7 @@ class Tagger(Predictor):
         """One row per input: ``id``, then per attribute its label and ``<attribute>_score`` (and, for
         ``top_k > 1``, ``<attribute>_top``: ``[[label, probability], ...]``), per tag column the tags above the
         threshold and ``<column>_scores``; ``error`` for inputs that could not be read."""
-        if top_k < 1:
-            raise UserError(f"top_k must be at least 1, not {top_k}")
-        self.top_k = top_k
-        return frame(self.run(inputs))
+        return frame(self.with_top_k(top_k).run(inputs))
 
     def predict_proba(self, inputs: Any) -> dict[str, pd.DataFrame]:
         """Per attribute (and per tag column, as ``tags/<column>``) a DataFrame ``(N, classes)`` of probabilities,

@@ -13,68 +13,10 @@ from torch.nn import functional as F
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.data.dataset import IGNORE_INDEX
 from multimodal.errors import UserError
+from multimodal.tagging.decode import decode_probs
 from multimodal.tagging.metrics import TaggingMetrics, save_confusion_matrices
+from multimodal.tagging.ngram_head import NgramHead
 from multimodal.towers import FusionFactory, MissingModality, TowerTask
-
-
-class NgramHead(nn.Module):
-    """The "wide" part of a wide-and-deep tagger: a linear model on the hashed token n-grams of the product text,
-    whose output is added to the fused heads' logits.
-
-    A fused vector learns a class that has one or two training products last; a per-n-gram weight learns it at
-    once when the text names it (as a bag-of-words logistic regression does). Token n-grams (1..``ngrams``) that
-    contain no padding and no special token are hashed into ``buckets`` rows (row 0 is "nothing"); a product's
-    n-grams are summed with weight ``1/sqrt(count)`` (L2-normalised binary features). Rows start at zero, so an
-    untrained head adds nothing.
-
-    Args:
-        sizes: output width per logits key (classes per attribute, tags per tag column).
-        buckets: hash table rows.
-        ngrams: longest n-gram.
-        ignore_ids: token ids that never form an n-gram (the tokenizer's special tokens).
-    """
-
-    _PRIMES = (1_000_003, 998_244_353, 1_000_000_007, 19_260_817)
-
-    def __init__(self, sizes: dict[str, int], buckets: int, ngrams: int = 2, ignore_ids: list[int] | None = None):
-        super().__init__()
-        if problem := self.problem(buckets, ngrams):
-            raise ValueError(f"NgramHead {problem}")
-        self.sizes, self.buckets, self.ngrams = dict(sizes), buckets, ngrams
-        self.register_buffer("ignore_ids", torch.tensor(sorted(set(ignore_ids or [])), dtype=torch.long), False)
-        self.table = nn.EmbeddingBag(buckets, sum(self.sizes.values()), mode="sum", padding_idx=0)
-        nn.init.zeros_(self.table.weight)
-
-    @classmethod
-    def problem(cls, buckets: int, ngrams: int) -> str | None:
-        """What is wrong with these sizes, or None."""
-        if buckets < 2 or not 1 <= ngrams <= len(cls._PRIMES):
-            return f"needs buckets >= 2 and 1 <= ngrams <= {len(cls._PRIMES)}"
-        return None
-
-    def ngram_ids(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Hash rows ``(B, G)`` of every n-gram; 0 where a window holds padding or a special token."""
-        special = (input_ids.unsqueeze(-1) == self.ignore_ids).any(-1)  # not torch.isin: it has no ONNX form
-        valid = attention_mask.bool() & ~special  # (B, T)
-        t = input_ids.shape[1]
-        rows = []
-        for n in range(1, min(self.ngrams, t) + 1):
-            code = torch.full_like(input_ids[:, : t - n + 1], n)
-            ok = torch.ones_like(valid[:, : t - n + 1])
-            for j in range(n):
-                code = code + input_ids[:, j : t - n + 1 + j] * self._PRIMES[j]
-                ok = ok & valid[:, j : t - n + 1 + j]
-            rows.append(torch.where(ok, 1 + code.remainder(self.buckets - 1), 0))
-        return torch.cat(rows, 1)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, present: Tensor) -> dict[str, Tensor]:
-        """Logits per key for ``(B, T)`` ids; rows where ``present (B,)`` is False get zeros."""
-        rows = self.ngram_ids(input_ids, attention_mask)
-        rows = torch.where(present.unsqueeze(1), rows, 0)
-        used = (rows > 0).float()
-        weights = used / used.sum(1, keepdim=True).clamp(min=1).sqrt()
-        out = self.table(rows, per_sample_weights=weights)  # (B, sum of sizes)
-        return dict(zip(self.sizes, out.split(list(self.sizes.values()), dim=1), strict=True))
 
 
 class ProductTagger(TowerTask):
@@ -292,33 +234,3 @@ class ProductTagger(TowerTask):
     def decode(self, probs: dict[str, Tensor], top_k: int = 1) -> list[dict[str, Any]]:
         """Per-product label names and scores of head probabilities (:func:`decode_probs`)."""
         return decode_probs(probs, self.vocabularies, self.tag_vocabularies, self.tag_threshold, top_k)
-
-
-def decode_probs(
-    probs: dict[str, Tensor],
-    vocabularies: dict[str, list[str]],
-    tag_vocabularies: dict[str, list[str]],
-    tag_threshold: float,
-    top_k: int = 1,
-) -> list[dict[str, Any]]:
-    """Turn head probabilities into per-product label names and scores: ``<attribute>``, ``<attribute>_score``
-    (and ``<attribute>_top``: ``[[label, p], ...]`` when ``top_k > 1``); ``<tag column>``: the tags above
-    ``tag_threshold`` and ``<tag column>_scores`` their probabilities."""
-    n = next(iter(probs.values())).shape[0]
-    out: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, vocab in vocabularies.items():
-        score, idx = probs[name].float().topk(min(top_k, len(vocab)), dim=-1)
-        for i in range(n):
-            out[i][name] = vocab[idx[i, 0]]
-            out[i][f"{name}_score"] = round(float(score[i, 0]), 6)
-            if top_k > 1:
-                out[i][f"{name}_top"] = [
-                    [vocab[j], round(float(s), 6)] for j, s in zip(idx[i].tolist(), score[i].tolist(), strict=True)
-                ]
-    for name, vocab in tag_vocabularies.items():
-        p = probs[f"tags/{name}"].float()
-        for i in range(n):
-            chosen = (p[i] > tag_threshold).nonzero().flatten().tolist()
-            out[i][name] = [vocab[j] for j in chosen]
-            out[i][f"{name}_scores"] = [round(float(p[i, j]), 6) for j in chosen]
-    return out

@@ -1,0 +1,77 @@
+"""``POST /caption``: the captioner over HTTP, each request's options passed with its call."""
+
+# No ``from __future__ import annotations``, as in :mod:`multimodal.serve.task_api` (LitServe reads annotations).
+from typing import Any
+
+from multimodal.serve.requests import Problem, fields, flag, image, integer, number, text
+from multimodal.serve.task_api import TaskAPI, plain
+
+# generate options a caption request may set, with their types and bounds (a service protects its workers)
+CAPTION_OPTIONS: dict[str, tuple[str, int, int]] = {
+    "num_beams": ("int", 1, 16),
+    "max_new_tokens": ("int", 1, 256),
+    "min_new_tokens": ("int", 0, 256),
+    "no_repeat_ngram_size": ("int", 0, 16),
+    "do_sample": ("bool", 0, 0),
+    "temperature": ("float", 0, 0),
+    "top_p": ("float", 0, 0),
+    "repetition_penalty": ("float", 0, 0),
+    "length_penalty": ("float", 0, 0),
+    "rerank": ("bool", 0, 0),
+}
+
+
+class CaptionAPI(TaskAPI):
+    """``POST /caption``: a photo (``image``), optional ``prompt``, ``seed`` and generate options -> ``caption``
+    and ``score``. Requests of one dynamic batch with the same options are generated together."""
+
+    path = "/caption"
+
+    def load(self, device: str) -> None:
+        from multimodal.captioning.predictor import Captioner
+
+        self.captioner = Captioner.load(self.checkpoint, device=device, batch_size=self.forward_batch_size)
+
+    def decode(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from multimodal.captioning.predictor import check_generation
+
+        model = self.captioner.model
+        fields(payload, {"image", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})
+        photo = image(payload, "image", self.max_pixels)
+        if photo is None:
+            raise Problem("send a photo to caption (multipart field 'image')")
+        options: dict[str, Any] = {}
+        for key, (kind, low, high) in CAPTION_OPTIONS.items():
+            if key not in payload:
+                continue
+            if kind == "int":
+                options[key] = integer(payload, key, 0, low, high)
+            elif kind == "bool":
+                options[key] = flag(payload, key)
+            else:
+                options[key] = number(payload, key)
+        if options.get("rerank") and model.memory is None:
+            raise Problem("rerank: this captioner holds no caption memory (fit with model.rerank or model.retrieval)")
+        record = {self.captioner.columns.image: photo, **{c: text(payload, c) for c in model.prompt_columns}}
+        prompt = text(payload, "prompt")
+        seed = integer(payload, "seed", 0, 0)
+        return {"record": record, "id": text(payload, "id"), "prompt": prompt, "seed": seed,
+                "options": check_generation(options)}  # fmt: skip
+
+    def answer(self, items: list[dict[str, Any]]) -> list[Any]:
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):
+            key = (item["prompt"], item["seed"], tuple(sorted(item["options"].items())))
+            groups.setdefault(key, []).append(i)
+        out: list[Any] = [None] * len(items)
+        column = self.captioner.columns.id
+        for (prompt, seed, options), members in groups.items():
+            records = [{**items[i]["record"], column: str(n)} for n, i in enumerate(members)]
+            call = self.captioner.with_options(prompt, seed, **dict(options))  # a per-call API; the model is shared
+            for i, row in zip(members, call.run(records), strict=True):
+                if "error" in row:
+                    out[i] = Problem(str(row["error"]))
+                    continue
+                answer = {"caption": row["caption"], "score": plain(row["score"])}
+                out[i] = {"id": items[i]["id"], **answer} if items[i]["id"] is not None else answer
+        return out
