@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,20 @@ def test_a_second_job_on_the_same_output_is_refused_with_the_holders_pid(tmp_pat
     holder.join()
     with output_lock(out):
         pass
+
+
+def test_a_writer_killed_while_it_moves_an_old_folder_aside_leaves_it_readable(tmp_path: Path) -> None:
+    """An index folder from before builds were kept is moved into the builds, then the first link is made: a kill
+    between the two renames leaves neither; readers (and the next write) take the moved folder as the current one."""
+    from multimodal.search.builds import MIGRATED, builds_of, hold
+    from multimodal.search.index import INFO_FILE
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / INFO_FILE).write_text("{}")
+    builds_of(folder).mkdir()
+    os.replace(folder, builds_of(folder) / MIGRATED)  # the first rename, and no link: as a kill leaves it
+    build, lock = hold(folder, INFO_FILE)
+    assert build == (builds_of(folder) / MIGRATED).resolve() and (build / INFO_FILE).is_file()
+    if lock is not None:
+        lock.close()

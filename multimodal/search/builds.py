@@ -26,6 +26,9 @@ from multimodal.errors import UserError
 LOCK_FILE = ".lock"
 DELETING = ".deleting-"  # prefix of a build renamed aside to be deleted (no link ever points there)
 ATTEMPTS = 50  # re-resolutions of the link before a reader gives up: each failure means two swaps meanwhile
+# A folder written before builds were kept is moved here before the first link is made: two renames, so a reader
+# (or a writer killed between them) can meet neither the folder nor the link; this build is then the current one.
+MIGRATED = "0-previous"
 
 
 def builds_of(folder: Path) -> Path:
@@ -45,7 +48,8 @@ def publish(folder: Path, build: Path) -> None:
     """Point ``folder`` at ``build`` with one atomic rename, then prune the builds older than the one replaced."""
     previous = folder.resolve() if folder.is_symlink() else None
     if folder.exists() and not folder.is_symlink():  # a folder written before builds were kept: move it aside
-        previous = builds_of(folder) / "0-previous"
+        previous = builds_of(folder) / MIGRATED
+        (folder / LOCK_FILE).touch()  # its readers lock it as any build
         os.replace(folder, previous)
     link = folder.with_name(f".{folder.name}.{os.getpid()}.link")
     link.unlink(missing_ok=True)
@@ -87,6 +91,13 @@ def prune(folder: Path, keep: set[Path | None]) -> list[Path]:
     return held
 
 
+def _current(folder: Path) -> Path:
+    """The build ``folder`` names now: its link's target, or the migrated old folder while no link exists yet."""
+    if not folder.exists() and not folder.is_symlink() and (builds_of(folder) / MIGRATED).is_dir():
+        return builds_of(folder) / MIGRATED
+    return folder.resolve()
+
+
 def hold(folder: Path, marker: str) -> tuple[Path, IO[bytes] | None]:
     """Resolve ``folder`` to one build and take a shared lock on it; returns the build and the open lock file.
 
@@ -96,7 +107,7 @@ def hold(folder: Path, marker: str) -> tuple[Path, IO[bytes] | None]:
     """
     missing = None
     for _ in range(ATTEMPTS):
-        build = folder.resolve()
+        build = _current(folder)
         if not (build / marker).is_file():
             if folder.is_symlink() and build != missing:  # the link moved on and its build was deleted: again
                 missing = build
