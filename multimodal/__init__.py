@@ -12,13 +12,6 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Task class name -> its Python API (module, class).
-APIS = {
-    "ProductTagger": ("multimodal.tagging.predictor", "Tagger"),
-    "ProductRetriever": ("multimodal.search.predictor", "Retriever"),
-    "ProductCaptioner": ("multimodal.captioning.predictor", "Captioner"),
-}
-
 
 def load(
     path: str | Path, device: str = "cpu", batch_size: int = 32, runtime: str = "torch", merge_adapters: bool = True
@@ -42,14 +35,13 @@ def load(
         A ``Tagger`` (``predict``, ``predict_proba``, ``extract_embedding``), a ``Retriever`` (``embed_text``,
         ``embed_images``, ``extract_embedding``) or a ``Captioner`` (``caption``).
     """
-    import importlib
-
     from multimodal.errors import UserError
     from multimodal.loading import load as load_task
+    from multimodal.task import resolve, task_of, tasks
 
     loaded = load_task(path, runtime=runtime, merge_adapters=merge_adapters)
-    if loaded.task not in APIS:
-        raise UserError(f"{path} holds a {loaded.task}, which has no Python API (known: {sorted(APIS)})")
-    module, name = APIS[loaded.task]
-    api = getattr(importlib.import_module(module), name)
-    return api(loaded, device=device, batch_size=batch_size)
+    task = task_of(loaded.task)
+    if task is None:
+        known = sorted(t.class_name for t in tasks())
+        raise UserError(f"{path} holds a {loaded.task}, which has no Python API (known: {known})")
+    return resolve(task.api)(loaded, device=device, batch_size=batch_size)

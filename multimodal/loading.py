@@ -9,11 +9,10 @@ safely (``weights_only=True``). Predict, export, search, caption, serve and the 
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multimodal.artefact import Columns, Loaded, file_sha256  # noqa: F401 - re-exported: the loader's types
 from multimodal.errors import UserError
 
 CONFIG_KEY = "multimodal_config"
@@ -35,80 +34,6 @@ def store_config_callback(config_yaml: str) -> Any:
             checkpoint[CONFIG_KEY] = config_yaml
 
     return StoreConfig()
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Which manifest columns a model reads (from its training data config)."""
-
-    id: str = "id"
-    image: str = "image"
-    texts: tuple[str, ...] = ()
-    attributes: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    tag_separator: str = "|"
-
-    @classmethod
-    def from_data_config(cls, init_args: dict[str, Any]) -> Columns:
-        return cls(
-            id=init_args.get("id_column") or "id",
-            image=init_args.get("image_column") or "image",
-            texts=tuple(init_args.get("text_columns") or ()),
-            attributes=tuple(init_args.get("attributes") or ()),
-            tags=tuple(init_args.get("tag_columns") or ()),
-            tag_separator=init_args.get("tag_separator") or "|",
-        )
-
-
-@dataclass
-class Loaded:
-    """A task rebuilt from a checkpoint: the model (eval mode, on the CPU), the columns it reads, the stored
-    data settings (manifest, image root, batch size of training: defaults only) and the whole stored config."""
-
-    model: Any
-    columns: Columns
-    data: dict[str, Any]
-    config: dict[str, Any]
-    path: Path
-    checkpoint_sha256: str | None = None  # of the checkpoint an ONNX export was made from
-
-    @property
-    def task(self) -> str:
-        from multimodal.onnx.runtime import OnnxTask
-
-        model = self.model
-        return model.info["task"] if isinstance(model, OnnxTask) else type(model).__name__
-
-    @property
-    def runtime(self) -> str:
-        from multimodal.onnx.runtime import OnnxTask
-
-        return ("onnx-int8" if self.model.int8 else "onnx") if isinstance(self.model, OnnxTask) else "torch"
-
-    def sha256(self) -> str:
-        """SHA-256 of the checkpoint (for an ONNX export: of the checkpoint it was exported from)."""
-        return self.checkpoint_sha256 or file_sha256(self.path)
-
-    def checkpoint_file(self) -> Path:
-        """The checkpoint file itself (an ONNX export names its source; it must still be there, unchanged)."""
-        if self.path.is_file():
-            return self.path
-        source = Path(self.model.info.get("checkpoint") or "")
-        if not source.is_file() or file_sha256(source) != self.checkpoint_sha256:
-            raise UserError(
-                f"{self.path} is an ONNX export and its checkpoint {source} is gone or changed: this job needs the "
-                "checkpoint itself (give it with --ckpt_path and --runtime onnx)"
-            )
-        return source
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -193,14 +118,11 @@ def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
 def describe(path: str | Path) -> tuple[str, Columns]:
     """The task class name and the columns of a checkpoint (or ONNX export), without building its model (tensors
     stay on disk)."""
-    from multimodal.onnx.export import is_onnx_export, read_model_manifest
+    from multimodal.onnx.manifest import is_onnx_export, read_model_manifest
 
     if is_onnx_export(path):
         info = read_model_manifest(path)
-        cols = info["columns"]
-        return info["task"], Columns(
-            **{**cols, **{k: tuple(cols.get(k) or ()) for k in ("texts", "attributes", "tags")}}
-        )
+        return info["task"], Columns.from_manifest(info["columns"])
     config = stored_config(read_checkpoint(path, mmap=True), path)
     class_path = str((config.get("model") or {}).get("class_path", ""))
     data = dict(((config.get("data") or {}).get("init_args")) or {})
@@ -221,7 +143,7 @@ def load(
         merge_adapters: fold the peft adapters of a tower trained with ``trainable: {lora: ...}`` into its weights
             (the same outputs to rounding, at the cost of the plain tower); False keeps them apart.
     """
-    from multimodal.onnx.export import is_onnx_export
+    from multimodal.onnx.manifest import is_onnx_export
 
     if runtime not in ("torch", "onnx", "onnx-int8"):
         raise UserError(f"runtime must be torch, onnx or onnx-int8, not '{runtime}'")
@@ -262,7 +184,7 @@ def _load_onnx(path: Path, task: type | str | None, runtime: str) -> Loaded:
     """An export folder, or the export ``--runtime onnx`` runs for a checkpoint (:mod:`multimodal.onnx.cache`),
     on ONNX Runtime; its files are checked against their hashes and its labels against its graphs."""
     from multimodal.onnx.cache import export_for
-    from multimodal.onnx.export import is_onnx_export
+    from multimodal.onnx.manifest import is_onnx_export
     from multimodal.onnx.runtime import load_onnx
 
     int8 = runtime == "onnx-int8"

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from multimodal.captioning.settings import RerankSettings, check_trim_vocabulary
+from multimodal.captioning.task import TASK
 from multimodal.data.dataset import Collate, TextFn
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
@@ -60,7 +61,7 @@ class Captioner(Predictor):
         captioner.caption(["a.jpg"], prompt="What is the material?", num_beams=4)
     """
 
-    task_name: ClassVar[str] = "multimodal.captioning.captioner.ProductCaptioner"
+    task_name: ClassVar[str] = TASK.model
     require_image: ClassVar[bool] = True
     prompt: str | None = None
     seed: int = 0

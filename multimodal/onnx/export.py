@@ -49,24 +49,34 @@ QUANTIZE = ("int8",)
 
 
 def task_settings(model: Any) -> dict[str, Any]:
-    """What the runtime needs of the task besides the graphs."""
-    task = type(model).__name__
-    if task == "ProductTagger":
-        return {
-            "vocabularies": model.vocabularies,
-            "tag_vocabularies": model.tag_vocabularies,
-            "tag_threshold": model.tag_threshold,
-            "fused_dim": model.fusion.output_dim,
-        }
-    if task == "ProductRetriever":
-        return {
-            "embed_dim": model.embed_dim,
-            "product": model.product,
-            "reranker": model.reranker is not None,
-            "query_columns": model.query_columns,
-            "product_columns": model.product_columns,
-        }
-    return {}
+    """What the runtime needs of the task besides the graphs (as its task declares it)."""
+    from multimodal.task import resolve, task_of
+
+    task = task_of(type(model).__name__)
+    if task is None or task.onnx is None or task.onnx.settings is None:
+        return {}
+    return resolve(task.onnx.settings)(model)
+
+
+def tagger_settings(tagger: Any) -> dict[str, Any]:
+    """A tagger's label vocabularies, tag threshold and fused width."""
+    return {
+        "vocabularies": tagger.vocabularies,
+        "tag_vocabularies": tagger.tag_vocabularies,
+        "tag_threshold": tagger.tag_threshold,
+        "fused_dim": tagger.fusion.output_dim,
+    }
+
+
+def retriever_settings(retriever: Any) -> dict[str, Any]:
+    """A retriever's vector width, product kind, re-ranker presence and text columns."""
+    return {
+        "embed_dim": retriever.embed_dim,
+        "product": retriever.product,
+        "reranker": retriever.reranker is not None,
+        "query_columns": retriever.query_columns,
+        "product_columns": retriever.product_columns,
+    }
 
 
 def export_model(

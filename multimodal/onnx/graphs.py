@@ -136,36 +136,50 @@ def tower_graphs(model: nn.Module) -> list[Graph]:
 
 
 def graphs_of(model: nn.Module, extra: tuple[str, ...] = ()) -> list[Graph]:
-    """The graphs an export of ``model`` holds (and the towers alone when ``extra`` names them)."""
-    task = type(model).__name__
-    graphs: list[Graph] = []
-    if task == "ProductTagger":
-        tagger = TaggerProbs(model, "both")
-        keys = (*tagger.keys, "fused")
-        graphs = [
-            Graph("tagger", tagger, (*PIXELS, *TOKENS, "has_image", "has_text"), keys),
-            Graph("tagger_image", TaggerProbs(model, "image"), PIXELS, keys),
-            Graph("tagger_text", TaggerProbs(model, "text"), TOKENS, keys),
-        ]
-    elif task == "ProductRetriever":
-        graphs = [
-            Graph("embed_text", Method(model, "embed_text"), TOKENS, ("vector",)),
-            Graph("embed_image", Method(model, "embed_image"), PIXELS, ("vector",)),
-        ]
-        if model.product != "image":
-            texts = ("product_input_ids", "product_attention_mask") if product_text_separate(model) else TOKENS
-            fused = model.product == "fused"
-            names = (*(PIXELS if fused else ()), *texts, *(("has_text",) if fused else ()))
-            graphs.append(Graph("embed_product", ProductVectors(model, names), names, ("vector",)))
-    elif task == "ProductCaptioner":
-        graphs = [Graph("caption_vision", CaptionVision(model), (*PIXELS, "has_image"), CaptionVision.outputs(model))]
-    else:
-        raise UserError(f"ONNX export does not know the task {task}")
+    """The graphs an export of ``model`` holds, as its task declares them (and the towers alone when ``extra``
+    names them)."""
+    from multimodal.task import resolve, task_of
+
+    task = task_of(type(model).__name__)
+    if task is None or task.onnx is None:
+        raise UserError(f"ONNX export does not know the task {type(model).__name__}")
+    graphs: list[Graph] = resolve(task.onnx.graphs)(model)
     unknown = set(extra) - {"vision", "text"}
     if unknown:
         raise UserError(f"unknown extra graph(s) {sorted(unknown)}: choose from vision, text")
     graphs += [g for g in tower_graphs(model) if g.name in extra]
     return graphs
+
+
+def tagger_graphs(tagger: nn.Module) -> list[Graph]:
+    """A tagger's graphs: photo and texts, and each alone (a batch missing a modality skips its tower)."""
+    both = TaggerProbs(tagger, "both")
+    keys = (*both.keys, "fused")
+    return [
+        Graph("tagger", both, (*PIXELS, *TOKENS, "has_image", "has_text"), keys),
+        Graph("tagger_image", TaggerProbs(tagger, "image"), PIXELS, keys),
+        Graph("tagger_text", TaggerProbs(tagger, "text"), TOKENS, keys),
+    ]
+
+
+def retriever_graphs(retriever: nn.Module) -> list[Graph]:
+    """A retriever's graphs: query text and photo vectors, and product vectors unless products are photos alone."""
+    graphs = [
+        Graph("embed_text", Method(retriever, "embed_text"), TOKENS, ("vector",)),
+        Graph("embed_image", Method(retriever, "embed_image"), PIXELS, ("vector",)),
+    ]
+    if retriever.product != "image":
+        texts = ("product_input_ids", "product_attention_mask") if product_text_separate(retriever) else TOKENS
+        fused = retriever.product == "fused"
+        names = (*(PIXELS if fused else ()), *texts, *(("has_text",) if fused else ()))
+        graphs.append(Graph("embed_product", ProductVectors(retriever, names), names, ("vector",)))
+    return graphs
+
+
+def captioner_graphs(captioner: nn.Module) -> list[Graph]:
+    """A captioner's vision side (the tokens and conditioning its language model reads)."""
+    inputs = (*PIXELS, "has_image")
+    return [Graph("caption_vision", CaptionVision(captioner), inputs, CaptionVision.outputs(captioner))]
 
 
 def product_text_separate(retriever: nn.Module) -> bool:

@@ -35,7 +35,7 @@ def read_model_manifest(folder: str | Path) -> dict[str, Any]:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` but the manifest, by path relative to it (``/`` separated)."""
-    from multimodal.loading import file_sha256
+    from multimodal.artefact import file_sha256
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     return {p.relative_to(folder).as_posix(): file_sha256(p) for p in files}
@@ -50,7 +50,7 @@ def check_files(folder: str | Path, info: dict[str, Any], int8: bool | None = No
         int8: check only the graphs of this precision (``None``: every graph); an export without recorded
             hashes (written before they were) passes.
     """
-    from multimodal.loading import file_sha256
+    from multimodal.artefact import file_sha256
 
     skip = set()
     if int8 is not None:  # the graphs of the other precision are not read by this run

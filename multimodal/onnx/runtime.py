@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 from encoders.types import tokenize
+from multimodal.artefact import Columns, Loaded
 from multimodal.errors import UserError
-from multimodal.onnx.export import MANIFEST
+from multimodal.onnx.manifest import MANIFEST, check_files, read_model_manifest
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
@@ -241,32 +242,26 @@ class OnnxRetriever(OnnxTask):
         return {"ids": batch["ids"], "embeddings": self.embed_products(batch)}
 
 
-TASKS = {"ProductTagger": OnnxTagger, "ProductRetriever": OnnxRetriever}
-
-
-def load_onnx(folder: str | Path, int8: bool = False, hashed: bool = False) -> Any:
-    """The task object of an ONNX export folder, as a :class:`multimodal.loading.Loaded`.
+def load_onnx(folder: str | Path, int8: bool = False, hashed: bool = False) -> Loaded:
+    """The task object of an ONNX export folder, as a :class:`multimodal.artefact.Loaded`.
 
     Args:
         folder: the export folder.
         int8: run its int8 graphs.
         hashed: its files were just checked against their hashes (:func:`multimodal.onnx.export.check_files`).
     """
-    from multimodal.loading import Columns, Loaded
-    from multimodal.onnx.export import check_files, read_model_manifest
+    from multimodal.task import resolve, task_of
 
     info = read_model_manifest(folder)
     if not hashed:
         check_files(folder, info, int8)
-    cls = TASKS.get(info["task"])
-    if cls is None:
+    task = task_of(info["task"])
+    if task is None or task.onnx is None or task.onnx.runtime is None:
         raise UserError(
             f"{folder} is a {info['task']} export: its vision graph is for other runtimes; "
             "run this task with --runtime torch"
         )
-    columns = dict(info["columns"])
-    columns.update({k: tuple(columns.get(k) or ()) for k in ("texts", "attributes", "tags")})
-    model = cls(folder, info, int8)
-    return Loaded(
-        model, Columns(**columns), dict(info.get("data") or {}), {}, Path(folder), info.get("checkpoint_sha256")
-    )
+    model = resolve(task.onnx.runtime)(folder, info, int8)
+    columns = Columns.from_manifest(info["columns"])
+    data, sha = dict(info.get("data") or {}), info.get("checkpoint_sha256")
+    return Loaded(model, columns, data, {}, Path(folder), sha, "onnx-int8" if int8 else "onnx")

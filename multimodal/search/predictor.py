@@ -10,6 +10,7 @@ import torch
 
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row
+from multimodal.search.task import TASK
 
 
 class Retriever(Predictor):
@@ -23,7 +24,7 @@ class Retriever(Predictor):
         scores = q @ v.T
     """
 
-    task_name: ClassVar[str] = "multimodal.search.retriever.ProductRetriever"
+    task_name: ClassVar[str] = TASK.model
 
     @property
     def dim(self) -> int:

@@ -13,10 +13,10 @@ from typing import Any
 from multimodal.errors import UserError
 from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, DEFAULT_RELOAD_INTERVAL, FORM_SLACK
 from multimodal.serve.live import read_build
+from multimodal.task import Task, resolve, tasks
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-FLAGS = {"tag": "--tagger", "caption": "--captioner", "search": "--index"}
 
 
 @dataclass
@@ -42,6 +42,11 @@ class Settings:
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
 
 
+def served() -> list[Task]:
+    """The tasks ``multimodal serve`` offers (those declaring ``serving``), in their declared order."""
+    return [t for t in tasks() if t.serving is not None]
+
+
 def check(settings: Settings) -> None:
     """One-line errors before any worker starts: missing files, a checkpoint of another task, a broken index."""
     from multimodal.loading import describe
@@ -55,13 +60,14 @@ def check(settings: Settings) -> None:
     if not settings.reload_interval >= 0:  # also refuses NaN
         raise UserError(f"--reload_interval {settings.reload_interval} must be 0 (never) or a positive number of "
                         "seconds")  # fmt: skip
-    for name, task in (("tagger", "ProductTagger"), ("captioner", "ProductCaptioner")):
+    for task in served():
+        name = task.serving.setting
         path = getattr(settings, name)
-        if path is None:
+        if path is None or not task.serving.reads_checkpoint:
             continue
         found, columns = describe(path)
-        if found != task:
-            raise UserError(f"--{name} {path} holds a {found} checkpoint, not a {task}")
+        if found != task.class_name:
+            raise UserError(f"--{name} {path} holds a {found} checkpoint, not a {task.class_name}")
         settings.models[name] = {"checkpoint": str(path), "texts": list(columns.texts),
                                  "attributes": list(columns.attributes), "tags": list(columns.tags)}  # fmt: skip
     if settings.index is not None:
@@ -85,17 +91,16 @@ def build(settings: Settings) -> Any:
     import litserve as ls
     from fastapi.responses import HTMLResponse
 
-    from multimodal.serve.caption_api import CaptionAPI
-    from multimodal.serve.search_api import SearchAPI
-    from multimodal.serve.tag_api import TagAPI
-
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,
                 "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime}  # fmt: skip
-    given = {"tag": (TagAPI, settings.tagger), "caption": (CaptionAPI, settings.captioner),
-             "search": (SearchAPI, settings.index)}  # fmt: skip
-    own = {SearchAPI: {"reload_interval": settings.reload_interval}}
-    apis = [cls(str(path), **batching, **own.get(cls, {})) for cls, path in given.values() if path is not None]
+    given = {t.serving.route: (t.serving.api, getattr(settings, t.serving.setting)) for t in served()}
+    own = {"search": {"reload_interval": settings.reload_interval}}  # the index's own option
+    apis = [
+        resolve(api)(str(path), **batching, **own.get(route, {}))
+        for route, (api, path) in given.items()
+        if path is not None
+    ]
     server = ls.LitServer(
         apis,
         accelerator=settings.accelerator,
@@ -183,7 +188,8 @@ def _absent(app: Any, name: str) -> None:
     """``/<name>`` answers 404 with a JSON message naming the flag that would load its model."""
     from fastapi import HTTPException
 
-    message = f"no model for /{name} is loaded: start `multimodal serve` with {FLAGS[name]}"
+    flag = next(f"--{t.serving.setting}" for t in served() if t.serving.route == name)
+    message = f"no model for /{name} is loaded: start `multimodal serve` with {flag}"
 
     async def absent() -> None:
         raise HTTPException(404, message)

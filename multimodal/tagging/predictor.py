@@ -11,6 +11,7 @@ import torch
 
 from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
+from multimodal.tagging.task import TASK
 
 
 class Tagger(Predictor):
@@ -27,7 +28,7 @@ class Tagger(Predictor):
         probs = tagger.predict_proba(catalog_df)["category"]   # (N, classes) DataFrame
     """
 
-    task_name: ClassVar[str] = "multimodal.tagging.tagger.ProductTagger"
+    task_name: ClassVar[str] = TASK.model
     top_k: int = 1
 
     @property

@@ -118,7 +118,8 @@ class ProductTagger(TowerTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "vocabularies" not in checkpoint:
-            raise UserError("the checkpoint holds no label vocabularies: it is not a ProductTagger checkpoint")
+            name = type(self).__name__
+            raise UserError(f"the checkpoint holds no label vocabularies: it is not a {name} checkpoint")
         self.build_heads(checkpoint["vocabularies"], checkpoint.get("tag_vocabularies", {}))
 
     # ---------------------------------------------------------------------------------------------- forward
