@@ -448,8 +448,8 @@ def peer_rerank(
     photo, :class:`~multimodal.captioning.consensus.CiderConsensus` keeps the one closest to the neighbours' titles."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    from multimodal.captioning.captioner import RERANK_DEFAULTS
     from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.settings import RERANK_DEFAULTS
 
     n, k, weight = RERANK_DEFAULTS["candidates"], RERANK_DEFAULTS["k"], RERANK_DEFAULTS["weight"]
     consensus, tok = CiderConsensus(memory.titles), _tokenizer()
@@ -496,8 +496,8 @@ def copy_titles(method: str, memory: Any, feats: Features) -> list[str]:
     """The methods that train nothing: ``nearest_title`` copies the nearest training photo's title;
     ``consensus_title`` copies, among the 5 nearest photos' titles, the one closest in CIDEr-D to the other 4
     (Devlin et al. 2015's nearest-neighbour captioner; the neighbours and scorer the reranker uses)."""
-    from multimodal.captioning.captioner import RERANK_DEFAULTS
     from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.settings import RERANK_DEFAULTS
 
     if method == "nearest_title":
         return [memory.titles[row[0]] for row in memory.neighbours(feats, 1)]

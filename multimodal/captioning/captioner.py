@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from encoders.language_model import CausalLM, InputTransform
@@ -31,9 +30,6 @@ from multimodal.captioning.retrieval import CaptionMemory, neighbour_prompts
 from multimodal.captioning.self_critical import SelfCritical
 from multimodal.captioning.settings import (
     DEFAULT_GENERATION,
-    RERANK_DEFAULTS,
-    RETRIEVAL_DEFAULTS,
-    SELF_CRITICAL_DEFAULTS,
     RerankSettings,
     RetrievalSettings,
     SelfCriticalSettings,
@@ -43,12 +39,10 @@ from multimodal.captioning.steps import CaptionSteps
 from multimodal.captioning.teacher_forcing import TeacherForcing
 from multimodal.captioning.text import RETRIEVAL_PROMPT_END, RETRIEVED, CaptionText
 from multimodal.data.dataset import TextFn
-from multimodal.errors import UserError
 from multimodal.towers import MissingModality, TowerTask
 
 # Names programs import from this module (benchmarks); they live in the modules of their concept.
-__all__ = ["RERANK_DEFAULTS", "RETRIEVAL_DEFAULTS", "RETRIEVAL_PROMPT_END", "RETRIEVED", "SELF_CRITICAL_DEFAULTS",
-           "CaptionText", "Captions", "ProductCaptioner"]  # fmt: skip
+__all__ = ["RETRIEVAL_PROMPT_END", "RETRIEVED", "CaptionText", "Captions", "ProductCaptioner"]
 
 
 class ProductCaptioner(CaptionSteps, TowerTask):
@@ -155,38 +149,9 @@ class ProductCaptioner(CaptionSteps, TowerTask):
     def reward(self, value: CiderConsensus | None) -> None:
         self.critic.reward = value
 
-    def setup(self, stage: str) -> None:
-        columns = getattr(self.trainer.datamodule, "text_columns", None) if self.trainer is not None else None
-        if columns is None:
-            return
-        needed = [*self.prompt_columns] + ([self.target_column] if stage in ("fit", "validate", "test") else [])
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise UserError(f"model.target_column/prompt_columns {missing} are not in data.text_columns {columns}")
-        records = (getattr(self.trainer.datamodule, "splits", None) or {}).get("train")
-        if stage == "fit" and self.caption_token_ids is None and records is not None:
-            self.caption_token_ids = self.target_token_ids([r.texts.get(self.target_column) for r in records])
-            vocab = self.lm.get_output_layer().weight.shape[0]
-            rank_zero_info(f"captioning: the training targets use {len(self.caption_token_ids)} of {vocab} token ids")
-        if stage == "fit" and self.self_critical is not None and records is not None:
-            self.reward = CiderConsensus([t for r in records if (t := r.texts.get(self.target_column))])
-
     def target_token_ids(self, texts: list[str | None]) -> Tensor:
         """Sorted ids ``(K,)`` of every token of ``texts`` (as training tokenizes them) and of bos/eos/pad."""
         return vocabulary.target_token_ids(self.lm, texts)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.caption_token_ids is not None:
-            checkpoint["caption_token_ids"] = self.caption_token_ids.cpu()
-        if self.memory is not None:
-            checkpoint["caption_memory"] = self.memory.state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if checkpoint.get("caption_memory") is not None:
-            self.memory = CaptionMemory.from_state(checkpoint["caption_memory"])
-        ids = checkpoint.get("caption_token_ids")  # absent in checkpoints written before vocabulary trimming
-        if ids is not None:
-            self.caption_token_ids = vocabulary.checked_token_ids(ids, self.lm.get_output_layer().weight.shape[0])
 
     # -------------------------------------------------------------------------------------- preprocessing
     def image_transform(self, train: bool) -> ImageTransform:

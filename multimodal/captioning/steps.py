@@ -1,4 +1,5 @@
-"""The Lightning loop of a captioner: training (teacher forcing, or self-critical from its epoch), validation and
+"""The Lightning loop of a captioner: setup and checkpoint state (the token ids of the training targets, the
+caption memory, the self-critical reward), training (teacher forcing, or self-critical from its epoch), validation and
 test (loss, generated captions, BLEU-4 and CIDEr), and predict (with the options each batch carries).
 
 :class:`CaptionSteps` holds the loop's hooks only; :class:`~multimodal.captioning.captioner.ProductCaptioner`
@@ -14,8 +15,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from multimodal.captioning import vocabulary
+from multimodal.captioning.consensus import CiderConsensus
 from multimodal.captioning.generation import call_options, generate_captions
-from multimodal.captioning.retrieval import build_memory
+from multimodal.captioning.retrieval import CaptionMemory, build_memory
 from multimodal.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,6 +29,35 @@ class CaptionSteps(L.LightningModule):
     """Training, evaluation and predict hooks of :class:`~multimodal.captioning.captioner.ProductCaptioner`."""
 
     # ------------------------------------------------------------------------------------------------ fit
+    def setup(self: ProductCaptioner, stage: str) -> None:
+        columns = getattr(self.trainer.datamodule, "text_columns", None) if self.trainer is not None else None
+        if columns is None:
+            return
+        needed = [*self.prompt_columns] + ([self.target_column] if stage in ("fit", "validate", "test") else [])
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise UserError(f"model.target_column/prompt_columns {missing} are not in data.text_columns {columns}")
+        records = (getattr(self.trainer.datamodule, "splits", None) or {}).get("train")
+        if stage == "fit" and self.caption_token_ids is None and records is not None:
+            self.caption_token_ids = self.target_token_ids([r.texts.get(self.target_column) for r in records])
+            vocab = self.lm.get_output_layer().weight.shape[0]
+            rank_zero_info(f"captioning: the training targets use {len(self.caption_token_ids)} of {vocab} token ids")
+        if stage == "fit" and self.self_critical is not None and records is not None:
+            self.reward = CiderConsensus([t for r in records if (t := r.texts.get(self.target_column))])
+
+    def on_save_checkpoint(self: ProductCaptioner, checkpoint: dict[str, Any]) -> None:
+        if self.caption_token_ids is not None:
+            checkpoint["caption_token_ids"] = self.caption_token_ids.cpu()
+        if self.memory is not None:
+            checkpoint["caption_memory"] = self.memory.state()
+
+    def on_load_checkpoint(self: ProductCaptioner, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("caption_memory") is not None:
+            self.memory = CaptionMemory.from_state(checkpoint["caption_memory"])
+        ids = checkpoint.get("caption_token_ids")  # absent in checkpoints written before vocabulary trimming
+        if ids is not None:
+            self.caption_token_ids = vocabulary.checked_token_ids(ids, self.lm.get_output_layer().weight.shape[0])
+
     def _ensure_memory(self: ProductCaptioner) -> None:
         """Build the caption memory from the training split when retrieval or reranking needs one (once)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
