@@ -3,6 +3,7 @@ its re-ranker scores (query, candidate) pairs."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,17 @@ class QueryEncoder:
         self.image_root = Path(export["image_root"])
         self.product_columns = self.model.product_columns or export.get("columns") or []
         self.transform = self.model.image_transform(False)
+
+    def for_index(self, index: SearchIndex) -> QueryEncoder:
+        """This encoder for another build of the same checkpoint (the SHA-256 its export records): the loaded model
+        is shared (inference only reads it); the paths that belong to a build are the new build's, as the old one
+        may be deleted once unused."""
+        export = index.info["export"]
+        moved = copy.copy(self)
+        moved.checkpoint = index_checkpoint(index)  # where a lazily loaded re-ranker is read from
+        moved.image_root = Path(export["image_root"])
+        moved.product_columns = self.model.product_columns or export.get("columns") or []
+        return moved
 
     @property
     def can_rerank(self) -> bool:

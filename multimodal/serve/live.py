@@ -11,7 +11,6 @@ current build's ``index.json`` for ``/info`` and the catalogue photos.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ class Loaded:
     folder's name)."""
 
     index: Any  # multimodal.search.index.SearchIndex
-    encoder: Any  # multimodal.search.query.QueryEncoder
+    encoder: Any  # multimodal.search.query_encoder.QueryEncoder
     version: str
 
 
@@ -48,19 +47,6 @@ def _same_checkpoint(old: Any, new: Any) -> bool:
     return bool(ours) and ours == theirs
 
 
-def _rebind(encoder: Any, index: Any) -> Any:
-    """The query encoder of a build with the same checkpoint: the loaded model is shared (inference only reads
-    it), the paths that belong to the build are the new build's (the old one may be deleted once unused)."""
-    from multimodal.search.index import index_checkpoint
-
-    export = index.info["export"]
-    moved = copy.copy(encoder)
-    moved.checkpoint = index_checkpoint(index)  # same SHA-256: where a lazily loaded re-ranker is read from
-    moved.image_root = Path(export["image_root"])
-    moved.product_columns = encoder.model.product_columns or export.get("columns") or []
-    return moved
-
-
 def load_build(folder: str | Path, device: str, runtime: str, previous: Loaded | None = None) -> Loaded:
     """The build ``folder`` links to, loaded whole; the previous build's model is reused when the checkpoint is
     the same."""
@@ -69,7 +55,7 @@ def load_build(folder: str | Path, device: str, runtime: str, previous: Loaded |
 
     index = load_index(folder)
     if previous is not None and _same_checkpoint(previous.index, index):
-        encoder = _rebind(previous.encoder, index)
+        encoder = previous.encoder.for_index(index)
     else:
         encoder = QueryEncoder(index, device, runtime)
     return Loaded(index, encoder, version_of(index))
