@@ -9,10 +9,13 @@
 ``LMConditioning.forward(vision: Features) -> LMCondition`` (captioning), whose ``kind`` (:class:`ConditioningKind`)
 says how it feeds the language model: :class:`fusion.conditioning.PrefixConditioning` (prefix tokens),
 :class:`fusion.conditioning.CrossAttentionConditioning` (cross-attention memory) or
-:class:`fusion.conditioning.LateConditioning` (a pooled image vector).
+:class:`fusion.conditioning.LateConditioning` (a pooled image vector). Any fusion block also conditions a language
+model: :class:`fusion.block_conditioning.FusionBlockConditioning` fuses the image with learned query tokens in place
+of the text and hands the fused tokens over as a prefix, so a new block is written once for every task.
 """
 
 from fusion.base import FusionBlock
+from fusion.block_conditioning import FusionBlockConditioning
 from fusion.conditioning import (
     ConditioningKind,
     CrossAttentionConditioning,
@@ -31,6 +34,7 @@ __all__ = [
     "CrossAttentionFusion",
     "EarlyFusion",
     "FusionBlock",
+    "FusionBlockConditioning",
     "LMCondition",
     "LMConditioning",
     "LateConditioning",

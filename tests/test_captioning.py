@@ -3,7 +3,6 @@ generation, prompt masking, bad input."""
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,15 +202,12 @@ def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
     from encoders.language_model import MiniLMLanguageModel
     from encoders.timm_encoder import TimmVisionEncoder
     from fusion.conditioning import LateConditioning
-    from fusion.early import EarlyFusion
     from multimodal.captioning.captioner import ProductCaptioner
 
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
     vision = TimmVisionEncoder("test_efficientnet", image_size=32)
-    with pytest.raises(UserError, match="cannot condition a language model"):
-        ProductCaptioner(
-            vision, MiniLMLanguageModel(random_init=True, config_overrides=small), partial(EarlyFusion, dim=16)
-        )
+    with pytest.raises(UserError, match="Linear cannot condition a language model"):  # neither fusion family
+        ProductCaptioner(vision, MiniLMLanguageModel(random_init=True, config_overrides=small), torch.nn.Linear)
     model = ProductCaptioner(
         vision, MiniLMLanguageModel(random_init=True, config_overrides=small), LateConditioning
     ).eval()
@@ -224,8 +220,8 @@ def test_wrong_or_unknown_fusion_mode_is_a_cli_error(capsys: pytest.CaptureFixtu
     from multimodal.cli import main
 
     base = ["fit", "--config", str(TINY_CAPTION), "--trainer.fast_dev_run", "true"]
-    with pytest.raises(SystemExit) as exc:  # a fusion block of the tagging family
-        main([*base, "--model.init_args.fusion.class_path", "fusion.early.EarlyFusion"])
+    with pytest.raises(SystemExit) as exc:  # a module of neither fusion family
+        main([*base, "--model.init_args.fusion.class_path", "torch.nn.Linear"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # log lines (seed set...) may precede

@@ -4,10 +4,14 @@ plain tensors an exported graph names."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from encoders.types import Features
+from fusion.block_conditioning import FusionBlockConditioning
 from fusion.conditioning import (
     ConditioningKind,
     CrossAttentionConditioning,
@@ -18,6 +22,7 @@ from fusion.conditioning import (
 )
 from fusion.layers import masked_mean
 
+ROOT = Path(__file__).resolve().parents[1]
 DV, D, B, N = 12, 16, 2, 5
 FAMILIES = {
     PrefixConditioning: ConditioningKind.PREFIX,
@@ -89,3 +94,26 @@ def test_late_conditioning_fuses_each_item_into_its_repeated_rows() -> None:
         assert cond.hidden is not None
         once, beams = cond.hidden(hidden), cond.hidden(hidden.repeat_interleave(2, dim=0))
     torch.testing.assert_close(beams, once.repeat_interleave(2, dim=0))
+
+
+def test_a_captioner_conditioned_by_a_fusion_block_exports_its_prefix(tmp_path: Path) -> None:
+    """``fusion:`` naming a fusion block (the tagging and search family) builds a captioner whose block is wrapped
+    as a prefix conditioning (learned queries in place of the text); its vision graph exports with the prefix and
+    runs on ONNX Runtime as in eager mode."""
+    from multimodal.loading import build_model
+    from multimodal.onnx.export import export_graph, parity
+    from multimodal.onnx.graphs import graphs_of
+
+    block = "fusion.cross_attention.CrossAttentionFusion"  # attention with masks: the hardest of the three to export
+    config = yaml.safe_load((ROOT / "configs" / "captioning" / "tiny.yaml").read_text())
+    config["model"]["init_args"]["fusion"] = {"class_path": block, "init_args": {"dim": 48, "dropout": 0.0}}
+    model = build_model(config["model"], "tiny.yaml").eval()
+    conditioning = model.conditioning
+    assert isinstance(conditioning, FusionBlockConditioning) and conditioning.kind is ConditioningKind.PREFIX
+    assert f"{type(conditioning.block).__module__}.{type(conditioning.block).__name__}" == block
+    assert conditioning.block.text_dim == model.lm.hidden_size == 64  # the queries have the LM's width
+    assert isinstance(conditioning.project, torch.nn.Linear)  # the block's width 48 is projected to 64
+    (graph,) = graphs_of(model)
+    assert graph.outputs == ("tokens", "mask", "pooled", "prefix", "prefix_mask")
+    export_graph(graph, model, tmp_path / "caption_vision.onnx")
+    assert parity(graph, model, tmp_path / "caption_vision.onnx") < 1e-4  # fp32 rounding

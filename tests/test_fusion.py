@@ -3,16 +3,24 @@ gradients to the real tokens of each input it reads.
 
 A conditioning is seen through what its language model reads (:func:`lm_view`): the prefix or the cross-attention
 memory, or the LM's last hidden states once the image vector is fused in; it reads no text.
+
+Every fusion block defined in a module of the ``fusion`` package is found (:func:`defined_blocks`) and held to the
+contract twice: as itself (unless the table below already builds it) and wrapped as a captioning conditioning
+(:class:`FusionBlockConditioning`). A new block needs no line here when it takes ``dim`` and ``dropout`` keywords.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
+import fusion
 from encoders.types import Features
 from fusion import (
     ConditioningKind,
@@ -20,6 +28,7 @@ from fusion import (
     CrossAttentionFusion,
     EarlyFusion,
     FusionBlock,
+    FusionBlockConditioning,
     LateConditioning,
     LateFusion,
     LMConditioning,
@@ -45,26 +54,45 @@ BLOCKS: dict[str, Callable[[], nn.Module]] = {
     "condition-prefix-resampler": lambda: PrefixConditioning(DV, DIM, dropout=0.1, queries=QUERIES, heads=4),
     "condition-cross": lambda: CrossAttentionConditioning(DV, DIM, dropout=0.1, projection="mlp"),
     "condition-late": lambda: LateConditioning(DV, DIM, dropout=0.1),
+    # A fusion block whose output width differs from the LM's: the wrapper projects its tokens.
+    "condition-block-projected": lambda: FusionBlockConditioning(LateFusion(DV, DIM, dim=DT), queries=QUERIES),
 }
-# Token count of the fused output, per block.
-OUT_TOKENS = {
-    "early": 1 + NV + NT,
-    "early-mean": 1 + NV + NT,
-    "early-text": 1 + NV + NT,
-    "late-concat": 1,
-    "late-gated": 1,
-    "late-bilinear": 1,
-    "cross": NT,
-}
-OUT_TOKENS["cross-bidirectional"] = NT + NV
-OUT_TOKENS.update(
-    {
-        "condition-prefix": 1 + NV,
-        "condition-prefix-resampler": QUERIES,
-        "condition-cross": NV,
-        "condition-late": T_LM,
-    }
-)
+
+
+def defined_blocks() -> list[type[FusionBlock]]:
+    """Every concrete :class:`FusionBlock` class defined in a module of the ``fusion`` package."""
+    found: list[type[FusionBlock]] = []
+    for info in pkgutil.iter_modules(fusion.__path__):
+        module = importlib.import_module(f"fusion.{info.name}")
+        found += [
+            c
+            for c in vars(module).values()
+            if isinstance(c, type) and issubclass(c, FusionBlock) and c.__module__ == module.__name__
+        ]
+    return sorted((c for c in found if not inspect.isabstract(c)), key=lambda c: c.__name__)
+
+
+def default_block(cls: type[FusionBlock], vision_dim: int, text_dim: int) -> FusionBlock:
+    """``cls(vision_dim, text_dim)`` with output width ``DIM`` and some dropout, where it takes those keywords."""
+    params = inspect.signature(cls).parameters
+    return cls(vision_dim, text_dim, **{k: v for k, v in {"dim": DIM, "dropout": 0.1}.items() if k in params})
+
+
+TABLED = {type(make()) for make in BLOCKS.values()}
+for _cls in defined_blocks():
+    if _cls not in TABLED:
+        BLOCKS[_cls.__name__] = lambda cls=_cls: default_block(cls, DV, DT)
+    # The same block conditioning a captioner: its text width is the LM's width.
+    BLOCKS[f"condition-block-{_cls.__name__}"] = lambda cls=_cls: FusionBlockConditioning(
+        default_block(cls, DV, DIM), queries=QUERIES
+    )
+
+# Token count of the fused output, per block (a discovered block without an entry: its own count).
+OUT_TOKENS = {"late-concat": 1, "late-gated": 1, "late-bilinear": 1, "cross": NT, "cross-bidirectional": NT + NV}
+OUT_TOKENS |= {name: 1 + NV + NT for name in ("early", "early-mean", "early-text")}
+OUT_TOKENS |= {"condition-prefix": 1 + NV, "condition-prefix-resampler": QUERIES, "condition-cross": NV}
+OUT_TOKENS |= {"condition-late": T_LM, "condition-block-projected": 1, "condition-block-LateFusion": 1}
+OUT_TOKENS |= {"condition-block-CrossAttentionFusion": QUERIES, "condition-block-EarlyFusion": 1 + NV + QUERIES}
 
 V_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
 T_MASK = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -139,8 +167,9 @@ def test_shapes_and_output_dim(name: str) -> None:
         out = run(block, v, t)
     assert isinstance(out, Features)
     assert width(block) == DIM
-    assert out.tokens.shape == (B, OUT_TOKENS[name], DIM)
-    assert out.mask.shape == (B, OUT_TOKENS[name]) and out.mask.dtype == torch.bool
+    n_out = OUT_TOKENS.get(name, out.tokens.shape[1])  # a discovered block's token count is its own
+    assert out.tokens.shape == (B, n_out, DIM)
+    assert out.mask.shape == (B, n_out) and out.mask.dtype == torch.bool
     assert out.pooled.shape == (B, DIM)
     assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
     # Masked output tokens are zero; every item has at least one real output token.
@@ -218,6 +247,19 @@ def test_training_mode_dropout_is_seeded(name: str) -> None:
     c = run(block, v, t)
     assert torch.equal(a.pooled, b.pooled)
     assert not torch.equal(a.pooled, c.pooled)
+
+
+def test_every_fusion_block_is_discovered_and_wrapped() -> None:
+    """Discovery is not vacuous: the three blocks are found, and each runs as a captioning conditioning too."""
+    found = defined_blocks()
+    assert {EarlyFusion, LateFusion, CrossAttentionFusion} <= set(found)
+    for cls in found:
+        wrapped = build(f"condition-block-{cls.__name__}")
+        assert isinstance(wrapped, FusionBlockConditioning) and isinstance(wrapped.block, cls)
+        assert wrapped.kind is ConditioningKind.PREFIX and not wrapped.needs_cross_attention
+    assert isinstance(build("condition-block-projected").project, nn.Linear)
+    with pytest.raises(ValueError, match="queries must be positive"):
+        FusionBlockConditioning(LateFusion(DV, DIM), queries=0)
 
 
 def test_late_fusion_rejects_unknown_mode() -> None:

@@ -54,7 +54,8 @@ class ProductCaptioner(CaptionSteps, TowerTask):
     Args:
         vision: vision encoder.
         language_model: causal LM wrapper (:class:`encoders.language_model.CausalLM`).
-        fusion: conditioning factory from :mod:`fusion.conditioning`, called as ``fusion(vision_dim, lm_dim)``.
+        fusion: called as ``fusion(vision_dim, lm_dim)``: a conditioning from :mod:`fusion.conditioning`, or any
+            fusion block (wrapped as an image prefix by :class:`fusion.block_conditioning.FusionBlockConditioning`).
         target_column: the data module's text column to write.
         prompt_columns: text columns given before the target (must be among the data's ``text_columns``).
         prompt: fixed prompt text (e.g. ``"What is the material?"``).

@@ -10,21 +10,29 @@ from torch import Tensor, nn
 
 from encoders.language_model import CausalLM, InputTransform
 from encoders.types import VisionEncoder
+from fusion.base import FusionBlock
+from fusion.block_conditioning import FusionBlockConditioning
 from fusion.conditioning import LMCondition, LMConditioning
 from multimodal.errors import UserError
 
-# Typed loosely on purpose: a fusion block of another family gets a one-line UserError, not a parser dump.
+# Typed loosely on purpose: a module of neither fusion family gets a one-line UserError, not a parser dump.
 ConditioningFactory = Callable[[int, int], nn.Module]
 
 
 def build_conditioning(fusion: ConditioningFactory, vision: VisionEncoder, language_model: CausalLM) -> LMConditioning:
-    """The conditioning block ``fusion`` builds for these towers (adding cross-attention to the LM if it needs it);
-    a one-line error for a fusion block of another family."""
+    """The conditioning block ``fusion`` builds for these towers (adding cross-attention to the LM if it needs it).
+
+    A :class:`~fusion.base.FusionBlock` (the family tagging and search use) is built with the LM's width as its text
+    width and wrapped in :class:`~fusion.block_conditioning.FusionBlockConditioning` (learned queries play the text,
+    its fused tokens become a prefix); anything else that is not an :class:`LMConditioning` is a one-line error."""
     conditioning = fusion(vision.output_dim, language_model.hidden_size)
+    if isinstance(conditioning, FusionBlock):
+        conditioning = FusionBlockConditioning(conditioning)
     if not isinstance(conditioning, LMConditioning):
         raise UserError(
-            f"model.fusion: {type(conditioning).__name__} cannot condition a language model; use "
-            "fusion.conditioning.PrefixConditioning (early), CrossAttentionConditioning or LateConditioning"
+            f"model.fusion: {type(conditioning).__name__} cannot condition a language model; use a fusion block "
+            "(fusion.base.FusionBlock) or a conditioning (fusion.conditioning.PrefixConditioning, "
+            "CrossAttentionConditioning or LateConditioning)"
         )
     if conditioning.needs_cross_attention:
         language_model.add_cross_attention()
