@@ -48,6 +48,23 @@ Using a trained model (the checkpoint alone: no config, no training data):
 Run `multimodal <command> --help` for the options of each."""
 
 
+def registered_usage() -> str:
+    """The registered tasks (:mod:`multimodal.task`) for ``--help``: empty without any; a broken registration is
+    named there (its commands give the same one-line error)."""
+    from multimodal.task import ENTRY_POINT_GROUP, TASKS_VARIABLE, registered_tasks
+
+    try:
+        found = registered_tasks()
+    except UserError as err:
+        return f"\n\nRegistered tasks: {err}"
+    lines = [
+        f"  {t.name:<11} {t.class_name}" + (f" (serve --{t.serving.setting}: /{t.serving.route})" if t.serving else "")
+        for t in found
+    ]
+    head = f"\n\nRegistered tasks ({ENTRY_POINT_GROUP} entry points, {TASKS_VARIABLE}), for predict, serve, load:\n"
+    return head + "\n".join(lines) if lines else ""
+
+
 def user_message(err: BaseException) -> str:
     """The one-line message of a user error, also when a DataLoader worker re-raised it with a traceback."""
     text = str(err)
@@ -87,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args or args[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE + registered_usage())
         return
     if args[0] not in COMMANDS and args[0] not in LIGHTNING:
         print(USAGE, file=sys.stderr)

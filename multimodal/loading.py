@@ -80,22 +80,27 @@ def stored_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any
 TRUSTED_PACKAGES = ("multimodal", "encoders", "fusion", "torch", "timm", "open_clip", "transformers", "lightning")
 
 
-def check_trusted(config: Any, path: str | Path, where: str = "model") -> None:
-    """Refuse a stored config that names a class outside :data:`TRUSTED_PACKAGES` or asks for remote code, before
-    anything it names is imported."""
+def check_trusted(config: Any, path: str | Path, where: str = "model", trusted: tuple[str, ...] | None = None) -> None:
+    """Refuse a stored config that names a class outside :data:`TRUSTED_PACKAGES` and the packages of the
+    registered tasks (``trusted``, default :func:`multimodal.task.registered_packages`: the user's own
+    registration, never the checkpoint's word) or asks for remote code, before anything it names is imported."""
+    from multimodal.task import ENTRY_POINT_GROUP, TASKS_VARIABLE, registered_packages
+
+    trusted = TRUSTED_PACKAGES + registered_packages() if trusted is None else trusted
     if isinstance(config, dict):
         for key, value in config.items():
-            if key == "class_path" and str(value).split(".", 1)[0] not in TRUSTED_PACKAGES:
+            if key == "class_path" and str(value).split(".", 1)[0] not in trusted:
                 raise UserError(
                     f"{path}: the stored config names class '{value}' at {where}, outside the trusted packages "
-                    f"({', '.join(TRUSTED_PACKAGES)}); refusing to import it"
+                    f"({', '.join(trusted)}); refusing to import it (a task of another package is trusted once "
+                    f"registered: an entry point in group {ENTRY_POINT_GROUP}, or {TASKS_VARIABLE})"
                 )
             if key == "trust_remote_code" and value:
                 raise UserError(f"{path}: the stored config asks for trust_remote_code at {where}; refusing it")
-            check_trusted(value, path, f"{where}.{key}")
+            check_trusted(value, path, f"{where}.{key}", trusted)
     elif isinstance(config, list):
         for i, value in enumerate(config):
-            check_trusted(value, path, f"{where}[{i}]")
+            check_trusted(value, path, f"{where}[{i}]", trusted)
 
 
 def build_model(model_config: dict[str, Any], path: str | Path) -> Any:

@@ -171,3 +171,19 @@ def test_every_task_declares_what_it_names() -> None:
         assert task_of(task.class_name) is task
     assert task_of_command("predict") is None
     assert {t.command for t in tasks()} - {None} == {"export", "caption"}
+
+
+def test_task_registration_is_read_in_one_place() -> None:
+    """Tasks from other packages are found by :mod:`multimodal.task` alone (its entry point group and environment
+    variable); the loader, ``serve`` and ``--help`` ask it, so no other module names either."""
+    from multimodal.task import ENTRY_POINT_GROUP, TASKS_VARIABLE
+
+    offenders = []
+    for name, path in _sources().items():
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in (ENTRY_POINT_GROUP, TASKS_VARIABLE):
+                if id(node) not in skip and name != "multimodal.task":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert offenders == []

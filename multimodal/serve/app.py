@@ -21,7 +21,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 @dataclass
 class Settings:
-    """What ``multimodal serve`` was asked for (each of the three models is optional)."""
+    """What ``multimodal serve`` was asked for (each model is optional; a registered task's, by its serve option,
+    in ``others``)."""
 
     tagger: str | None = None
     captioner: str | None = None
@@ -40,6 +41,11 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     reload_interval: float = DEFAULT_RELOAD_INTERVAL  # seconds between looks for a new build of the index (0: never)
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
+    others: dict[str, str | None] = field(default_factory=dict)  # registered tasks' models, by serve option
+
+    def model(self, setting: str) -> str | None:
+        """The model given for a task's serve option (``tagger``, ``index``, a registered task's), or None."""
+        return self.others[setting] if setting in self.others else getattr(self, setting, None)
 
 
 def served() -> list[Task]:
@@ -51,8 +57,9 @@ def check(settings: Settings) -> None:
     """One-line errors before any worker starts: missing files, a checkpoint of another task, a broken index."""
     from multimodal.loading import describe
 
-    if not (settings.tagger or settings.captioner or settings.index):
-        raise UserError("nothing to serve: give at least one of --tagger CKPT, --captioner CKPT, --index FOLDER")
+    if not any(settings.model(t.serving.setting) for t in served()):
+        flags = [f"--{t.serving.setting} {'CKPT' if t.serving.reads_checkpoint else 'FOLDER'}" for t in served()]
+        raise UserError(f"nothing to serve: give at least one of {', '.join(flags)}")
     if settings.max_batch_size < 1 or settings.workers < 1 or settings.batch_timeout < 0:
         raise UserError("--max_batch_size and --workers must be at least 1, --batch_timeout at least 0")
     if settings.forward_batch_size is not None and settings.forward_batch_size < 1:
@@ -62,7 +69,7 @@ def check(settings: Settings) -> None:
                         "seconds")  # fmt: skip
     for task in served():
         name = task.serving.setting
-        path = getattr(settings, name)
+        path = settings.model(name)
         if path is None or not task.serving.reads_checkpoint:
             continue
         found, columns = describe(path)
@@ -94,7 +101,7 @@ def build(settings: Settings) -> Any:
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,
                 "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime}  # fmt: skip
-    given = {t.serving.route: (t.serving.api, getattr(settings, t.serving.setting)) for t in served()}
+    given = {t.serving.route: (t.serving.api, settings.model(t.serving.setting)) for t in served()}
     own = {"search": {"reload_interval": settings.reload_interval}}  # the index's own option
     apis = [
         resolve(api)(str(path), **batching, **own.get(route, {}))

@@ -61,7 +61,25 @@ def parser() -> argparse.ArgumentParser:
                    help=f"largest accepted image, pixels (default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
     s.add_argument("--log_level", "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="server log level (default warning; info logs every request)")  # fmt: skip
+    _registered_options(m)
     return p
+
+
+def _registered_options(group: argparse._ArgumentGroup) -> None:
+    """A ``--<setting>`` option for each registered task that is served (:mod:`multimodal.task`); added last, so
+    that one that another option already has is a one-line error."""
+    from multimodal.task import registered_tasks
+
+    for task in registered_tasks():
+        if task.serving is None:
+            continue
+        kind = "CKPT" if task.serving.reads_checkpoint else "FOLDER"
+        about = f"a {task.name} model, served at POST /{task.serving.route} (registered task)"
+        try:
+            group.add_argument(f"--{task.serving.setting}", dest=task.serving.setting, metavar=kind, help=about)
+        except argparse.ArgumentError:
+            raise UserError(f"task '{task.name}' asks for the serve option --{task.serving.setting}, which "
+                            "`multimodal serve` already has: declare another Serving.setting") from None  # fmt: skip
 
 
 def settings(args: argparse.Namespace) -> Any:
@@ -73,13 +91,16 @@ def settings(args: argparse.Namespace) -> Any:
         raise UserError("--max_upload_mb and --max_pixels must be positive")
     if args.timeout <= args.batch_timeout:  # LitServe refuses it with a traceback from its own server
         raise UserError(f"--timeout {args.timeout} must be longer than --batch_timeout {args.batch_timeout}")
+    from multimodal.task import registered_tasks
+
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    others = {t.serving.setting: getattr(args, t.serving.setting) for t in registered_tasks() if t.serving}
     return Settings(
         tagger=args.tagger, captioner=args.captioner, index=args.index, max_batch_size=args.max_batch_size,
         batch_timeout=args.batch_timeout, workers=args.workers, accelerator=args.accelerator, devices=devices,
         threads=args.threads, runtime=args.runtime, forward_batch_size=args.forward_batch_size,
         fast_queue=args.fast_queue, timeout=args.timeout, reload_interval=args.reload_interval,
-        max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels,
+        max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels, others=others,
     )  # fmt: skip
 
 
@@ -97,12 +118,11 @@ def stop(signum: int, frame: Any) -> None:
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     config = settings(args)
-    from multimodal.serve.app import build, check
+    from multimodal.serve.app import build, check, served
 
     check(config)
     server = build(config)
-    routes = [name for name, path in (("tag", config.tagger), ("caption", config.captioner),
-                                      ("search", config.index)) if path]  # fmt: skip
+    routes = [t.serving.route for t in served() if config.model(t.serving.setting)]
     host = "localhost" if args.host != "::" else "[::1]"
     print(f"multimodal serve: {', '.join('/' + r for r in routes)} at http://{host}:{args.port}/ "
           f"(max_batch_size {config.max_batch_size}, batch_timeout {config.batch_timeout}s); "
