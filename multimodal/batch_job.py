@@ -1,13 +1,66 @@
-"""What the batch jobs of every task share (:mod:`multimodal.predict_cli`): the input rows of a manifest or a
-folder of photos, the job's identity for resuming, and the summary of a rows job."""
+"""What the batch jobs of every task share (:mod:`multimodal.predict_cli`): the request a job is given, the input
+rows of a manifest or a folder of photos, the job's identity for resuming, and the summary of a rows job."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multimodal.errors import UserError
+
+if TYPE_CHECKING:
+    from multimodal.artefact import Loaded
+    from multimodal.job_state import Row, Sink
+    from multimodal.writers import JobOptions
+
+
+@dataclass(frozen=True)
+class Job:
+    """One batch job, as ``multimodal predict`` (``export``, ``caption``) hands it to a task's ``job``
+    (:class:`multimodal.task.Task`): ``job(request) -> summary``.
+
+    Attributes:
+        args: the command's options (``--out``, ``--top_k``...; the task reads its own).
+        loaded: the checkpoint or export, loaded.
+        source: the input manifest or folder of photos.
+        image_root: where relative image paths start (None: the manifest's folder).
+        options: how the job runs (batch and block sizes, devices, progress).
+        relaunch: the command line that Lightning's DDP launcher re-runs in the other processes.
+    """
+
+    args: argparse.Namespace
+    loaded: Loaded
+    source: Path
+    image_root: Path | None
+    options: JobOptions
+    relaunch: list[str]
+
+    def inputs(self, predictor: Any, extra: list[str] | None = None) -> tuple[Any, Any]:
+        """:func:`job_inputs` of this job's source for ``predictor``."""
+        return job_inputs(predictor, self.source, self.args, self.image_root, extra)
+
+    def spec(self, dataset: Any, **options: Any) -> dict[str, Any]:
+        """:func:`job_spec`: the job's identity, with the options that change its output."""
+        return job_spec(self.loaded, dataset, **options)
+
+    def run(
+        self,
+        predictor: Any,
+        dataset: Any,
+        sink: Sink,
+        spec: dict[str, Any],
+        record_fields: Callable[[Any], Row] | None = None,
+    ) -> dict[str, Any] | None:
+        """Predict every unfinished block of ``dataset`` with ``predictor``'s model, its collate and rows
+        (:func:`multimodal.writers.run_job`); the summary on rank 0."""
+        from multimodal.writers import run_job
+
+        collate = predictor.collate()
+        rows = predictor.rows
+        return run_job(predictor.model, dataset, collate, sink, spec, rows, self.options, self.relaunch, record_fields)
 
 
 def job_inputs(

@@ -97,4 +97,7 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
         progress=not args.no_progress,
         limit_batches=args.limit_batches,
     )
-    return resolve(task.job)(args, loaded, source, Path(image_root) if image_root else None, options, [command, *argv])
+    from multimodal.batch_job import Job
+
+    root = Path(image_root) if image_root else None
+    return resolve(task.job)(Job(args, loaded, source, root, options, [command, *argv]))

@@ -72,7 +72,7 @@ class Task:
         model: import path of its LightningModule; the class name is the task's identity in checkpoints,
             exports and job records.
         api: import path of its Python API class (:class:`multimodal.inference.Predictor`).
-        job: import path of its batch job, ``f(args, loaded, source, image_root, options, relaunch)``.
+        job: import path of its batch job, ``f(job: multimodal.batch_job.Job) -> summary``.
         command: the batch command that accepts this task alone (``multimodal export``), if any.
         block_size: rows a batch job writes per block by default.
         serving: how ``multimodal serve`` offers it (None: not served).

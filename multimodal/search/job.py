@@ -3,32 +3,21 @@ products table."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from multimodal.batch_job import job_inputs, job_spec
-
-if TYPE_CHECKING:
-    from multimodal.writers import JobOptions
+from multimodal.batch_job import Job
 
 
-def export_vectors(
-    args: argparse.Namespace,
-    loaded: Any,
-    source: Path,
-    image_root: Path | None,
-    options: JobOptions,
-    relaunch: list[str],
-) -> dict[str, Any] | None:
+def export_vectors(job: Job) -> dict[str, Any] | None:
     """A retriever's job: an export folder of product vectors and their products table."""
     from multimodal.search import export
     from multimodal.search.predictor import Retriever
-    from multimodal.writers import run_job
 
-    retriever, cols = Retriever(loaded), loaded.columns
-    dataset, df = job_inputs(retriever, source, args, image_root, args.columns)
+    args, source, cols = job.args, job.source, job.loaded.columns
+    retriever = Retriever(job.loaded)
+    dataset, df = job.inputs(retriever, args.columns)
     if df is not None:
         df, columns, dropped = export.metadata_columns(df, cols.id, cols.image, args.columns, str(source))
         for reason in dropped:
@@ -39,8 +28,7 @@ def export_vectors(
         columns = list(args.columns) if args.columns is not None else list(cols.texts)
         metadata = {r.id: {"image_path": r.image} for r in dataset.records}
     model = retriever.model
-    spec = job_spec(
-        loaded,
+    spec = job.spec(
         dataset,
         model=type(model).__name__,
         product=model.product,
@@ -50,8 +38,7 @@ def export_vectors(
         normalisation="l2",
         columns=columns,
         data_manifest=str(source.resolve()),
-        image_root=str((image_root or (source if source.is_dir() else source.parent)).resolve()),
+        image_root=str((job.image_root or (source if source.is_dir() else source.parent)).resolve()),
     )
-    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, loaded.checkpoint_file())
-    summary = run_job(model, dataset, retriever.collate(), sink, spec, retriever.rows, options, relaunch)
-    return export.summarise(summary, source, args.out)
+    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, job.loaded.checkpoint_file())
+    return export.summarise(job.run(retriever, dataset, sink, spec), source, args.out)
