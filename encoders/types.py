@@ -65,7 +65,14 @@ ImageTransform = Callable[[Any], Tensor]
 class Tower(nn.Module):
     """Base of the vision and text encoders: frozen batch norms keep using their running statistics in training
     (:func:`encoders.freezing.freeze_norm_statistics`), so a frozen tower is the same function in training and
-    at inference."""
+    at inference.
+
+    ``weights_source`` says where a tower's pretrained weights came from (``package``, ``model``, ``pretrained``,
+    ``file``, as the tower knows them), or is None for a random init: a checkpoint then stores a reference to those
+    weights instead of the ones training left frozen (:mod:`multimodal.pretrained_reference`).
+    """
+
+    weights_source: dict[str, str] | None = None
 
     def train(self, mode: bool = True) -> Self:
         super().train(mode)

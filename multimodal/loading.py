@@ -10,10 +10,13 @@ safely (``weights_only=True``). Predict, export, search, caption, serve and the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multimodal.artefact import Columns, Loaded, file_sha256  # noqa: F401 - re-exported: the loader's types
 from multimodal.errors import UserError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 CONFIG_KEY = "multimodal_config"
 # Class paths of checkpoints written before the package was laid out by job.
@@ -34,6 +37,41 @@ def store_config_callback(config_yaml: str) -> Any:
             checkpoint[CONFIG_KEY] = config_yaml
 
     return StoreConfig()
+
+
+def save_checkpoint(model: L.LightningModule, path: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``model`` as the artefact ``multimodal fit`` writes, readable by :func:`load`; returns the path.
+
+    The checkpoint holds the state dict, the stored config (``config``: ``{"model": {"class_path", "init_args"},
+    "data": {"class_path", "init_args"}}``, as YAML text under :data:`CONFIG_KEY`) and what the model's own
+    ``on_save_checkpoint`` adds (label vocabularies, ...): the same hook Lightning's checkpoints go through, so
+    there is one mechanism. Written to a temporary sibling and renamed (a reader never sees half a file); the
+    parent folder is created.
+
+    Args:
+        model: the trained task (any LightningModule of this package).
+        path: where the checkpoint goes.
+        config: the stored config the loader rebuilds the model from.
+    """
+    import os
+    import tempfile
+
+    import torch
+    import yaml
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint: dict[str, Any] = {"state_dict": model.state_dict(), CONFIG_KEY: yaml.safe_dump(config)}
+    model.on_save_checkpoint(checkpoint)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -149,6 +187,7 @@ def load(
             (the same outputs to rounding, at the cost of the plain tower); False keeps them apart.
     """
     from multimodal.onnx.manifest import is_onnx_export
+    from multimodal.pretrained_reference import restore_pretrained
 
     if runtime not in ("torch", "onnx", "onnx-int8"):
         raise UserError(f"runtime must be torch, onnx or onnx-int8, not '{runtime}'")
@@ -162,14 +201,14 @@ def load(
     checkpoint = read_checkpoint(path)
     config = stored_config(checkpoint, path)
     model_config = config.get("model") or {}
-    class_path = str(model_config.get("class_path", ""))
-    name = class_path.rsplit(".", 1)[-1] or "model"
+    name = str(model_config.get("class_path", "")).rsplit(".", 1)[-1] or "model"
     if task is not None and name != task.__name__:
         raise UserError(f"{path} holds a {name} checkpoint, not a {task.__name__}")
     check_trusted(model_config, path)
     model = build_model(model_config, path)
     if task is not None and not isinstance(model, task):
         raise UserError(f"{path} holds a {type(model).__name__} checkpoint, not a {task.__name__}")
+    restore_pretrained(model, checkpoint, str(path))  # first, so that its errors name the file
     model.on_load_checkpoint(checkpoint)
     try:
         model.load_state_dict(checkpoint["state_dict"])

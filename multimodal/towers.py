@@ -95,6 +95,21 @@ class TowerTask(L.LightningModule):
         """Run both towers on a batch."""
         return self.vision(batch["pixel_values"]), self.text(batch["input_ids"], batch["attention_mask"])
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen pretrained tower weights leave the checkpoint for a checked reference (tasks call this first)."""
+        from multimodal.pretrained_reference import drop_pretrained
+
+        drop_pretrained(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put back the frozen pretrained weights a checkpoint refers to, from this model's own towers, once
+        their SHA-256 matches (Lightning resume, validate, test; :func:`multimodal.loading.load` names the file)."""
+        from multimodal.pretrained_reference import restore_pretrained
+
+        trainer = self._trainer
+        where = str(trainer.ckpt_path) if trainer is not None and trainer.ckpt_path else "the checkpoint"
+        restore_pretrained(self, checkpoint, where)
+
     def lr_scales(self) -> dict[int, float]:
         """Learning-rate factor per parameter (by ``id``) for parameters not at the optimizer's rate: the towers at
         ``encoder_lr_scale``, except peft adapters, which start from nothing as new layers do (full rate). Tasks

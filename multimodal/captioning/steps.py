@@ -46,12 +46,14 @@ class CaptionSteps(L.LightningModule):
             self.reward = CiderConsensus([t for r in records if (t := r.texts.get(self.target_column))])
 
     def on_save_checkpoint(self: ProductCaptioner, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the towers' pretrained reference (TowerTask)
         if self.caption_token_ids is not None:
             checkpoint["caption_token_ids"] = self.caption_token_ids.cpu()
         if self.memory is not None:
             checkpoint["caption_memory"] = self.memory.state()
 
     def on_load_checkpoint(self: ProductCaptioner, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if checkpoint.get("caption_memory") is not None:
             self.memory = CaptionMemory.from_state(checkpoint["caption_memory"])
         ids = checkpoint.get("caption_token_ids")  # absent in checkpoints written before vocabulary trimming

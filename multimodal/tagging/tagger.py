@@ -113,6 +113,7 @@ class ProductTagger(TowerTask):
             self.build_heads(datamodule.vocabularies, datamodule.tag_vocabularies)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["vocabularies"] = self.vocabularies
         checkpoint["tag_vocabularies"] = self.tag_vocabularies
 
@@ -120,6 +121,7 @@ class ProductTagger(TowerTask):
         if "vocabularies" not in checkpoint:
             name = type(self).__name__
             raise UserError(f"the checkpoint holds no label vocabularies: it is not a {name} checkpoint")
+        super().on_load_checkpoint(checkpoint)
         self.build_heads(checkpoint["vocabularies"], checkpoint.get("tag_vocabularies", {}))
 
     # ---------------------------------------------------------------------------------------------- forward
