@@ -21,30 +21,30 @@ from typing import Any
 
 import torch
 
-from benchmarks import caption_quality as cq
-from benchmarks.common import machine, ratio, say, write_json
-from benchmarks.smoke import SAMPLE, parse
+from benchmarks import caption_quality, harness
+from benchmarks.common import ratio, say
+from benchmarks.harness import SAMPLE, Option, Report
+from benchmarks.quality.caption_loop import predict, train
+from benchmarks.quality.caption_merge import public_command
+from benchmarks.quality.caption_models import MODES, cached_features, load_split, take
 from encoders.types import Features
 
+OPTIONS = {
+    "--data": Option("examples/fashion-products", "folder with metadata.csv and images/"),
+    "--method": Option("late", choices=sorted(MODES)),
+    "--seed": Option(0),
+    "--candidates": Option([4, 8, 12, 16], "beam candidates per photo"),
+    "--ks": Option([3, 5, 8, 12, 20], "neighbour titles to agree with"),
+    "--weights": Option([0.0, 0.5, 1.0, 2.0], "weights of the beam score"),
+    "--features_cache": Option("", "caption_quality's feature cache (train and test)"),
+    "--benchmark_args": Option("--epochs 3 --lr 0.001 --max_length 20",
+                               "caption_quality flags for training (its defaults otherwise)"),
+    "--out": Option("benchmarks/results/caption_rerank_grid.json"),
+}  # fmt: skip
 # --smoke: caption_quality's smoke training, 2 candidates, 2 neighbours, 2 weights
 SMOKE = {"data": str(SAMPLE), "candidates": [2], "ks": [2], "weights": [0.0, 1.0],
          "benchmark_args": "--epochs 1 --batch_size 4 --max_length 12 --max_new_tokens 4 --max_train 8 --max_test 4 "
          "--image_size 64"}  # fmt: skip
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.caption_rerank_grid", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
-    p.add_argument("--method", default="late", choices=sorted(cq.MODES))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--candidates", type=int, nargs="+", default=[4, 8, 12, 16], help="beam candidates per photo")
-    p.add_argument("--ks", type=int, nargs="+", default=[3, 5, 8, 12, 20], help="neighbour titles to agree with")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="weights of the beam score")
-    p.add_argument("--features_cache", default="", help="caption_quality's feature cache (train and test)")
-    p.add_argument("--benchmark_args", default="--epochs 3 --lr 0.001 --max_length 20",
-                   help="caption_quality flags for training (its defaults otherwise)")  # fmt: skip
-    p.add_argument("--out", default="benchmarks/results/caption_rerank_grid.json")
-    return parse(p, argv, SMOKE, "benchmarks.caption_rerank_grid")
 
 
 @torch.no_grad()
@@ -56,48 +56,79 @@ def candidates(model: Any, feats: Features, n: int, max_new_tokens: int) -> tupl
         rows = torch.arange(i, min(i + 32, feats.tokens.shape[0]))
         ids = torch.full((len(rows), 1), model.lm.bos_id)
         options = {"max_new_tokens": max_new_tokens, "num_beams": n, "num_return_sequences": n}
-        found = model.generate_from_features(cq.take(feats, rows), ids, torch.ones_like(ids), rerank=False, **options)
+        found = model.generate_from_features(take(feats, rows), ids, torch.ones_like(ids), rerank=False, **options)
         texts += found.texts
         scores += found.scores
     return texts, scores
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    from multimodal.captioning.consensus import CiderConsensus
-    from multimodal.captioning.metrics import caption_scores
+    args = harness.parse(harness.parser("caption_rerank_grid", __doc__, OPTIONS), argv, SMOKE,
+                         "benchmarks.caption_rerank_grid")  # fmt: skip
     from multimodal.captioning.retrieval import CaptionMemory
 
     flags = ["--data", args.data, "--features_cache", args.features_cache, "--seed", str(args.seed)]
-    bench = cq.parser().parse_args([*args.benchmark_args.split(), *flags])
+    bench = caption_quality.parser().parse_args([*args.benchmark_args.split(), *flags])
     bench.seed = args.seed
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    splits = cq.load_split(bench)
-    feats = cq.cached_features(bench, splits, ("train", "val", "test"))
+    splits = load_split(bench)
+    feats = cached_features(bench, splits, ("train", "val", "test"))
     texts = {s: [t for _, _, t in splits[s]] for s in splits}
     memory = CaptionMemory.from_features(feats["train"], texts["train"], [i for i, _, _ in splits["train"]])
-    model, seconds, steps = cq.train(args.method, feats["train"], texts["train"], bench)
+    model, seconds, steps = train(args.method, feats["train"], texts["train"], bench)
     model.caption_token_ids = model.target_token_ids(texts["train"])
     say(f"{args.method} (seed {args.seed}) trained: {steps} steps, {seconds:.0f} s")
-    consensus = CiderConsensus(memory.titles)
-    results: dict[str, Any] = {}
-    for split in ("val", "test"):
-        start = time.perf_counter()
-        greedy = cq.predict(args.method, model, feats[split], bench)
-        neighbours = memory.neighbours(feats[split], max(args.ks))
-        grid, top_beam = {}, {}
-        for n in args.candidates:
-            found, scores = candidates(model, feats[split], n, bench.max_new_tokens)
-            top_beam[n] = caption_scores(found[::n], texts[split])["cider"]
-            for k in args.ks:
-                titles = [[memory.titles[r] for r in rows[:k]] for rows in neighbours]
-                for w in args.weights:
-                    picked = consensus.pick(found, scores, titles, w)[0]
-                    grid[f"candidates={n} k={k} weight={w}"] = caption_scores(picked, texts[split])["cider"]
-        results[split] = {"greedy": caption_scores(greedy, texts[split])["cider"], "top_beam": top_beam,
-                          "grid": grid, "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
-        say(f"{split}: greedy {results[split]['greedy']:.4f}, top beam {top_beam}")
+    results = {s: grid(args, bench, model, memory, s, feats[s], texts[s]) for s in ("val", "test")}
     best = max(results["val"]["grid"], key=results["val"]["grid"].get)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "features_cache")}
+    report = Report(
+        args.out,
+        settings,
+        key="settings",
+    )
+    report["machine"]["command"] = public_command(report["machine"].get("command", ""))  # without local paths
+    report.update(method=args.method, seed=args.seed, train_seconds=round(seconds, 1), results=results,
+                  best_on_validation=best)  # fmt: skip
+    report["ratios"] = {"best on validation / greedy, test CIDEr": ratio(results["test"]["grid"][best],
+                                                                          results["test"]["greedy"])}  # fmt: skip
+    report["table"] = table(args, results, best)
+    report.finish(report["table"])
+
+
+def grid(
+    args: argparse.Namespace,
+    bench: argparse.Namespace,
+    model: Any,
+    memory: Any,
+    split: str,
+    feats: Features,
+    texts: list[str],
+) -> dict[str, Any]:
+    """Greedy, top-beam and every candidates x k x weight reranking CIDEr of one split."""
+    from multimodal.captioning.consensus import CiderConsensus
+    from multimodal.captioning.metrics import caption_scores
+
+    consensus = CiderConsensus(memory.titles)
+    start = time.perf_counter()
+    greedy = predict(args.method, model, feats, bench)
+    neighbours = memory.neighbours(feats, max(args.ks))
+    out, top_beam = {}, {}
+    for n in args.candidates:
+        found, scores = candidates(model, feats, n, bench.max_new_tokens)
+        top_beam[n] = caption_scores(found[::n], texts)["cider"]
+        for k in args.ks:
+            titles = [[memory.titles[r] for r in rows[:k]] for rows in neighbours]
+            for w in args.weights:
+                picked = consensus.pick(found, scores, titles, w)[0]
+                out[f"candidates={n} k={k} weight={w}"] = caption_scores(picked, texts)["cider"]
+    result = {"greedy": caption_scores(greedy, texts)["cider"], "top_beam": top_beam, "grid": out,
+              "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    say(f"{split}: greedy {result['greedy']:.4f}, top beam {top_beam}")
+    return result
+
+
+def table(args: argparse.Namespace, results: dict[str, Any], best: str) -> str:
+    """Validation / test CIDEr of every setting, greedy and the top beam beside them."""
     weights = " | ".join(f"weight {w}" for w in args.weights)
     lines = [f"| candidates | k | {weights} |", "|---|---|" + "---|" * len(args.weights)]
     for n in args.candidates:
@@ -111,16 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(validation / test CIDEr; greedy {results['val']['greedy']:.3f} / {results['test']['greedy']:.3f}; "
         f"top beam {beams}; best on validation: {best}, test {results['test']['grid'][best]:.3f})"
     )
-    print("\n".join(lines))
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "features_cache")}
-    about = machine()
-    about["command"] = cq.public_command(about.get("command", ""))  # without local paths
-    write_json(args.out, {"machine": about, "settings": settings, "method": args.method, "seed": args.seed,
-                          "train_seconds": round(seconds, 1), "results": results, "best_on_validation": best,
-                          "ratios": {"best on validation / greedy, test CIDEr":
-                                     ratio(results["test"]["grid"][best], results["test"]["greedy"])},
-                          "table": "\n".join(lines)})  # fmt: skip
-    say(f"wrote {args.out}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from torch import nn
 from benchmarks import caption_quality
 from benchmarks.caption_quality import MODES, build_ours, build_peer, image_features
 from benchmarks.common import machine, ratio, say, seed_all, set_threads, write_json
-from benchmarks.smoke import SAMPLE, parse
+from benchmarks.harness import SAMPLE, Option, parse, parser
+from benchmarks.timing import rounds, wall
 from encoders.types import Features
 
 PEER = "hf_vision_encoder_decoder"
@@ -43,20 +44,25 @@ PEER = "hf_vision_encoder_decoder"
 SMOKE = {"data": str(SAMPLE), "batch_size": 2, "tokens": 3, "image_size": 64, "repeats": 1, "dtypes": "float32"}
 
 
+OPTIONS = {
+    "--data": Option("examples/fashion-products", "folder with metadata.csv and images/"),
+    "--target": Option("title", "text column whose token ids the trimmed output layer keeps"),
+    "--out": Option("benchmarks/results/caption_speed.json"),
+    "--batch_size": Option(32),
+    "--tokens": Option(20, "new tokens per caption"),
+    "--image_size": Option(128),
+    "--repeats": Option(5, "rounds; every method runs once per round"),
+    "--mode": Option("cross_attention", "our conditioning family", choices=sorted(MODES)),
+    "--dtypes": Option("float32,bfloat16", "weight dtypes timed (bfloat16: the CPU's bf16)"),
+    "--threads": Option(1, "torch threads (1: steadier on a shared 2-core box)"),
+    "--seed": Option(0),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.caption_speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="examples/fashion-products", help="folder with metadata.csv and images/")
-    p.add_argument("--target", default="title", help="text column whose token ids the trimmed output layer keeps")
-    p.add_argument("--out", default="benchmarks/results/caption_speed.json")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=20, help="new tokens per caption")
-    p.add_argument("--image_size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="rounds; every method runs once per round")
-    p.add_argument("--mode", default="cross_attention", choices=sorted(MODES), help="our conditioning family")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="weight dtypes timed (bfloat16: the CPU's bf16)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared 2-core box)")
-    p.add_argument("--seed", type=int, default=0)
-    return parse(p, argv, SMOKE, "benchmarks.caption_speed")
+    return parse(
+        parser("caption_speed", __doc__, OPTIONS, show_defaults=False), argv, SMOKE, "benchmarks.caption_speed"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -71,23 +77,36 @@ def cast(features: Features, dtype: torch.dtype) -> Features:
     return Features(tokens=features.tokens.to(dtype), mask=features.mask, pooled=features.pooled.to(dtype))
 
 
-def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Name -> {row fields, ``run``: a callable doing one timed call}; and the models (for the profile)."""
+def bound(model: Any, f: Features, ids: torch.Tensor, kept: torch.Tensor | None) -> None:
+    """The teacher-forced forward of ``ids`` (``kept``: the trimmed output layer's token ids, or None)."""
+    with torch.no_grad(), model.lm.trimmed_output(kept):
+        model.logits(f, ids, torch.ones_like(ids))
+
+
+def ours_run(model: Any, f: Features, bos: torch.Tensor, fixed: dict[str, int], beams: int, trim: bool) -> None:
+    model.generate_from_features(f, bos, bos.new_ones(bos.shape), num_beams=beams, trim_vocabulary=trim, **fixed)
+
+
+def peer_run(enc: Any, f: Features, fixed: dict[str, int], beams: int) -> None:
     from transformers.modeling_outputs import BaseModelOutput
 
+    with torch.no_grad():
+        enc.generate(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), num_beams=beams, **fixed)
+
+
+def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Name -> {row fields, ``run``: a callable doing one timed call}; and the models (for the profile)."""
     vision_dim = feats.tokens.shape[-1]
     # caption_quality's own defaults for every other option: its models get new options without this file changing
     ns = caption_quality.parser().parse_args(["--max_length", "32", "--max_new_tokens", str(args.tokens)])
     ours, _ = build_ours(args.mode, vision_dim, ns)
     ours.eval().caption_token_ids = ours.target_token_ids(target_texts(args))
     peer = build_peer(vision_dim, ns)[0].eval()
-    b = feats.tokens.shape[0]
-    bos = torch.full((b, 1), ours.lm.bos_id)
-    ones = torch.ones_like(bos)
+    bos = torch.full((feats.tokens.shape[0], 1), ours.lm.bos_id)
     fixed = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}
     # Teacher forcing: [bos] + T-1 caption tokens in, T next-token logits out per row (= the generated positions).
     kept = ours.caption_token_ids
-    tf_ids = torch.cat([bos, kept[torch.randint(len(kept), (b, args.tokens - 1))]], 1)
+    tf_ids = torch.cat([bos, kept[torch.randint(len(kept), (len(bos), args.tokens - 1))]], 1)
     table: dict[str, dict[str, Any]] = {}
     models: dict[str, Any] = {}
     for dtype_name in args.dtypes.split(","):
@@ -96,36 +115,21 @@ def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[s
         enc = peer if dtype == torch.float32 else copy.deepcopy(peer).to(dtype)
         f = cast(feats, dtype)
         models[dtype_name] = (model, enc, f)
-
-        def bound(model: Any = model, f: Features = f, trim: bool = False) -> None:
-            with torch.no_grad(), model.lm.trimmed_output(kept if trim else None):
-                model.logits(f, tf_ids, torch.ones_like(tf_ids))
-
-        def ours_run(model: Any = model, f: Features = f, beams: int = 1, trim: bool = True) -> None:
-            model.generate_from_features(f, bos, ones, num_beams=beams, trim_vocabulary=trim, **fixed)
-
-        def peer_run(enc: Any = enc, f: Features = f, beams: int = 1) -> None:
-            with torch.no_grad():
-                enc.generate(encoder_outputs=BaseModelOutput(last_hidden_state=f.tokens), num_beams=beams, **fixed)
-
-        for trim in (False, True):
-            name = "trimmed" if trim else "full"
-            run = partial(bound, trim=trim)
-            table[f"teacher-forced/{dtype_name}/{name}"] = _row("teacher_forced", "forward", dtype_name, name, run)
+        for vocab, trim in (("full", None), ("trimmed", kept)):
+            run = partial(bound, model, f, tf_ids, trim)
+            table[f"teacher-forced/{dtype_name}/{vocab}"] = _row("teacher_forced", "forward", dtype_name, vocab, run)
         for beams, decoding in ((1, "greedy"), (4, "beams4")):
             for trim in (False, True) if dtype == torch.float32 else (True,):
-                name = "trimmed" if trim else "full"
-                run = partial(ours_run, beams=beams, trim=trim)
-                table[f"ours/{decoding}/{dtype_name}/{name}"] = _row(
-                    f"ours/{args.mode}", decoding, dtype_name, name, run
-                )
-            run = partial(peer_run, beams=beams)
+                vocab, run = "trimmed" if trim else "full", partial(ours_run, model, f, bos, fixed, beams, trim)
+                table[f"ours/{decoding}/{dtype_name}/{vocab}"] = _row(f"ours/{args.mode}", decoding, dtype_name,
+                                                                      vocab, run)  # fmt: skip
+            run = partial(peer_run, enc, f, fixed, beams)
             table[f"peer/{decoding}/{dtype_name}"] = _row(PEER, decoding, dtype_name, "full", run)
     return table, models
 
 
 def _row(method: str, decoding: str, dtype: str, vocab: str, run: Callable[[], None]) -> dict[str, Any]:
-    return {"method": method, "decoding": decoding, "dtype": dtype, "vocab": vocab, "run": run, "seconds": []}
+    return {"method": method, "decoding": decoding, "dtype": dtype, "vocab": vocab, "run": run}
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -177,13 +181,16 @@ def profile(table: dict[str, dict[str, Any]], models: dict[str, Any], args: argp
 
 
 # ----------------------------------------------------------------------------------------------- report
-def summarise(table: dict[str, dict[str, Any]], tokens: int, batch: int) -> tuple[list[dict[str, Any]], str]:
+def summarise(
+    table: dict[str, dict[str, Any]], times: dict[str, list[float]], tokens: int, batch: int
+) -> tuple[list[dict[str, Any]], str]:
+    """One row a method (median seconds, tokens/s, ratios to the peer and the bound) and the Markdown table."""
     rows = []
     for key, r in table.items():
-        seconds = statistics.median(r["seconds"]) if r["seconds"] else None
-        rows.append({"key": key, **{k: v for k, v in r.items() if k not in ("run", "seconds")},
+        seconds = statistics.median(times[key]) if times[key] else None
+        rows.append({"key": key, **{k: v for k, v in r.items() if k != "run"},
                      "seconds_median": None if seconds is None else round(seconds, 4),
-                     "seconds_all": [round(s, 4) for s in r["seconds"]],
+                     "seconds_all": [round(s, 4) for s in times[key]],
                      "tokens_per_s": ratio(batch * tokens, seconds, 1)})  # fmt: skip
     tps = {r["key"]: r["tokens_per_s"] for r in rows}
     lines = [
@@ -224,19 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     for r in table.values():
         r["run"]()  # warm-up
     payload: dict[str, Any] = {"machine": machine(), "settings": vars(args), "batch": b, "kept_token_ids": kept}
-    for round_ in range(args.repeats):
-        for key, r in table.items():
-            start = time.perf_counter()
-            r["run"]()
-            r["seconds"].append(time.perf_counter() - start)
-            say(f"round {round_ + 1}/{args.repeats} {key:32s} {r['seconds'][-1]:7.3f}s")
-        rows, text = summarise(table, args.tokens, b)
-        write_json(args.out, {**payload, "rounds_done": round_ + 1, "rows": rows, "ratios": ratios(rows),
-                              "table": text})  # partial results  # fmt: skip
+
+    def write(done: int, times: dict[str, list[float]]) -> str:
+        rows, text = summarise(table, times, args.tokens, b)
+        write_json(args.out, {**payload, "rounds_done": done, "rows": rows, "ratios": ratios(rows), "table": text})
+        return text
+
+    times = rounds({key: wall(r["run"]) for key, r in table.items()}, args.repeats,
+                   each=lambda i, key, s: say(f"round {i + 1}/{args.repeats} {key:32s} {s:7.3f}s"),
+                   after=lambda i, times: write(i + 1, times))  # partial results  # fmt: skip
     payload["profile_ms_per_step"] = profile(table, models, args)
-    rows, text = summarise(table, args.tokens, b)
-    print(text)
-    write_json(args.out, {**payload, "rounds_done": args.repeats, "rows": rows, "ratios": ratios(rows), "table": text})
+    print(write(args.repeats, times))
     say(f"wrote {args.out}")
 
 

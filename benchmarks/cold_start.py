@@ -21,6 +21,7 @@ sample export's vectors repeated: a product whose photo repeats a sample photo h
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -28,13 +29,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.common import machine, ratio, say, write_json
-from benchmarks.smoke import SAMPLE, TINY, config_checkpoint, index_of, parse, sample_rows
+from benchmarks.harness import SAMPLE, TINY, parse
+from benchmarks.smoke import config_checkpoint, index_of, sample_rows
+from benchmarks.synthetic import repeated_catalogue
+from benchmarks.timing import rounds
 
 RETRIEVAL, TAGGING = "configs/retrieval/dual_encoder.yaml", "configs/tagging/cross_attention.yaml"
 CASES = ("help", "search", "predict")
@@ -43,19 +49,12 @@ SMOKE = {"rows": 200, "sample_rows": 40, "repeats": 1, "cases": ["help", "search
          "retrieval_config": TINY["retrieval"]}  # fmt: skip
 
 
-def make_catalogue(n: int, source: Path, path: Path) -> None:
-    """``n`` rows repeating the rows of ``source`` under new ids."""
-    df = pd.read_csv(source, dtype=str, keep_default_na=False)
-    rows = df.iloc[[i % len(df) for i in range(n)]].copy()
-    rows["id"] = [f"p{i:07d}" for i in range(n)]
-    rows.to_csv(path, index=False)
-
-
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "multimodal.cli", *args]
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
+    """Wall seconds of ``cmd`` in a new process; its error output when it fails."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -73,7 +72,7 @@ def large_index(small_export: Path, big_catalogue: Path, out: Path) -> None:
 
     manifest, vectors, products = load_export(small_export)
     big = pd.read_csv(big_catalogue, dtype=str, keep_default_na=False)
-    rows = np.arange(len(big)) % len(vectors)  # row i repeats small row i mod its size, as make_catalogue did
+    rows = np.arange(len(big)) % len(vectors)  # row i repeats small row i mod its size, as the catalogue did
     table = products.iloc[rows].reset_index(drop=True)
     table["id"] = big["id"].to_numpy()
     info = {"kind": "flat", "dim": int(vectors.shape[1]), "count": len(big), "export": {**manifest, "count": len(big)}}
@@ -100,7 +99,7 @@ def set_up(args: argparse.Namespace, work: Path) -> Path:
     small = SAMPLE / "metadata.csv" if not args.sample_rows else sample_rows(args.sample_rows, work / "small.csv")
     big = work / f"catalogue-{args.rows}.csv"
     say(f"set-up in {work}: a {args.rows}-row catalogue, checkpoints, exports, indexes")
-    make_catalogue(args.rows, small, big)
+    repeated_catalogue(args.rows, small, big)
     ckpts: dict[str, Path] = {}
     models = [("retriever", args.retrieval_config, small)] if "search" in args.cases else []
     if "predict" in args.cases:
@@ -142,20 +141,25 @@ def cases_of(args: argparse.Namespace, work: Path, small: Path) -> dict[str, lis
     return cases
 
 
+def run_case(name: str, cmd: list[str], work: Path, runs: Iterator[int]) -> float:
+    """Seconds of one run of case ``name``; a predict run writes a file of its own."""
+    if name.startswith("predict"):
+        cmd = [*cmd, "--out", str(work / f"pred-{next(runs)}-{name.split()[-1]}.jsonl")]
+    return timed(cmd, work)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="cold-start-"))
     work.mkdir(parents=True, exist_ok=True)
     small = set_up(args, work)
     cases = cases_of(args, work, small)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for r in range(args.repeats):  # alternate the cases, so slow moments of a shared box hit every case alike
-        for name, cmd in cases.items():
-            if name.startswith("predict"):
-                out = work / f"pred-{r}-{len(times[name])}-{name.split()[-1]}.jsonl"
-                cmd = [*cmd, "--out", str(out)]
-            times[name].append(timed(cmd, work))
+    runs = {name: partial(run_case, name, cmd, work, itertools.count()) for name, cmd in cases.items()}
+
+    def after(r: int, times: dict[str, list[float]]) -> None:
         say(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+
+    times = rounds(runs, args.repeats, after=after)  # the cases alternate: a slow moment hits them alike
     median = {name: statistics.median(v) for name, v in times.items()}
     report(args, times, median, small)
     if args.work is None:

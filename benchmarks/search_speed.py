@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,111 +34,79 @@ import numpy as np
 
 from benchmarks.common import machine, ratio, say, seed_all, write_json
 from benchmarks.smoke import parse
+from benchmarks.synthetic import vectors_and_queries
+from benchmarks.timing import clocked, each_timed, percentiles
 from multimodal.search.build import build_index
 from multimodal.search.index import LABEL, SearchIndex
 
-
-def random_unit(n: int, dim: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:
-    """``(n, dim)`` float32 rows uniform on the unit sphere, generated in chunks to bound temporary memory."""
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        x = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
-        out[start : start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def clustered_unit(
-    n: int, dim: int, rng: np.random.Generator, centres: np.ndarray, spread: float, chunk: int = 100_000
-) -> np.ndarray:
-    """``(n, dim)`` float32 unit rows, each a random centre plus Gaussian noise of norm about ``spread``."""
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        x = centres[rng.integers(0, len(centres), m)]
-        x = x + rng.standard_normal((m, dim), dtype=np.float32) * (spread / np.sqrt(dim))
-        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def latency(index: Any, queries: np.ndarray, k: int) -> dict[str, float]:
-    """Per-query latency percentiles (ms), one query per call."""
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        index.search(q[None], k)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+# the swept search knob of an approximate index: its FAISS parameter name and the option holding the sweep
+SWEEPS = {"ivf": ("nprobe", "nprobe"), "hnsw": ("efSearch", "ef_search")}
+METHODS = ("prefilter", "post-filter top 100")
+# --smoke: 2,000 32-d vectors (unfiltered and filtered), few queries, small sweeps
+SMOKE = {"sizes": [2000], "dim": 32, "queries": 50, "latency_queries": 20, "clusters": 32, "nprobe": [4],
+         "max_nlist": 32, "hnsw_m": 8, "ef_construction": 16, "ef_search": [16], "filter_sizes": [2000]}  # fmt: skip
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist(), strict=True)]))
 
 
+def indexes(n: int, args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The indexes compared at ``n`` vectors: name -> (``build_index`` kind, options); HNSW left out above
+    ``--hnsw-max-n`` (the build alone takes too long on this machine)."""
+    out = {
+        "exact": ("flat", {}),
+        "ivf": ("ivf", {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)}),
+        "hnsw": ("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction,
+                          "ef_search": args.ef_search[0]}),
+    }  # fmt: skip
+    if n > args.hnsw_max_n:
+        del out["hnsw"]
+    return out
+
+
+def searched(index: Any, queries: np.ndarray, k: int, latency_queries: int) -> tuple[dict[str, float], np.ndarray]:
+    """Single-query latency percentiles (one query per call, as `multimodal search` does) and the batch
+    throughput of ``index``; also the rows the batch found."""
+    ms, _ = each_timed(lambda q: index.search(q[None], k), queries[:latency_queries])
+    seconds, (_, found) = clocked(lambda: index.search(queries, k))
+    return {**percentiles(ms), "batch_qps": round(len(queries) / seconds, 1)}, found
+
+
 def run_size(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
     say(f"n={n}: generating vectors")
-    if args.distribution == "clustered":
-        centres = random_unit(args.clusters, dim, rng)
-        x = clustered_unit(n, dim, rng, centres, args.spread)
-        queries = clustered_unit(args.queries, dim, rng, centres, args.spread)
-    else:
-        x = random_unit(n, dim, rng)
-        queries = random_unit(args.queries, dim, rng)
-    result: dict[str, Any] = {
-        "n": n,
-        "dim": dim,
-        "distribution": args.distribution,
-        "queries": args.queries,
-        "k": args.k,
-    }
+    clustered = args.distribution == "clustered"
+    x, queries = vectors_and_queries(n, args.queries, dim, rng, args.clusters, args.spread, clustered)
+    result: dict[str, Any] = {"n": n, "dim": dim, "distribution": args.distribution, "queries": args.queries,
+                              "k": args.k}  # fmt: skip
     truth = None
-    configs = [
-        ("exact", "flat", {}, "", []),
-        (
-            "ivf",
-            "ivf",
-            {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)},
-            "nprobe",
-            args.nprobe,
-        ),
-        (
-            "hnsw",
-            "hnsw",
-            {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search[0]},
-            "efSearch",
-            args.ef_search,
-        ),
-    ]
-    for name, kind, options, knob, values in configs:
-        if kind == "hnsw" and n > args.hnsw_max_n:
-            say(
-                f"n={n} hnsw: skipped (n > --hnsw-max-n {args.hnsw_max_n}: the build alone takes too long on this machine)"  # noqa: E501
-            )
-            result[name] = {"skipped": f"n > --hnsw-max-n {args.hnsw_max_n}"}
-            continue
-        t = time.perf_counter()
-        index = build_index(x, kind, seed=args.seed, **options)  # type: ignore[arg-type]
-        build_s = time.perf_counter() - t
-        for value in values or [None]:
+    for name, (kind, options) in indexes(n, args).items():
+        build_s, index = clocked(partial(build_index, x, kind, seed=args.seed, **options))
+        knob, sweep = SWEEPS.get(name, ("", ""))
+        for value in getattr(args, sweep) if knob else [None]:
             if knob:  # through FAISS's parameter space: it reaches the IVF / HNSW index inside the id map
                 faiss.ParameterSpace().set_index_parameter(index, knob, value)
-            lat = latency(index, queries[: args.latency_queries], args.k)
-            t = time.perf_counter()
-            _, found = index.search(queries, args.k)
-            batch_qps = len(queries) / (time.perf_counter() - t)
-            if truth is None:
-                truth = found
+            speed, found = searched(index, queries, args.k, args.latency_queries)
+            truth = found if truth is None else truth
             label = f"{name} {knob}={value}" if knob else name
-            row = {
-                "build_s": round(build_s, 2),
-                **{k: round(v, 3) for k, v in lat.items()},
-                "batch_qps": round(batch_qps, 1),
-                f"recall@{args.k}_vs_exact": round(recall(found, truth), 4),
-                "options": {**options, **({knob: value} if knob else {})},
-            }
-            result[label] = row
+            result[label] = row = {"build_s": round(build_s, 2), **speed,
+                                   f"recall@{args.k}_vs_exact": round(recall(found, truth), 4),
+                                   "options": {**options, **({knob: value} if knob else {})}}  # fmt: skip
             say(f"n={n} {label}: {row}")
         del index
+    if n > args.hnsw_max_n:
+        say(f"n={n} hnsw: skipped (n > --hnsw-max-n {args.hnsw_max_n}: the build alone takes too long on this "
+            "machine)")  # fmt: skip
+        result["hnsw"] = {"skipped": f"n > --hnsw-max-n {args.hnsw_max_n}"}
     return result
+
+
+def filtered_search(index: SearchIndex, mask: np.ndarray, method: str, k: int, query: np.ndarray) -> np.ndarray:
+    """One query's rows: the filter applied inside FAISS (``prefilter``) or to the unfiltered top 100."""
+    if method == "prefilter":
+        return index.search(query[None], k, mask)[1][0]
+    rows = index.search(query[None], 100)[1][0]
+    return rows[mask[rows]][:k]
 
 
 def run_filtered(n: int, dim: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
@@ -148,56 +116,26 @@ def run_filtered(n: int, dim: int, args: argparse.Namespace, rng: np.random.Gene
     from multimodal.search.filters import Filter
 
     say(f"filtered n={n}: generating vectors")
-    centres = random_unit(args.clusters, dim, rng)
-    x = clustered_unit(n, dim, rng, centres, args.spread)
-    queries = clustered_unit(args.latency_queries, dim, rng, centres, args.spread)
+    x, queries = vectors_and_queries(n, args.latency_queries, dim, rng, args.clusters, args.spread)
     products = pd.DataFrame({"id": np.arange(n).astype(str), "bucket": rng.integers(0, 100, n), LABEL: np.arange(n)})
     result: dict[str, Any] = {"n": n, "dim": dim, "queries": len(queries), "k": args.k, "rows": {}}
     truth: dict[str, np.ndarray] = {}
-    kinds = [
-        ("exact", "flat", {}),
-        ("ivf", "ivf", {"nprobe": args.nprobe[0], "nlist": min(int(4 * np.sqrt(n)), args.max_nlist)}),
-    ]
-    if n <= args.hnsw_max_n:
-        kinds.append(
-            (
-                "hnsw",
-                "hnsw",
-                {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search[0]},
-            )
-        )
-    for name, kind, options in kinds:
-        t = time.perf_counter()
-        shard = build_index(x, kind, seed=args.seed, **options)  # type: ignore[arg-type]
-        say(f"filtered n={n} {name}: built in {time.perf_counter() - t:.1f} s")
+    for name, (kind, options) in indexes(n, args).items():
+        build_s, shard = clocked(partial(build_index, x, kind, seed=args.seed, **options))
+        say(f"filtered n={n} {name}: built in {build_s:.1f} s")
         index = SearchIndex([shard], products, {"kind": kind, "options": options})
         for share in args.filter_shares:
             expr = f"bucket < {round(share * 100)}"
             mask = Filter(expr, products).mask()
-            for method in ("prefilter", "post-filter top 100"):
-                times, found = [], []
-                for q in queries:
-                    start = time.perf_counter()
-                    if method == "prefilter":
-                        _, rows = index.search(q[None], args.k, mask)
-                        rows = rows[0]
-                    else:
-                        _, rows = index.search(q[None], 100)
-                        rows = rows[0][mask[rows[0]]][: args.k]
-                    times.append((time.perf_counter() - start) * 1000)
-                    found.append(rows[rows >= 0])
+            for method in METHODS:
+                ms, rows = each_timed(partial(filtered_search, index, mask, method, args.k), queries)
+                found = [r[r >= 0] for r in rows]
                 if name == "exact" and method == "prefilter":
                     truth[expr] = np.stack(found)
                 hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth[expr], strict=True)]
-                row = {
-                    "filter": expr,
-                    "matching": round(float(mask.mean()), 4),
-                    "p50_ms": round(float(np.percentile(times, 50)), 3),
-                    "p99_ms": round(float(np.percentile(times, 99)), 3),
-                    f"recall@{args.k}_vs_exact_filtered": round(float(np.sum(hits) / truth[expr].size), 4),
-                    "short": int(sum(len(f) < args.k for f in found)),
-                    "options": options,
-                }
+                row = {"filter": expr, "matching": round(float(mask.mean()), 4), **percentiles(ms),
+                       f"recall@{args.k}_vs_exact_filtered": round(float(np.sum(hits) / truth[expr].size), 4),
+                       "short": int(sum(len(f) < args.k for f in found)), "options": options}  # fmt: skip
                 result["rows"][f"{name} {method} {expr}"] = {"index": name, "method": method, **row}
                 say(f"filtered n={n} {name} {method} {expr}: {row}")
         del index, shard
@@ -231,15 +169,9 @@ def table(results: list[dict[str, Any]], k: int) -> str:
             if "skipped" in r:
                 lines.append(f"| {dist} | {res['n']:,} | {name} | skipped: {r['skipped']} | | | | |")
                 continue
-            lines.append(
-                f"| {dist} | {res['n']:,} | {name} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['batch_qps']} | {r[f'recall@{k}_vs_exact']} |"  # noqa: E501
-            )
+            lines.append(f"| {dist} | {res['n']:,} | {name} | {r['build_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+                         f"{r['batch_qps']} | {r[f'recall@{k}_vs_exact']} |")  # fmt: skip
     return "\n".join(lines)
-
-
-# --smoke: 2,000 32-d vectors (unfiltered and filtered), few queries, small sweeps
-SMOKE = {"sizes": [2000], "dim": 32, "queries": 50, "latency_queries": 20, "clusters": 32, "nprobe": [4],
-         "max_nlist": 32, "hnsw_m": 8, "ef_construction": 16, "ef_search": [16], "filter_sizes": [2000]}  # fmt: skip
 
 
 def ratios(results: list[dict[str, Any]], filtered: list[dict[str, Any]], k: int) -> dict[str, float | None]:
@@ -253,19 +185,18 @@ def ratios(results: list[dict[str, Any]], filtered: list[dict[str, Any]], k: int
                 tag = f"{res['distribution']} n={res['n']} {label}"
                 out[f"{tag}: exact p50 / p50"] = ratio(exact.get("p50_ms"), row["p50_ms"])
                 out[f"{tag}: recall@{k} vs exact"] = row[f"recall@{k}_vs_exact"]
+    recall_key = f"recall@{k}_vs_exact_filtered"
     for res in filtered:
         rows = res["rows"]
         for key, row in rows.items():
-            pre = rows.get(key.replace("post-filter top 100", "prefilter"))
-            if row["method"] != "prefilter" and pre:
-                recall = f"recall@{k}_vs_exact_filtered"
-                out[f"n={res['n']} {row['index']} {row['filter']}: post-filter / prefilter recall"] = ratio(
-                    row[recall], pre[recall]
-                )
+            pre = rows.get(key.replace(METHODS[1], METHODS[0]))
+            if row["method"] != METHODS[0] and pre:
+                tag = f"n={res['n']} {row['index']} {row['filter']}: post-filter / prefilter recall"
+                out[tag] = ratio(row[recall_key], pre[recall_key])
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -290,17 +221,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--append", action="store_true", help="add these sizes to the results already in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
-    args = parse(p, argv, SMOKE, "benchmarks.search_speed")
+    return parse(p, argv, SMOKE, "benchmarks.search_speed")
+
+
+def kept(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """With ``--append``, the results already in ``--out`` that this run does not measure again."""
+    previous = json.loads(Path(args.out).read_text()) if args.append and Path(args.out).is_file() else {}
+    rerun = {(n, args.distribution) for n in args.sizes} if args.only != "filtered" else set()
+    skip = set(args.filter_sizes) if args.only != "unfiltered" else set()
+    results = [r for r in previous.get("results", []) if (r["n"], r.get("distribution", "uniform")) not in rerun]
+    return results, [r for r in previous.get("filtered", []) if r["n"] not in skip]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
-    results: list[dict[str, Any]] = []
-    filtered: list[dict[str, Any]] = []
-    previous = json.loads(Path(args.out).read_text()) if args.append and Path(args.out).is_file() else {}
-    if previous:
-        rerun = {(n, args.distribution) for n in args.sizes} if args.only != "filtered" else set()
-        results = [r for r in previous.get("results", []) if (r["n"], r.get("distribution", "uniform")) not in rerun]
-        skip = set(args.filter_sizes) if args.only != "unfiltered" else set()
-        filtered = [r for r in previous.get("filtered", []) if r["n"] not in skip]
+    results, filtered = kept(args)
 
     def save() -> None:
         payload = {"machine": machine(), "args": vars(args), "results": results, "table": table(results, args.k)}

@@ -31,98 +31,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.common import machine, ratio, say, write_json
+from benchmarks.harness import SAMPLE, TINY, Option, parse, parser
 from benchmarks.http_load import Requests, load, load_wrk, write_wrk_inputs
-from benchmarks.smoke import ROOT, SAMPLE, TINY, config_checkpoint, index_of, parse, sample_rows
+from benchmarks.service import Service, memory
+from benchmarks.smoke import config_checkpoint, index_of, sample_rows
 
 # --smoke: tiny untrained models built here, batch 1 vs 4, 2 clients, a few requests (httpx)
 SMOKE = {"tagger": "", "index": "", "batch_sizes": [1, 4], "clients": [2], "search_requests": 8, "tag_requests": 4,
          "repeats": 1, "memory_requests": 20, "warmup_requests": 4, "client": "httpx", "seconds": 1}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parents.get(p, [])
-    return out
-
-
-def memory(pid: int) -> dict[str, float]:
-    """Summed current (VmRSS) and peak (VmHWM) resident memory of the process tree, MiB."""
-    rss = hwm = 0
-    for p in tree(pid):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm += int(line.split()[1])
-    return {"rss_mib": round(rss / 1024, 1), "peak_mib": round(hwm / 1024, 1), "processes": len(tree(pid))}
-
-
-class Service:
-    """``multimodal serve <args>`` in its own process group, on a free loopback port, once /health answers ok."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "multimodal.cli", "serve", *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"serve exited ({self.proc.returncode}); see {log}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).text == "ok":
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise SystemExit(f"serve did not become healthy; see {log}")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.out.close()
 
 
 def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,15 +55,20 @@ def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("requests_per_s", "p50_ms", "p99_ms"):
         values = [r[key] for r in runs if r[key] is not None]
         cell[key] = round(statistics.median(values), 2) if values else None
-    reasons: dict[str, int] = {}
-    for r in runs:
-        for why, count in r["failure_reasons"].items():
-            reasons[why] = reasons.get(why, 0) + count
     cell.update(answered=sum(r["answered"] for r in runs), failed=sum(r["failed"] for r in runs),
-                failure_reasons=reasons, runs=runs)  # fmt: skip
+                failure_reasons=reasons(runs), runs=runs)  # fmt: skip
     if cell["requests_per_s"] is None:
         cell["note"] = "no request answered in this cell: no rate, and no ratio with it"
     return cell
+
+
+def reasons(cells: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """The failed requests of ``cells`` (or runs) counted by reason, summed."""
+    out: dict[str, int] = {}
+    for c in cells:
+        for why, count in c["failure_reasons"].items():
+            out[why] = out.get(why, 0) + count
+    return out
 
 
 def failed(cell: dict[str, Any]) -> str:
@@ -148,24 +77,27 @@ def failed(cell: dict[str, Any]) -> str:
     return f"{cell['failed']} ({reasons})" if reasons else str(cell["failed"])
 
 
+OPTIONS = {
+    "--tagger": Option("runs/serve-demo/tagger.ckpt", "(empty: an untrained tiny one, built)"),
+    "--index": Option("runs/serve-demo/index", "(empty: a tiny one of 40 products, built)"),
+    "--batch_sizes": Option([1, 32]),
+    "--clients": Option([16, 64]),
+    "--search_requests": Option(640, "requests per search cell"),
+    "--tag_requests": Option(320, "requests per tag cell"),
+    "--repeats": Option(3),
+    "--warmup_requests": Option(32, "requests sent to a new service before timing"),
+    "--batch_timeout": Option(0.01),
+    "--serve_args": Option("", "more `multimodal serve` options, e.g. '--threads 1'"),
+    "--memory_requests": Option(10_000),
+    "--client": Option("wrk" if shutil.which("wrk") else "httpx", choices=["wrk", "httpx"],
+                       help="load generator (default wrk, a C program, when installed: apt-get install wrk)"),
+    "--seconds": Option(15, "length of a wrk cell (httpx: --*_requests)"),
+    "--out": Option("benchmarks/results/serve_load.json"),
+}  # fmt: skip
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
-    p.add_argument("--tagger", default="runs/serve-demo/tagger.ckpt", help="(empty: an untrained tiny one, built)")
-    p.add_argument("--index", default="runs/serve-demo/index", help="(empty: a tiny one of 40 products, built)")
-    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--clients", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--search_requests", type=int, default=640, help="requests per search cell")
-    p.add_argument("--tag_requests", type=int, default=320, help="requests per tag cell")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup_requests", type=int, default=32, help="requests sent to a new service before timing")
-    p.add_argument("--batch_timeout", type=float, default=0.01)
-    p.add_argument("--serve_args", default="", help="more `multimodal serve` options, e.g. '--threads 1'")
-    p.add_argument("--memory_requests", type=int, default=10_000)
-    p.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx",
-                   help="load generator (default wrk, a C program, when installed: apt-get install wrk)")  # fmt: skip
-    p.add_argument("--seconds", type=int, default=15, help="length of a wrk cell (httpx: --*_requests)")
-    p.add_argument("--out", default="benchmarks/results/serve_load.json")
-    return parse(p, argv, SMOKE, "benchmarks.serve_load")
+    return parse(parser("serve_load", __doc__, OPTIONS, show_defaults=False), argv, SMOKE, "benchmarks.serve_load")
 
 
 def tiny_models(work: Path) -> tuple[Path, Path]:
@@ -258,14 +190,10 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     results["ratios_batched_over_b1"] = results["ratios"] = ratios
     every = [*cells.values(), *([results["memory"]["run"]] if "memory" in results else [])]
     results["failed_total"] = sum(c["failed"] for c in every)
-    reasons: dict[str, int] = {}
-    for c in every:
-        for why, count in c["failure_reasons"].items():
-            reasons[why] = reasons.get(why, 0) + count
-    results["failure_reasons"] = reasons
+    results["failure_reasons"] = reasons(every)
     write_json(args.out, results)
     say(f"requests/s, batch {hi} / batch {lo}: {ratios}")
-    say(f"failed requests in all: {failed({'failed': results['failed_total'], 'failure_reasons': reasons})}")
+    say(f"failed requests in all: {failed({'failed': results['failed_total'], 'failure_reasons': reasons(every)})}")
 
 
 if __name__ == "__main__":

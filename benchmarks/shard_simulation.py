@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import machine, ratio, say, seed_all, write_json
-from benchmarks.search_speed import clustered_unit, random_unit
-from benchmarks.smoke import parse
+from benchmarks.harness import parse
+from benchmarks.synthetic import vectors_and_queries
+from benchmarks.timing import clocked, each_timed, percentiles
 from multimodal.search.build import build_index
 from multimodal.search.choice import memory
 from multimodal.search.index import LABEL, SearchIndex, shard_of
@@ -42,27 +43,19 @@ def exact_top(x: np.ndarray, queries: np.ndarray, k: int, chunk: int = 1_000_000
 
 
 def measure(index: SearchIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
+    """Single-query latency of the whole search and of the slowest shard alone (as on a machine of its own),
+    batch throughput and recall@k against ``truth``."""
+    params = index._params(None, 1.0, k)
     times, slowest = [], []
-    for q in queries:
-        start = time.perf_counter()
-        index.search(q[None], k)
-        times.append((time.perf_counter() - start) * 1000)
-        alone = []
-        for shard in index.shards:  # each shard by itself, as on a machine of its own
-            start = time.perf_counter()
-            shard.search(q[None], k, params=index._params(None, 1.0, k))
-            alone.append((time.perf_counter() - start) * 1000)
-        slowest.append(max(alone))
-    start = time.perf_counter()
-    _, rows = index.search(queries, k)
-    qps = len(queries) / (time.perf_counter() - start)
+    for q in queries:  # the whole search, then each shard by itself, query by query
+        times.append(clocked(lambda q=q: index.search(q[None], k))[0] * 1000)
+        slowest.append(max(each_timed(lambda shard, q=q: shard.search(q[None], k, params=params), index.shards)[0]))
+    seconds, (_, rows) = clocked(lambda: index.search(queries, k))
     hits = [len(set(r.tolist()) & set(t.tolist())) for r, t in zip(rows, truth, strict=True)]
     return {
-        "p50_ms": round(float(np.percentile(times, 50)), 3),
-        "p99_ms": round(float(np.percentile(times, 99)), 3),
-        "slowest_shard_p50_ms": round(float(np.percentile(slowest, 50)), 3),
-        "slowest_shard_p99_ms": round(float(np.percentile(slowest, 99)), 3),
-        "batch_qps": round(qps, 1),
+        **percentiles(times),
+        **percentiles(slowest, "slowest_shard_"),
+        "batch_qps": round(len(queries) / seconds, 1),
         f"recall@{k}_vs_exact": round(float(np.sum(hits) / truth.size), 4),
     }
 
@@ -116,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_all(args.seed)
     rng = np.random.default_rng(args.seed)
     say(f"generating {args.n:,} x {args.dim} vectors ({args.n * args.dim * 4 / 2**30:.1f} GiB)")
-    centres = random_unit(args.clusters, args.dim, rng)
-    x = clustered_unit(args.n, args.dim, rng, centres, args.spread)
-    queries = clustered_unit(args.queries, args.dim, rng, centres, args.spread)
+    x, queries = vectors_and_queries(args.n, args.queries, args.dim, rng, args.clusters, args.spread)
     products = pd.DataFrame({"id": np.arange(args.n), LABEL: np.arange(args.n)})
     say("exact top-k of the queries (brute force)")
     truth = exact_top(x, queries, args.k)

@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import machine, quiet_lightning, say, seed_all, set_threads, write_json
-from benchmarks.smoke import SAMPLE, parse
+from benchmarks.harness import SAMPLE, Option, parse, parser
+from benchmarks.timing import rounds
 
 ATTRIBUTES = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 # --smoke: batches of 2 photos at 32 px, one warm-up step and 2 timed steps, one run of each path
@@ -39,32 +40,23 @@ SMOKE = {"data": str(SAMPLE), "image_size": 32, "batch_size": 2, "warmup": 1, "s
          "warmup_runs": 0}  # fmt: skip
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.train_overhead",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", default="examples/fashion-products", help="catalogue folder with metadata.csv and images/")
-    p.add_argument("--out", default="benchmarks/results/train_overhead.json", help="JSON result file")
-    p.add_argument("--attributes", nargs="+", default=ATTRIBUTES)
-    p.add_argument("--fusion", default="early", choices=["early", "late", "cross_attention"])
-    p.add_argument("--image-size", type=int, default=96, help="EfficientNet-Lite0 input size")
-    p.add_argument("--vision-trainable", type=int, default=2, help="train the last N EfficientNet stages")
-    p.add_argument("--text-trainable", type=int, default=-1, help="train the last N MiniLM layers (-1: all)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every run")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per run")
-    p.add_argument("--repeats", type=int, default=7, help="runs of each path (alternating order)")
-    p.add_argument("--warmup-runs", type=int, default=1, help="untimed runs of each path before the repeats")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (0: torch's default); 1 keeps the timing stable when other jobs share the cores",
-    )
-    return parse(p, argv, SMOKE, "benchmarks.train_overhead")
+OPTIONS = {
+    "--data": Option("examples/fashion-products", "catalogue folder with metadata.csv and images/"),
+    "--out": Option("benchmarks/results/train_overhead.json", "JSON result file"),
+    "--attributes": Option(ATTRIBUTES),
+    "--fusion": Option("early", choices=["early", "late", "cross_attention"]),
+    "--image-size": Option(96, "EfficientNet-Lite0 input size"),
+    "--vision-trainable": Option(2, "train the last N EfficientNet stages"),
+    "--text-trainable": Option(-1, "train the last N MiniLM layers (-1: all)"),
+    "--batch-size": Option(16),
+    "--warmup": Option(2, "untimed steps at the start of every run"),
+    "--steps": Option(10, "timed steps per run"),
+    "--repeats": Option(7, "runs of each path (alternating order)"),
+    "--warmup-runs": Option(1, "untimed runs of each path before the repeats"),
+    "--seed": Option(0),
+    "--threads": Option(1, "torch CPU threads (0: torch's default); 1 keeps the timing stable when other jobs share "
+                        "the cores"),
+}  # fmt: skip
 
 
 def build(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
@@ -134,18 +126,9 @@ def run_fit(template: Any, batches: list[dict[str, Any]], args: argparse.Namespa
             marks[i] = time.perf_counter()
 
     model = copy.deepcopy(template)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Clock()],
-    )
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[Clock()])  # fmt: skip
     torch.manual_seed(args.seed)
     trainer.fit(model, train_dataloaders=loader(batches))
     n = args.warmup + args.steps
@@ -170,8 +153,35 @@ def run_hand(template: Any, batches: list[dict[str, Any]], args: argparse.Namesp
     return time.perf_counter() - t0
 
 
+def describe(args: argparse.Namespace, trainable: int) -> dict[str, Any]:
+    """The model measured, for the result file."""
+    text = "all layers trained" if args.text_trainable < 0 else f"last {args.text_trainable} layers trained"
+    return {
+        "vision": f"EfficientNet-Lite0 (ImageNet) @{args.image_size}px, last {args.vision_trainable} stages trained",
+        "text": f"all-MiniLM-L6-v2, {text}",
+        "fusion": args.fusion,
+        "trainable_params": trainable,
+    }
+
+
+def measure(template: Any, batches: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds of the timed steps of each path: untimed warm-up runs, then alternating timed runs."""
+    samples = args.steps * args.batch_size
+    paths = {"fit": functools.partial(run_fit, template, batches, args),
+             "hand": functools.partial(run_hand, template, batches, args)}  # fmt: skip
+    for name in ("fit", "hand") if args.warmup_runs else ():
+        for _ in range(args.warmup_runs):  # first runs in a process pay one-off costs (allocator, lazy inits)
+            say(f"untimed warm-up run: {name:4s} {samples / paths[name]():7.2f} samples/s")
+
+    def each(r: int, name: str, seconds: float) -> None:
+        say(f"repeat {r + 1}/{args.repeats}: {name:4s} {samples / seconds:7.2f} samples/s ({seconds:.2f}s, "
+            f"{args.steps} steps)")  # fmt: skip
+
+    return rounds(paths, args.repeats, alternate=True, each=each)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+    args = parse(parser("train_overhead", __doc__, OPTIONS), argv, SMOKE, "benchmarks.train_overhead")
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         raise SystemExit("error: --warmup, --steps and --repeats must be at least 1")
     quiet_lightning()
@@ -184,20 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainable = sum(p.numel() for p in template.parameters() if p.requires_grad)
     say(f"{trainable / 1e6:.2f}M trainable of {sum(p.numel() for p in template.parameters()) / 1e6:.2f}M parameters")
     samples = args.steps * args.batch_size
-    times: dict[str, list[float]] = {"fit": [], "hand": []}
-    paths = {"fit": run_fit, "hand": run_hand}
-    for name in ("fit", "hand") if args.warmup_runs else ():
-        for _ in range(args.warmup_runs):  # first runs in a process pay one-off costs (allocator, lazy inits)
-            seconds = paths[name](template, batches, args)
-            say(f"untimed warm-up run: {name:4s} {samples / seconds:7.2f} samples/s")
-    for r in range(args.repeats):
-        order = ["fit", "hand"] if r % 2 == 0 else ["hand", "fit"]
-        for name in order:
-            seconds = paths[name](template, batches, args)
-            times[name].append(seconds)
-            rate = samples / seconds
-            say(f"repeat {r + 1}/{args.repeats}: {name:4s} {rate:7.2f} samples/s ({seconds:.2f}s, {args.steps} steps)")
-    rates = {k: [samples / s for s in v] for k, v in times.items()}
+    rates = {k: [samples / s for s in v] for k, v in measure(template, batches, args).items()}
     median = {k: statistics.median(v) for k, v in rates.items()}
     paired = [f / h for f, h in zip(rates["fit"], rates["hand"], strict=True)]
     ratio = median["fit"] / median["hand"]
@@ -205,14 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "train_overhead",
         "machine": machine(),
         "args": vars(args),
-        "model": {
-            "vision": f"EfficientNet-Lite0 (ImageNet) @{args.image_size}px, "
-            f"last {args.vision_trainable} stages trained",
-            "text": "all-MiniLM-L6-v2, "
-            + ("all layers trained" if args.text_trainable < 0 else f"last {args.text_trainable} layers trained"),
-            "fusion": args.fusion,
-            "trainable_params": trainable,
-        },
+        "model": describe(args, trainable),
         "samples_per_s": rates,
         "median_samples_per_s": median,
         "paired_ratios": paired,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import paired_bootstrap, score_table
+from benchmarks.quality.scores import paired_bootstrap, score_table
 
 ATTRIBUTES = ["colour", "kind"]
 

@@ -40,8 +40,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def test_every_benchmark_program_is_listed() -> None:
     programs = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
-    helpers = {"__init__", "common", "smoke", "http_load"}
+    helpers = {"__init__", "common", "harness", "smoke", "http_load", "service", "synthetic", "timing"}
     assert programs - helpers == set(BENCHMARKS)
+
+
+def test_declared_options_parse_as_argparse_would() -> None:
+    from benchmarks.harness import Option, parser
+
+    options = {"--n": Option(3), "--xs": Option([1.0]), "--files": Option([], metavar="JSON"), "--on": Option(False),
+               "--cap": Option(None, type=int), "--out": Option("o.json", "result file")}  # fmt: skip
+    p = parser("x", "A program.", options)
+    args = p.parse_args(["--n", "4", "--xs", "2", "3", "--files", "a.json", "--on", "--cap", "5"])
+    assert (args.n, args.xs, args.files, args.on, args.cap, args.out) == (4, [2.0, 3.0], ["a.json"], True, 5, "o.json")
+    default = p.parse_args([])
+    assert (default.n, default.xs, default.files, default.on, default.cap) == (3, [1.0], [], False, None)
 
 
 @pytest.fixture

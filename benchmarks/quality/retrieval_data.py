@@ -1,0 +1,162 @@
+"""Retrieval quality's data: the frozen towers run once over every product, their outputs read back by row through
+lookup encoders (so the retrievers train in minutes), and the batches that carry those rows."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from benchmarks.common import say
+from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
+from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
+from multimodal.data.datamodule import ProductDataModule
+from multimodal.data.dataset import Collate
+
+
+class CachedVision(VisionEncoder):
+    """Frozen photo features looked up by row: ``pixel_values`` carries row indices ``(B,)``."""
+
+    def __init__(self, tokens: Tensor, pooled: Tensor) -> None:
+        super().__init__()
+        self.tokens, self.pooled, self.output_dim = tokens, pooled, pooled.shape[1]
+
+    def forward(self, pixel_values: Tensor) -> Features:
+        idx = pixel_values.long()
+        tokens = self.tokens[idx].float()
+        return Features(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool), self.pooled[idx].float())
+
+    def image_transform(self, train: bool) -> ImageTransform:
+        raise NotImplementedError
+
+
+class CachedText(TextEncoder):
+    """Frozen text features looked up by row: ``input_ids`` carries row indices ``(B, 1)``."""
+
+    def __init__(self, tokens: Tensor, mask: Tensor, pooled: Tensor, tokenizer: Any) -> None:
+        super().__init__()
+        self.tokens, self.mask, self.pooled, self._tok = tokens, mask, pooled, tokenizer
+        self.output_dim, self.max_length = pooled.shape[1], tokens.shape[1]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Features:
+        idx = input_ids[:, 0].long()
+        return Features(self.tokens[idx].float(), self.mask[idx], self.pooled[idx].float())
+
+
+@torch.inference_mode()
+def encode_images(
+    dm: ProductDataModule, vision: EfficientNetLiteEncoder, batch_size: int, workers: int
+) -> tuple[Tensor, Tensor]:
+    class Pre:  # the data module's preprocessing hooks, with the pretrained tower's eval transform
+        def image_transform(self, train: bool) -> ImageTransform:
+            return vision.image_transform(False)
+
+        def text_fn(self) -> Any:
+            return lambda texts: {}
+
+    dm.attach(Pre())  # type: ignore[arg-type]
+    loader = DataLoader(dm.dataset("all"), batch_size=batch_size, num_workers=workers, collate_fn=Collate(lambda t: {}))
+    tokens, pooled = [], []
+    for i, batch in enumerate(loader):
+        f = vision(batch["pixel_values"])
+        tokens.append(f.tokens.half())
+        pooled.append(f.pooled)
+        if i % 10 == 0:
+            say(f"  photos {sum(len(p) for p in pooled)}/{len(loader.dataset)}")
+    return torch.cat(tokens), torch.cat(pooled)
+
+
+@torch.inference_mode()
+def encode_texts(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int = 128) -> tuple[Tensor, Tensor, Tensor]:
+    tokens, masks, pooled = [], [], []
+    for start in range(0, len(texts), batch_size):
+        enc = text.tokenize(list(texts[start : start + batch_size]))
+        f = text(enc["input_ids"], enc["attention_mask"])
+        pad = text.max_length - f.tokens.shape[1]
+        tokens.append(torch.nn.functional.pad(f.tokens, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(f.mask, (0, pad), value=False))
+        pooled.append(f.pooled)
+    return torch.cat(tokens), torch.cat(masks), torch.cat(pooled)
+
+
+def batch_of(rows: list[int], n: int, ids: list[str]) -> dict[str, Any]:
+    idx = torch.tensor(rows)
+    ones = torch.ones(len(rows), 1, dtype=torch.long)
+    return {
+        "ids": [ids[r] for r in rows],
+        "pixel_values": idx,
+        "input_ids": idx[:, None],
+        "attention_mask": ones,
+        "product_input_ids": (idx + n)[:, None],
+        "product_attention_mask": ones,
+        "has_text": torch.ones(len(rows), dtype=torch.bool),
+    }
+
+
+def shopper_query(title: str, rng: Any, words: int = 3) -> str:
+    """``words`` of a title's words chosen at random, in title order (the whole title when it is that short)."""
+    parts = title.split()
+    if len(parts) <= words:
+        return title
+    return " ".join(parts[i] for i in sorted(rng.choice(len(parts), size=words, replace=False).tolist()))
+
+
+@dataclasses.dataclass
+class Encoded:
+    """The catalogue as the retrievers read it: products in split order (train, val, test), the frozen towers'
+    outputs behind lookup encoders, and the texts of every row (text rows: titles 0.., product texts n.., shopper
+    queries 2n..)."""
+
+    records: list[Any]
+    split_rows: dict[str, list[int]]
+    vision: CachedVision
+    text: CachedText
+    text_tower: MiniLMTextEncoder
+    v_pooled: Tensor
+    titles: list[str]
+    shopper: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+
+def encode(args: argparse.Namespace) -> Encoded:
+    """Read the catalogue's split (capped by ``--max-train`` / ``--max-eval``) and run the frozen towers once."""
+    data = Path(args.data)
+    columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes]))
+    dm = ProductDataModule(str(data / "metadata.csv"), str(data / "images"), text_columns=columns,
+                           on_bad_sample="error", batch_size=args.batch_size)  # fmt: skip
+    for split, cap in {"train": args.max_train, "val": args.max_eval, "test": args.max_eval}.items():
+        dm.splits[split] = dm.splits[split][:cap]  # a cap of None keeps them all
+    records = [r for s in ("train", "val", "test") for r in dm.splits[s]]
+    offsets = {"train": 0, "val": len(dm.splits["train"]), "test": len(dm.splits["train"]) + len(dm.splits["val"])}
+    split_rows = {s: list(range(offsets[s], offsets[s] + len(dm.splits[s]))) for s in offsets}
+    say(f"{len(records)} products: train {len(split_rows['train'])}, test {len(split_rows['test'])}")
+    vision_tower = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
+    text_tower = MiniLMTextEncoder(max_length=32, trainable=False).eval()
+    v_tokens, v_pooled = encode_images(dm, vision_tower, args.batch_size, args.workers)
+    say("photos encoded")
+    titles = [r.texts[args.query_column] or "" for r in records]
+    product_texts = [". ".join(r.texts[c] for c in args.product_columns if r.texts[c]) for r in records]
+    rng = np.random.default_rng(args.seed)
+    shopper = [shopper_query(t, rng) for t in titles]
+    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper, text_tower)
+    say("texts encoded")
+    text = CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
+    return Encoded(records, split_rows, CachedVision(v_tokens, v_pooled), text, text_tower, v_pooled, titles, shopper)
