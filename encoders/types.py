@@ -89,6 +89,37 @@ class VisionEncoder(Tower, ABC):
     def forward(self, pixel_values: Tensor) -> Features:
         """Encode images: ``(B, 3, H, W)`` -> tokens ``(B, N, D)``, pooled ``(B, D)``."""
 
+    def encode_photos(self, pixel_values: Tensor, photo_mask: Tensor | None = None) -> Features:
+        """Encode one photo per product ``(B, 3, H, W)``, or several: ``(B, P, 3, H, W)`` with ``photo_mask (B, P)``
+        (True for a real photo), through :func:`photo_features`. Only real photos are encoded."""
+        if pixel_values.dim() == 4:
+            return self(pixel_values)
+        b, p = pixel_values.shape[:2]
+        if photo_mask is None:
+            photo_mask = torch.ones(b, p, dtype=torch.bool, device=pixel_values.device)
+        real = self(pixel_values[photo_mask])
+        n, d = real.tokens.shape[1:]
+        tokens = real.tokens.new_zeros(b, p, n, d)
+        tokens[photo_mask] = real.tokens
+        mask = real.mask.new_zeros(b, p, n)
+        mask[photo_mask] = real.mask
+        pooled = real.pooled.new_zeros(b, p, real.pooled.shape[-1])
+        pooled[photo_mask] = real.pooled
+        return photo_features(Features(tokens, mask, pooled), photo_mask)
+
+
+def photo_features(photos: Features, photo_mask: Tensor) -> Features:
+    """One :class:`Features` per product from its photos' (tokens ``(B, P, N, D)``, mask ``(B, P, N)``, pooled
+    ``(B, P, D)``): the tokens of every photo side by side ``(B, P*N, D)`` (a padding photo's masked and zero), and
+    the mean of the real photos' pooled vectors. No photo index is added: a product's photos are a set, so a block
+    that reads tokens as a set (every fusion block) or the pooled mean gives the same output in any photo order."""
+    b, p, n, d = photos.tokens.shape
+    mask = photos.mask & photo_mask.unsqueeze(-1)
+    tokens = photos.tokens * mask.unsqueeze(-1).to(photos.tokens.dtype)
+    weight = photo_mask.unsqueeze(-1).to(photos.pooled.dtype)
+    pooled = (photos.pooled * weight).sum(1) / weight.sum(1).clamp(min=1.0)
+    return Features(tokens.reshape(b, p * n, d), mask.reshape(b, p * n), pooled)
+
     @abstractmethod
     def image_transform(self, train: bool) -> ImageTransform:
         """A picklable callable that turns an RGB PIL image into a ``(3, H, W)`` float tensor."""

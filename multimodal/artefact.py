@@ -24,10 +24,12 @@ class Columns:
     attributes: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     tag_separator: str = "|"
+    max_images: int = 4  # photos read per product (multimodal.data.photos)
 
     @classmethod
     def from_data_config(cls, init_args: dict[str, Any]) -> Columns:
         return cls(
+            max_images=init_args.get("max_images") or 4,
             id=init_args.get("id_column") or "id",
             image=init_args.get("image_column") or "image",
             texts=tuple(init_args.get("text_columns") or ()),

@@ -77,7 +77,7 @@ def job_inputs(
     if not source.is_file():
         raise UserError(f"input {source}: no such manifest or folder")
     required = [predictor.columns.id, *predictor.required_columns()]
-    df = read_manifest(source, [*required, *(extra or [])])
+    df = read_manifest(source, [*required, *(extra or [])], photos=[predictor.columns.image])
     records, _ = frame_records(df, str(source), predictor.columns, required, predictor.require_image)
     return predictor.dataset(records, image_root or source.parent, args.confine_images), df
 

@@ -103,7 +103,7 @@ class Predictor:
         """Rows for every input, in input order; an unreadable input gets ``{"id", "error"}``."""
         out: list[tuple[int, Row]] = []
         for prediction, skipped, batch in self.predictions(inputs):
-            out += positioned_rows(prediction, batch["positions"], skipped, self.rows)
+            out += positioned_rows(prediction, batch["positions"], skipped, self.rows, batch.get("skipped_photos"))
         return [row for _, row in sorted(out, key=lambda pr: pr[0])]
 
 

@@ -15,12 +15,21 @@ from multimodal.job_state import Blocks, Row, close_job
 
 
 def positioned_rows(
-    prediction: dict[str, Any], positions: list[int], skipped: list[dict[str, Any]], to_rows: Callable[..., list[Row]]
+    prediction: dict[str, Any],
+    positions: list[int],
+    skipped: list[dict[str, Any]],
+    to_rows: Callable[..., list[Row]],
+    skipped_photos: dict[int, list[dict[str, str]]] | None = None,
 ) -> list[tuple[int, Row]]:
-    """``(input position, row)`` of one batch: a row per predicted id (``to_rows``), an error row per item that
-    could not be read. The batch jobs and the Python API both build their rows here."""
+    """``(input position, row)`` of one batch: a row per predicted id (``to_rows``), with the ``skipped_photos``
+    of a product predicted from only some of its photos, and an error row per item that could not be read. The
+    batch jobs and the Python API both build their rows here."""
     rows = to_rows(prediction) if prediction["ids"] else []
-    out = list(zip(positions, rows, strict=True))
+    photos = skipped_photos or {}
+    out = [
+        (p, {**row, "skipped_photos": photos[p]} if p in photos else row)
+        for p, row in zip(positions, rows, strict=True)
+    ]
     return out + [(s["position"], {"id": s["id"], "error": s["reason"]}) for s in skipped]
 
 

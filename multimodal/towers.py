@@ -93,7 +93,9 @@ class TowerTask(L.LightningModule):
 
     def encode(self, batch: dict[str, Any]) -> tuple[Features, Features]:
         """Run both towers on a batch."""
-        return self.vision(batch["pixel_values"]), self.text(batch["input_ids"], batch["attention_mask"])
+        return self.vision.encode_photos(batch["pixel_values"], batch.get("photo_mask")), self.text(
+            batch["input_ids"], batch["attention_mask"]
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Frozen pretrained tower weights leave the checkpoint for a checked reference (tasks call this first)."""

@@ -87,7 +87,8 @@ def block_writer(
         def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):  # noqa: ANN001
             per_block = data.blocks.size // data.batch_size
             block = data.my_blocks[batch_idx // per_block]
-            self.rows += positioned_rows(prediction, batch["positions"], batch.get("skipped", []), to_rows)
+            skipped = batch.get("skipped", [])
+            self.rows += positioned_rows(prediction, batch["positions"], skipped, to_rows, batch.get("skipped_photos"))
             self.seen += 1
             if self.seen == math.ceil(len(data.blocks.positions(block)) / data.batch_size):
                 self.flush(block)

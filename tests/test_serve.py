@@ -109,6 +109,25 @@ def caption_service(trained: dict[str, Path], tmp_path_factory: pytest.TempPathF
     assert svc.stop() == 0, svc.tail()
 
 
+def test_tag_and_caption_read_several_photos(service: Service, caption_service: Service, trained, products) -> None:
+    """A repeated ``image`` field is one product's photos: the answer is the Python API's for that list."""
+    import multimodal
+
+    names = products["image"].head(3).tolist()
+    files = [("image", photo(n)) for n in names]
+    paths = [str(SAMPLE_IMAGES / n) for n in names]
+    tagger = multimodal.load(trained["tagger"])
+    want = tagger.predict([{"image": paths, "title": "Blue shirt"}]).iloc[0]
+    got = httpx.post(service.url + "/tag", files=files, data={"title": "Blue shirt"}, timeout=60).json()
+    for attribute in tagger.classes:
+        assert got[attribute] == want[attribute]
+        assert got[f"{attribute}_score"] == pytest.approx(want[f"{attribute}_score"], abs=1e-4)
+    caption = multimodal.load(trained["captioner"]).caption([{"image": paths}])["caption"][0]
+    assert httpx.post(caption_service.url + "/caption", files=files, timeout=60).json()["caption"] == caption
+    bad = httpx.post(service.url + "/tag", files=[*files[:1], ("image", ("x.jpg", b"not a jpeg", "image/jpeg"))])
+    assert bad.status_code == 415 and "upload 'image' #2 is not an image" in bad.json()["detail"], bad.text
+
+
 def photo(name: str) -> tuple[str, bytes, str]:
     return name, (SAMPLE_IMAGES / name).read_bytes(), "image/jpeg"
 

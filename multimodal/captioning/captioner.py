@@ -176,9 +176,12 @@ class ProductCaptioner(CaptionSteps, TowerTask):
         )
 
     # -------------------------------------------------------------------------------------------- forward
-    def encode_images(self, pixel_values: Tensor, has_image: Tensor | None = None) -> Features:
-        """Vision features of images ``(B, 3, H, W)``; absent images get the learned stand-in."""
-        vision = self.vision(pixel_values)
+    def encode_images(
+        self, pixel_values: Tensor, has_image: Tensor | None = None, photo_mask: Tensor | None = None
+    ) -> Features:
+        """Vision features of images ``(B, 3, H, W)``, or of several photos per product ``(B, P, 3, H, W)`` with
+        their ``photo_mask (B, P)``; absent images get the learned stand-in."""
+        vision = self.vision.encode_photos(pixel_values, photo_mask)
         return vision if has_image is None else self.missing_image.fill(vision, has_image)
 
     def lm_inputs(
@@ -193,7 +196,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Teacher-forced next-token logits ``(B, T, V)`` of the text positions (a retrieval captioner: of the
         batch :meth:`with_neighbours` returns)."""
-        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"), batch.get("photo_mask"))
         batch = self.with_neighbours(batch, vision)
         return self.logits(vision, batch["input_ids"], batch["attention_mask"])
 
@@ -253,7 +256,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
     def caption_batch(self, batch: dict[str, Any], **generation: Any) -> Captions:
         """Captions of a collated batch (its prompts; a retrieval captioner adds each photo's neighbour titles),
         with ``generation`` over the model's settings for this call only."""
-        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"), batch.get("photo_mask"))
         batch = self.with_neighbours(batch, vision)
         context = {"exclude": batch["ids"], "has_image": batch.get("has_image")}
         options = call_options(self.generation, {**context, **generation})

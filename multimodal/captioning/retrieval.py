@@ -147,7 +147,8 @@ def build_memory(vision: nn.Module, loader: Any, device: torch.device) -> Captio
             keep = [i for i, (ref, has) in enumerate(pairs) if ref and has]
             if not keep:
                 continue
-            keys.append(raw_keys(vision(batch["pixel_values"][keep].to(device))).cpu())
+            mask = batch["photo_mask"][keep].to(device) if "photo_mask" in batch else None
+            keys.append(raw_keys(vision.encode_photos(batch["pixel_values"][keep].to(device), mask)).cpu())
             titles += [batch["references"][i] for i in keep]
             ids += [batch["ids"][i] for i in keep]
     finally:

@@ -91,7 +91,7 @@ class CaptionSteps(L.LightningModule):
     def training_step(self: ProductCaptioner, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if not batch["ids"]:
             return None
-        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"), batch.get("photo_mask"))
         batch = self.with_neighbours(batch, vision)
         if self.self_critical_on(self.current_epoch):
             loss, reward = self.self_critical_loss(vision, batch)
@@ -107,7 +107,7 @@ class CaptionSteps(L.LightningModule):
         if not batch["ids"]:
             return
         n = len(batch["ids"])
-        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"))
+        vision = self.encode_images(batch["pixel_values"], batch.get("has_image"), batch.get("photo_mask"))
         batch = self.with_neighbours(batch, vision)
         self.log(
             f"{stage}/loss",

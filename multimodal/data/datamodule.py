@@ -16,6 +16,7 @@ from encoders.types import ImageTransform
 from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
 from multimodal.data.manifest import SPLITS, unseen_counts
 from multimodal.data.options import check_data_options
+from multimodal.data.photos import DEFAULT_MAX_IMAGES, check_max_images
 from multimodal.data.splits import DataColumns, SplitRule, read_splits, training_vocabularies
 from multimodal.errors import UserError
 from multimodal.resume import EpochShuffle, batches_done
@@ -46,7 +47,9 @@ class ProductDataModule(L.LightningDataModule):
         confine_images: refuse (as an unreadable product) any image path that resolves outside ``image_root``
             (``../``, absolute paths elsewhere, symlinks out); off by default, as in ``multimodal predict``.
         id_column: unique product id.
-        image_column: image path, relative to ``image_root`` or absolute; empty for a product without a photo.
+        image_column: the product's photos: a path relative to ``image_root`` or absolute, a URL, a list of them
+            (Parquet / JSON list) or ``|``-joined paths (CSV); empty for a product without a photo.
+        max_images: photos read per product, in the order given; the rest are counted in the data report.
         text_columns: text fields (title, description...), in the order the task joins them.
         attributes: single-label attribute columns (one softmax head each).
         tag_columns: multi-label columns holding ``tag_separator``-joined tags (one sigmoid head each).
@@ -83,8 +86,10 @@ class ProductDataModule(L.LightningDataModule):
         num_workers: int = 2,
         report_path: str | None = None,
         confine_images: bool = False,
+        max_images: int = DEFAULT_MAX_IMAGES,
     ) -> None:
         super().__init__()
+        self.max_images = check_max_images(max_images)
         check_data_options(on_bad_sample, batch_size, num_workers, val_fraction, test_fraction, predict_split)
         self.manifest = Path(manifest)
         self.image_root = Path(image_root) if image_root else self.manifest.parent
@@ -99,6 +104,7 @@ class ProductDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.report_path = Path(report_path) if report_path else None
         self.skipped: dict[str, dict[str, Any]] = {}
+        self.skipped_photos: list[dict[str, Any]] = []
         self.splits: dict[str, list[ProductRecord]] = self._read(split_column, val_fraction, test_fraction, split_salt)
         self.vocabularies: dict[str, list[str]] = {}
         self.tag_vocabularies: dict[str, list[str]] = {}
@@ -116,10 +122,21 @@ class ProductDataModule(L.LightningDataModule):
         self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str
     ) -> dict[str, list[ProductRecord]]:
         columns = DataColumns(
-            self.id_column, self.image_column, self.text_columns, self.attributes, self.tag_columns, self.tag_separator
+            self.id_column,
+            self.image_column,
+            self.text_columns,
+            self.attributes,
+            self.tag_columns,
+            self.tag_separator,
+            self.max_images,
         )
         rule = SplitRule(split_column, val_fraction, test_fraction, salt)
-        return read_splits(self.manifest, self.image_root, self.confine_images, columns, rule, self._bad)
+        return read_splits(
+            self.manifest, self.image_root, self.confine_images, columns, rule, self._bad, self._bad_photo
+        )
+
+    def _bad_photo(self, row: int, item_id: str, message: str) -> None:
+        self.skipped_photos.append({"id": item_id, "row": row, "reason": message})
 
     def _bad(self, row: int, item_id: str, message: str) -> None:
         if self.on_bad_sample == "error":
@@ -152,6 +169,8 @@ class ProductDataModule(L.LightningDataModule):
             "manifest": str(self.manifest),
             "rows": {s: len(r) for s, r in self.splits.items()},
             "skipped": list(self.skipped.values()),
+            "skipped_photos": self.skipped_photos,
+            "photos_over_max_images": sum(len(r.ignored_photos) for rs in self.splits.values() for r in rs),
             "unseen_labels": unseen,
         }
 

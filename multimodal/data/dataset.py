@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from encoders.types import ImageTransform
 from multimodal.data.images import load_image, resolve_image_path, to_rgb
+from multimodal.data.photos import Photo, photo_name
 from multimodal.errors import BadSampleError
 
 IGNORE_INDEX = -100
@@ -28,22 +29,30 @@ class ProductRecord:
 
     row: int
     id: str
-    image: str | Image.Image | None  # a path (relative to the image root, or absolute), or an image in memory
+    photos: list[Photo]  # paths or URLs (relative to the image root, or absolute), or images in memory; [] = none
     texts: dict[str, str | None]
     labels: dict[str, str | None] = field(default_factory=dict)
     tags: dict[str, list[str] | None] = field(default_factory=dict)
     error: str | None = None  # known unusable before decoding (an empty or repeated id, no image where needed)
+    ignored_photos: list[Photo] = field(default_factory=list)  # past ``max_images``: never read, named in the row
+
+    @property
+    def image(self) -> Photo | None:
+        """The first photo (None: no photo)."""
+        return self.photos[0] if self.photos else None
 
 
 class ProductDataset(Dataset):
-    """Decodes one product per item: ``pixel_values (3, H, W)``, texts, encoded labels and multi-hot tags.
+    """Decodes one product per item: ``pixel_values (3, H, W)`` of its photo (``(P, 3, H, W)`` of several), texts,
+    encoded labels and multi-hot tags.
 
-    A product without an image gets zero pixels and ``has_image=False``. An unreadable image raises
-    :class:`BadSampleError` (policy ``error``) or yields an item with an ``error`` field (policy ``skip``) that the
-    collate function drops and reports. Image paths follow :func:`multimodal.data.images.resolve_image_path`:
-    relative to ``image_root`` (None: the working directory, as in the Python API) or absolute; with
-    ``confine_images`` a path outside ``image_root`` is an unreadable item. Every item carries its ``position`` in
-    ``records``, so batch jobs can keep the input order.
+    A product without a photo gets one slot of zero pixels and ``has_image=False``. A photo that cannot be read is
+    left out and named in the item's ``skipped_photos`` (with the photos past ``max_images``); a product none of
+    whose photos can be read raises :class:`BadSampleError` (policy ``error``) or yields an item with an ``error``
+    field (policy ``skip``) that the collate function drops and reports. Image paths follow
+    :func:`multimodal.data.images.resolve_image_path`: relative to ``image_root`` (None: the working directory, as
+    in the Python API) or absolute; with ``confine_images`` a path outside ``image_root`` is an unreadable photo.
+    Every item carries its ``position`` in ``records``, so batch jobs can keep the input order.
     """
 
     def __init__(
@@ -88,7 +97,7 @@ class ProductDataset(Dataset):
         try:
             if rec.error is not None:
                 raise BadSampleError(rec.error)
-            pixels, has_image = self._pixels(rec)
+            pixels, has_image, skipped = self._photos(rec)
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise BadSampleError(f"row {rec.row} (id {rec.id}): {err}") from None
@@ -107,32 +116,42 @@ class ProductDataset(Dataset):
                     if t in self.tag_index[col]:
                         hot[self.tag_index[col][t]] = 1.0
             tags[col] = hot
-        return {
-            "id": rec.id,
-            "position": i,
-            "pixel_values": pixels,
-            "has_image": has_image,
-            "texts": rec.texts,
-            "labels": labels,
-            "tags": tags,
-        }
+        skipped += [
+            {"photo": photo_name(p), "reason": f"over max_images ({len(rec.photos)})"} for p in rec.ignored_photos
+        ]
+        item = {"id": rec.id, "position": i, "pixel_values": pixels, "has_image": has_image, "texts": rec.texts}
+        return {**item, "labels": labels, "tags": tags, **({"skipped_photos": skipped} if skipped else {})}
 
-    def _pixels(self, rec: ProductRecord) -> tuple[Tensor, bool]:
-        if rec.image is None:
-            return torch.zeros(3, *self.image_size), False
-        if isinstance(rec.image, Image.Image):
-            return self.transform(to_rgb(rec.image)), True
-        path = resolve_image_path(self.image_root, rec.image, self.confine_images)
-        return self.transform(load_image(path)), True
+    def _photos(self, rec: ProductRecord) -> tuple[Tensor, bool, list[dict[str, str]]]:
+        """Pixels of the photos that could be read (``(3, H, W)`` for one, else ``(P, 3, H, W)``), whether there is
+        one, and the skipped ones (``{"photo", "reason"}``). No photo: zeros; no readable photo: BadSampleError."""
+        if not rec.photos:
+            return torch.zeros(3, *self.image_size), False, []
+        pixels, skipped = [], []
+        for photo in rec.photos:
+            try:
+                pixels.append(self.transform(self._image(photo)))
+            except BadSampleError as err:
+                skipped.append({"photo": photo_name(photo), "reason": str(err)})
+        if not pixels:
+            first = skipped[0]["reason"]
+            raise BadSampleError(first if len(skipped) == 1 else f"none of its {len(skipped)} photos: {first}")
+        return (pixels[0] if len(pixels) == 1 else torch.stack(pixels)), True, skipped
+
+    def _image(self, photo: Photo) -> Image.Image:
+        if isinstance(photo, Image.Image):
+            return to_rgb(photo)
+        return load_image(resolve_image_path(self.image_root, photo, self.confine_images))
 
 
 class Collate:
     """Batches dataset items; texts go through the task's text function (tokenizer) inside the worker.
 
-    Output keys: ``ids`` and ``positions`` lists, ``pixel_values (B, 3, H, W)``, ``has_image (B,)``, ``has_text
-    (B,)``, the text function's tensors (``input_ids``/``attention_mask (B, T)``...), ``labels (B, A)``, ``tags``
-    dict of ``(B, K)``, and ``skipped``: ``[{"id", "row", "position", "reason"}]`` of items dropped under the
-    ``skip`` policy.
+    Output keys: ``ids`` and ``positions`` lists, ``pixel_values (B, 3, H, W)`` when every product has at most one
+    photo, else ``(B, P, 3, H, W)`` with ``photo_mask (B, P)`` (True for a real photo, False for padding),
+    ``has_image (B,)``, ``has_text (B,)``, the text function's tensors (``input_ids``/``attention_mask (B, T)``...),
+    ``labels (B, A)``, ``tags`` dict of ``(B, K)``, ``skipped``: ``[{"id", "row", "position", "reason"}]`` of items
+    dropped under the ``skip`` policy, and ``skipped_photos``: ``{position: [{"photo", "reason"}]}``.
     """
 
     def __init__(self, text_fn: TextFn) -> None:
@@ -152,7 +171,10 @@ class Collate:
         }
         if not items:
             return batch
-        batch["pixel_values"] = torch.stack([it["pixel_values"] for it in items])
+        batch.update(stack_photos([it["pixel_values"] for it in items]))
+        photo_skips = {it["position"]: it["skipped_photos"] for it in items if "skipped_photos" in it}
+        if photo_skips:
+            batch["skipped_photos"] = photo_skips
         batch["has_image"] = torch.tensor([it["has_image"] for it in items])
         columns = list(items[0]["texts"])
         texts = {c: [it["texts"][c] for it in items] for c in columns}
@@ -161,3 +183,15 @@ class Collate:
         batch["labels"] = torch.stack([it["labels"] for it in items])
         batch["tags"] = {c: torch.stack([it["tags"][c] for it in items]) for c in items[0]["tags"]}
         return batch
+
+
+def stack_photos(photos: list[Tensor]) -> dict[str, Tensor]:
+    """``pixel_values`` of a batch from each product's ``(3, H, W)`` or ``(P_i, 3, H, W)``: ``(B, 3, H, W)`` when
+    every product has one, else padded to ``(B, P, 3, H, W)`` with its ``photo_mask (B, P)``."""
+    photos = [p if p.dim() == 4 else p.unsqueeze(0) for p in photos]
+    most = max(p.shape[0] for p in photos)
+    if most == 1:
+        return {"pixel_values": torch.stack([p[0] for p in photos])}
+    padded = [torch.cat([p, p.new_zeros(most - p.shape[0], *p.shape[1:])]) for p in photos]
+    mask = torch.tensor([[j < p.shape[0] for j in range(most)] for p in photos])
+    return {"pixel_values": torch.stack(padded), "photo_mask": mask}

@@ -20,6 +20,7 @@ from PIL import Image
 
 from multimodal.data.dataset import ProductRecord
 from multimodal.data.manifest import as_text, clean_value, split_tags
+from multimodal.data.photos import Photo, kept_photos, photo_list
 from multimodal.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -46,17 +47,15 @@ def frame_records(
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
         raise UserError(f"{source} is missing column(s) {missing} the model reads; columns present: {list(df.columns)}")
-    read = [columns.id, columns.image, *columns.texts, *columns.attributes, *columns.tags]
-    df = as_text(df, [c for c in dict.fromkeys(read) if c in df.columns], source, keep=(Image.Image,))
+    read = [columns.id, *columns.texts, *columns.attributes, *columns.tags]
+    df = as_text(df, [c for c in dict.fromkeys(read) if c in df.columns and c != columns.image], source)
     records: list[ProductRecord] = []
     problems: Problems = []
     seen: dict[str, int] = {}
     has_id = columns.id in df.columns
     for row, rec in enumerate(df.to_dict("records")):
         item_id = clean_value(rec[columns.id]) if has_id else str(row)
-        image = rec.get(columns.image)
-        image = image if isinstance(image, Image.Image) else clean_value(image)
-        error = f"no usable image path ('{rec.get(columns.image) or ''}')" if require_image and image is None else None
+        photos, ignored, error = _row_photos(rec.get(columns.image), f"{source} row {row}", columns, require_image)
         if item_id is None or item_id in seen:
             what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
             error = f"{source} row {row}: {what}"
@@ -67,7 +66,8 @@ def frame_records(
             ProductRecord(
                 row=row,
                 id=item_id or "",
-                image=image,
+                photos=photos,
+                ignored_photos=ignored,
                 texts={c: clean_value(rec.get(c)) for c in columns.texts},
                 labels={a: clean_value(rec.get(a)) for a in columns.attributes},
                 tags={c: split_tags(clean_value(rec.get(c)), columns.tag_separator) for c in columns.tags},
@@ -75,6 +75,15 @@ def frame_records(
             )
         )
     return records, problems
+
+
+def _row_photos(
+    cell: Any, where: str, columns: Any, require_image: bool
+) -> tuple[list[Photo], list[Photo], str | None]:
+    """The photos of a row's cell, those past ``max_images``, and the row's error when it needs a photo and has none."""
+    photos, ignored = kept_photos(photo_list(cell, f"{where}, column '{columns.image}'"), columns.max_images)
+    error = f"no usable image path ('{'' if cell is None else cell}')" if require_image and not photos else None
+    return photos, ignored, error
 
 
 def folder_records(folder: Path, columns: Any) -> list[ProductRecord]:
@@ -86,7 +95,7 @@ def folder_records(folder: Path, columns: Any) -> list[ProductRecord]:
         ProductRecord(
             row=i,
             id=p.relative_to(folder).with_suffix("").as_posix(),
-            image=p.relative_to(folder).as_posix(),
+            photos=[p.relative_to(folder).as_posix()],
             texts={c: None for c in columns.texts},
             labels={a: None for a in columns.attributes},
             tags={c: None for c in columns.tags},

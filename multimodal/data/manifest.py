@@ -24,12 +24,14 @@ _SPLIT_ALIASES = {
 }
 
 
-def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFrame:
+def read_manifest(path: str | Path, required: Iterable[str] = (), photos: Iterable[str] = ()) -> pd.DataFrame:
     """Read a manifest as strings; check that every required column is present.
 
     Args:
         path: ``.csv``, ``.jsonl`` / ``.json`` (one object per line) or ``.parquet``.
         required: column names the config refers to.
+        photos: columns whose cells are kept as read (a list of photos is one cell:
+            :func:`multimodal.data.photos.photo_list` reads them).
 
     Raises:
         UserError: unreadable or empty manifest, unknown format, or a missing column (named, with the ones present).
@@ -60,7 +62,8 @@ def read_manifest(path: str | Path, required: Iterable[str] = ()) -> pd.DataFram
     if missing:
         raise UserError(f"manifest {p} is missing column(s) {missing}; columns present: {list(df.columns)}")
     if suffix != ".csv":  # CSV cells are read as text already
-        df = as_text(df, [c for c in dict.fromkeys(required) if c in df.columns], f"manifest {p}")
+        text = [c for c in dict.fromkeys(required) if c in df.columns and c not in set(photos)]
+        df = as_text(df, text, f"manifest {p}")
     return df
 
 

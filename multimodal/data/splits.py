@@ -18,6 +18,7 @@ from multimodal.data.manifest import (
     read_manifest,
     split_tags,
 )
+from multimodal.data.photos import DEFAULT_MAX_IMAGES, Photo, kept_photos, photo_list
 from multimodal.errors import BadSampleError, UserError
 
 # (row, product id, one-line message) of a row that cannot be used: the caller raises or records it
@@ -34,6 +35,7 @@ class DataColumns:
     attributes: list[str]
     tags: list[str]
     tag_separator: str
+    max_images: int = DEFAULT_MAX_IMAGES
 
     @property
     def required(self) -> list[str]:
@@ -52,11 +54,18 @@ class SplitRule:
 
 
 def read_splits(
-    manifest: Path, image_root: Path, confine_images: bool, columns: DataColumns, rule: SplitRule, bad: BadRow
+    manifest: Path,
+    image_root: Path,
+    confine_images: bool,
+    columns: DataColumns,
+    rule: SplitRule,
+    bad: BadRow,
+    bad_photo: BadRow | None = None,
 ) -> dict[str, list[ProductRecord]]:
     """The records of every usable row of ``manifest`` by split; ``bad`` is told of each row with an empty or
-    repeated id, or an image that is missing (or, with ``confine_images``, outside ``image_root``)."""
-    df = read_manifest(manifest, columns.required)
+    repeated id, or whose photos are all missing (or, with ``confine_images``, outside ``image_root``);
+    ``bad_photo`` of each missing photo of a product that keeps others (it is left out of the record)."""
+    df = read_manifest(manifest, columns.required, photos=[columns.image])
     splits = assign_splits(df, columns.id, rule.column, rule.val_fraction, rule.test_fraction, rule.salt)
     out: dict[str, list[ProductRecord]] = {s: [] for s in SPLITS}
     seen: dict[str, int] = {}
@@ -67,28 +76,48 @@ def read_splits(
             bad(row, str(item_id), f"{manifest} row {row}: {what} in column '{columns.id}'")
             continue
         seen[item_id] = row
-        image = clean_value(rec[columns.image])
-        if image is not None:
-            try:
-                path = resolve_image_path(image_root, image, confine_images)
-                if not path.is_file():
-                    raise BadSampleError(f"image not found: {path}")
-            except BadSampleError as err:
-                bad(row, item_id, f"{manifest} row {row} (id {item_id}): {err}")
-                continue
+        where = f"{manifest} row {row} (id {item_id})"
+        listed, ignored = kept_photos(
+            photo_list(rec[columns.image], f"{where}, column '{columns.image}'"), columns.max_images
+        )
+        photos, missing = _found_photos(listed, image_root, confine_images)
+        if listed and not photos:
+            bad(row, item_id, f"{where}: {missing[0]}")
+            continue
+        for message in missing:
+            if bad_photo is not None:
+                bad_photo(row, item_id, f"{where}: {message}")
         out[split].append(
             ProductRecord(
                 row=row,
                 id=item_id,
-                image=image,
+                photos=photos,
                 texts={c: clean_value(rec[c]) for c in columns.texts},
                 labels={a: clean_value(rec[a]) for a in columns.attributes},
                 tags={c: split_tags(clean_value(rec[c]), columns.tag_separator) for c in columns.tags},
+                ignored_photos=ignored,
             )
         )
     if not any(out.values()):
         raise UserError(f"manifest {manifest}: no usable product (all {len(df)} rows skipped)")
     return out
+
+
+def _found_photos(photos: list[Photo], image_root: Path, confine: bool) -> tuple[list[Photo], list[str]]:
+    """The photos that exist (a URL is taken as it is: it is fetched when read), and why the others do not."""
+    found, missing = [], []
+    for photo in photos:
+        if not isinstance(photo, str) or "://" in photo:
+            found.append(photo)
+            continue
+        try:
+            path = resolve_image_path(image_root, photo, confine)
+            if not path.is_file():
+                raise BadSampleError(f"image not found: {path}")
+            found.append(photo)
+        except BadSampleError as err:
+            missing.append(str(err))
+    return found, missing
 
 
 def training_vocabularies(

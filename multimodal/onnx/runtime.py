@@ -129,6 +129,11 @@ class OnnxTask(L.LightningModule):
     def run_graph(self, name: str, **inputs: Tensor) -> list[Tensor]:
         """Outputs of graph ``name`` (CPU tensors) for the named inputs."""
         graph = self.info["graphs"][name]
+        if "pixel_values" in graph["inputs"] and inputs["pixel_values"].dim() == 5:
+            raise UserError(
+                f"{self.folder}: an ONNX export reads one photo per product; for products with several photos, run "
+                "the checkpoint itself (--runtime torch)"
+            )
         feed = {k: _numpy(inputs[k]) for k in graph["inputs"]}
         return [torch.from_numpy(np.ascontiguousarray(o)) for o in self.session(name).run(None, feed)]
 

@@ -150,7 +150,11 @@ class ProductRetriever(TowerTask):
 
     def embed_products(self, batch: dict[str, Any]) -> Tensor:
         """Product vectors ``(B, E)``, L2-normalised, as configured by ``product``."""
-        vision = self.vision(batch["pixel_values"]) if self.product != "text" else None
+        vision = (
+            self.vision.encode_photos(batch["pixel_values"], batch.get("photo_mask"))
+            if self.product != "text"
+            else None
+        )
         text = self.text(*_product_tokens(batch)) if self.product != "image" else None
         return self._product_vectors(vision, text, batch.get("has_text"))
 
@@ -194,7 +198,7 @@ class ProductRetriever(TowerTask):
         Each tower runs once per batch; every vector and the re-ranker reuse its features.
         """
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap on the inverse temperature
-        vision = self.vision(batch["pixel_values"])
+        vision = self.vision.encode_photos(batch["pixel_values"], batch.get("photo_mask"))
         query_features = self.text(batch["input_ids"], batch["attention_mask"])
         query = F.normalize(self.text_proj(query_features.pooled), dim=-1)
         product_text = self.text(*_product_tokens(batch)) if "product_input_ids" in batch else query_features

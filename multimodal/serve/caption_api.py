@@ -3,7 +3,7 @@
 # No ``from __future__ import annotations``, as in :mod:`multimodal.serve.task_api` (LitServe reads annotations).
 from typing import Any
 
-from multimodal.serve.requests import Problem, fields, flag, image, integer, number, text
+from multimodal.serve.requests import Problem, fields, flag, images, integer, number, text
 from multimodal.serve.task_api import TaskAPI, plain
 
 # generate options a caption request may set, with their types and bounds (a service protects its workers)
@@ -37,9 +37,9 @@ class CaptionAPI(TaskAPI):
 
         model = self.captioner.model
         fields(payload, {"image", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})
-        photo = image(payload, "image", self.max_pixels)
-        if photo is None:
-            raise Problem("send a photo to caption (multipart field 'image')")
+        photos = images(payload, "image", self.max_pixels)
+        if not photos:
+            raise Problem("send a photo to caption (multipart field 'image', repeated for several)")
         options: dict[str, Any] = {}
         for key, (kind, low, high) in CAPTION_OPTIONS.items():
             if key not in payload:
@@ -52,7 +52,7 @@ class CaptionAPI(TaskAPI):
                 options[key] = number(payload, key)
         if options.get("rerank") and model.memory is None:
             raise Problem("rerank: this captioner holds no caption memory (fit with model.rerank or model.retrieval)")
-        record = {self.captioner.columns.image: photo, **{c: text(payload, c) for c in model.prompt_columns}}
+        record = {self.captioner.columns.image: photos, **{c: text(payload, c) for c in model.prompt_columns}}
         prompt = text(payload, "prompt")
         seed = integer(payload, "seed", 0, 0)
         return {"record": record, "id": text(payload, "id"), "prompt": prompt, "seed": seed,

@@ -120,7 +120,9 @@ async def read_payload(request: Request) -> dict[str, Any]:
                     data = await value.read(limit + 1)
                     if len(data) > limit:
                         raise HTTPException(413, f"upload '{key}' is over the limit of {limit} bytes")
-                    payload[key] = data
+                    # A repeated file field (several photos of one product) is a list, in the order sent.
+                    previous = payload.get(key)
+                    payload[key] = data if previous is None else [*_listed(previous), data]
                 else:
                     payload[key] = value
         finally:
@@ -134,6 +136,10 @@ async def read_payload(request: Request) -> dict[str, Any]:
             raise HTTPException(400, "the JSON body must be an object of fields")
         payload.update(body)
     return payload
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 # The type of every LitAPI's decode_request argument: FastAPI runs read_payload for the endpoint.
@@ -197,25 +203,41 @@ def image(payload: dict[str, Any], key: str, max_pixels: int) -> Any:
     Refuses text where a file belongs, bytes that are not an image, a truncated image and one over ``max_pixels``
     (checked from the header, before the pixels are decoded).
     """
+    data = payload.get(key)
+    if data is None:
+        return None
+    if isinstance(data, list):
+        raise Problem(f"send one photo in field '{key}', not {len(data)}")
+    return _decoded(data, f"'{key}'", max_pixels)
+
+
+def images(payload: dict[str, Any], key: str, max_pixels: int) -> list[Any]:
+    """The uploaded photos of one product (the field repeated: ``-F image=@front.jpg -F image=@back.jpg``), in the
+    order sent, as :func:`image` decodes one; [] when absent."""
+    data = payload.get(key)
+    parts = [] if data is None else _listed(data)
+    names = [f"'{key}'"] if len(parts) == 1 else [f"'{key}' #{i + 1}" for i in range(len(parts))]
+    return [_decoded(part, name, max_pixels) for part, name in zip(parts, names, strict=True)]
+
+
+def _decoded(data: Any, name: str, max_pixels: int) -> Any:
+    """One upload (``name``: how errors call it) as an RGB PIL image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     from multimodal.data.images import to_rgb
 
-    data = payload.get(key)
-    if data is None:
-        return None
     if isinstance(data, str):
-        raise Problem(f"field '{key}' must be an uploaded file (multipart/form-data), not text")
+        raise Problem(f"field {name} must be an uploaded file (multipart/form-data), not text")
     if not data:
-        raise Problem(f"upload '{key}' is empty")
+        raise Problem(f"upload {name} is empty")
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise Problem(f"upload '{key}' is {width}x{height} pixels, over the limit of {max_pixels}", 413)
+                raise Problem(f"upload {name} is {width}x{height} pixels, over the limit of {max_pixels}", 413)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError:
-        raise Problem(f"upload '{key}' is not an image (or a format PIL cannot read)", 415) from None
+        raise Problem(f"upload {name} is not an image (or a format PIL cannot read)", 415) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise Problem(f"upload '{key}' is an unreadable image ({err})") from None
+        raise Problem(f"upload {name} is an unreadable image ({err})") from None

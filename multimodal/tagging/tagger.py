@@ -158,7 +158,7 @@ class ProductTagger(TowerTask):
 
     def _fuse_one_modality(self, batch: dict[str, Any]) -> tuple[Features, Tensor]:
         if "pixel_values" in batch:
-            vision = self.vision(batch["pixel_values"])
+            vision = self.vision.encode_photos(batch["pixel_values"], batch.get("photo_mask"))
             text = self.missing_text.absent(vision.pooled.shape[0])
         else:
             text = self.text(batch["input_ids"], batch["attention_mask"])
