@@ -65,7 +65,7 @@ class ProductDataset(Dataset):
         on_bad_sample: BadSamplePolicy = "error",
         confine_images: bool = False,
     ) -> None:
-        self.records = list(records)
+        self.records = records if isinstance(records, Sequence) else list(records)  # LazyRows stay lazy
         self.image_root = image_root
         self.confine_images = confine_images
         self.transform = transform

@@ -55,26 +55,39 @@ def frame_records(
     has_id = columns.id in df.columns
     for row, rec in enumerate(df.to_dict("records")):
         item_id = clean_value(rec[columns.id]) if has_id else str(row)
-        photos, ignored, error = _row_photos(rec.get(columns.image), f"{source} row {row}", columns, require_image)
+        id_error = None
         if item_id is None or item_id in seen:
             what = "an empty id" if item_id is None else f"duplicate id '{item_id}' (first at row {seen[item_id]})"
-            error = f"{source} row {row}: {what}"
-            problems.append({"id": item_id, "row": row, "reason": error})
+            id_error = f"{source} row {row}: {what}"
+            problems.append({"id": item_id, "row": row, "reason": id_error})
         else:
             seen[item_id] = row
-        records.append(
-            ProductRecord(
-                row=row,
-                id=item_id or "",
-                photos=photos,
-                ignored_photos=ignored,
-                texts={c: clean_value(rec.get(c)) for c in columns.texts},
-                labels={a: clean_value(rec.get(a)) for a in columns.attributes},
-                tags={c: split_tags(clean_value(rec.get(c)), columns.tag_separator) for c in columns.tags},
-                error=error,
-            )
-        )
+        records.append(row_record(row, item_id, rec, columns, source, require_image, id_error))
     return records, problems
+
+
+def row_record(
+    row: int,
+    item_id: str | None,
+    cells: dict[str, Any],
+    columns: Any,
+    source: str,
+    require_image: bool = False,
+    id_error: str | None = None,
+) -> ProductRecord:
+    """The record of one input row (its text cells already text, its photo cell as read); ``id_error`` says why its
+    id cannot be used (empty or repeated), which makes it an error row."""
+    photos, ignored, error = _row_photos(cells.get(columns.image), f"{source} row {row}", columns, require_image)
+    return ProductRecord(
+        row=row,
+        id=item_id or "",
+        photos=photos,
+        ignored_photos=ignored,
+        texts={c: clean_value(cells.get(c)) for c in columns.texts},
+        labels={a: clean_value(cells.get(a)) for a in columns.attributes},
+        tags={c: split_tags(clean_value(cells.get(c)), columns.tag_separator) for c in columns.tags},
+        error=id_error or error,
+    )
 
 
 def _row_photos(
