@@ -7,7 +7,7 @@ batch commands (``trainer.predict`` through :mod:`multimodal.writers`), so both 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from multimodal.data.dataset import Collate, ProductDataset, ProductRecord
+from multimodal.data.fetch import FetchOptions
 from multimodal.data.inputs import api_records
+from multimodal.data.photo_reader import ImageRoot
 from multimodal.errors import UserError
 from multimodal.loading import Columns, Loaded, load
 from multimodal.writers import positioned_rows
@@ -34,6 +36,7 @@ class Predictor:
 
     task_name: ClassVar[str] = ""  # the LightningModule class this API serves
     require_image: ClassVar[bool] = False
+    fetch: FetchOptions | None = None  # how photo URLs are fetched (None: FetchOptions' defaults)
 
     def __init__(self, loaded: Loaded, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
         if batch_size <= 0:
@@ -65,17 +68,24 @@ class Predictor:
         return records
 
     def dataset(
-        self, records: list[ProductRecord], image_root: Path | None = None, confine_images: bool = False
+        self,
+        records: Sequence[ProductRecord],
+        image_root: ImageRoot = None,
+        confine_images: bool = False,
+        fetch: FetchOptions | None = None,
     ) -> ProductDataset:
-        """Eval-transform dataset over ``records``; unreadable images become per-row errors.
+        """Eval-transform dataset over ``records``; unreadable photos become per-row errors.
 
-        Image paths follow :func:`multimodal.data.images.resolve_image_path`: relative to ``image_root`` (None:
-        the working directory, the Python API's case) or absolute; ``confine_images`` refuses paths outside it.
+        Photos follow :class:`multimodal.data.photo_reader.PhotoReader`: relative to ``image_root`` (a folder or
+        a URL prefix; None: the working directory, the Python API's case), absolute paths or URLs;
+        ``confine_images`` refuses photos outside the root; URLs are fetched with ``fetch`` (None: the
+        predictor's ``fetch``, by default :class:`~multimodal.data.fetch.FetchOptions`).
         """
         vocab = getattr(self.model, "vocabularies", {}) or {}
         tags = getattr(self.model, "tag_vocabularies", {}) or {}
         transform = self.model.image_transform(False)
-        return ProductDataset(records, image_root, transform, vocab, tags, "skip", confine_images)
+        options = fetch or self.fetch
+        return ProductDataset(records, image_root, transform, vocab, tags, "skip", confine_images, options)
 
     def collate(self) -> Collate:
         return Collate(self.model.text_fn())

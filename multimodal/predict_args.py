@@ -39,6 +39,7 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _input_options(p)
+    _photo_options(p)
     _running_options(p)
     _tagging_options(p)
     _vector_options(p)
@@ -71,8 +72,8 @@ def _input_options(p: argparse.ArgumentParser) -> None:
         "--data.image_root",
         "--data.init_args.image_root",
         dest="image_root",
-        help="folder the manifest's relative image paths are relative to (default: the manifest's folder); "
-        "absolute paths are read as they are",
+        help="folder or URL prefix (https://cdn.shop.com/img/, s3://shop/photos/) the manifest's relative photo "
+        "paths are relative to (default: the manifest's folder); absolute paths and URLs are read as they are",
     )
     p.add_argument(
         "--confine_images",
@@ -84,6 +85,40 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", help="a training config: its data section gives the default manifest and image root")
     p.add_argument("--out", required=True, help="output file (.jsonl / .csv) or, for vectors, folder")
+
+
+def _photo_options(p: argparse.ArgumentParser) -> None:
+    """How photo URLs (a URL --image_root, or URLs in the photo column) are fetched."""
+    photos = p.add_argument_group("photos by URL (http(s), s3://, gs://: a URL --image_root or URLs in the cells)")
+    photos.add_argument("--fetch_timeout", type=float, default=10.0, help="seconds one attempt may take (default 10)")
+    photos.add_argument("--fetch_retries", type=int, default=2, help="retries of a 5xx, reset or timeout (default 2)")
+    photos.add_argument("--fetch_concurrency", type=int, default=16, help="photos fetched at once (default 16)")
+    photos.add_argument("--max_photo_bytes", type=int, default=32 * 2**20, help="largest photo read (default 32 MiB)")
+    photos.add_argument(
+        "--photo_cache",
+        help="folder of the photo cache (default $MULTIMODAL_CACHE/photos, else ~/.cache/multimodal/photos); ''"
+        " for none",
+    )
+    photos.add_argument("--photo_cache_bytes", type=int, default=2 * 2**30, help="cache size limit (default 2 GiB)")
+
+
+def fetch_options(args: argparse.Namespace) -> object:
+    """The :class:`multimodal.data.fetch.FetchOptions` of the command line (one-line error for a bad value)."""
+    from multimodal.data.fetch import FetchOptions
+    from multimodal.errors import UserError
+
+    if args.fetch_timeout <= 0 or args.fetch_retries < 0 or args.fetch_concurrency < 1 or args.max_photo_bytes < 1:
+        raise UserError(
+            "--fetch_timeout, --fetch_concurrency and --max_photo_bytes must be positive, --fetch_retries >= 0"
+        )
+    return FetchOptions(
+        timeout_s=args.fetch_timeout,
+        retries=args.fetch_retries,
+        max_bytes=args.max_photo_bytes,
+        cache_dir=args.photo_cache,
+        cache_bytes=args.photo_cache_bytes,
+        concurrency=args.fetch_concurrency,
+    )
 
 
 def _running_options(p: argparse.ArgumentParser) -> None:

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
         limit_batches=args.limit_batches,
     )
     from multimodal.batch_job import Job
+    from multimodal.data.photo_reader import image_root as photo_root
 
-    root = Path(image_root) if image_root else None
+    root = photo_root(image_root)
     return resolve(task.job)(Job(args, loaded, source, root, options, [command, *argv]))

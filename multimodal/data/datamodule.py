@@ -14,8 +14,11 @@ from torch.utils.data import DataLoader
 
 from encoders.types import ImageTransform
 from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
+from multimodal.data.fetch import FetchOptions
 from multimodal.data.manifest import SPLITS, unseen_counts
 from multimodal.data.options import check_data_options
+from multimodal.data.photo_reader import PhotoReader
+from multimodal.data.photo_reader import image_root as photo_root
 from multimodal.data.photos import DEFAULT_MAX_IMAGES, check_max_images
 from multimodal.data.splits import DataColumns, SplitRule, read_splits, training_vocabularies
 from multimodal.errors import UserError
@@ -42,14 +45,16 @@ class ProductDataModule(L.LightningDataModule):
 
     Args:
         manifest: CSV, JSONL or Parquet file, one product per row.
-        image_root: folder that relative image paths are relative to (default: the manifest's folder); absolute
-            paths are read as they are.
+        image_root: folder or URL prefix (``https://cdn.shop.com/img/``, ``s3://shop/photos/``) that relative photo
+            paths are relative to (default: the manifest's folder); absolute paths and URLs are read as they are.
         confine_images: refuse (as an unreadable product) any image path that resolves outside ``image_root``
             (``../``, absolute paths elsewhere, symlinks out); off by default, as in ``multimodal predict``.
         id_column: unique product id.
         image_column: the product's photos: a path relative to ``image_root`` or absolute, a URL, a list of them
             (Parquet / JSON list) or ``|``-joined paths (CSV); empty for a product without a photo.
         max_images: photos read per product, in the order given; the rest are counted in the data report.
+        fetch: how photo URLs are fetched (timeouts, retries, size limit, the photo cache):
+            :class:`multimodal.data.fetch.FetchOptions`.
         text_columns: text fields (title, description...), in the order the task joins them.
         attributes: single-label attribute columns (one softmax head each).
         tag_columns: multi-label columns holding ``tag_separator``-joined tags (one sigmoid head each).
@@ -87,12 +92,14 @@ class ProductDataModule(L.LightningDataModule):
         report_path: str | None = None,
         confine_images: bool = False,
         max_images: int = DEFAULT_MAX_IMAGES,
+        fetch: FetchOptions | None = None,
     ) -> None:
         super().__init__()
         self.max_images = check_max_images(max_images)
         check_data_options(on_bad_sample, batch_size, num_workers, val_fraction, test_fraction, predict_split)
         self.manifest = Path(manifest)
-        self.image_root = Path(image_root) if image_root else self.manifest.parent
+        self.image_root = photo_root(image_root) or self.manifest.parent
+        self.fetch = fetch
         self.confine_images = bool(confine_images)
         self.id_column, self.image_column = id_column, image_column
         self.text_columns = list(text_columns or [])
@@ -131,9 +138,11 @@ class ProductDataModule(L.LightningDataModule):
             self.max_images,
         )
         rule = SplitRule(split_column, val_fraction, test_fraction, salt)
-        return read_splits(
-            self.manifest, self.image_root, self.confine_images, columns, rule, self._bad, self._bad_photo
-        )
+        return read_splits(self.manifest, self.photo_reader(), columns, rule, self._bad, self._bad_photo)
+
+    def photo_reader(self) -> PhotoReader:
+        """How this data's photos are read: its image root, confinement and URL fetching."""
+        return PhotoReader(self.image_root, self.confine_images, self.fetch)
 
     def _bad_photo(self, row: int, item_id: str, message: str) -> None:
         self.skipped_photos.append({"id": item_id, "row": row, "reason": message})
@@ -224,7 +233,8 @@ class ProductDataModule(L.LightningDataModule):
         records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
         vocab, tags = self.vocabularies, self.tag_vocabularies
-        return ProductDataset(records, self.image_root, transform, vocab, tags, self.on_bad_sample, self.confine_images)
+        policy, confine = self.on_bad_sample, self.confine_images
+        return ProductDataset(records, self.image_root, transform, vocab, tags, policy, confine, self.fetch)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         """A DataLoader over one split; shuffled and with train transforms when ``train``."""

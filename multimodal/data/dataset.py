@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -14,7 +13,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from encoders.types import ImageTransform
-from multimodal.data.images import load_image, resolve_image_path, to_rgb
+from multimodal.data.fetch import FetchOptions
+from multimodal.data.photo_reader import ImageRoot, PhotoReader
 from multimodal.data.photos import Photo, photo_name
 from multimodal.errors import BadSampleError
 
@@ -49,25 +49,28 @@ class ProductDataset(Dataset):
     A product without a photo gets one slot of zero pixels and ``has_image=False``. A photo that cannot be read is
     left out and named in the item's ``skipped_photos`` (with the photos past ``max_images``); a product none of
     whose photos can be read raises :class:`BadSampleError` (policy ``error``) or yields an item with an ``error``
-    field (policy ``skip``) that the collate function drops and reports. Image paths follow
-    :func:`multimodal.data.images.resolve_image_path`: relative to ``image_root`` (None: the working directory, as
-    in the Python API) or absolute; with ``confine_images`` a path outside ``image_root`` is an unreadable photo.
+    field (policy ``skip``) that the collate function drops and reports. Photos are read by
+    :class:`multimodal.data.photo_reader.PhotoReader`: files under a local ``image_root`` (None: the working
+    directory, as in the Python API) or absolute, URLs (``image_root`` may be a URL prefix) fetched with ``fetch``;
+    with ``confine_images`` a photo outside ``image_root`` is an unreadable photo.
     Every item carries its ``position`` in ``records``, so batch jobs can keep the input order.
     """
 
     def __init__(
         self,
         records: Sequence[ProductRecord],
-        image_root: Path | None,
+        image_root: ImageRoot,
         transform: ImageTransform,
         vocabularies: dict[str, list[str]],
         tag_vocabularies: dict[str, list[str]],
         on_bad_sample: BadSamplePolicy = "error",
         confine_images: bool = False,
+        fetch: FetchOptions | None = None,
     ) -> None:
         self.records = records if isinstance(records, Sequence) else list(records)  # LazyRows stay lazy
         self.image_root = image_root
         self.confine_images = confine_images
+        self.photos = PhotoReader(image_root, confine_images, fetch)
         self.transform = transform
         self.image_size = tuple(transform(Image.new("RGB", (64, 64))).shape[-2:])  # of the zeros of a missing image
         self.index = {a: {v: i for i, v in enumerate(vocab)} for a, vocab in vocabularies.items()}
@@ -139,9 +142,17 @@ class ProductDataset(Dataset):
         return (pixels[0] if len(pixels) == 1 else torch.stack(pixels)), True, skipped
 
     def _image(self, photo: Photo) -> Image.Image:
-        if isinstance(photo, Image.Image):
-            return to_rgb(photo)
-        return load_image(resolve_image_path(self.image_root, photo, self.confine_images))
+        return self.photos.read(photo)
+
+    def __getitems__(self, keys: list[Any]) -> list[dict[str, Any]]:
+        """The items of one batch (the DataLoader asks for them together): the batch's photo URLs are fetched at
+        once first, so the worker waits for the slowest photo, not for the sum of them."""
+        indices = [k[0] if isinstance(k, tuple) else k for k in keys]
+        self.photos.prefetch([p for i in indices for p in self.records[i].photos])
+        try:
+            return [self[k] for k in keys]
+        finally:
+            self.photos.forget()
 
 
 class Collate:

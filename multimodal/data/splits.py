@@ -18,6 +18,7 @@ from multimodal.data.manifest import (
     read_manifest,
     split_tags,
 )
+from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photos import DEFAULT_MAX_IMAGES, Photo, kept_photos, photo_list
 from multimodal.errors import BadSampleError, UserError
 
@@ -55,15 +56,14 @@ class SplitRule:
 
 def read_splits(
     manifest: Path,
-    image_root: Path,
-    confine_images: bool,
+    photos: PhotoReader,
     columns: DataColumns,
     rule: SplitRule,
     bad: BadRow,
     bad_photo: BadRow | None = None,
 ) -> dict[str, list[ProductRecord]]:
     """The records of every usable row of ``manifest`` by split; ``bad`` is told of each row with an empty or
-    repeated id, or whose photos are all missing (or, with ``confine_images``, outside ``image_root``);
+    repeated id, or whose local photos are all missing (or, with ``confine_images``, outside the image root);
     ``bad_photo`` of each missing photo of a product that keeps others (it is left out of the record)."""
     df = read_manifest(manifest, columns.required, photos=[columns.image])
     splits = assign_splits(df, columns.id, rule.column, rule.val_fraction, rule.test_fraction, rule.salt)
@@ -80,8 +80,8 @@ def read_splits(
         listed, ignored = kept_photos(
             photo_list(rec[columns.image], f"{where}, column '{columns.image}'"), columns.max_images
         )
-        photos, missing = _found_photos(listed, image_root, confine_images)
-        if listed and not photos:
+        found, missing = _found_photos(listed, photos)
+        if listed and not found:
             bad(row, item_id, f"{where}: {missing[0]}")
             continue
         for message in missing:
@@ -91,7 +91,7 @@ def read_splits(
             ProductRecord(
                 row=row,
                 id=item_id,
-                photos=photos,
+                photos=found,
                 texts={c: clean_value(rec[c]) for c in columns.texts},
                 labels={a: clean_value(rec[a]) for a in columns.attributes},
                 tags={c: split_tags(clean_value(rec[c]), columns.tag_separator) for c in columns.tags},
@@ -103,17 +103,16 @@ def read_splits(
     return out
 
 
-def _found_photos(photos: list[Photo], image_root: Path, confine: bool) -> tuple[list[Photo], list[str]]:
+def _found_photos(photos: list[Photo], reader: PhotoReader) -> tuple[list[Photo], list[str]]:
     """The photos that exist (a URL is taken as it is: it is fetched when read), and why the others do not."""
     found, missing = [], []
     for photo in photos:
-        if not isinstance(photo, str) or "://" in photo:
-            found.append(photo)
-            continue
         try:
-            path = resolve_image_path(image_root, photo, confine)
-            if not path.is_file():
-                raise BadSampleError(f"image not found: {path}")
+            if isinstance(photo, str) and reader.url(photo) is None:
+                local_root = reader.root if isinstance(reader.root, Path) else None
+                path = resolve_image_path(local_root, photo, reader.confine and local_root is not None)
+                if not path.is_file():
+                    raise BadSampleError(f"image not found: {path}")
             found.append(photo)
         except BadSampleError as err:
             missing.append(str(err))
