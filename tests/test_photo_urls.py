@@ -88,3 +88,20 @@ def test_fit_and_predict_with_a_url_image_root(server: PhotoServer, tmp_path: Pa
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == df["id"].tolist() and not any("error" in r for r in rows)
     assert out.read_text() == again.read_text() == local.read_text()
+
+
+def test_the_service_fetches_photo_urls_only_from_allowed_public_hosts(server: PhotoServer, cache: Path) -> None:
+    """``image_url`` in a request: refused unless the operator lists the host, and never at a loopback address
+    even when listed; an allowed host that fails is a 422 naming the URL (no model is needed to decide)."""
+    from multimodal.serve.requests import Problem
+    from multimodal.serve.tag_api import TagAPI
+
+    url = f"{server.url}/photos/{NAMES[0]}"
+    before = server.requests
+    for hosts, status, words in [((), 403, "--fetch_hosts"), (("127.0.0.1",), 422, "loopback"),
+                                 (("cdn.example.com",), 422, "not allowed")]:  # fmt: skip
+        api = TagAPI("tagger.ckpt", 10**7, fetch_hosts=hosts)
+        with pytest.raises(Problem) as refused:
+            api.photos({"image_url": url})
+        assert refused.value.status == status and words in refused.value.message, refused.value
+    assert server.requests == before  # nothing was fetched

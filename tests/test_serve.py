@@ -271,6 +271,7 @@ def test_bad_input_answers_4xx_json_and_the_service_keeps_serving(service: Servi
         ("malformed form", "post", "/tag", {"content": b"x" * 1000, "headers": {"content-type": "multipart/form-data; boundary=zz"}}, 400),
         ("image over the pixel limit", "post", "/tag", {"files": {"image": ("wide.png", png(1200, 1000), "image/png")}}, 413),
         ("nothing to tag", "post", "/tag", {"data": {"title": "  "}}, 400),
+        ("a photo URL, not enabled", "post", "/tag", {"data": {"image_url": "https://cdn.example.com/a.jpg"}}, 403),
         ("unknown field", "post", "/tag", {"data": {"titel": "Black shoes"}}, 400),
         ("top_k not a number", "post", "/tag", {"data": {"title": "Black shoes", "top_k": "three"}}, 400),
         ("empty text", "get", "/search", {"params": {"text": ""}}, 400),

@@ -39,6 +39,7 @@ class Settings:
     fast_queue: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    fetch_hosts: tuple[str, ...] = ()  # hosts whose photo URLs requests may give (field image_url); () = none
     reload_interval: float = DEFAULT_RELOAD_INTERVAL  # seconds between looks for a new build of the index (0: never)
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
     others: dict[str, str | None] = field(default_factory=dict)  # registered tasks' models, by serve option
@@ -100,7 +101,8 @@ def build(settings: Settings) -> Any:
 
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,
-                "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime}  # fmt: skip
+                "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime,
+                "fetch_hosts": settings.fetch_hosts}  # fmt: skip
     given = {t.serving.route: (t.serving.api, settings.model(t.serving.setting)) for t in served()}
     own = {"search": {"reload_interval": settings.reload_interval}}  # the index's own option
     apis = [

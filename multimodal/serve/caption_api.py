@@ -3,7 +3,7 @@
 # No ``from __future__ import annotations``, as in :mod:`multimodal.serve.task_api` (LitServe reads annotations).
 from typing import Any
 
-from multimodal.serve.requests import Problem, fields, flag, images, integer, number, text
+from multimodal.serve.requests import Problem, fields, flag, integer, number, text
 from multimodal.serve.task_api import TaskAPI, plain
 
 # generate options a caption request may set, with their types and bounds (a service protects its workers)
@@ -36,8 +36,8 @@ class CaptionAPI(TaskAPI):
         from multimodal.captioning.predictor import check_generation
 
         model = self.captioner.model
-        fields(payload, {"image", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})
-        photos = images(payload, "image", self.max_pixels)
+        fields(payload, {"image", "image_url", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})
+        photos = self.photos(payload)
         if not photos:
             raise Problem("send a photo to caption (multipart field 'image', repeated for several)")
         options: dict[str, Any] = {}

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                    help="largest accepted upload, MB (default 10)")  # fmt: skip
     s.add_argument("--max_pixels", "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted image, pixels (default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
+    s.add_argument("--fetch_hosts", "--fetch-hosts", nargs="+", default=[], metavar="HOST",
+                   help="let requests give photo URLs (field image_url) on these hosts only; never fetched at a "
+                        "loopback, link-local or private address (default: no URL is fetched)")  # fmt: skip
     s.add_argument("--log_level", "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="server log level (default warning; info logs every request)")  # fmt: skip
     _registered_options(m)
@@ -101,6 +104,7 @@ def settings(args: argparse.Namespace) -> Any:
         threads=args.threads, runtime=args.runtime, forward_batch_size=args.forward_batch_size,
         fast_queue=args.fast_queue, timeout=args.timeout, reload_interval=args.reload_interval,
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels, others=others,
+        fetch_hosts=tuple(args.fetch_hosts),
     )  # fmt: skip
 
 

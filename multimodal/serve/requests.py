@@ -120,11 +120,10 @@ async def read_payload(request: Request) -> dict[str, Any]:
                     data = await value.read(limit + 1)
                     if len(data) > limit:
                         raise HTTPException(413, f"upload '{key}' is over the limit of {limit} bytes")
-                    # A repeated file field (several photos of one product) is a list, in the order sent.
-                    previous = payload.get(key)
-                    payload[key] = data if previous is None else [*_listed(previous), data]
-                else:
-                    payload[key] = value
+                    value = data
+                # A repeated field (several photos of one product, several URLs) is a list, in the order sent.
+                previous = payload.get(key)
+                payload[key] = value if previous is None else [*_listed(previous), value]
         finally:
             await form.close()  # every upload's spooled file, also after a refusal
     elif kind.startswith("application/json"):
@@ -218,6 +217,26 @@ def images(payload: dict[str, Any], key: str, max_pixels: int) -> list[Any]:
     parts = [] if data is None else _listed(data)
     names = [f"'{key}'"] if len(parts) == 1 else [f"'{key}' #{i + 1}" for i in range(len(parts))]
     return [_decoded(part, name, max_pixels) for part, name in zip(parts, names, strict=True)]
+
+
+def fetched_photos(fetcher: Any, urls: Any, max_pixels: int) -> list[Any]:
+    """The photos at ``urls`` (field ``image_url``: one URL or a list), fetched by ``fetcher``; a URL that fails
+    or is not allowed is a 422 problem naming it."""
+    from multimodal.data.fetch import decode_photo
+    from multimodal.errors import BadSampleError
+
+    out = []
+    for url in _listed(urls):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise Problem(f"field 'image_url' must hold http(s) URLs, not '{str(url)[:80]}'")
+        try:
+            photo = decode_photo(fetcher.fetch(url), url)
+        except BadSampleError as err:
+            raise Problem(str(err), 422) from None
+        if photo.width * photo.height > max_pixels:
+            raise Problem(f"photo {url} is {photo.width}x{photo.height} pixels, over the limit of {max_pixels}", 413)
+        out.append(photo)
+    return out
 
 
 def _decoded(data: Any, name: str, max_pixels: int) -> Any:

@@ -4,7 +4,7 @@ never written to by a request)."""
 # No ``from __future__ import annotations``, as in :mod:`multimodal.serve.task_api` (LitServe reads annotations).
 from typing import Any
 
-from multimodal.serve.requests import Problem, fields, images, integer, text
+from multimodal.serve.requests import Problem, fields, integer, text
 from multimodal.serve.task_api import TaskAPI, plain
 
 
@@ -28,9 +28,9 @@ class TagAPI(TaskAPI):
 
     def decode(self, payload: dict[str, Any]) -> dict[str, Any]:
         columns = self.tagger.columns
-        fields(payload, {"image", "id", "top_k", *columns.texts})
+        fields(payload, {"image", "image_url", "id", "top_k", *columns.texts})
         record: dict[str, Any] = {c: text(payload, c) for c in columns.texts}
-        photos = images(payload, "image", self.max_pixels)
+        photos = self.photos(payload)
         if not photos and not any(v and v.strip() for v in record.values()):
             raise Problem(f"send a photo (field 'image') or a text (field(s) {list(columns.texts)})")
         record[columns.image] = photos

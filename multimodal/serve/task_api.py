@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import litserve as ls
 
 from multimodal.errors import UserError
-from multimodal.serve.requests import Payload, Problem
+from multimodal.serve.requests import Payload, Problem, fetched_photos, images
 
 Item = Any  # what decode_request returns: a task's input dict, or a Problem
 
@@ -57,9 +57,12 @@ class TaskAPI(ls.LitAPI):
         threads: int | None = None,
         forward_batch_size: int | None = None,
         runtime: str = "torch",
+        fetch_hosts: tuple[str, ...] = (),
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=self.path)
         self.runtime = runtime
+        self.fetch_hosts = tuple(fetch_hosts)
+        self._fetcher: Any = None
         self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.threads = threads
@@ -92,6 +95,22 @@ class TaskAPI(ls.LitAPI):
 
     def decode(self, payload: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+    def photos(self, payload: dict[str, Any]) -> list[Any]:
+        """A product's photos: the uploads of field ``image`` (repeated for several), then the URLs of field
+        ``image_url``, which are fetched only from the hosts the operator allowed (``--fetch_hosts``), never at a
+        loopback, link-local or private address."""
+        uploads = images(payload, "image", self.max_pixels)
+        urls = payload.get("image_url")
+        if urls is None:
+            return uploads
+        if not self.fetch_hosts:
+            raise Problem("this service does not fetch photo URLs (its operator enables it with --fetch_hosts)", 403)
+        if self._fetcher is None:
+            from multimodal.data.fetch import FetchOptions, PhotoFetcher
+
+            self._fetcher = PhotoFetcher(FetchOptions(allow_hosts=self.fetch_hosts, retries=1))
+        return uploads + fetched_photos(self._fetcher, urls, self.max_pixels)
 
     def answer(self, items: list[Any]) -> list[Any]:
         """One output per decoded request (a dict, or a Problem)."""
