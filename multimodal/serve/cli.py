@@ -29,7 +29,17 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between looks for a new build of --index (after `multimodal index` rebuilds or "
                         "updates it); the new build is loaded in the background and answers from then on "
                         f"(default {DEFAULT_RELOAD_INTERVAL}; 0: never)")  # fmt: skip
-    s = p.add_argument_group("server")
+    _server_options(p.add_argument_group("server"))
+    i = p.add_argument_group("inputs")
+    i.add_argument("--fetch_hosts", "--fetch-hosts", nargs="+", default=[], metavar="HOST",
+                   help="let requests give photo URLs (field image_url) on these hosts only; never fetched at a "
+                        "loopback, link-local or private address (default: no URL is fetched)")  # fmt: skip
+    _registered_options(m)
+    return p
+
+
+def _server_options(s: argparse._ArgumentGroup) -> None:
+    """How the service runs: address, batching, workers, devices, runtime, limits."""
     s.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
                    help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
     s.add_argument("--port", type=int, default=8000, help="port, 1024-65535 (default 8000)")
@@ -59,13 +69,8 @@ def parser() -> argparse.ArgumentParser:
                    help="largest accepted upload, MB (default 10)")  # fmt: skip
     s.add_argument("--max_pixels", "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted image, pixels (default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
-    s.add_argument("--fetch_hosts", "--fetch-hosts", nargs="+", default=[], metavar="HOST",
-                   help="let requests give photo URLs (field image_url) on these hosts only; never fetched at a "
-                        "loopback, link-local or private address (default: no URL is fetched)")  # fmt: skip
     s.add_argument("--log_level", "--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="server log level (default warning; info logs every request)")  # fmt: skip
-    _registered_options(m)
-    return p
 
 
 def _registered_options(group: argparse._ArgumentGroup) -> None:
