@@ -92,7 +92,7 @@ class VisionEncoder(Tower, ABC):
     def encode_photos(self, pixel_values: Tensor, photo_mask: Tensor | None = None) -> Features:
         """Encode one photo per product ``(B, 3, H, W)``, or several: ``(B, P, 3, H, W)`` with ``photo_mask (B, P)``
         (True for a real photo), through :func:`photo_features`. Only real photos are encoded."""
-        if pixel_values.dim() == 4:
+        if pixel_values.dim() != 5:  # one photo per product (or what a stand-in tower reads, e.g. cached ids)
             return self(pixel_values)
         b, p = pixel_values.shape[:2]
         if photo_mask is None:

@@ -66,30 +66,52 @@ class Job:
 def job_inputs(
     predictor: Any, source: Path, args: argparse.Namespace, image_root: Path | None, extra: list[str] | None = None
 ) -> tuple[Any, Any]:
-    """(dataset of every input row, the manifest as text cells or None for a folder) of a manifest or a folder of
-    photos; ``extra`` columns must be in the manifest too (read once with the rest). Image paths are relative to
-    ``image_root`` (default: the manifest's folder) or absolute, confined to the root with --confine_images."""
-    from multimodal.data.inputs import folder_records, frame_records
-    from multimodal.data.manifest import read_manifest
+    """(dataset of every input row, the manifest's :class:`multimodal.data.stream.ManifestTable` or None for a folder
+    of photos) of a manifest file, a Parquet dataset folder or a folder of photos; ``extra`` columns must be in the
+    manifest too. The manifest is streamed: the dataset holds the ids' hashes and decodes a chunk of rows when asked
+    (:class:`multimodal.data.stream_records.ManifestRecords`), so memory does not grow with the catalogue. Image
+    paths are relative to ``image_root`` (default: the folder holding the manifest) or absolute, confined to the root
+    with --confine_images."""
+    from multimodal.data.inputs import folder_records
 
-    if source.is_dir():
+    if is_photo_folder(source):
         return predictor.dataset(folder_records(source, predictor.columns), source, args.confine_images), None
-    if not source.is_file():
+    if not source.exists():
         raise UserError(f"input {source}: no such manifest or folder")
-    required = [predictor.columns.id, *predictor.required_columns()]
-    df = read_manifest(source, [*required, *(extra or [])], photos=[predictor.columns.image])
-    records, _ = frame_records(df, str(source), predictor.columns, required, predictor.require_image)
-    return predictor.dataset(records, image_root or source.parent, args.confine_images), df
+    table, records = manifest_records(predictor, source, extra)
+    return predictor.dataset(records, image_root or source.parent, args.confine_images), table
+
+
+def is_photo_folder(source: Path) -> bool:
+    """A folder of photos (not a Parquet dataset: a folder holding ``.parquet`` files)."""
+    return source.is_dir() and next(source.rglob("*.parquet"), None) is None
+
+
+def manifest_records(predictor: Any, source: Path, extra: list[str] | None = None) -> tuple[Any, Any]:
+    """The opened manifest and the lazy records of its rows, after refusing a bad cell as reading it whole would."""
+    from multimodal.data.stream import ManifestTable
+    from multimodal.data.stream_records import ManifestRecords, check_cells
+
+    cols = predictor.columns
+    required = [cols.id, *predictor.required_columns()]
+    table = ManifestTable(str(source), [*required, *(extra or [])])
+    if table.num_rows == 0:
+        raise UserError(f"manifest {source} is empty")
+    check_cells(table, str(source), [*required, *(extra or [])], [cols.id, *cols.texts, *cols.attributes, *cols.tags],
+                cols.image)  # fmt: skip
+    return table, ManifestRecords(table, cols, str(source), predictor.require_image)
 
 
 def job_spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
     """The job's identity (:mod:`multimodal.job_state`): task, checkpoint and ids hashes, runtime, image root and
     the options that change its output."""
+    from multimodal.data.stream_records import ManifestRecords
     from multimodal.search.export import ids_sha256
 
-    ids = [r.id for r in dataset.records]
+    records = dataset.records
+    ids = records.ids_sha256 if isinstance(records, ManifestRecords) else ids_sha256([r.id for r in records])
     root = str(Path(dataset.image_root).resolve()) if dataset.image_root is not None else None
-    spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids_sha256(ids)}
+    spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids}
     if loaded.runtime != "torch":  # int8 outputs differ from eager: a job is resumed on the runtime it began on
         spec["runtime"] = loaded.runtime
     if dataset.confine_images:  # recorded only when on: jobs begun before the option resume as they were

@@ -7,10 +7,11 @@ refused while the first holds its lock (:func:`output_lock`).
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,27 @@ class Blocks:
     def positions(self, block: int) -> range:
         """Input positions of one block."""
         return range(block * self.size, min(self.n, (block + 1) * self.size))
+
+
+class BlockPositions(Sequence[int]):
+    """The input positions of some blocks, in block order, computed when asked: a job over a million-row manifest
+    does not hold a million Python ints (tens of MB) to say which rows a rank predicts."""
+
+    def __init__(self, blocks: Blocks, chosen: list[int]) -> None:
+        self.blocks, self.chosen = blocks, list(chosen)
+        self.starts = [0]  # position in this sequence of each chosen block's first item
+        for block in self.chosen:
+            self.starts.append(self.starts[-1] + len(blocks.positions(block)))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> int:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"position {index} out of range for {len(self)} items")
+        index %= len(self)
+        k = bisect.bisect_right(self.starts, index) - 1
+        return self.blocks.positions(self.chosen[k])[index - self.starts[k]]
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from multimodal.errors import UserError
 from multimodal.job_state import (  # noqa: F401 - re-exported: the batch jobs' one import path
     JOB_FILE,
+    BlockPositions,
     Blocks,
     Row,
     Sink,
@@ -51,9 +52,8 @@ def job_data(dataset: Any, collate: Any, batch_size: int, num_workers: int, todo
         def predict_dataloader(self) -> DataLoader:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             self.my_blocks = todo[rank::world]
-            positions = [p for b in self.my_blocks for p in blocks.positions(b)]
             return DataLoader(
-                Subset(dataset, positions),
+                Subset(dataset, BlockPositions(blocks, self.my_blocks)),
                 batch_size=batch_size,
                 shuffle=False,
                 num_workers=num_workers,

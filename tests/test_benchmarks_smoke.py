@@ -22,6 +22,7 @@ BENCHMARKS = [
     "caption_quality",
     "caption_rerank_grid",
     "caption_speed",
+    "catalogue_io",
     "cold_start",
     "export_speed",
     "inference_speed",

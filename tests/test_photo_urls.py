@@ -84,7 +84,9 @@ def test_fit_and_predict_with_a_url_image_root(server: PhotoServer, tmp_path: Pa
     before = server.requests
     run_cli(["predict", "--ckpt_path", ckpt, "--input", manifest, "--image_root", root, "--out", again], capsys)
     assert server.requests == before  # every photo from the cache
-    run_cli(["predict", "--ckpt_path", ckpt, "--input", manifest, "--image_root", SAMPLE_IMAGES, "--out", local], capsys)
+    run_cli(
+        ["predict", "--ckpt_path", ckpt, "--input", manifest, "--image_root", SAMPLE_IMAGES, "--out", local], capsys
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == df["id"].tolist() and not any("error" in r for r in rows)
     assert out.read_text() == again.read_text() == local.read_text()

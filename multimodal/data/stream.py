@@ -115,6 +115,15 @@ class ManifestTable:
     def __len__(self) -> int:
         return self.num_rows
 
+    def plain_columns(self) -> set[str]:
+        """The columns whose every cell is text, a number, a boolean or null, known without reading a row (every
+        column of a CSV file; the Parquet columns of such types; none of a JSONL file): no cell of them needs
+        checking before it is made text."""
+        if isinstance(self._source, TextSource):
+            return set(self.columns) if self._source.kind == "csv" else set()
+        parts = self._source.parts  # every file: a column all null in one file may hold lists in another
+        return {c for c in self.columns if all(_plain(p.schema.field(c).type) for p in parts)}
+
     def __repr__(self) -> str:
         return f"ManifestTable({self.path!r}, columns={self.columns})"
 
@@ -167,6 +176,13 @@ class ManifestTable:
         if unknown:
             raise UserError(f"manifest {self.path} has no column(s) {unknown}; columns present: {self.columns}")
         return list(dict.fromkeys(columns))
+
+
+def _plain(kind: Any) -> bool:
+    import pyarrow as pa
+
+    checks = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating)
+    return any(check(kind) for check in (*checks, pa.types.is_boolean, pa.types.is_null))
 
 
 def _split(pending: list[dict[str, list]], names: list[str], rows: int) -> tuple[dict[str, list], list[dict]]:

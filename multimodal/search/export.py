@@ -28,6 +28,13 @@ import pandas as pd
 import torch
 
 from multimodal.errors import UserError
+from multimodal.search.export_metadata import (  # noqa: F401 - re-exported: the export's metadata
+    RESERVED,
+    ManifestMetadata,
+    metadata_columns,
+    product_metadata,
+    stored_columns,
+)
 from multimodal.writers import Blocks, Row, close_job, write_json_atomic
 
 MANIFEST = "export.json"
@@ -35,43 +42,6 @@ PRODUCTS = "products.parquet"
 CHECKPOINT = "model.ckpt"
 FORMATS = ("safetensors", "npy")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
-RESERVED = ("id", "image_path")  # the products table's own columns: the id and the photo's path
-
-
-def metadata_columns(
-    df: pd.DataFrame, id_column: str, image_column: str, chosen: list[str] | None, source: str
-) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """The manifest columns an export stores next to the ids, so that `search --where` and `--lexical` find them.
-
-    Args:
-        df: the manifest as read (``chosen`` columns already text).
-        chosen: ``--columns`` (None: every column but the id and image columns, which are stored as ``id`` and
-            ``image_path``; an empty list: none).
-        source: the manifest, named in messages.
-    Returns:
-        ``df`` with the kept columns as text, the kept columns, and why each other column was left out of the
-        default: a cell is a list, a dict or another object (a Parquet or JSONL manifest's), or its name is
-        ``id`` / ``image_path``.
-    """
-    if chosen is not None:
-        clash = [c for c in chosen if c in RESERVED]
-        if clash:
-            raise UserError(f"--columns {clash}: the products table stores the id and image_path anyway")
-        return df, list(dict.fromkeys(chosen)), []
-    from multimodal.data.manifest import as_text
-
-    text, dropped = {}, []
-    for column in df.columns:
-        if column in (id_column, image_column):
-            continue
-        if column in RESERVED:  # another column under the products table's own name
-            dropped.append(f"{source} column '{column}': a name the products table keeps for its own column")
-            continue
-        try:
-            text[column] = as_text(df[[column]], [column], source)[column]
-        except UserError as err:  # a list or an object per cell: no text to filter on or to search
-            dropped.append(str(err))
-    return df.assign(**text), list(text), dropped
 
 
 def summarise(summary: dict[str, Any] | None, source: Path, out: str) -> dict[str, Any] | None:
@@ -89,21 +59,6 @@ def summarise(summary: dict[str, Any] | None, source: Path, out: str) -> dict[st
         print(f"skipped: {s['id']}: {s['reason']}", file=sys.stderr)
     kept = {k: summary[k] for k in ("count", "dim", "shards", "complete") if k in summary}
     return {**kept, "skipped": len(skipped), "out": out}
-
-
-def product_metadata(
-    df: pd.DataFrame, ids: set[str], id_column: str, image_column: str, columns: list[str]
-) -> dict[str, dict[str, Any]]:
-    """id -> {column: value as text or None, ``image_path``} of the first row of each of ``ids``."""
-    from multimodal.data.manifest import clean_value
-
-    metadata: dict[str, dict[str, Any]] = {}
-    for rec in df.to_dict("records"):
-        item = clean_value(rec[id_column])
-        if item in ids and item not in metadata:
-            metadata[item] = {c: clean_value(rec[c]) for c in columns}
-            metadata[item]["image_path"] = clean_value(rec.get(image_column))
-    return metadata
 
 
 def ids_sha256(ids: list[str]) -> str:
@@ -144,17 +99,24 @@ class ShardSink:
         folder: the export folder.
         fmt: ``safetensors`` or ``npy``.
         dtype: ``float16`` or ``float32``.
-        metadata: id -> {column: value} stored next to the vectors.
+        metadata: id -> {column: value} stored next to the vectors, or a :class:`ManifestMetadata` giving that
+            for each block's rows (read from the manifest rows of that block).
         checkpoint: the checkpoint computing the vectors (linked into the folder when the export completes).
     """
 
     def __init__(
-        self, folder: Path, fmt: str, dtype: str, metadata: dict[str, dict[str, Any]], checkpoint: Path
+        self,
+        folder: Path,
+        fmt: str,
+        dtype: str,
+        metadata: dict[str, dict[str, Any]] | ManifestMetadata,
+        checkpoint: Path,
     ) -> None:
         self.folder, self.fmt, self.dtype = Path(folder), fmt, DTYPES[dtype]
         self.output = self.folder
         self.metadata, self.checkpoint = metadata, Path(checkpoint)
-        self.columns = list(next(iter(metadata.values()), {}))
+        streamed = isinstance(metadata, ManifestMetadata)
+        self.columns = list(metadata.columns if streamed else next(iter(metadata.values()), {}))
 
     def describe(self) -> str:
         return f"export folder {self.folder}"
@@ -178,7 +140,8 @@ class ShardSink:
         done = [r for r in rows if "error" not in r]
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
         vectors = torch.stack([r["embedding"] for r in done]).to(self.dtype) if done else torch.zeros(0)
-        table = [{"id": r["id"], **self.metadata.get(r["id"], {})} for r in done]
+        metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
+        table = [{"id": r["id"], **metadata.get(r["id"], {})} for r in done]
         meta = self.folder / shard_name(block, "parquet")
         tmp = meta.with_name("." + meta.name + ".tmp")
         pd.DataFrame(table, columns=["id", *self.columns]).to_parquet(tmp, index=False)

@@ -10,6 +10,11 @@ from typing import Any
 from multimodal.batch_job import Job
 
 
+def _manifest_row(record: Any) -> dict[str, Any]:
+    """The manifest row of a product, carried to the sink, which reads the shard's metadata by it."""
+    return {"manifest_row": record.row}
+
+
 def export_vectors(job: Job) -> dict[str, Any] | None:
     """A retriever's job: an export folder of product vectors and their products table."""
     from multimodal.search import export
@@ -17,13 +22,14 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
 
     args, source, cols = job.args, job.source, job.loaded.columns
     retriever = Retriever(job.loaded)
-    dataset, df = job.inputs(retriever, args.columns)
-    if df is not None:
-        df, columns, dropped = export.metadata_columns(df, cols.id, cols.image, args.columns, str(source))
+    dataset, table = job.inputs(retriever, args.columns)
+    record_fields = None
+    if table is not None:  # each shard's metadata is read from the manifest rows of that shard
+        columns, dropped = export.stored_columns(table, cols.id, cols.image, args.columns, str(source))
         for reason in dropped:
             print(f"not stored (give --columns to choose): {reason}", file=sys.stderr)
-        ids = {r.id for r in dataset.records if r.error is None}
-        metadata = export.product_metadata(df, ids, cols.id, cols.image, columns)
+        metadata: Any = export.ManifestMetadata(table, cols.image, columns, str(source))
+        record_fields = _manifest_row
     else:  # a folder of photos: no columns to store
         columns = list(args.columns) if args.columns is not None else list(cols.texts)
         metadata = {r.id: {"image_path": r.image} for r in dataset.records}
@@ -38,7 +44,7 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
         normalisation="l2",
         columns=columns,
         data_manifest=str(source.resolve()),
-        image_root=str((job.image_root or (source if source.is_dir() else source.parent)).resolve()),
+        image_root=str((job.image_root or (source if table is None else source.parent)).resolve()),
     )
     sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, job.loaded.checkpoint_file())
-    return export.summarise(job.run(retriever, dataset, sink, spec), source, args.out)
+    return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
