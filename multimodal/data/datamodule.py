@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,12 +16,13 @@ from torch.utils.data import DataLoader
 from encoders.types import ImageTransform
 from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
 from multimodal.data.fetch import FetchOptions
-from multimodal.data.manifest import SPLITS, unseen_counts
+from multimodal.data.manifest import SPLITS
 from multimodal.data.options import check_data_options
 from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photo_reader import image_root as photo_root
 from multimodal.data.photos import DEFAULT_MAX_IMAGES, check_max_images
-from multimodal.data.splits import DataColumns, SplitRule, read_splits, training_vocabularies
+from multimodal.data.split_rows import joined, manifest_folder, manifest_path, read_splits
+from multimodal.data.splits import DataColumns, SplitRule, SplitScan, training_vocabularies, unseen_labels
 from multimodal.errors import UserError
 from multimodal.resume import EpochShuffle, batches_done
 
@@ -44,9 +46,11 @@ class ProductDataModule(L.LightningDataModule):
     masked too and counted in the data report.
 
     Args:
-        manifest: CSV, JSONL or Parquet file, one product per row.
+        manifest: CSV, JSONL or Parquet file, or a folder of Parquet files, one product per row; a local path or any
+            fsspec URL (``s3://shop/catalog/``). Read in one streaming pass; records are decoded when used.
         image_root: folder or URL prefix (``https://cdn.shop.com/img/``, ``s3://shop/photos/``) that relative photo
-            paths are relative to (default: the manifest's folder); absolute paths and URLs are read as they are.
+            paths are relative to (default: the manifest's folder, or the Parquet folder itself); absolute paths and
+            URLs are read as they are.
         confine_images: refuse (as an unreadable product) any image path that resolves outside ``image_root``
             (``../``, absolute paths elsewhere, symlinks out); off by default, as in ``multimodal predict``.
         id_column: unique product id.
@@ -97,8 +101,8 @@ class ProductDataModule(L.LightningDataModule):
         super().__init__()
         self.max_images = check_max_images(max_images)
         check_data_options(on_bad_sample, batch_size, num_workers, val_fraction, test_fraction, predict_split)
-        self.manifest = Path(manifest)
-        self.image_root = photo_root(image_root) or self.manifest.parent
+        self.manifest = manifest_path(manifest)
+        self.image_root = photo_root(image_root) or manifest_folder(self.manifest)
         self.fetch = fetch
         self.confine_images = bool(confine_images)
         self.id_column, self.image_column = id_column, image_column
@@ -112,22 +116,25 @@ class ProductDataModule(L.LightningDataModule):
         self.report_path = Path(report_path) if report_path else None
         self.skipped: dict[str, dict[str, Any]] = {}
         self.skipped_photos: list[dict[str, Any]] = []
-        self.splits: dict[str, list[ProductRecord]] = self._read(split_column, val_fraction, test_fraction, split_salt)
+        self.splits = self._read(split_column, val_fraction, test_fraction, split_salt)
         self.vocabularies: dict[str, list[str]] = {}
         self.tag_vocabularies: dict[str, list[str]] = {}
-        self._vocabulary_error: UserError | None = None
+        self._vocabulary_error = self._training_vocabulary_error()
+        self.preprocessing: Preprocessing | None = None
+
+    def _training_vocabulary_error(self) -> UserError | None:
+        """Take the training split's vocabularies; None, or the error that ``fit`` (and any dataset built without
+        vocabularies from a checkpoint) raises: predicting with a checkpoint's vocabularies needs no labelled rows."""
         try:
             self.set_vocabularies(*self._training_vocabularies())
         except UserError as err:
-            # Predicting with a checkpoint's vocabularies needs no labelled training rows; fit (and any dataset
-            # built without vocabularies from a checkpoint) raises this error.
-            self._vocabulary_error = err
-        self.preprocessing: Preprocessing | None = None
+            return err
+        return None
 
     # ----------------------------------------------------------------------------------------------- reading
     def _read(
         self, split_column: str | None, val_fraction: float, test_fraction: float, salt: str
-    ) -> dict[str, list[ProductRecord]]:
+    ) -> dict[str, Sequence[ProductRecord]]:
         columns = DataColumns(
             self.id_column,
             self.image_column,
@@ -138,7 +145,9 @@ class ProductDataModule(L.LightningDataModule):
             self.max_images,
         )
         rule = SplitRule(split_column, val_fraction, test_fraction, salt)
-        return read_splits(self.manifest, self.photo_reader(), columns, rule, self._bad, self._bad_photo)
+        self.scan: SplitScan
+        self.scan, splits = read_splits(self.manifest, self.photo_reader(), columns, rule, self._bad, self._bad_photo)
+        return splits
 
     def photo_reader(self) -> PhotoReader:
         """How this data's photos are read: its image root, confinement and URL fetching."""
@@ -153,7 +162,7 @@ class ProductDataModule(L.LightningDataModule):
         self.skipped[item_id] = {"id": item_id, "row": row, "reason": message}
 
     def _training_vocabularies(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        return training_vocabularies(self.splits["train"], self.attributes, self.tag_columns, self.manifest)
+        return training_vocabularies(self.scan, self.attributes, self.tag_columns, self.manifest)
 
     def set_vocabularies(self, vocabularies: dict[str, list[str]], tag_vocabularies: dict[str, list[str]]) -> None:
         """Use these vocabularies (from training, or from a checkpoint) to encode labels."""
@@ -168,19 +177,13 @@ class ProductDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------------------ report
     def report(self) -> dict[str, Any]:
         """Counts per split, skipped products and labels never seen in training."""
-        unseen = {}
-        for split in ("val", "test"):
-            for a in self.vocabularies:
-                counts = unseen_counts([r.labels[a] for r in self.splits[split]], self.vocabularies[a])
-                if counts:
-                    unseen.setdefault(split, {})[a] = counts
         return {
             "manifest": str(self.manifest),
             "rows": {s: len(r) for s, r in self.splits.items()},
             "skipped": list(self.skipped.values()),
             "skipped_photos": self.skipped_photos,
-            "photos_over_max_images": sum(len(r.ignored_photos) for rs in self.splits.values() for r in rs),
-            "unseen_labels": unseen,
+            "photos_over_max_images": self.scan.over_max_images,
+            "unseen_labels": unseen_labels(self.scan, self.vocabularies),
         }
 
     def write_report(self) -> Path | None:
@@ -194,13 +197,10 @@ class ProductDataModule(L.LightningDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         n_unseen = sum(sum(c.values()) for per in report["unseen_labels"].values() for c in per.values())
-        if report["skipped"] or n_unseen:
-            log.warning(
-                "data: %d product(s) skipped, %d val/test label(s) never seen in training (masked); see %s",
-                len(report["skipped"]),
-                n_unseen,
-                path,
-            )
+        if report["skipped"] or report["skipped_photos"] or n_unseen:
+            skipped, photos = len(report["skipped"]), len(report["skipped_photos"])
+            log.warning(f"data: {skipped} product(s) and {photos} photo(s) skipped, {n_unseen} val/test label(s) "
+                        f"never seen in training (masked); see {path}")  # fmt: skip
         return path
 
     # ------------------------------------------------------------------------------------------- lightning
@@ -230,7 +230,7 @@ class ProductDataModule(L.LightningDataModule):
         assert self.preprocessing is not None, "call attach() or run under a Trainer first"
         if self._vocabulary_error is not None:
             raise self._vocabulary_error
-        records = [r for s in SPLITS for r in self.splits[s]] if split == "all" else self.splits[split]
+        records = joined([self.splits[s] for s in SPLITS]) if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
         vocab, tags = self.vocabularies, self.tag_vocabularies
         policy, confine = self.on_bad_sample, self.confine_images
