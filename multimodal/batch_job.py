@@ -33,8 +33,8 @@ class Job:
 
     args: argparse.Namespace
     loaded: Loaded
-    source: Path
-    image_root: Path | None
+    source: Path | str  # a local path, or a URL (a bucket, a CDN)
+    image_root: Path | str | None
     options: JobOptions
     relaunch: list[str]
 
@@ -64,7 +64,11 @@ class Job:
 
 
 def job_inputs(
-    predictor: Any, source: Path, args: argparse.Namespace, image_root: Path | None, extra: list[str] | None = None
+    predictor: Any,
+    source: Path | str,
+    args: argparse.Namespace,
+    image_root: Path | str | None,
+    extra: list[str] | None = None,
 ) -> tuple[Any, Any]:
     """(dataset of every input row, the manifest's :class:`multimodal.data.stream.ManifestTable` or None for a folder
     of photos) of a manifest file, a Parquet dataset folder or a folder of photos; ``extra`` columns must be in the
@@ -73,13 +77,16 @@ def job_inputs(
     paths are relative to ``image_root`` (default: the folder holding the manifest) or absolute, confined to the root
     with --confine_images."""
     from multimodal.data.inputs import folder_records
+    from multimodal.data.split_rows import manifest_folder
+    from multimodal.predict_args import fetch_options
 
-    if is_photo_folder(source):
-        return predictor.dataset(folder_records(source, predictor.columns), source, args.confine_images), None
-    if not source.exists():
+    fetch = fetch_options(args)
+    if isinstance(source, Path) and is_photo_folder(source):
+        return predictor.dataset(folder_records(source, predictor.columns), source, args.confine_images, fetch), None
+    if isinstance(source, Path) and not source.exists():
         raise UserError(f"input {source}: no such manifest or folder")
     table, records = manifest_records(predictor, source, extra)
-    return predictor.dataset(records, image_root or source.parent, args.confine_images), table
+    return predictor.dataset(records, image_root or manifest_folder(source), args.confine_images, fetch), table
 
 
 def is_photo_folder(source: Path) -> bool:
@@ -87,7 +94,7 @@ def is_photo_folder(source: Path) -> bool:
     return source.is_dir() and next(source.rglob("*.parquet"), None) is None
 
 
-def manifest_records(predictor: Any, source: Path, extra: list[str] | None = None) -> tuple[Any, Any]:
+def manifest_records(predictor: Any, source: Path | str, extra: list[str] | None = None) -> tuple[Any, Any]:
     """The opened manifest and the lazy records of its rows, after refusing a bad cell as reading it whole would."""
     from multimodal.data.stream import ManifestTable
     from multimodal.data.stream_records import ManifestRecords, check_cells
@@ -110,7 +117,7 @@ def job_spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
 
     records = dataset.records
     ids = records.ids_sha256 if isinstance(records, ManifestRecords) else ids_sha256([r.id for r in records])
-    root = str(Path(dataset.image_root).resolve()) if dataset.image_root is not None else None
+    root = located(dataset.image_root) if dataset.image_root is not None else None
     spec = {"task": loaded.task, "checkpoint_sha256": loaded.sha256(), "ids_sha256": ids}
     if loaded.runtime != "torch":  # int8 outputs differ from eager: a job is resumed on the runtime it began on
         spec["runtime"] = loaded.runtime
@@ -119,7 +126,12 @@ def job_spec(loaded: Any, dataset: Any, **options: Any) -> dict[str, Any]:
     return {**spec, "image_root": root, **options}
 
 
-def finish_rows(summary: dict[str, Any] | None, sink: Any, source: Path) -> dict[str, Any] | None:
+def located(path: Path | str) -> str:
+    """A local path made absolute, a URL as it is: how a job records where its input is."""
+    return str(path.resolve()) if isinstance(path, Path) else path
+
+
+def finish_rows(summary: dict[str, Any] | None, sink: Any, source: Path | str) -> dict[str, Any] | None:
     """The summary of a rows job; a finished job in which every row failed is an error (exit 2), as an export
     whose every product was skipped: the output is written, but nothing in it is a prediction."""
     if summary is not None and summary.get("complete") and summary["rows"] and summary["errors"] == summary["rows"]:

@@ -107,6 +107,8 @@ def fetch_options(args: argparse.Namespace) -> object:
     from multimodal.data.fetch import FetchOptions
     from multimodal.errors import UserError
 
+    if not hasattr(args, "fetch_timeout"):  # a job request made without this parser
+        return FetchOptions()
     if args.fetch_timeout <= 0 or args.fetch_retries < 0 or args.fetch_concurrency < 1 or args.max_photo_bytes < 1:
         raise UserError(
             "--fetch_timeout, --fetch_concurrency and --max_photo_bytes must be positive, --fetch_retries >= 0"

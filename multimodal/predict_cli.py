@@ -78,8 +78,10 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
     source = args.input or defaults.get("manifest")
     if source is None:
         raise UserError("give the input with --data.manifest (a manifest or a folder of photos)")
-    source = Path(source)
-    if args.input is None and not source.exists():
+    from multimodal.data.split_rows import manifest_path
+
+    source = manifest_path(source)  # a URL stays text
+    if args.input is None and isinstance(source, Path) and not source.exists():
         raise UserError(f"the checkpoint's training manifest {source} is not here: give --data.manifest")
     image_root = args.image_root or (defaults.get("image_root") if args.input is None else None)
     # The training data's own rule follows its catalogue; a new catalogue is confined only when asked.

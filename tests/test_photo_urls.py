@@ -107,3 +107,21 @@ def test_the_service_fetches_photo_urls_only_from_allowed_public_hosts(server: P
             api.photos({"image_url": url})
         assert refused.value.status == status and words in refused.value.message, refused.value
     assert server.requests == before  # nothing was fetched
+
+
+def test_a_manifest_in_a_bucket_with_photos_on_a_cdn(server: PhotoServer, trained, tmp_path: Path,
+                                                     sample_df: pd.DataFrame, cache: Path, capsys: Any) -> None:  # fmt: skip
+    """``--input memory://...`` (fsspec's in-memory file system, a bucket's stand-in) and a URL image root: the
+    same rows as the local manifest and photos."""
+    import fsspec
+
+    df = sample_df.iloc[3::70].head(8)[["id", "image", "title"]]
+    fsspec.filesystem("memory").pipe("/shop/catalog.csv", df.to_csv(index=False).encode())
+    df.to_csv(tmp_path / "catalog.csv", index=False)
+    bucket, local = tmp_path / "bucket.jsonl", tmp_path / "local.jsonl"
+    run_cli(["predict", "--ckpt_path", trained["tagger"], "--input", "memory://shop/catalog.csv", "--image_root",
+             f"{server.url}/photos/", "--out", bucket, "--photo_cache", ""], capsys)  # fmt: skip
+    run_cli(["predict", "--ckpt_path", trained["tagger"], "--input", tmp_path / "catalog.csv", "--image_root",
+             SAMPLE_IMAGES, "--out", local], capsys)  # fmt: skip
+    assert bucket.read_text() == local.read_text() and len(bucket.read_text().splitlines()) == 8
+    assert not cache.exists()  # --photo_cache '' keeps nothing

@@ -116,8 +116,8 @@ def manifest_path(manifest: str | Path) -> Path | str:
 
 
 def manifest_folder(manifest: Path | str) -> Path | str:
-    """Where relative photo paths point by default: a manifest file's folder, a Parquet dataset folder itself (a
-    URL ending in ``/``), else the URL's parent prefix."""
+    """Where relative photo paths point by default: the folder that holds the manifest (a file, or a Parquet dataset
+    folder), as a path or a URL prefix ending in ``/``."""
     if isinstance(manifest, Path):
-        return manifest if manifest.is_dir() else manifest.parent
-    return manifest if manifest.endswith("/") else manifest.rsplit("/", 1)[0] + "/"
+        return manifest.parent
+    return manifest.rstrip("/").rsplit("/", 1)[0] + "/"

@@ -44,7 +44,7 @@ FORMATS = ("safetensors", "npy")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-def summarise(summary: dict[str, Any] | None, source: Path, out: str) -> dict[str, Any] | None:
+def summarise(summary: dict[str, Any] | None, source: Path | str, out: str) -> dict[str, Any] | None:
     """The printed summary of a finished export (skipped products listed on stderr); an export whose every product
     was skipped is an error (exit 2), not an empty "complete" export."""
     if summary is None or not summary.get("complete"):

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from multimodal.batch_job import Job
+from multimodal.batch_job import Job, located
+from multimodal.data.split_rows import manifest_folder
 
 
 def _manifest_row(record: Any) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
         format=args.format,
         normalisation="l2",
         columns=columns,
-        data_manifest=str(source.resolve()),
-        image_root=str((job.image_root or (source if table is None else source.parent)).resolve()),
+        data_manifest=located(source),
+        image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
     )
     sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, job.loaded.checkpoint_file())
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
