@@ -109,8 +109,9 @@ def test_the_service_fetches_photo_urls_only_from_allowed_public_hosts(server: P
     assert server.requests == before  # nothing was fetched
 
 
-def test_a_manifest_in_a_bucket_with_photos_on_a_cdn(server: PhotoServer, trained, tmp_path: Path,
-                                                     sample_df: pd.DataFrame, cache: Path, capsys: Any) -> None:  # fmt: skip
+def test_a_manifest_in_a_bucket_with_photos_on_a_cdn(
+    server: PhotoServer, trained, tmp_path: Path, sample_df: pd.DataFrame, cache: Path, capsys: Any
+) -> None:
     """``--input memory://...`` (fsspec's in-memory file system, a bucket's stand-in) and a URL image root: the
     same rows as the local manifest and photos."""
     import fsspec
@@ -125,3 +126,33 @@ def test_a_manifest_in_a_bucket_with_photos_on_a_cdn(server: PhotoServer, traine
              SAMPLE_IMAGES, "--out", local], capsys)  # fmt: skip
     assert bucket.read_text() == local.read_text() and len(bucket.read_text().splitlines()) == 8
     assert not cache.exists()  # --photo_cache '' keeps nothing
+
+
+def test_the_documented_bucket_and_cdn_commands_run(
+    server: PhotoServer, trained, tmp_path: Path, sample_df: pd.DataFrame, cache: Path, monkeypatch, capsys
+) -> None:
+    """docs/catalogues.md's commands as written, the CDN swapped for the loopback server and the bucket for fsspec's
+    memory:// file system (photos and a Parquet dataset put there first)."""
+    import shlex
+
+    import fsspec
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalogues.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("multimodal ")]
+    assert [c[0] for c in commands] == ["predict", "export"]
+    monkeypatch.chdir(tmp_path)
+    df = sample_df.iloc[5::90].head(6)[["id", "image", "title"]].reset_index(drop=True)
+    df.to_csv("catalog.csv", index=False)
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/shop/catalog/part-0.parquet", df.to_parquet(index=False))
+    for name in df["image"]:
+        memory.pipe(f"/shop/photos/{name}", (SAMPLE_IMAGES / name).read_bytes())
+    swap = {"tagger.ckpt": str(trained["tagger"]), "retriever.ckpt": str(trained["retriever"]),
+            "https://cdn.shop.com/img/": f"{server.url}/photos/", "s3://shop/catalog/": "memory://shop/catalog/",
+            "s3://shop/photos/": "memory://shop/photos/"}  # fmt: skip
+    for command in commands:
+        run_cli([swap.get(word, word) for word in command], capsys)
+    assert len(Path("tags.jsonl").read_text().splitlines()) == 6
+    export = json.loads(Path("emb/export.json").read_text())
+    assert export["count"] == 6 and not export["skipped"] and export["image_root"] == "memory://shop/photos/"
