@@ -1,4 +1,9 @@
-"""Real catalogues: batch jobs over manifests larger than memory.
+"""Real catalogues: photos behind a CDN, and batch jobs over manifests larger than memory.
+
+Photos (acceptance part a): ``multimodal export`` rows/s reading every photo from a loopback HTTP server that adds
+``--latency-ms`` (20 ms) to each photo, vs the same photos from local files, in the same run, alternated, median of
+``--repeats``; no photo cache (every photo crosses the network each time) and the same workers for both. Target:
+HTTP / local >= 0.8. Each export is timed inside this process after a warm-up run, so process start-up is left out.
 
 Memory (acceptance parts b and c): the peak RSS of ``multimodal export`` (a retriever) and of ``multimodal predict``
 (a tagger) over a small and a large Parquet manifest whose rows repeat the committed sample's photos and text under
@@ -22,9 +27,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.common import quiet_lightning, ratio, say
 from benchmarks.harness import ROOT, SAMPLE, TINY, Option, Report, parse, parser
@@ -39,10 +46,16 @@ OPTIONS = {
     "--batch-size": Option(64),
     "--block-size": Option(1024, "rows per output block (a shard of an export)"),
     "--row-group-rows": Option(65536, "rows per Parquet row group of the manifests"),
+    "--photo-rows": Option(2048, "rows of the photos part (a): exported from local files and over HTTP"),
+    "--latency-ms": Option(20.0, "latency the photo server adds to every photo (part a)"),
+    "--repeats": Option(3, "runs of each photo source (part a); the median is reported"),
+    "--workers": Option(2, "data-loading workers of the photos part (both sources)"),
+    "--parts": Option(["photos", "memory"], "parts run", choices=["photos", "memory"]),
     "--in-process": Option(False, "run each job in this process (every peak RSS is then this process's: smoke)"),
     "--out": Option("benchmarks/results/catalogue_io.json", "result file"),
 }
-SMOKE = {"data": str(SAMPLE), "sizes": [40, 400], "rows": 16, "batch_size": 8, "block_size": 8, "in_process": True}
+SMOKE = {"data": str(SAMPLE), "sizes": [40, 400], "rows": 16, "batch_size": 8, "block_size": 8, "in_process": True,
+         "photo_rows": 32, "repeats": 1, "workers": 0}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,12 +140,95 @@ def memory_part(args: argparse.Namespace, sample: Path, tmp: Path, report: Repor
         })  # fmt: skip
 
 
-# The parts of the run, in order. Part (a), `export` rows/s reading photos from a local HTTP server with 20 ms of
-# latency per photo vs from local files, is added here as another entry ("photos": its function), beside "memory".
-PARTS: dict[str, Callable[[argparse.Namespace, Path, Path, Report], None]] = {"memory": memory_part}
+def photos_part(args: argparse.Namespace, sample: Path, tmp: Path, report: Report) -> None:
+    """Part (a): export rows/s with every photo fetched over HTTP (``--latency-ms`` each) vs read from local files,
+    and the CPU seconds each run costs this machine (the job with its workers, plus the server for HTTP)."""
+    from benchmarks.catalogue_data import write_repeated_manifest
+
+    manifest = write_repeated_manifest(sample / "metadata.csv", tmp / "photos.parquet", args.photo_rows,
+                                       args.row_group_rows)  # fmt: skip
+    ckpt = config_checkpoint(TINY["retrieval"], sample / "metadata.csv", sample / "images", tmp / "photos.ckpt")
+    runs: dict[str, list[dict[str, float]]] = {"local": [], "http": []}
+    with photo_server(sample / "images", args.latency_ms) as (url, server_cpu):
+        roots = {"local": str(sample / "images"), "http": f"{url}/photos/"}
+        for repeat in range(-1, args.repeats):  # run -1 warms up (imports, first model load)
+            for source, root in roots.items():
+                argv = photo_argv(ckpt, manifest, root, tmp / f"emb-{source}-{repeat}", args)
+                cpu, served = cpu_seconds(), server_cpu()
+                seconds = run_job(argv, in_process=True)["seconds"]
+                run = {"rows_per_s": args.photo_rows / seconds, "job_cpu_s": cpu_seconds() - cpu,
+                       "server_cpu_s": server_cpu() - served}  # fmt: skip
+                if repeat >= 0:
+                    runs[source].append(run)
+                    say(f"export, photos {source}: {run}")
+    medians = {source: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for source, rs in runs.items()}
+    report["photos"] = {"runs": runs, "medians": medians}
+    http, local = medians["http"], medians["local"]
+    report.setdefault("ratios", {}).update({
+        "export rows/s, photos over HTTP / local files": ratio(http["rows_per_s"], local["rows_per_s"]),
+        "CPU seconds, HTTP run (job + server) / local run": ratio(http["job_cpu_s"] + http["server_cpu_s"],
+                                                                  local["job_cpu_s"] + local["server_cpu_s"]),
+    })  # fmt: skip
+    report.save()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the job's data-loading workers) so far."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@contextlib.contextmanager
+def photo_server(root: Path, latency_ms: float) -> Iterator[tuple[str, Callable[[], float]]]:
+    """``benchmarks.photo_server`` in a process of its own (as a CDN is not inside the job's process): its URL and
+    a function giving its CPU seconds so far."""
+    import psutil
+
+    command = [sys.executable, "-m", "benchmarks.photo_server", "--root", str(root), "--latency_ms", str(latency_ms)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        server = psutil.Process(proc.pid)
+        yield url, lambda: sum(server.cpu_times()[:2])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def photo_argv(ckpt: Path, manifest: Path, root: str, out: Path, args: argparse.Namespace) -> list[str]:
+    """An export of every row of ``manifest``, photos under ``root``, no photo cache, fetching a batch at once."""
+    return ["export", "--ckpt_path", str(ckpt), "--data.manifest", str(manifest), "--data.image_root", root,
+            "--out", str(out), "--batch_size", str(args.batch_size), "--num_workers", str(args.workers),
+            "--fetch_concurrency", str(args.batch_size), "--photo_cache", "", "--accelerator", "cpu",
+            "--no_progress"]  # fmt: skip
+
+
+# The parts of the run, in order.
+PARTS: dict[str, Callable[[argparse.Namespace, Path, Path, Report], None]] = {
+    "photos": photos_part,
+    "memory": memory_part,
+}
 
 
 def table(report: Report, args: argparse.Namespace) -> str:
+    """The photos and memory comparisons as Markdown tables."""
+    lines = []
+    if "photos" in report:
+        local, http = report["photos"]["medians"]["local"], report["photos"]["medians"]["http"]
+        value = report["ratios"]["export rows/s, photos over HTTP / local files"]
+        cpu = report["ratios"]["CPU seconds, HTTP run (job + server) / local run"]
+        lines += [f"Export of {args.photo_rows:,} rows, {args.workers} workers, median of {args.repeats}:", "",
+                  f"| | local files | HTTP, {args.latency_ms:g} ms a photo | **HTTP / local** |", "|---|---|---|---|",
+                  f"| rows/s | {local['rows_per_s']:.1f} | {http['rows_per_s']:.1f} | **{value:.3f}** |",
+                  f"| CPU s (job + server) | {local['job_cpu_s']:.1f} | {http['job_cpu_s']:.1f} + "
+                  f"{http['server_cpu_s']:.1f} | {cpu:.3f} |", ""]  # fmt: skip
+    if "memory" in report:
+        lines.append(memory_table(report, args))
+    return "\n".join(lines)
+
+
+def memory_table(report: Report, args: argparse.Namespace) -> str:
     """The memory comparison as a Markdown table."""
     small, large = args.sizes
     lines = [f"RSS (MB) of each job predicting {args.rows:,} rows of Parquet manifests of {small:,} / {large:,} rows:",
@@ -152,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()
     report = Report(args.out, args)
     with tempfile.TemporaryDirectory() as tmp:
-        for part in PARTS.values():
-            part(args, Path(args.data).resolve(), Path(tmp), report)
+        for name, part in PARTS.items():
+            if name in args.parts:
+                part(args, Path(args.data).resolve(), Path(tmp), report)
     report.finish(table(report, args))
 
 

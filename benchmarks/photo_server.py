@@ -34,6 +34,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False  # handler threads are joined on close: none is left serving after ``stop``
     block_on_close = True
+    # A batch opens dozens of connections at once; socketserver's backlog of 5 drops the rest of the SYNs, which the
+    # client resends after 1 s, 3 s... (a CDN accepts them all).
+    request_queue_size = 1024
 
     def __init__(self, root: Path, latency_s: float, hits: Counter[str], lock: threading.Lock) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from multimodal.data.photo_cache import PhotoCache, default_cache_dir
 from multimodal.data.photo_format import decode_photo, sniff_format
-from multimodal.data.photo_guard import FetchFailure, check_url, one_line
+from multimodal.data.photo_guard import FetchFailure, check_url, missing_backend, one_line, read_bounded
 from multimodal.errors import BadSampleError
 
 __all__ = ["FetchOptions", "PhotoFetcher", "decode_photo", "is_remote", "photo_url", "sniff_format"]
@@ -82,26 +82,6 @@ def photo_url(root: str | None, ref: str) -> str | None:
     if root is None or not is_remote(root) or _scheme(ref) == "file" or ref.startswith(("/", "\\")):
         return None
     return root.rstrip("/") + "/" + ref
-
-
-def _missing_backend(scheme: str) -> str:
-    from fsspec.registry import known_implementations
-
-    known = known_implementations.get(scheme)
-    if known is None:
-        return f"unknown URL scheme '{scheme}://'"
-    return f"install {known['class'].split('.')[0]} to read {scheme}:// photos"
-
-
-def _read_bounded(read: Any, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := read(min(2**20, max_bytes + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > max_bytes:
-            raise FetchFailure(f"body over max_bytes={max_bytes}", False)
-    return b"".join(chunks)
 
 
 class PhotoFetcher:
@@ -173,13 +153,13 @@ class PhotoFetcher:
         try:
             fs, path = fsspec.core.url_to_fs(url)
         except ImportError as err:
-            raise FetchFailure(_missing_backend(_scheme(url)), False) from err
+            raise FetchFailure(missing_backend(_scheme(url)), False) from err
         except ValueError as err:
-            raise FetchFailure(_missing_backend(_scheme(url)) + f" ({one_line(err)})", False) from err
+            raise FetchFailure(missing_backend(_scheme(url)) + f" ({one_line(err)})", False) from err
         self._add("requests")
         try:
             with fs.open(path, "rb") as file:
-                return _read_bounded(file.read, self.options.max_bytes)
+                return read_bounded(file.read, self.options.max_bytes)
         except FileNotFoundError as err:
             raise FetchFailure("not found", False) from err
         except PermissionError as err:
@@ -217,10 +197,52 @@ class PhotoFetcher:
             if cached is not None:
                 self._add("cache_hits")
                 return cached
-            data = self._with_retries(url)
+            got: bytes | FetchFailure = self._with_retries(url)
         except FetchFailure as failure:
+            got = failure
+        data = self._fetched(url, got)
+        if isinstance(data, BadSampleError):
+            raise data
+        return data
+
+    def _read_local(self, ref: str) -> bytes:
+        try:
+            with open(urlsplit(ref).path if _scheme(ref) == "file" else ref, "rb") as file:
+                return read_bounded(file.read, self.options.max_bytes)
+        except (OSError, FetchFailure) as err:
             self._add("failures")
-            raise BadSampleError(f"cannot fetch photo {url}: {failure.reason}") from None
+            reason = err.reason if isinstance(err, FetchFailure) else one_line(err)
+            raise BadSampleError(f"cannot read photo {ref}: {reason}") from None
+
+    def _fetch_http_many(self, urls: list[str]) -> dict[str, bytes | BadSampleError]:
+        """http(s) ``urls`` from the cache, the rest all at once as coroutines on fsspec's loop (no thread each)."""
+        from fsspec.asyn import sync
+
+        from multimodal.data.photo_http import http_get_many
+
+        out: dict[str, bytes | BadSampleError] = {}
+        for url in urls:
+            try:
+                check_url(url, self.options.allow_hosts)
+                cached = self.cache.get(url) if self.cache is not None else None
+            except FetchFailure as failure:
+                cached, out[url] = None, BadSampleError(f"cannot fetch photo {url}: {failure.reason}")
+            if cached is not None:
+                self._add("cache_hits")
+                out[url] = cached
+        todo = [url for url in urls if url not in out]
+        if todo:
+            fs = self._http_fs()
+            got = sync(fs.loop, http_get_many, fs, todo, self.options, self._add_request)
+            for url, data in zip(todo, got, strict=True):
+                out[url] = self._fetched(url, data)
+        return out
+
+    def _fetched(self, url: str, data: bytes | FetchFailure) -> bytes | BadSampleError:
+        """What one fetch gave, counted and cached, or its one-line error."""
+        if isinstance(data, FetchFailure):
+            self._add("failures")
+            return BadSampleError(f"cannot fetch photo {url}: {data.reason}")
         self._add("bytes_fetched", len(data))
         if self.cache is not None:
             try:
@@ -228,15 +250,6 @@ class PhotoFetcher:
             except OSError:
                 pass  # a full or read-only cache disk costs speed, never a photo
         return data
-
-    def _read_local(self, ref: str) -> bytes:
-        try:
-            with open(urlsplit(ref).path if _scheme(ref) == "file" else ref, "rb") as file:
-                return _read_bounded(file.read, self.options.max_bytes)
-        except (OSError, FetchFailure) as err:
-            self._add("failures")
-            reason = err.reason if isinstance(err, FetchFailure) else one_line(err)
-            raise BadSampleError(f"cannot read photo {ref}: {reason}") from None
 
     def _fetch_or_error(self, url: str) -> bytes | BadSampleError:
         try:
@@ -251,14 +264,17 @@ class PhotoFetcher:
         (``FetchOptions.bound_s``), even on a storage backend that ignores its own timeouts.
         """
         unique = list(dict.fromkeys(urls))
+        results: dict[str, bytes | BadSampleError] = self._fetch_http_many(
+            [u for u in unique if _scheme(u) in HTTP_SCHEMES]
+        )
+        unique = [u for u in unique if u not in results]
         if not unique:
-            return []
+            return [results[url] for url in urls]
         workers = max(1, min(self.options.concurrency, len(unique)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photo-fetch")
         futures = {url: pool.submit(self._fetch_or_error, url) for url in unique}
         rounds = -(-len(unique) // workers)
         deadline = time.monotonic() + rounds * self.options.bound_s() + 1.0
-        results: dict[str, bytes | BadSampleError] = {}
         for url, future in futures.items():
             try:
                 results[url] = future.result(timeout=max(0.0, deadline - time.monotonic()))

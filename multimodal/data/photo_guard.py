@@ -8,6 +8,7 @@ names on the addresses they resolve to, at connection time.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -59,3 +60,25 @@ def check_url(url: str, allow_hosts: tuple[str, ...] | None) -> None:
     except ValueError:
         return  # a name: resolved and checked by the resolver
     check_ip(host, host)
+
+
+def missing_backend(scheme: str) -> str:
+    """Why a URL of ``scheme`` cannot be read: an unknown scheme, or the fsspec backend to install."""
+    from fsspec.registry import known_implementations
+
+    known = known_implementations.get(scheme)
+    if known is None:
+        return f"unknown URL scheme '{scheme}://'"
+    return f"install {known['class'].split('.')[0]} to read {scheme}:// photos"
+
+
+def read_bounded(read: Any, max_bytes: int) -> bytes:
+    """Everything ``read(n)`` gives, refused past ``max_bytes`` (at most one chunk past it is ever held)."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := read(min(2**20, max_bytes + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchFailure(f"body over max_bytes={max_bytes}", False)
+    return b"".join(chunks)

@@ -109,3 +109,29 @@ async def http_get(
         if getattr(err, "errno", None) == errno.ECONNRESET:
             raise FetchFailure("connection reset by the server", True) from err
         raise FetchFailure(f"connection failed ({one_line(err)})", True) from err
+
+
+async def http_get_retried(fs: Any, url: str, options: Any, sent: Callable[[], None]) -> bytes | FetchFailure:
+    """:func:`http_get` with ``options``' retries and back-off (a :class:`~multimodal.data.fetch.FetchOptions`): the
+    bytes, or the last failure, saying how many tries it took."""
+    for attempt in range(options.retries + 1):
+        try:
+            return await http_get(fs, url, options.timeout_s, options.max_bytes, options.allow_hosts, sent)
+        except FetchFailure as failure:
+            if not failure.transient or attempt == options.retries:
+                tries = f" (after {attempt + 1} tries)" if attempt else ""
+                return FetchFailure(failure.reason + tries, False)
+        await asyncio.sleep(options.backoff_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+async def http_get_many(fs: Any, urls: list[str], options: Any, sent: Callable[[], None]) -> list[bytes | FetchFailure]:
+    """Every URL at once on ``fs``'s loop, ``options.concurrency`` in flight: one coroutine each, no thread per
+    photo (the client's CPU per photo is what a batch job pays beside its model)."""
+    gate = asyncio.Semaphore(options.concurrency)
+
+    async def one(url: str) -> bytes | FetchFailure:
+        async with gate:
+            return await http_get_retried(fs, url, options, sent)
+
+    return list(await asyncio.gather(*(one(url) for url in urls)))
