@@ -184,7 +184,8 @@ def photo_server(root: Path, latency_ms: float) -> Iterator[tuple[str, Callable[
     a function giving its CPU seconds so far."""
     import psutil
 
-    command = [sys.executable, "-m", "benchmarks.photo_server", "--root", str(root), "--latency_ms", str(latency_ms)]
+    command = [sys.executable, "-m", "benchmarks.photo_server", "--root", str(root), "--latency_ms", str(latency_ms),
+               "--engine", "aiohttp"]  # fmt: skip
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
