@@ -160,7 +160,12 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
         "--columns alone: none)",
     )
     export.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored precision")
-    export.add_argument("--format", choices=("safetensors", "npy"), default="safetensors", help="shard format")
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "npy", "parquet"),
+        default="safetensors",
+        help="shard format (parquet: id, vector and metadata per row, for a vector database)",
+    )
 
 
 def _caption_options(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@ Folder layout::
 
     export.json                 model, dims, dtype, normalisation, checkpoint (relative) and hash, count, shards
     model.ckpt                  the checkpoint that computed the vectors (a hard link or a copy): the folder moves
-    shard-000000.safetensors    (or .npy) float16/float32 vectors of products [0, S) in input order
+    shard-000000.safetensors    (or .npy) float16/float32 vectors of products [0, S) in input order; or
+    shard-000000.vectors.parquet  --format parquet: id, vector (float32) and metadata, what a vector database ingests
     shard-000000.parquet        their ids, metadata columns (default: every manifest column) and image paths
     products.parquet            all ids + metadata, in shard order (written when the export is complete)
     job.json                    the job's identity (see :mod:`multimodal.writers`)
@@ -35,12 +36,18 @@ from multimodal.search.export_metadata import (  # noqa: F401 - re-exported: the
     product_metadata,
     stored_columns,
 )
+from multimodal.search.vector_files import (  # noqa: F401 - re-exported: the shards' vector files
+    FORMATS,
+    check_columns,
+    load_vectors,
+    save_vectors,
+    vector_file,
+)
 from multimodal.writers import Blocks, Row, close_job, write_json_atomic
 
 MANIFEST = "export.json"
 PRODUCTS = "products.parquet"
 CHECKPOINT = "model.ckpt"
-FORMATS = ("safetensors", "npy")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -97,11 +104,12 @@ class ShardSink:
 
     Args:
         folder: the export folder.
-        fmt: ``safetensors`` or ``npy``.
+        fmt: ``safetensors``, ``npy`` or ``parquet`` (:mod:`multimodal.search.vector_files`).
         dtype: ``float16`` or ``float32``.
         metadata: id -> {column: value} stored next to the vectors, or a :class:`ManifestMetadata` giving that
             for each block's rows (read from the manifest rows of that block).
         checkpoint: the checkpoint computing the vectors (linked into the folder when the export completes).
+        dim: the vectors' width (a Parquet shard whose every product was skipped keeps the others' schema).
     """
 
     def __init__(
@@ -111,12 +119,15 @@ class ShardSink:
         dtype: str,
         metadata: dict[str, dict[str, Any]] | ManifestMetadata,
         checkpoint: Path,
+        dim: int = 0,
     ) -> None:
         self.folder, self.fmt, self.dtype = Path(folder), fmt, DTYPES[dtype]
         self.output = self.folder
         self.metadata, self.checkpoint = metadata, Path(checkpoint)
         streamed = isinstance(metadata, ManifestMetadata)
         self.columns = list(metadata.columns if streamed else next(iter(metadata.values()), {}))
+        check_columns(fmt, self.columns)
+        self.dim = dim
 
     def describe(self) -> str:
         return f"export folder {self.folder}"
@@ -132,26 +143,30 @@ class ShardSink:
         return bool(manifest.get("complete")) and all(self.block_done(b) for b in range(manifest.get("shards", 0)))
 
     def block_done(self, block: int) -> bool:
-        return (self.folder / shard_name(block, self.fmt)).is_file() and (
+        return (self.folder / vector_file(block, self.fmt)).is_file() and (
             self.folder / shard_name(block, "parquet")
         ).is_file()
 
     def write_block(self, block: int, rows: list[Row]) -> None:
         done = [r for r in rows if "error" not in r]
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
-        vectors = torch.stack([r["embedding"] for r in done]).to(self.dtype) if done else torch.zeros(0)
+        empty = torch.zeros((0, self.dim) if self.fmt == "parquet" else 0)
+        vectors = torch.stack([r["embedding"] for r in done]).to(self.dtype) if done else empty
         metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
-        table = [{"id": r["id"], **metadata.get(r["id"], {})} for r in done]
+        table = pd.DataFrame(
+            [{"id": r["id"], **metadata.get(r["id"], {})} for r in done], columns=["id", *self.columns]
+        )
         meta = self.folder / shard_name(block, "parquet")
         tmp = meta.with_name("." + meta.name + ".tmp")
-        pd.DataFrame(table, columns=["id", *self.columns]).to_parquet(tmp, index=False)
+        table.to_parquet(tmp, index=False)
         os.replace(tmp, meta)
         skipped_path = self.folder / shard_name(block, "skipped.json")
         if skipped:
             write_json_atomic(skipped_path, {"skipped": skipped})
         else:
             skipped_path.unlink(missing_ok=True)
-        save_vectors(self.folder / shard_name(block, self.fmt), vectors.contiguous())  # last: marks the shard done
+        vector_path = self.folder / vector_file(block, self.fmt)
+        save_vectors(vector_path, vectors.contiguous(), table)  # last: marks the shard done
 
     def finalize(self, blocks: Blocks, spec: dict[str, Any]) -> dict[str, Any]:
         """Every shard exists: write ``products.parquet``, link the checkpoint, write the complete manifest."""
@@ -188,38 +203,6 @@ class ShardSink:
         write_json_atomic(self.folder / MANIFEST, manifest)
 
 
-# ------------------------------------------------------------------------------------------------------ shards io
-def save_vectors(path: Path, vectors: torch.Tensor) -> None:
-    """Write ``(n, E)`` vectors atomically as safetensors (key ``embeddings``) or ``.npy``."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({"embeddings": vectors}, str(tmp))
-    else:
-        with open(tmp, "wb") as f:
-            np.save(f, vectors.numpy())
-    os.replace(tmp, path)
-
-
-def load_vectors(path: Path) -> np.ndarray:
-    """Read one shard as float32 ``(n, E)``; a missing or corrupt shard is a one-line error."""
-    if not path.is_file():
-        raise UserError(f"missing shard {path}: re-run `multimodal export` into the same folder to finish it")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            arr = load_file(str(path))["embeddings"]
-        else:
-            arr = np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001 - any decoding failure means a corrupt shard
-        raise UserError(
-            f"corrupt shard {path} ({type(err).__name__}): delete it and re-run `multimodal export`"
-        ) from err
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
 def load_export(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.DataFrame]:
     """The manifest, all vectors ``(N, E)`` float32 and the products table (id + metadata) of a complete export."""
     folder = Path(folder)
@@ -228,7 +211,7 @@ def load_export(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.Data
         raise UserError(f"export {folder} is incomplete: re-run `multimodal export` with the same --out to finish it")
     parts, tables = [], []
     for block in range(manifest["shards"]):
-        vec = load_vectors(folder / shard_name(block, manifest["format"]))
+        vec = load_vectors(folder / vector_file(block, manifest["format"]))
         meta_path = folder / shard_name(block, "parquet")
         try:
             meta = pd.read_parquet(meta_path)
@@ -236,7 +219,7 @@ def load_export(folder: str | Path) -> tuple[dict[str, Any], np.ndarray, pd.Data
             raise UserError(f"missing or corrupt shard {meta_path}: re-run `multimodal export`") from err
         if vec.ndim != 2 or len(vec) != len(meta) or (len(vec) and vec.shape[1] != manifest["dim"]):
             raise UserError(
-                f"corrupt shard {folder / shard_name(block, manifest['format'])}: "
+                f"corrupt shard {folder / vector_file(block, manifest['format'])}: "
                 f"shape {vec.shape}, {len(meta)} ids, dim {manifest['dim']}"
             )
         parts.append(vec)

@@ -47,5 +47,6 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
         data_manifest=located(source),
         image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
     )
-    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, job.loaded.checkpoint_file())
+    checkpoint = job.loaded.checkpoint_file()
+    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, checkpoint, model.embed_dim)
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
