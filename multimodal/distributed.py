@@ -197,6 +197,25 @@ def output_row(row: Row) -> Row:
     return out
 
 
+def _checked(
+    checkpoint: str | Path, batch_size: int, num_actors: int, image_root: str | Path | None, carry: Sequence[str]
+) -> tuple[str, str | None]:
+    """The checkpoint and image root as absolute paths (workers may run in another working directory) or URLs,
+    after one-line errors for options out of range, a missing checkpoint, a carried column that clashes."""
+    if batch_size < 1 or num_actors < 1:
+        raise UserError(f"batch_size and num_actors must be positive, not {batch_size} and {num_actors}")
+    path = Path(checkpoint)
+    if "://" not in str(checkpoint) and not path.exists():
+        raise UserError(f"checkpoint {checkpoint} does not exist")
+    clash = sorted({"id", "error", "vector", "caption", "score"} & set(carry))
+    if clash:
+        raise UserError(f"carry cannot name output column(s) {clash}; rename them in the input")
+    root = None if image_root is None else str(image_root)
+    if root is not None and "://" not in root:
+        root = str(Path(root).resolve())
+    return (str(checkpoint) if "://" in str(checkpoint) else str(path.resolve())), root
+
+
 def predict(
     ds: Any,
     checkpoint: str | Path,
@@ -227,18 +246,7 @@ def predict(
     """
     import ray.data
 
-    if batch_size < 1 or num_actors < 1:
-        raise UserError(f"batch_size and num_actors must be positive, not {batch_size} and {num_actors}")
-    path = Path(checkpoint)
-    if "://" not in str(checkpoint) and not path.exists():
-        raise UserError(f"checkpoint {checkpoint} does not exist")
-    clash = sorted({"id", "error", "vector", "caption", "score"} & set(carry))
-    if clash:
-        raise UserError(f"carry cannot name output column(s) {clash}; rename them in the input")
-    root = None if image_root is None else str(image_root)
-    if root is not None and "://" not in root:
-        root = str(Path(root).resolve())  # workers may run in another working directory
-    ckpt = str(checkpoint) if "://" in str(checkpoint) else str(path.resolve())
+    ckpt, root = _checked(checkpoint, batch_size, num_actors, image_root, carry)
     return ds.map_batches(
         BatchPredictor,
         fn_constructor_kwargs=dict(
