@@ -23,6 +23,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, seconds: float) -> str | None:
+    """Wait until the service at ``url`` answers ``/health`` with ok (None), or why it did not: it exited, or it
+    did not within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return f"serve exited with {proc.returncode}"
+        try:
+            if httpx.get(url + "/health", timeout=2).text == "ok":
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return f"serve did not become healthy in {seconds:g} s"
+
+
 def tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (from /proc)."""
     parents: dict[int, list[int]] = {}
@@ -66,18 +82,10 @@ class Service:
         command = [sys.executable, "-m", "multimodal.cli", "serve", *args, "--port", str(self.port)]
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"serve exited ({self.proc.returncode}); see {log}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).text == "ok":
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise SystemExit(f"serve did not become healthy; see {log}")
+        problem = wait_healthy(self.proc, self.url, 600)
+        if problem is not None:
+            self.stop()
+            raise SystemExit(f"{problem}; see {log}")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from multimodal.data.fetch import is_remote, photo_url
 from multimodal.errors import UserError
 
 Row = dict[str, Any]
@@ -44,13 +45,13 @@ def resolve_photos(cell: Any, root: str | Path | None, where: str) -> Any:
     if root is None:
         return cell
     prefix = str(root)
-    is_url = "://" in prefix
     out: list[Any] = []
     for photo in photo_list(cell, where):
-        if not isinstance(photo, str) or "://" in photo or Path(photo).is_absolute():
+        url = photo_url(prefix, photo) if isinstance(photo, str) else None  # the one rule for URLs and URL roots
+        if url is not None:
+            out.append(url)
+        elif not isinstance(photo, str) or "://" in photo or Path(photo).is_absolute():  # file://, absolute
             out.append(photo)
-        elif is_url:
-            out.append(prefix.rstrip("/") + "/" + photo.lstrip("/"))
         else:
             out.append(str(Path(prefix) / photo))
     return out
@@ -205,15 +206,15 @@ def _checked(
     if batch_size < 1 or num_actors < 1:
         raise UserError(f"batch_size and num_actors must be positive, not {batch_size} and {num_actors}")
     path = Path(checkpoint)
-    if "://" not in str(checkpoint) and not path.exists():
+    if not is_remote(str(checkpoint)) and not path.exists():
         raise UserError(f"checkpoint {checkpoint} does not exist")
     clash = sorted({"id", "error", "vector", "caption", "score"} & set(carry))
     if clash:
         raise UserError(f"carry cannot name output column(s) {clash}; rename them in the input")
     root = None if image_root is None else str(image_root)
-    if root is not None and "://" not in root:
+    if root is not None and not is_remote(root):
         root = str(Path(root).resolve())
-    return (str(checkpoint) if "://" in str(checkpoint) else str(path.resolve())), root
+    return (str(checkpoint) if is_remote(str(checkpoint)) else str(path.resolve())), root
 
 
 def predict(

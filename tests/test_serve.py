@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from conftest import ROOT, SAMPLE_IMAGES
 from PIL import Image
 
+from benchmarks.service import wait_healthy
 from multimodal import cli
 
 N_PRODUCTS = 40
@@ -48,18 +48,11 @@ class Service:
             self.proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", "serve", *map(str, args),
                                           "--port", str(self.port), "--accelerator", "cpu"], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).text == "ok":
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"serve did not become healthy in 300 s:\n{self.tail()}")
+        problem = wait_healthy(self.proc, self.url, 300)
+        if problem is not None:
+            if self.proc.poll() is None:
+                self.stop()
+            raise AssertionError(f"{problem}:\n{self.tail()}")
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]

@@ -68,6 +68,14 @@ class PhotoReader:
                 raise BadSampleError(f"photo URL '{photo}' is outside {where} (confine_images is on)")
         return url
 
+    def local_path(self, photo: str) -> Path | None:
+        """The file ``photo`` names (the local rule: under a local root, or absolute), or None when it is a URL;
+        a path outside a local root under ``confine`` is a :class:`BadSampleError`."""
+        if self.url(photo) is not None:
+            return None
+        local_root = None if isinstance(self.root, str) else self.root
+        return resolve_image_path(local_root, photo, self.confine and local_root is not None)
+
     def prefetch(self, photos: list[Any]) -> None:
         """Fetch the URLs among ``photos`` together (concurrently, each bounded); :meth:`read` then takes them from
         here. A photo whose URL is refused or fails is left to :meth:`read`, which names it."""
@@ -95,10 +103,11 @@ class PhotoReader:
         """One photo as an RGB image. Raises :class:`BadSampleError` naming the file or URL."""
         if isinstance(photo, Image.Image):
             return to_rgb(photo)
+        path = self.local_path(photo)
+        if path is not None:
+            return load_image(path)
         url = self.url(photo)
-        if url is None:
-            local_root = None if isinstance(self.root, str) else self.root
-            return load_image(resolve_image_path(local_root, photo, self.confine and local_root is not None))
+        assert url is not None
         data = self._fetched.pop(url, None)
         if data is None:
             data = self.fetcher().fetch(url)

@@ -5,13 +5,11 @@ distinct path of a window of rows)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from multimodal.data.images import resolve_image_path
 from multimodal.data.manifest import _SPLIT_ALIASES, MISSING, cell_text, hash_split
 from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photos import kept_photos, photo_list
@@ -198,12 +196,8 @@ class PhotoCheck:
         if photo in self._missing:
             return self._missing[photo]
         try:
-            reason = None
-            if self.reader.url(photo) is None:
-                root = self.reader.root if isinstance(self.reader.root, Path) else None
-                path = resolve_image_path(root, photo, self.reader.confine and root is not None)
-                if not path.is_file():
-                    reason = f"image not found: {path}"
+            path = self.reader.local_path(photo)  # None: a URL, fetched when read
+            reason = f"image not found: {path}" if path is not None and not path.is_file() else None
         except BadSampleError as err:
             reason = str(err)
         if len(self._missing) >= _PHOTO_CACHE:  # a catalogue of distinct photos: keep the memory bounded
