@@ -29,6 +29,8 @@ class Job:
         image_root: where relative image paths start (None: the manifest's folder).
         options: how the job runs (batch and block sizes, devices, progress).
         relaunch: the command line that Lightning's DDP launcher re-runs in the other processes.
+        executor: runs the job's blocks instead of Lightning's ``trainer.predict`` (:mod:`multimodal.ray_job`):
+            called as ``run`` is, with the job first.
     """
 
     args: argparse.Namespace
@@ -37,6 +39,7 @@ class Job:
     image_root: Path | str | None
     options: JobOptions
     relaunch: list[str]
+    executor: Callable[..., dict[str, Any] | None] | None = None
 
     def inputs(self, predictor: Any, extra: list[str] | None = None) -> tuple[Any, Any]:
         """:func:`job_inputs` of this job's source for ``predictor``."""
@@ -55,8 +58,11 @@ class Job:
         record_fields: Callable[[Any], Row] | None = None,
     ) -> dict[str, Any] | None:
         """Predict every unfinished block of ``dataset`` with ``predictor``'s model, its collate and rows
-        (:func:`multimodal.writers.run_job`); the summary on rank 0."""
+        (:func:`multimodal.writers.run_job`, or the job's ``executor``); the summary on rank 0."""
         from multimodal.writers import run_job
+
+        if self.executor is not None:
+            return self.executor(self, predictor, dataset, sink, spec, record_fields)
 
         collate = predictor.collate()
         rows = predictor.rows

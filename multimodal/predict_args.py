@@ -41,6 +41,7 @@ def parser(command: str = "predict") -> argparse.ArgumentParser:
     _input_options(p)
     _photo_options(p)
     _running_options(p)
+    _engine_options(p)
     _tagging_options(p)
     _vector_options(p)
     _caption_options(p)
@@ -141,6 +142,18 @@ def _running_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: full)")
     run.add_argument("--limit_batches", "--limit-batches", type=int, help="stop after this many batches per rank")
     run.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """Where the blocks run: Lightning in this process (and its DDP), or an actor pool on Ray."""
+    ray = p.add_argument_group("engine (Ray: the same blocks, output and resume, on a pool of actors)")
+    ray.add_argument("--engine", choices=("lightning", "ray"), default="lightning", help="default lightning")
+    ray.add_argument(
+        "--ray_address", help="a Ray cluster (host:port, ray://host:port or auto); default: start a local Ray here"
+    )
+    ray.add_argument("--num_actors", type=int, default=2, help="actors, each holding one model (default 2)")
+    ray.add_argument("--actor_cpus", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    ray.add_argument("--actor_gpus", type=float, default=0.0, help="GPUs reserved per actor (default 0)")
 
 
 def _tagging_options(p: argparse.ArgumentParser) -> None:

@@ -61,10 +61,24 @@ def _config_data(path: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, Any] | None:
-    """Load the checkpoint, read the input, run the task's job; the summary on rank 0."""
+    """Load the checkpoint, read the input, run the task's job (on Lightning, or on Ray with ``--engine ray``);
+    the summary on rank 0."""
+    executor = None
+    if args.engine == "ray":
+        from multimodal.ray_job import driver
+
+        executor = driver(args, command, argv)
+    from multimodal.task import resolve
+
+    task, job = build(args, command, argv, executor)
+    return resolve(task.job)(job)
+
+
+def build(args: argparse.Namespace, command: str, argv: list[str], executor: Any = None) -> tuple[Any, Any]:
+    """The task of the checkpoint and the :class:`multimodal.batch_job.Job` the command describes."""
     _positive(args)
     from multimodal.loading import load
-    from multimodal.task import resolve, task_of, task_of_command
+    from multimodal.task import task_of, task_of_command
 
     reserved = task_of_command(command)  # export and caption take their own task's checkpoints alone
     loaded = load(args.ckpt_path, task=reserved.model if reserved else None, runtime=args.runtime)
@@ -103,4 +117,4 @@ def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, An
     from multimodal.data.photo_reader import image_root as photo_root
 
     root = photo_root(image_root)
-    return resolve(task.job)(Job(args, loaded, source, root, options, [command, *argv]))
+    return task, Job(args, loaded, source, root, options, [command, *argv], executor)

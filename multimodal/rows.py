@@ -33,6 +33,18 @@ def positioned_rows(
     return out + [(s["position"], {"id": s["id"], "error": s["reason"]}) for s in skipped]
 
 
+def block_rows(
+    rows: list[tuple[int, Row]], records: Any, record_fields: Callable[[Any], Row] | None = None
+) -> list[Row]:
+    """One block's rows as a sink stores them: in input order, ``id`` first, then ``record_fields`` of the input
+    record (e.g. the image path), then the prediction."""
+    out = []
+    for position, row in sorted(rows, key=lambda pr: pr[0]):
+        extra = record_fields(records[position]) if record_fields is not None else {}
+        out.append({"id": row["id"], **extra, **row})
+    return out
+
+
 class RowsSink:
     """One JSONL or CSV file of rows (``id`` first). Blocks are JSONL files in the hidden sibling folder
     ``.<name>.job/``; finalize joins them into a temporary sibling of ``out`` and renames it into place."""
@@ -102,6 +114,8 @@ class RowsSink:
         close_job(self, spec, blocks)
         for block in range(blocks.count):
             self._block(block).unlink(missing_ok=True)
+        for tmp in self.folder.glob(".block-*.tmp"):  # a block a killed worker was writing (written again since)
+            tmp.unlink(missing_ok=True)
         return {"out": str(self.out), **counts}
 
     def incomplete(self, blocks: Blocks, spec: dict[str, Any], missing: list[int]) -> None:

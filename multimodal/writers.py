@@ -32,7 +32,7 @@ from multimodal.job_state import (  # noqa: F401 - re-exported: the batch jobs' 
     output_lock,
     write_json_atomic,
 )
-from multimodal.rows import RowsSink, positioned_rows  # noqa: F401 - re-exported, as above
+from multimodal.rows import RowsSink, block_rows, positioned_rows  # noqa: F401 - re-exported, as above
 
 
 def job_data(dataset: Any, collate: Any, batch_size: int, num_workers: int, todo: list[int], blocks: Blocks) -> Any:
@@ -94,11 +94,7 @@ def block_writer(
                 self.flush(block)
 
         def flush(self, block: int) -> None:
-            out = []
-            for position, row in sorted(self.rows, key=lambda pr: pr[0]):
-                extra = record_fields(records[position]) if record_fields is not None else {}
-                out.append({"id": row["id"], **extra, **row})
-            sink.write_block(block, out)
+            sink.write_block(block, block_rows(self.rows, records, record_fields))
             self.written.append(block)
             self.rows, self.seen = [], 0
 
@@ -120,6 +116,19 @@ class JobOptions:
     limit_batches: int | None = None  # stop after this many batches per rank (tests of resuming)
 
 
+def job_blocks(dataset: Any, spec: dict[str, Any], options: JobOptions) -> tuple[Blocks, dict[str, Any]]:
+    """The fixed blocks of a job over ``dataset`` (whole batches each) and its spec with their size: every engine
+    cuts the input alike, so a job begun on one resumes on another."""
+    if options.batch_size <= 0:
+        raise UserError(f"--batch_size must be positive, not {options.batch_size}")
+    if options.block_size <= 0:
+        raise UserError(f"--block_size must be positive, not {options.block_size}")
+    if len(dataset) == 0:
+        raise UserError("no products to predict")
+    size = math.ceil(options.block_size / options.batch_size) * options.batch_size
+    return Blocks(len(dataset), size), {**spec, "block_size": size, "items": len(dataset)}
+
+
 def run_job(
     model: Any,
     dataset: Any,
@@ -139,15 +148,7 @@ def run_job(
     Returns:
         The sink's summary on rank 0 (with ``resumed`` blocks and ``complete``), None on the other ranks.
     """
-    if options.batch_size <= 0:
-        raise UserError(f"--batch_size must be positive, not {options.batch_size}")
-    if options.block_size <= 0:
-        raise UserError(f"--block_size must be positive, not {options.block_size}")
-    if len(dataset) == 0:
-        raise UserError("no products to predict")
-    size = math.ceil(options.block_size / options.batch_size) * options.batch_size
-    blocks = Blocks(len(dataset), size)
-    spec = {**spec, "block_size": size, "items": len(dataset)}
+    blocks, spec = job_blocks(dataset, spec, options)
     with output_lock(sink.output):
         return _run_locked(model, dataset, collate, sink, spec, blocks, to_rows, options, relaunch, record_fields)
 
