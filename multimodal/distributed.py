@@ -198,7 +198,7 @@ def output_row(row: Row) -> Row:
     return out
 
 
-def _checked(
+def checked_paths(
     checkpoint: str | Path, batch_size: int, num_actors: int, image_root: str | Path | None, carry: Sequence[str]
 ) -> tuple[str, str | None]:
     """The checkpoint and image root as absolute paths (workers may run in another working directory) or URLs,
@@ -247,7 +247,7 @@ def predict(
     """
     import ray.data
 
-    ckpt, root = _checked(checkpoint, batch_size, num_actors, image_root, carry)
+    ckpt, root = checked_paths(checkpoint, batch_size, num_actors, image_root, carry)
     return ds.map_batches(
         BatchPredictor,
         fn_constructor_kwargs=dict(

@@ -77,6 +77,8 @@ class Task:
         block_size: rows a batch job writes per block by default.
         serving: how ``multimodal serve`` offers it (None: not served).
         onnx: its ONNX export and runtime (None: not exported).
+        row_schema: import path of ``f(columns, top_k) -> [(name, Spark SQL type)]``, the task's output columns
+            of a batch row, for engines that need a schema before the first row (Spark; None: not declared).
     """
 
     name: str
@@ -87,6 +89,7 @@ class Task:
     block_size: int = 1024
     serving: Serving | None = None
     onnx: OnnxParts | None = None
+    row_schema: str | None = None
 
     @property
     def class_name(self) -> str:

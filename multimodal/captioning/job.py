@@ -44,3 +44,8 @@ def caption_rows(job: Job) -> dict[str, Any] | None:
         return {"image": record.image if isinstance(record.image, str) else None}
 
     return finish_rows(job.run(captioner, dataset, sink, spec, image), sink, job.source)
+
+
+def row_schema(columns: Any, top_k: int = 1) -> list[tuple[str, str]]:
+    """The prediction columns of one output row and their Spark SQL types (:attr:`multimodal.task.Task.row_schema`)."""
+    return [("caption", "string"), ("score", "double")]

@@ -7,6 +7,7 @@ TASK = Task(
     model="multimodal.captioning.captioner.ProductCaptioner",
     api="multimodal.captioning.predictor.Captioner",
     job="multimodal.captioning.job.caption_rows",
+    row_schema="multimodal.captioning.job.row_schema",
     command="caption",
     serving=Serving(route="caption", setting="captioner", api="multimodal.serve.caption_api.CaptionAPI"),
     # Only the vision side is exported: generation runs on torch (HF ``generate``), so no ONNX runtime task.

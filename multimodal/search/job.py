@@ -50,3 +50,8 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
     checkpoint = job.loaded.checkpoint_file()
     sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, checkpoint, model.embed_dim)
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
+
+
+def row_schema(columns: Any, top_k: int = 1) -> list[tuple[str, str]]:
+    """The prediction columns of one output row and their Spark SQL types (:attr:`multimodal.task.Task.row_schema`)."""
+    return [("vector", "array<float>")]  # float32, L2-normalised

@@ -7,6 +7,7 @@ TASK = Task(
     model="multimodal.search.retriever.ProductRetriever",
     api="multimodal.search.predictor.Retriever",
     job="multimodal.search.job.export_vectors",
+    row_schema="multimodal.search.job.row_schema",
     command="export",
     block_size=8192,  # vectors are small: fewer, larger shards
     serving=Serving(

@@ -20,3 +20,14 @@ def tag_rows(job: Job) -> dict[str, Any] | None:
     dataset, _ = job.inputs(tagger)
     summary = job.run(tagger, dataset, sink, job.spec(dataset, top_k=tagger.top_k, format=sink.out.suffix))
     return finish_rows(summary, sink, job.source)
+
+
+def row_schema(columns: Any, top_k: int = 1) -> list[tuple[str, str]]:
+    """The prediction columns of one output row and their Spark SQL types (:attr:`multimodal.task.Task.row_schema`)."""
+    outputs = []
+    for name in columns.attributes:
+        outputs += [(name, "string"), (f"{name}_score", "double")]
+        outputs += [(f"{name}_top", "array<struct<label:string,score:double>>")] if top_k > 1 else []
+    for name in columns.tags:
+        outputs += [(name, "array<string>"), (f"{name}_scores", "array<double>")]
+    return outputs

@@ -7,6 +7,7 @@ TASK = Task(
     model="multimodal.tagging.tagger.ProductTagger",
     api="multimodal.tagging.predictor.Tagger",
     job="multimodal.tagging.job.tag_rows",
+    row_schema="multimodal.tagging.job.row_schema",
     serving=Serving(route="tag", setting="tagger", api="multimodal.serve.tag_api.TagAPI"),
     onnx=OnnxParts(
         graphs="multimodal.onnx.graphs.tagger_graphs",
