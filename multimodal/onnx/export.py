@@ -6,6 +6,9 @@
                            |ONNX - eager| measured at export), the SHA-256 of every other file of the folder
                            (``files``), the source checkpoint's path and SHA-256
       tokenizer/           the Hugging Face tokenizer (save_pretrained)
+      tokenizer.json       the same tokenizer as a `tokenizers` JSON; with ``preprocess`` in model.json (image steps
+                           as numbers, tokenizer settings, text template) the torch-free preprocessing reads it
+                           (:mod:`multimodal.onnx.preprocess`)
       <graph>.onnx         one file a graph (torch.onnx.export, dynamo exporter; dynamic batch and sequence axes)
       <graph>.int8.onnx    with --quantize int8: dynamic int8 weights (onnxruntime.quantization)
 
@@ -162,6 +165,7 @@ def _manifest(loaded: Any, work: Path, wanted: dict[str, Any], ckpt_path: str | 
     """The manifest of an export of ``loaded`` (its graphs still to add); saves the tokenizer and any image
     processor under ``work``."""
     from multimodal.onnx.graphs import image_size
+    from multimodal.onnx.preprocess_export import preprocess_section
     from multimodal.onnx.transforms import describe_transform
 
     model = loaded.model
@@ -181,6 +185,9 @@ def _manifest(loaded: Any, work: Path, wanted: dict[str, Any], ckpt_path: str | 
         "settings": task_settings(model),
         "graphs": {},
     }
+    # the same preprocessing as plain numbers and a tokenizers JSON, for the torch-free runtime
+    texts = list(loaded.columns.texts)
+    info["preprocess"] = preprocess_section(model, text, texts, info["image_transform"], work)
     info["columns"]["attributes"] = list(loaded.columns.attributes)
     info["columns"]["tags"] = list(loaded.columns.tags)
     return info
