@@ -25,6 +25,7 @@ COMMANDS = {
     "search": ("multimodal.search.search_cli", "main"),
     "serve": ("multimodal.serve.cli", "main"),
     "export-model": ("multimodal.onnx.export", "main"),
+    "prepare": ("multimodal.prepare_cli", "main"),
 }
 
 USAGE = """usage: multimodal <command> [options]
@@ -35,6 +36,7 @@ Training (LightningCLI, configs/<task>/<fusion>.yaml):
   fit         train a task:                 multimodal fit --config configs/tagging/cross_attention.yaml
   validate    validation metrics of a checkpoint
   test        test metrics of a checkpoint (confusion matrices for tagging)
+  prepare     a manifest and its photos as litdata chunks, to train from with `fit --data.stream`
 
 Using a trained model (the checkpoint alone: no config, no training data):
   predict     tags, product vectors or captions for a manifest or a folder of photos

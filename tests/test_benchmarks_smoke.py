@@ -23,6 +23,7 @@ BENCHMARKS = [
     "caption_rerank_grid",
     "caption_speed",
     "catalogue_io",
+    "distributed",
     "cold_start",
     "export_speed",
     "inference_speed",
@@ -30,6 +31,7 @@ BENCHMARKS = [
     "search_speed",
     "serve_load",
     "shard_simulation",
+    "stream_training",
     "tagging_quality",
     "train_overhead",
 ]

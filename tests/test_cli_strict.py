@@ -58,6 +58,7 @@ ABBREVIATED = {
     "search": ["no-index", "--text", "watch", "--mod", "dense"],
     "serve": ["--tagger", "no.ckpt", "--max_batch", "4"],
     "export-model": ["--ckpt_path", "no.ckpt", "--out", "onnx", "--quant", "int8"],
+    "prepare": ["--data.manifest", "no.csv", "--out", "stream", "--num_work", "2"],
 }
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -36,10 +37,16 @@ def fit_args(root: Path, manifest: Path) -> list[str]:
 def test_kill_9_mid_epoch_and_resume_equals_an_uninterrupted_fit(tmp_path: Path, sample_df: pd.DataFrame) -> None:
     manifest = tmp_path / "m.csv"
     sample_df.iloc[::13].head(60).drop(columns=["split"], errors="ignore").to_csv(manifest, index=False)
-    main(fit_args(tmp_path / "full", manifest))
+    assert_killed_and_resumed_equals_uninterrupted(tmp_path, lambda root: fit_args(root, manifest))
+
+
+def assert_killed_and_resumed_equals_uninterrupted(tmp_path: Path, args: Callable[[Path], list[str]]) -> None:
+    """``multimodal <args(root)>`` run whole, then in a process SIGKILLed after step 11 and resumed from step 10
+    here: the two runs' final weights are equal."""
+    main(args(tmp_path / "full"))
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as here: the same float sums
-    proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *fit_args(killed, manifest)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *args(killed)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (killed / "ck" / "step=11.ckpt").exists():
@@ -47,7 +54,7 @@ def test_kill_9_mid_epoch_and_resume_equals_an_uninterrupted_fit(tmp_path: Path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "ck" / f"step={STEPS}.ckpt").exists()  # it was killed before the end
-    main([*fit_args(tmp_path / "resumed", manifest), "--ckpt_path", str(killed / "ck" / "step=10.ckpt")])
+    main([*args(tmp_path / "resumed"), "--ckpt_path", str(killed / "ck" / "step=10.ckpt")])
     full = torch.load(tmp_path / "full" / "ck" / f"step={STEPS}.ckpt", map_location="cpu", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "ck" / f"step={STEPS}.ckpt", map_location="cpu", weights_only=True)
     assert full["global_step"] == resumed["global_step"] == STEPS

@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader
 from encoders.types import ImageTransform
 from multimodal.data.dataset import BadSamplePolicy, Collate, ProductDataset, ProductRecord, TextFn
 from multimodal.data.fetch import FetchOptions
+from multimodal.data.litdata_stream import StreamDataset, read_stream_splits, training_source
 from multimodal.data.manifest import SPLITS
 from multimodal.data.options import check_data_options
 from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photo_reader import image_root as photo_root
 from multimodal.data.photos import DEFAULT_MAX_IMAGES, check_max_images
-from multimodal.data.split_rows import joined, manifest_folder, manifest_path, read_splits
-from multimodal.data.splits import DataColumns, SplitRule, SplitScan, training_vocabularies, unseen_labels
+from multimodal.data.split_rows import joined, manifest_folder, read_splits
+from multimodal.data.splits import DataColumns, SplitRule, training_vocabularies, unseen_labels
 from multimodal.errors import UserError
 from multimodal.resume import EpochShuffle, batches_done
 
@@ -59,6 +60,7 @@ class ProductDataModule(L.LightningDataModule):
         max_images: photos read per product, in the order given; the rest are counted in the data report.
         fetch: how photo URLs are fetched (timeouts, retries, size limit, the photo cache):
             :class:`multimodal.data.fetch.FetchOptions`.
+        stream: a folder or bucket prefix written by ``multimodal prepare``, read instead of ``manifest``.
         text_columns: text fields (title, description...), in the order the task joins them.
         attributes: single-label attribute columns (one softmax head each).
         tag_columns: multi-label columns holding ``tag_separator``-joined tags (one sigmoid head each).
@@ -77,7 +79,7 @@ class ProductDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        manifest: str,
+        manifest: str | None = None,
         image_root: str | None = None,
         id_column: str = "id",
         image_column: str = "image",
@@ -97,19 +99,18 @@ class ProductDataModule(L.LightningDataModule):
         confine_images: bool = False,
         max_images: int = DEFAULT_MAX_IMAGES,
         fetch: FetchOptions | None = None,
+        stream: str | None = None,
     ) -> None:
         super().__init__()
         self.max_images = check_max_images(max_images)
         check_data_options(on_bad_sample, batch_size, num_workers, val_fraction, test_fraction, predict_split)
-        self.manifest = manifest_path(manifest)
+        self.stream, self.manifest = training_source(manifest, stream)
         self.image_root = photo_root(image_root) or manifest_folder(self.manifest)
-        self.fetch = fetch
-        self.confine_images = bool(confine_images)
+        self.fetch, self.confine_images = fetch, bool(confine_images)
         self.id_column, self.image_column = id_column, image_column
         self.text_columns = list(text_columns or [])
         self.attributes = list(attributes or [])
-        self.tag_columns = list(tag_columns or [])
-        self.tag_separator = tag_separator
+        self.tag_columns, self.tag_separator = list(tag_columns or []), tag_separator
         self.predict_split = predict_split
         self.on_bad_sample: BadSamplePolicy = on_bad_sample
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -145,8 +146,8 @@ class ProductDataModule(L.LightningDataModule):
             self.max_images,
         )
         rule = SplitRule(split_column, val_fraction, test_fraction, salt)
-        self.scan: SplitScan
-        self.scan, splits = read_splits(self.manifest, self.photo_reader(), columns, rule, self._bad, self._bad_photo)
+        read = read_stream_splits if self.stream else read_splits
+        self.scan, splits = read(self.manifest, self.photo_reader(), columns, rule, self._bad, self._bad_photo)
         return splits
 
     def photo_reader(self) -> PhotoReader:
@@ -232,9 +233,9 @@ class ProductDataModule(L.LightningDataModule):
             raise self._vocabulary_error
         records = joined([self.splits[s] for s in SPLITS]) if split == "all" else self.splits[split]
         transform = self.preprocessing.image_transform(train)
-        vocab, tags = self.vocabularies, self.tag_vocabularies
+        vocab, tags, kind = self.vocabularies, self.tag_vocabularies, StreamDataset if self.stream else ProductDataset
         policy, confine = self.on_bad_sample, self.confine_images
-        return ProductDataset(records, self.image_root, transform, vocab, tags, policy, confine, self.fetch)
+        return kind(records, self.image_root, transform, vocab, tags, policy, confine, self.fetch)
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
         """A DataLoader over one split; shuffled and with train transforms when ``train``."""

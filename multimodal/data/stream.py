@@ -76,6 +76,12 @@ def open_source(path: str) -> ParquetSource | TextSource:
     raise UserError(f"manifest {name}: unknown format '{suffix}' (use .csv, .jsonl, .parquet or a Parquet folder)")
 
 
+def check_chunking(start: int, rows: int) -> None:
+    """Chunks of ``rows`` rows from row ``start``: a programming error when either is out of range."""
+    if rows < 1 or start < 0:
+        raise ValueError(f"chunks need rows >= 1 and start >= 0 (got rows={rows}, start={start})")
+
+
 class ManifestTable:
     """A manifest opened without reading its rows.
 
@@ -131,8 +137,7 @@ class ManifestTable:
         self, start: int = 0, rows: int = 8192, columns: Sequence[str] | None = None
     ) -> Iterator[tuple[int, dict[str, list]]]:
         """Like :meth:`chunks`, each chunk as a dict of column lists (no DataFrame built)."""
-        if rows < 1 or start < 0:
-            raise ValueError(f"chunks need rows >= 1 and start >= 0 (got rows={rows}, start={start})")
+        check_chunking(start, rows)
         names = self._select(columns)
         pending: list[dict[str, list]] = []
         size, first = 0, start
