@@ -132,6 +132,7 @@ def ray_session(pool: Pool) -> Iterator[None]:
 def predict_blocks(todo: list[int], pool: Pool, job_line: tuple[str, str, list[str]], progress: bool) -> None:
     """Run ``todo`` (block numbers, one Ray block each so the pool shares them out) through :class:`BlockWorker`."""
     import ray
+    import ray.data  # configures Ray Data's loggers: quieted below, after it
 
     from multimodal.ray_worker import BlockWorker
 
