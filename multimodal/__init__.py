@@ -36,6 +36,12 @@ def load(
         ``embed_images``, ``extract_embedding``) or a ``Captioner`` (``caption``).
     """
     from multimodal.errors import UserError
+    from multimodal.lite import wanted
+
+    if wanted(path):  # an ONNX export where torch cannot be imported: the torch-free runtime
+        from multimodal.lite.loading import load_api
+
+        return load_api(path, batch_size, runtime)
     from multimodal.loading import load as load_task
     from multimodal.task import resolve, task_of, tasks
 

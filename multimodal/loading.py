@@ -186,18 +186,17 @@ def load(
         merge_adapters: fold the peft adapters of a tower trained with ``trainable: {lora: ...}`` into its weights
             (the same outputs to rounding, at the cost of the plain tower); False keeps them apart.
     """
+    from multimodal.lite import torch_importable
     from multimodal.onnx.manifest import is_onnx_export
-    from multimodal.pretrained_reference import restore_pretrained
 
     if runtime not in ("torch", "onnx", "onnx-int8"):
         raise UserError(f"runtime must be torch, onnx or onnx-int8, not '{runtime}'")
-    if is_onnx_export(path) or runtime != "torch":
+    if is_onnx_export(path) or runtime != "torch" or not torch_importable():
         return _load_onnx(Path(path), task, runtime)
     if isinstance(task, str):
-        import importlib
+        from multimodal.task import resolve
 
-        module, name = task.rsplit(".", 1)
-        task = getattr(importlib.import_module(module), name)
+        task = resolve(task)
     checkpoint = read_checkpoint(path)
     config = stored_config(checkpoint, path)
     model_config = config.get("model") or {}
@@ -208,14 +207,7 @@ def load(
     model = build_model(model_config, path)
     if task is not None and not isinstance(model, task):
         raise UserError(f"{path} holds a {type(model).__name__} checkpoint, not a {task.__name__}")
-    restore_pretrained(model, checkpoint, str(path))  # first, so that its errors name the file
-    model.on_load_checkpoint(checkpoint)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: the weights do not fit the stored architecture ({first})") from None
-    model.eval()
+    _load_weights(model, checkpoint, path)
     if merge_adapters:
         from encoders.adapters import merge_adapters as merge
 
@@ -224,9 +216,30 @@ def load(
     return Loaded(model, Columns.from_data_config(data), data, config, Path(path))
 
 
+def _load_weights(model: Any, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Put the checkpoint's weights (and the pretrained weights it refers to) into ``model``, in eval mode."""
+    from multimodal.pretrained_reference import restore_pretrained
+
+    restore_pretrained(model, checkpoint, str(path))  # first, so that its errors name the file
+    model.on_load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: the weights do not fit the stored architecture ({first})") from None
+    model.eval()
+
+
 def _load_onnx(path: Path, task: type | str | None, runtime: str) -> Loaded:
     """An export folder, or the export ``--runtime onnx`` runs for a checkpoint (:mod:`multimodal.onnx.cache`),
-    on ONNX Runtime; its files are checked against their hashes and its labels against its graphs."""
+    on ONNX Runtime; its files are checked against their hashes and its labels against its graphs. Where torch
+    cannot be imported, an export runs on :mod:`multimodal.lite` and a checkpoint is a one-line error."""
+    from multimodal.lite import wanted
+
+    if wanted(path):
+        from multimodal.lite.loading import load as load_lite
+
+        return load_lite(path, task, runtime)
     from multimodal.onnx.cache import export_for
     from multimodal.onnx.manifest import is_onnx_export
     from multimodal.onnx.runtime import load_onnx

@@ -63,6 +63,12 @@ def _config_data(path: str | None) -> dict[str, Any]:
 def run(args: argparse.Namespace, command: str, argv: list[str]) -> dict[str, Any] | None:
     """Load the checkpoint, read the input, run the task's job (on Lightning, or on Ray with ``--engine ray``);
     the summary on rank 0."""
+    from multimodal.lite import wanted
+
+    if wanted(args.ckpt_path):  # an ONNX export where torch cannot be imported: a plain loop, no Lightning
+        from multimodal.lite.jobs import run as run_lite
+
+        return run_lite(args, command, argv)
     executor = None
     if args.engine == "ray":
         from multimodal.ray_job import driver

@@ -56,11 +56,14 @@ class OnnxParts:
         graphs: import path of ``f(model) -> list[Graph]``, the task's inference graphs.
         settings: import path of ``f(model) -> dict``, what its runtime needs besides the graphs (None: nothing).
         runtime: import path of its ONNX Runtime task class (None: the export is for other runtimes).
+        lite: import path of its torch-free runtime module (:mod:`multimodal.lite`), declaring ``MODEL`` (the
+            task on an export folder), ``API`` (its Python API) and ``JOB`` (its batch job); None: none.
     """
 
     graphs: str
     settings: str | None = None
     runtime: str | None = None
+    lite: str | None = None
 
 
 @dataclass(frozen=True)

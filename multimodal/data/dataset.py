@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -16,30 +15,12 @@ from encoders.types import ImageTransform
 from multimodal.data.fetch import FetchOptions
 from multimodal.data.photo_reader import ImageRoot, PhotoReader
 from multimodal.data.photos import Photo, photo_name
+from multimodal.data.records import ProductRecord  # noqa: F401 - re-exported: defined in a torch-free module
 from multimodal.errors import BadSampleError
 
 IGNORE_INDEX = -100
 BadSamplePolicy = Literal["error", "skip"]
 TextFn = Callable[[dict[str, list[str | None]]], dict[str, Tensor]]
-
-
-@dataclass
-class ProductRecord:
-    """One manifest row, cleaned: texts and labels are None when unknown."""
-
-    row: int
-    id: str
-    photos: list[Photo]  # paths or URLs (relative to the image root, or absolute), or images in memory; [] = none
-    texts: dict[str, str | None]
-    labels: dict[str, str | None] = field(default_factory=dict)
-    tags: dict[str, list[str] | None] = field(default_factory=dict)
-    error: str | None = None  # known unusable before decoding (an empty or repeated id, no image where needed)
-    ignored_photos: list[Photo] = field(default_factory=list)  # past ``max_images``: never read, named in the row
-
-    @property
-    def image(self) -> Photo | None:
-        """The first photo (None: no photo)."""
-        return self.photos[0] if self.photos else None
 
 
 class ProductDataset(Dataset):

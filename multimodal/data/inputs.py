@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from multimodal.data.dataset import ProductRecord
 from multimodal.data.manifest import as_text, clean_value, split_tags
 from multimodal.data.photos import Photo, kept_photos, photo_list
+from multimodal.data.records import ProductRecord
 from multimodal.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

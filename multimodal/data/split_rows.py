@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from multimodal.data.dataset import ProductRecord
 from multimodal.data.fetch import is_remote
 from multimodal.data.manifest import cell_text, clean_value, split_tags
 from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photos import kept_photos, photo_list
+from multimodal.data.records import ProductRecord
 from multimodal.data.splits import BadRow, DataColumns, SplitRule, SplitScan, scan_splits
 from multimodal.data.stream import LazyRows, ManifestTable
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from multimodal.errors import UserError
 from multimodal.search.export_metadata import (  # noqa: F401 - re-exported: the export's metadata
@@ -48,7 +47,7 @@ from multimodal.writers import Blocks, Row, close_job, write_json_atomic
 MANIFEST = "export.json"
 PRODUCTS = "products.parquet"
 CHECKPOINT = "model.ckpt"
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
+DTYPES = ("float16", "float32")  # named alike in torch and NumPy (torch is imported by the sink that casts)
 
 
 def summarise(summary: dict[str, Any] | None, source: Path | str, out: str) -> dict[str, Any] | None:
@@ -108,7 +107,8 @@ class ShardSink:
         dtype: ``float16`` or ``float32``.
         metadata: id -> {column: value} stored next to the vectors, or a :class:`ManifestMetadata` giving that
             for each block's rows (read from the manifest rows of that block).
-        checkpoint: the checkpoint computing the vectors (linked into the folder when the export completes).
+        checkpoint: the checkpoint computing the vectors (linked into the folder when the export completes; None:
+            not here, as for an ONNX export run without torch).
         dim: the vectors' width (a Parquet shard whose every product was skipped keeps the others' schema).
     """
 
@@ -118,12 +118,12 @@ class ShardSink:
         fmt: str,
         dtype: str,
         metadata: dict[str, dict[str, Any]] | ManifestMetadata,
-        checkpoint: Path,
+        checkpoint: Path | None,
         dim: int = 0,
     ) -> None:
-        self.folder, self.fmt, self.dtype = Path(folder), fmt, DTYPES[dtype]
+        self.folder, self.fmt, self.dtype = Path(folder), fmt, dtype
         self.output = self.folder
-        self.metadata, self.checkpoint = metadata, Path(checkpoint)
+        self.metadata, self.checkpoint = metadata, Path(checkpoint) if checkpoint is not None else None
         streamed = isinstance(metadata, ManifestMetadata)
         self.columns = list(metadata.columns if streamed else next(iter(metadata.values()), {}))
         check_columns(fmt, self.columns)
@@ -148,10 +148,12 @@ class ShardSink:
         ).is_file()
 
     def write_block(self, block: int, rows: list[Row]) -> None:
+        import torch
+
         done = [r for r in rows if "error" not in r]
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
         empty = torch.zeros((0, self.dim) if self.fmt == "parquet" else 0)
-        vectors = torch.stack([r["embedding"] for r in done]).to(self.dtype) if done else empty
+        vectors = torch.stack([r["embedding"] for r in done]).to(getattr(torch, self.dtype)) if done else empty
         metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
         table = pd.DataFrame(
             [{"id": r["id"], **metadata.get(r["id"], {})} for r in done], columns=["id", *self.columns]
@@ -184,7 +186,8 @@ class ShardSink:
             dupes = products["id"][products["id"].duplicated()].tolist()[:5]
             raise UserError(f"export {self.folder}: duplicate ids {dupes}")
         products.to_parquet(self.folder / PRODUCTS, index=False)
-        link_or_copy(self.checkpoint, self.folder / CHECKPOINT)
+        if self.checkpoint is not None:
+            link_or_copy(self.checkpoint, self.folder / CHECKPOINT)
         skipped = [
             item
             for b in range(blocks.count)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,19 @@ from multimodal.errors import UserError
 from multimodal.search.filters import Filter
 from multimodal.search.hits import HIDDEN, HYBRID_DEPTH, Hits, candidates, fuse  # noqa: F401 - re-exported
 from multimodal.search.index import LABEL, SearchIndex
-from multimodal.search.query_encoder import QueryEncoder, QueryImage
+
+if TYPE_CHECKING:
+    from multimodal.search.query_encoder import QueryEncoder, QueryImage
+
+
+def __getattr__(name: str) -> Any:
+    """``QueryEncoder`` / ``QueryImage`` re-exported when first asked for: they import torch, answering a query
+    with a torch-free encoder (:mod:`multimodal.lite`) does not."""
+    if name in ("QueryEncoder", "QueryImage"):
+        from multimodal.search import query_encoder
+
+        return getattr(query_encoder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

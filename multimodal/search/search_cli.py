@@ -64,15 +64,20 @@ def main(argv: list[str]) -> None:
         raise UserError("empty query text")
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"query image not found: {args.image}")
+    from multimodal.lite.search import encoder_for
     from multimodal.search.index import load_index
-    from multimodal.search.query import Query, QueryEncoder, check_query, search_many
+    from multimodal.search.query import Query, check_query, search_many
 
     index = load_index(args.index)
     image = Path(args.image) if args.image is not None else None
     query = Query(args.text, image, args.like, args.k, args.rerank, args.mode, args.where, args.fusion, args.weight)
     check_query(index, query, can_rerank=True)  # a mistake is reported before the checkpoint is loaded
     needs_model = args.like is None and (args.mode != "lexical" or args.rerank)
-    encoder = QueryEncoder(index, args.device, args.runtime) if needs_model else None
+    encoder = encoder_for(index, args.runtime) if needs_model else None  # torch-free, from an ONNX export
+    if needs_model and encoder is None:
+        from multimodal.search.query import QueryEncoder
+
+        encoder = QueryEncoder(index, args.device, args.runtime)
     print_results(search_many(index, encoder, [query])[0], args.show)
 
 

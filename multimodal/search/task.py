@@ -17,5 +17,6 @@ TASK = Task(
         graphs="multimodal.onnx.graphs.retriever_graphs",
         settings="multimodal.onnx.export.retriever_settings",
         runtime="multimodal.onnx.runtime.OnnxRetriever",
+        lite="multimodal.lite.retrieval",
     ),
 )

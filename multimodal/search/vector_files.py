@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from multimodal.errors import UserError
+
+if TYPE_CHECKING:  # reading a shard needs no torch
+    import torch
 
 FORMATS = ("safetensors", "npy", "parquet")
 EXTENSIONS = {"safetensors": "safetensors", "npy": "npy", "parquet": "vectors.parquet"}

@@ -13,5 +13,6 @@ TASK = Task(
         graphs="multimodal.onnx.graphs.tagger_graphs",
         settings="multimodal.onnx.export.tagger_settings",
         runtime="multimodal.onnx.runtime.OnnxTagger",
+        lite="multimodal.lite.tagging",
     ),
 )

@@ -1,0 +1,208 @@
+"""The retriever without torch: its export's query and product graphs on NumPy (the vectors of
+:class:`multimodal.onnx.runtime.OnnxRetriever`), the Python API (``embed_text``, ``embed_images``,
+``extract_embedding``) and ``multimodal export``'s job, writing the shard files of
+:class:`multimodal.search.export.ShardSink` with NumPy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from multimodal.errors import UserError
+from multimodal.lite.base import LiteModel, Predictor, Row, collate
+from multimodal.search.export import ShardSink, shard_name, vector_file, write_json_atomic
+from multimodal.search.task import TASK
+from multimodal.search.vector_files import _vector_table
+
+
+class LiteRetriever(LiteModel):
+    """A :class:`~multimodal.search.retriever.ProductRetriever` export: query and product vectors."""
+
+    def __init__(self, folder: str | Path, int8: bool = False) -> None:
+        super().__init__(folder, int8)
+        self.embed_dim: int = int(self.settings["embed_dim"])
+        self.product: str = self.settings["product"]
+        self.query_columns = self.settings.get("query_columns")
+        self.product_columns = self.settings.get("product_columns")
+        self.export.check_recorded_widths()
+
+    def widths(self, name: str) -> dict[str, tuple[str, int]]:
+        return {"vector": ("embed_dim", self.embed_dim)} if name.startswith("embed_") else {}
+
+    def embed_text(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """``(B, E)`` query vectors of ``input_ids`` / ``attention_mask``."""
+        return self.export.run("embed_text", inputs)["vector"]
+
+    def embed_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``(B, E)`` vectors of ``(B, 3, H, W)`` photos."""
+        return self.export.run("embed_image", {"pixel_values": pixel_values})["vector"]
+
+    def embed_products(self, batch: dict[str, Any]) -> np.ndarray:
+        if self.product == "image":
+            return self.embed_image(batch["pixel_values"])
+        inputs = dict(batch)
+        if "product_input_ids" not in batch:
+            inputs.update(product_input_ids=batch["input_ids"], product_attention_mask=batch["attention_mask"])
+        return self.export.run("embed_product", inputs)["vector"]
+
+    def predict_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not batch["ids"]:
+            return {"ids": [], "embeddings": np.zeros((0, self.embed_dim), np.float32)}
+        return {"ids": batch["ids"], "embeddings": self.embed_products(batch)}
+
+
+class Retriever(Predictor):
+    """:class:`multimodal.search.predictor.Retriever` without torch: L2-normalised float32 vectors ``(N, E)``."""
+
+    task_name: ClassVar[str] = TASK.model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    def required_columns(self) -> list[str]:
+        model = self.model
+        image = [self.columns.image] if model.product != "text" else []
+        texts = list(model.product_columns or self.columns.texts) if model.product != "image" else []
+        return [*image, *texts]
+
+    def rows(self, prediction: dict[str, Any]) -> list[Row]:
+        vectors = np.asarray(prediction["embeddings"], dtype=np.float32)
+        return [{"id": i, "embedding": v} for i, v in zip(prediction["ids"], vectors, strict=True)]
+
+    def embed_text(self, texts: list[str] | str) -> np.ndarray:
+        """Query vectors ``(N, E)`` of text queries."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise UserError("embed_text needs a non-empty list of non-empty strings")
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.model.pre.queries([t.strip() for t in texts[start : start + self.batch_size]])
+            out.append(self.model.embed_text(enc).astype(np.float32))
+        return np.concatenate(out)
+
+    def embed_images(self, images: list[Any] | Any) -> np.ndarray:
+        """Photo-query vectors ``(N, E)`` of image paths or PIL images (an unreadable image is a one-line error)."""
+        images = images if isinstance(images, list | tuple) else [images]
+        dataset = self.dataset(self.records(list(images)))
+        out = []
+        for start in range(0, len(dataset), self.batch_size):
+            items = dataset.items(range(start, min(len(dataset), start + self.batch_size)))
+            bad = [it for it in items if "error" in it]
+            if bad:
+                raise UserError(f"image {bad[0]['id']}: {bad[0]['error']}")
+            out.append(self.model.embed_image(collate(items, self.model.pre)["pixel_values"]).astype(np.float32))
+        return np.concatenate(out)
+
+    encode_text = embed_text
+    encode_image = embed_images
+
+    def extract_embedding(self, inputs: Any) -> np.ndarray:
+        """Product vectors ``(N, E)`` of catalogue rows; NaN rows for inputs that could not be read."""
+        rows = self.run(inputs)
+        return np.stack([r["embedding"] if "embedding" in r else np.full(self.dim, np.nan, np.float32) for r in rows])
+
+
+class ArrayShardSink(ShardSink):
+    """:class:`~multimodal.search.export.ShardSink` fed NumPy vectors: the same shard files, cast with NumPy."""
+
+    def write_block(self, block: int, rows: list[Row]) -> None:
+        from multimodal.search.export import ManifestMetadata
+
+        done = [r for r in rows if "error" not in r]
+        skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
+        empty = np.zeros((0, self.dim) if self.fmt == "parquet" else 0, np.float32)
+        vectors = np.stack([r["embedding"] for r in done]).astype(self.dtype) if done else empty
+        metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
+        import pandas as pd
+
+        table = pd.DataFrame(
+            [{"id": r["id"], **metadata.get(r["id"], {})} for r in done], columns=["id", *self.columns]
+        )
+        meta = self.folder / shard_name(block, "parquet")
+        tmp = meta.with_name("." + meta.name + ".tmp")
+        table.to_parquet(tmp, index=False)
+        tmp.replace(meta)
+        skipped_path = self.folder / shard_name(block, "skipped.json")
+        if skipped:
+            write_json_atomic(skipped_path, {"skipped": skipped})
+        else:
+            skipped_path.unlink(missing_ok=True)
+        save_array(self.folder / vector_file(block, self.fmt), np.ascontiguousarray(vectors), table)  # marks it done
+
+
+def save_array(path: Path, vectors: np.ndarray, table: Any) -> None:
+    """:func:`multimodal.search.vector_files.save_vectors` for a NumPy array: the same bytes, written atomically."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    if path.name.endswith(".vectors.parquet"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(_vector_table(vectors.astype(np.float32), table), tmp)
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"embeddings": vectors}, str(tmp))
+    else:
+        with open(tmp, "wb") as f:
+            np.save(f, vectors)
+    tmp.replace(path)
+
+
+def export_vectors(job: Any) -> dict[str, Any] | None:
+    """``multimodal export`` of a retriever export: product vectors in shards and their products table
+    (:func:`multimodal.search.job.export_vectors`); the export records the ONNX folder its queries are encoded with."""
+    from multimodal.batch_job import located
+    from multimodal.data.split_rows import manifest_folder
+    from multimodal.search import export
+
+    args, source, cols = job.args, job.source, job.loaded.columns
+    retriever = Retriever(job.loaded, batch_size=job.options.batch_size)
+    dataset, table = job.inputs(retriever, args.columns)
+    record_fields = None
+    if table is not None:
+        columns, dropped = export.stored_columns(table, cols.id, cols.image, args.columns, str(source))
+        for reason in dropped:
+            print(f"not stored (give --columns to choose): {reason}", file=sys.stderr)
+        metadata: Any = export.ManifestMetadata(table, cols.image, columns, str(source))
+        record_fields = _manifest_row
+    else:
+        columns = list(args.columns) if args.columns is not None else list(cols.texts)
+        metadata = {r.id: {"image_path": r.image} for r in dataset.records}
+    model = retriever.model
+    spec = job.spec(
+        dataset,
+        model=TASK.onnx.runtime.rsplit(".", 1)[-1],  # what the full install's ONNX path records: one job on both
+        product=model.product,
+        dim=model.embed_dim,
+        dtype=args.dtype,
+        format=args.format,
+        normalisation="l2",
+        columns=columns,
+        data_manifest=located(source),
+        image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
+    )
+    spec["onnx_export"] = str(job.loaded.path.resolve())  # what `multimodal search` encodes queries with
+    sink = ArrayShardSink(
+        Path(args.out), args.format, args.dtype, metadata, source_checkpoint(job.loaded), model.embed_dim
+    )
+    return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
+
+
+def _manifest_row(record: Any) -> dict[str, Any]:
+    return {"manifest_row": record.row}
+
+
+def source_checkpoint(loaded: Any) -> Path | None:
+    """The checkpoint the export was made from when it is here and unchanged (linked into the vector export, for
+    the full install's re-ranker), else None."""
+    from multimodal.artefact import file_sha256
+
+    source = Path(loaded.model.info.get("checkpoint") or "")
+    ok = source.is_file() and file_sha256(source) == loaded.checkpoint_sha256
+    return source if ok else None
+
+
+MODEL, API, JOB = LiteRetriever, Retriever, export_vectors  # what the task contract's ``lite`` module declares
