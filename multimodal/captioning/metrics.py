@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from torchmetrics.text import BLEUScore
-
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -25,6 +23,8 @@ def normalise(text: str) -> str:
 
 def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU-4 of ``predictions`` against one or more references each (torchmetrics ``BLEUScore``)."""
+    from torchmetrics.text import BLEUScore  # here: the torch-free consensus reranker imports this module
+
     if not predictions:
         return 0.0
     metric = BLEUScore(n_gram=4)

@@ -127,6 +127,7 @@ def _write_export(
     """Export every graph of the checkpoint into a temporary sibling of ``out``, then rename it into place (a
     failed export leaves nothing behind)."""
     from multimodal.loading import load
+    from multimodal.onnx.caption_decoder_export import decoding_settings, export_decoder
     from multimodal.onnx.graphs import graphs_of
 
     loaded = load(ckpt_path)
@@ -138,6 +139,10 @@ def _write_export(
         info = _manifest(loaded, work, wanted, ckpt_path)
         for graph in graphs:
             info["graphs"][graph.name] = export_one(graph, model, work, wanted["quantize"], keep_fp32, progress)
+        decoder = export_decoder(model, work, wanted["quantize"], keep_fp32, progress)  # a captioner's LM + cache
+        if decoder:
+            info["graphs"].update(decoder)
+            info["decoding"] = decoding_settings(model)
         info["files"] = file_hashes(work)
         (work / MANIFEST).write_text(json.dumps(info, indent=2))
         work.rename(out)
