@@ -33,6 +33,18 @@ ATTRIBUTES = ["gender", "masterCategory", "season"]
 torch.set_num_threads(1)
 
 
+# Python source run first in a subprocess of the torch-free runtime's tests: the heavy packages cannot be imported
+BLOCK_HEAVY = """
+import sys
+from importlib.abc import MetaPathFinder
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}:
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Block())
+"""
+
+
 @pytest.fixture(scope="session")
 def sample_df() -> pd.DataFrame:
     """The committed sample manifest, every cell a string (as the data module reads it)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST
+from conftest import BLOCK_HEAVY, ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST
 
 import multimodal
 from multimodal.onnx.export import export_model
@@ -46,15 +46,11 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path
     return df, manifest
 
 
-BLOCKED = """
-import contextlib, io, json, sys
-from importlib.abc import MetaPathFinder
+BLOCKED = (
+    BLOCK_HEAVY
+    + """
+import contextlib, io, json
 HEAVY = {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}
-class Block(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, Block())
 from pathlib import Path
 import pandas as pd
 import multimodal
@@ -81,6 +77,7 @@ result["checkpoint_error"] = err.getvalue()
 result["heavy"] = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 json.dump(result, open(f"{out}/result.json", "w"))
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_IMAGES
+from conftest import BLOCK_HEAVY, ROOT, SAMPLE_IMAGES
 
 from multimodal.data.images import load_image
 from multimodal.errors import UserError
@@ -96,14 +96,9 @@ def test_options_the_loop_does_not_follow_are_refused(setup: dict[str, Any]) -> 
         CaptionDecoder.from_folder(setup["folder"], old)
 
 
-BLOCKED = """
-import sys
-from importlib.abc import MetaPathFinder
-class Block(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}:
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, Block())
+BLOCKED = (
+    BLOCK_HEAVY
+    + """
 import json
 from pathlib import Path
 import numpy as np
@@ -120,6 +115,7 @@ out = CaptionDecoder.from_folder(folder, info).generate(cond, prompt, np.ones_li
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "lightning", "timm"})
 print(json.dumps({"tokens": out.tokens.tolist(), "heavy": heavy}))
 """
+)
 
 
 def test_decoding_runs_where_torch_cannot_be_imported(setup: dict[str, Any], tmp_path: Path) -> None:

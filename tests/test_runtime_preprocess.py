@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST
+from conftest import BLOCK_HEAVY, ROOT, SAMPLE_IMAGES, SAMPLE_MANIFEST
 
 from multimodal.data.images import load_image
 from multimodal.errors import UserError
@@ -141,14 +141,9 @@ def test_an_image_processor_and_an_old_export_are_refused_in_one_line(tmp_path: 
         preprocess_settings(tmp_path, {"format": "multimodal-onnx", "version": 1})
 
 
-BLOCKED = """
-import sys
-from importlib.abc import MetaPathFinder
-class Block(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}:
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, Block())
+BLOCKED = (
+    BLOCK_HEAVY
+    + """
 import json
 from pathlib import Path
 from multimodal.data.images import load_image
@@ -164,6 +159,7 @@ except ImportError:
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "lightning", "timm"})
 print(json.dumps({"pixels": pixels.tolist(), "ids": text["input_ids"].tolist(), "blocked": blocked, "heavy": heavy}))
 """
+)
 
 
 def test_preprocessing_runs_where_torch_cannot_be_imported(
