@@ -27,7 +27,8 @@ def load(
         batch_size: items per forward pass.
         runtime: ``torch`` (eager PyTorch), ``onnx`` (ONNX Runtime fp32) or ``onnx-int8`` (dynamic int8);
             with a checkpoint, ``onnx`` exports it once to the user cache (``$MULTIMODAL_CACHE``, default
-            ``~/.cache/multimodal``). Taggers and retrievers; a captioner runs on torch.
+            ``~/.cache/multimodal``). Taggers and retrievers; a captioner runs on torch, or, from an export
+            folder where torch is not installed, on the torch-free runtime (:mod:`multimodal.lite`).
         merge_adapters: fold peft adapters (towers trained with ``trainable: {lora: ...}``) into the weights
             they adapt (default; same outputs to rounding, plain-tower speed).
 

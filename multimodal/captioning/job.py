@@ -31,11 +31,18 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 def caption_rows(job: Job) -> dict[str, Any] | None:
     """A captioner's job: one row with the caption of each input row's photo."""
     from multimodal.captioning.predictor import Captioner
-    from multimodal.writers import RowsSink
+
+    return captioner_job(job, Captioner(job.loaded))
+
+
+def captioner_job(job: Job, api: Any) -> dict[str, Any] | None:
+    """The caption job with ``api`` (a captioner's Python API, eager or torch-free) bound to the command's prompt,
+    seed and generation options."""
+    from multimodal.rows import RowsSink
 
     args = job.args
     generation = generation_options(args)
-    captioner = Captioner(job.loaded).with_options(args.prompt, args.seed, **generation)
+    captioner = api.with_options(args.prompt, args.seed, **generation)
     sink = RowsSink(args.out)
     dataset, _ = job.inputs(captioner)
     spec = job.spec(dataset, prompt=args.prompt, seed=args.seed, generation=generation, format=sink.out.suffix)

@@ -13,23 +13,10 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from multimodal.captioning.settings import RerankSettings, check_trim_vocabulary
+from multimodal.captioning.settings import check_generation  # noqa: F401 - re-exported: where callers import it
 from multimodal.captioning.task import TASK
 from multimodal.data.dataset import Collate, TextFn
-from multimodal.errors import UserError
 from multimodal.inference import Predictor, Row, frame
-
-
-def check_generation(options: dict[str, Any]) -> dict[str, Any]:
-    """``generate`` options of a caption job, with a one-line error for values that cannot work."""
-    for key in ("max_new_tokens", "num_beams"):
-        if key in options and int(options[key]) <= 0:
-            raise UserError(f"{key} must be positive, not {options[key]}")
-    check_trim_vocabulary(options.get("trim_vocabulary"))
-    RerankSettings.parse(options.get("rerank"))
-    if int(options.get("num_return_sequences", 1)) != 1:
-        raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
-    return options
 
 
 class CaptionCollate(Collate):

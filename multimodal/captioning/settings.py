@@ -135,3 +135,15 @@ def check_prompt_length(value: Any) -> int | None:
 RETRIEVAL_DEFAULTS: dict[str, Any] = asdict(RetrievalSettings())
 RERANK_DEFAULTS: dict[str, Any] = asdict(RerankSettings())
 SELF_CRITICAL_DEFAULTS: dict[str, Any] = asdict(SelfCriticalSettings())
+
+
+def check_generation(options: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` options of a caption job, with a one-line error for values that cannot work."""
+    for key in ("max_new_tokens", "num_beams"):
+        if key in options and int(options[key]) <= 0:
+            raise UserError(f"{key} must be positive, not {options[key]}")
+    check_trim_vocabulary(options.get("trim_vocabulary"))
+    RerankSettings.parse(options.get("rerank"))
+    if int(options.get("num_return_sequences", 1)) != 1:
+        raise UserError("num_return_sequences must be 1 for captioning (one caption per input)")
+    return options

@@ -10,6 +10,10 @@ TASK = Task(
     row_schema="multimodal.captioning.job.row_schema",
     command="caption",
     serving=Serving(route="caption", setting="captioner", api="multimodal.serve.caption_api.CaptionAPI"),
-    # Only the vision side is exported: generation runs on torch (HF ``generate``), so no ONNX runtime task.
-    onnx=OnnxParts(graphs="multimodal.onnx.graphs.captioner_graphs"),
+    # The full install generates on torch (HF ``generate``); the torch-free runtime decodes the exported graphs.
+    onnx=OnnxParts(
+        graphs="multimodal.onnx.graphs.captioner_graphs",
+        settings="multimodal.lite.captioning.captioner_settings",
+        lite="multimodal.lite.captioning",
+    ),
 )
