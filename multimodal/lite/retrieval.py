@@ -13,9 +13,8 @@ import numpy as np
 
 from multimodal.errors import UserError
 from multimodal.lite.base import LiteModel, Predictor, Row, collate
-from multimodal.search.export import ShardSink, shard_name, vector_file, write_json_atomic
+from multimodal.search.export import ShardSink
 from multimodal.search.task import TASK
-from multimodal.search.vector_files import _vector_table
 
 
 class LiteRetriever(LiteModel):
@@ -106,51 +105,6 @@ class Retriever(Predictor):
         return np.stack([r["embedding"] if "embedding" in r else np.full(self.dim, np.nan, np.float32) for r in rows])
 
 
-class ArrayShardSink(ShardSink):
-    """:class:`~multimodal.search.export.ShardSink` fed NumPy vectors: the same shard files, cast with NumPy."""
-
-    def write_block(self, block: int, rows: list[Row]) -> None:
-        from multimodal.search.export import ManifestMetadata
-
-        done = [r for r in rows if "error" not in r]
-        skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
-        empty = np.zeros((0, self.dim) if self.fmt == "parquet" else 0, np.float32)
-        vectors = np.stack([r["embedding"] for r in done]).astype(self.dtype) if done else empty
-        metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
-        import pandas as pd
-
-        table = pd.DataFrame(
-            [{"id": r["id"], **metadata.get(r["id"], {})} for r in done], columns=["id", *self.columns]
-        )
-        meta = self.folder / shard_name(block, "parquet")
-        tmp = meta.with_name("." + meta.name + ".tmp")
-        table.to_parquet(tmp, index=False)
-        tmp.replace(meta)
-        skipped_path = self.folder / shard_name(block, "skipped.json")
-        if skipped:
-            write_json_atomic(skipped_path, {"skipped": skipped})
-        else:
-            skipped_path.unlink(missing_ok=True)
-        save_array(self.folder / vector_file(block, self.fmt), np.ascontiguousarray(vectors), table)  # marks it done
-
-
-def save_array(path: Path, vectors: np.ndarray, table: Any) -> None:
-    """:func:`multimodal.search.vector_files.save_vectors` for a NumPy array: the same bytes, written atomically."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    if path.name.endswith(".vectors.parquet"):
-        import pyarrow.parquet as pq
-
-        pq.write_table(_vector_table(vectors.astype(np.float32), table), tmp)
-    elif path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({"embeddings": vectors}, str(tmp))
-    else:
-        with open(tmp, "wb") as f:
-            np.save(f, vectors)
-    tmp.replace(path)
-
-
 def export_vectors(job: Any) -> dict[str, Any] | None:
     """``multimodal export`` of a retriever export: product vectors in shards and their products table
     (:func:`multimodal.search.job.export_vectors`); the export records the ONNX folder its queries are encoded with."""
@@ -185,9 +139,7 @@ def export_vectors(job: Any) -> dict[str, Any] | None:
         image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
     )
     spec["onnx_export"] = str(job.loaded.path.resolve())  # what `multimodal search` encodes queries with
-    sink = ArrayShardSink(
-        Path(args.out), args.format, args.dtype, metadata, source_checkpoint(job.loaded), model.embed_dim
-    )
+    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, source_checkpoint(job.loaded), model.embed_dim)
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
 
 

@@ -16,15 +16,17 @@ from multimodal.onnx.preprocess import Preprocessor
 LOAD_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotImplemented")
 
 
-def session(path: str | Path) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU with all graph optimisations; ``OMP_NUM_THREADS`` intra-op
-    threads when set (else ONNX Runtime's default), idle threads sleeping rather than spinning."""
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with all graph optimisations; ``threads`` intra-op threads
+    (default: ``OMP_NUM_THREADS`` when set, else ONNX Runtime's default). Idle threads sleep instead of spinning:
+    a process also running torch (re-ranker, captioner, the data loader) or several sessions must not lose its
+    cores to threads that wait for work."""
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

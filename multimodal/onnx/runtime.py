@@ -31,31 +31,11 @@ RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
 def session(path: str | Path, threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU with all graph optimisations and ``threads`` intra-op
-    threads (default: torch's thread count, so both runtimes get the same cores)."""
-    import onnxruntime as ort
+    """:func:`multimodal.lite.sessions.session` with ``threads`` defaulting to torch's thread count, so both
+    runtimes get the same cores."""
+    from multimodal.lite.sessions import session as make_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Idle threads sleep instead of spinning: a process also running torch (re-ranker, captioner, the data
-    # loader) or several sessions must not lose its cores to threads that wait for work.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except _load_errors() as err:  # a truncated, empty or foreign file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{path} cannot be read as an ONNX graph ({first.rsplit('failed:', 1)[-1].strip()})") from None
-
-
-def _load_errors() -> tuple[type[Exception], ...]:
-    """What ONNX Runtime raises for a graph file it cannot load."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotImplemented")
-    return tuple(getattr(state, name) for name in names)
+    return make_session(path, threads or torch.get_num_threads())
 
 
 def output_widths(sess: Any) -> dict[str, int]:

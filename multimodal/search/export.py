@@ -148,12 +148,11 @@ class ShardSink:
         ).is_file()
 
     def write_block(self, block: int, rows: list[Row]) -> None:
-        import torch
-
         done = [r for r in rows if "error" not in r]
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
-        empty = torch.zeros((0, self.dim) if self.fmt == "parquet" else 0)
-        vectors = torch.stack([r["embedding"] for r in done]).to(getattr(torch, self.dtype)) if done else empty
+        empty = np.zeros((0, self.dim) if self.fmt == "parquet" else 0, np.float32)
+        vectors = np.stack([np.asarray(r["embedding"], np.float32) for r in done]) if done else empty
+        vectors = vectors.astype(self.dtype)  # float16 rounds to nearest even, as torch's cast does
         metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
         table = pd.DataFrame(
             [{"id": r["id"], **metadata.get(r["id"], {})} for r in done], columns=["id", *self.columns]
@@ -168,7 +167,7 @@ class ShardSink:
         else:
             skipped_path.unlink(missing_ok=True)
         vector_path = self.folder / vector_file(block, self.fmt)
-        save_vectors(vector_path, vectors.contiguous(), table)  # last: marks the shard done
+        save_vectors(vector_path, vectors, table)  # last: marks the shard done
 
     def finalize(self, blocks: Blocks, spec: dict[str, Any]) -> dict[str, Any]:
         """Every shard exists: write ``products.parquet``, link the checkpoint, write the complete manifest."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ import pandas as pd
 from multimodal.errors import UserError
 
 if TYPE_CHECKING:  # reading a shard needs no torch
-    import torch
+    pass
 
 FORMATS = ("safetensors", "npy", "parquet")
 EXTENSIONS = {"safetensors": "safetensors", "npy": "npy", "parquet": "vectors.parquet"}
@@ -56,28 +56,29 @@ def _vector_table(vectors: np.ndarray, table: pd.DataFrame) -> object:
     return arrow.add_column(1, VECTOR, column)
 
 
-def save_vectors(path: Path, vectors: torch.Tensor, table: pd.DataFrame | None = None) -> None:
+def save_vectors(path: Path, vectors: Any, table: pd.DataFrame | None = None) -> None:
     """Write ``(n, E)`` vectors atomically as safetensors (key ``embeddings``), ``.npy`` or Parquet.
 
     Args:
         path: the shard's vector file; its name says the format (:func:`vector_file`).
-        vectors: the shard's vectors, already in the export's precision.
+        vectors: the shard's vectors, already in the export's precision (a NumPy array, or a CPU tensor).
         table: Parquet only: the shard's ids and metadata, one row per vector, in the same order.
     """
+    vectors = np.ascontiguousarray(np.asarray(vectors))
     tmp = path.with_name("." + path.name + ".tmp")
     if path.name.endswith(".vectors.parquet"):
         import pyarrow.parquet as pq
 
         if table is None or len(table) != len(vectors):
             raise ValueError(f"{path}: a Parquet shard needs one id row per vector")
-        pq.write_table(_vector_table(vectors.float().numpy(), table), tmp)
+        pq.write_table(_vector_table(vectors.astype(np.float32), table), tmp)
     elif path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         save_file({"embeddings": vectors}, str(tmp))
     else:
         with open(tmp, "wb") as f:
-            np.save(f, vectors.numpy())
+            np.save(f, vectors)
     os.replace(tmp, path)
 
 
