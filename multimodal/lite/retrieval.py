@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +12,6 @@ import numpy as np
 
 from multimodal.errors import UserError
 from multimodal.lite.base import LiteModel, Predictor, Row, collate
-from multimodal.search.export import ShardSink
 from multimodal.search.task import TASK
 
 
@@ -107,44 +105,14 @@ class Retriever(Predictor):
 
 def export_vectors(job: Any) -> dict[str, Any] | None:
     """``multimodal export`` of a retriever export: product vectors in shards and their products table
-    (:func:`multimodal.search.job.export_vectors`); the export records the ONNX folder its queries are encoded with."""
-    from multimodal.batch_job import located
-    from multimodal.data.split_rows import manifest_folder
-    from multimodal.search import export
+    (:func:`multimodal.search.job.vectors_job`, as the full install writes them); the job records what the full
+    install's ONNX path records, and the ONNX folder its queries are encoded with."""
+    from multimodal.search.job import vectors_job
 
-    args, source, cols = job.args, job.source, job.loaded.columns
     retriever = Retriever(job.loaded, batch_size=job.options.batch_size)
-    dataset, table = job.inputs(retriever, args.columns)
-    record_fields = None
-    if table is not None:
-        columns, dropped = export.stored_columns(table, cols.id, cols.image, args.columns, str(source))
-        for reason in dropped:
-            print(f"not stored (give --columns to choose): {reason}", file=sys.stderr)
-        metadata: Any = export.ManifestMetadata(table, cols.image, columns, str(source))
-        record_fields = _manifest_row
-    else:
-        columns = list(args.columns) if args.columns is not None else list(cols.texts)
-        metadata = {r.id: {"image_path": r.image} for r in dataset.records}
-    model = retriever.model
-    spec = job.spec(
-        dataset,
-        model=TASK.onnx.runtime.rsplit(".", 1)[-1],  # what the full install's ONNX path records: one job on both
-        product=model.product,
-        dim=model.embed_dim,
-        dtype=args.dtype,
-        format=args.format,
-        normalisation="l2",
-        columns=columns,
-        data_manifest=located(source),
-        image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
-    )
-    spec["onnx_export"] = str(job.loaded.path.resolve())  # what `multimodal search` encodes queries with
-    sink = ShardSink(Path(args.out), args.format, args.dtype, metadata, source_checkpoint(job.loaded), model.embed_dim)
-    return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
-
-
-def _manifest_row(record: Any) -> dict[str, Any]:
-    return {"manifest_row": record.row}
+    model_name = TASK.onnx.runtime.rsplit(".", 1)[-1]  # what the full install's ONNX path records: one job on both
+    folder = str(job.loaded.path.resolve())  # what `multimodal search` encodes queries with
+    return vectors_job(job, retriever, model_name, source_checkpoint(job.loaded), onnx_export=folder)
 
 
 def source_checkpoint(loaded: Any) -> Path | None:

@@ -147,16 +147,9 @@ class Tagger(Predictor):
 def tag_rows(job: Any) -> dict[str, Any] | None:
     """``multimodal predict`` on a tagger export: one row of labels and scores per input row
     (:func:`multimodal.tagging.job.tag_rows`, run by :func:`multimodal.lite.jobs.run_blocks`)."""
-    from multimodal.batch_job import finish_rows
-    from multimodal.rows import RowsSink
+    from multimodal.tagging.job import tagger_job
 
-    tagger = Tagger(job.loaded, batch_size=job.options.batch_size).with_top_k(job.args.top_k or 1)
-    sink = RowsSink(job.args.out)
-    if sink.out.suffix == ".csv" and tagger.top_k > 1:
-        raise UserError("--top_k > 1 writes lists of [label, score]: use a .jsonl --out")
-    dataset, _ = job.inputs(tagger)
-    summary = job.run(tagger, dataset, sink, job.spec(dataset, top_k=tagger.top_k, format=sink.out.suffix))
-    return finish_rows(summary, sink, job.source)
+    return tagger_job(job, Tagger(job.loaded, batch_size=job.options.batch_size))
 
 
 MODEL, API, JOB = LiteTagger, Tagger, tag_rows  # what the task contract's ``lite`` module declares

@@ -18,11 +18,25 @@ def _manifest_row(record: Any) -> dict[str, Any]:
 
 def export_vectors(job: Job) -> dict[str, Any] | None:
     """A retriever's job: an export folder of product vectors and their products table."""
-    from multimodal.search import export
     from multimodal.search.predictor import Retriever
 
-    args, source, cols = job.args, job.source, job.loaded.columns
     retriever = Retriever(job.loaded)
+    return vectors_job(job, retriever, type(retriever.model).__name__, job.loaded.checkpoint_file())
+
+
+def vectors_job(
+    job: Job, retriever: Any, model_name: str, checkpoint: Path | None, **recorded: Any
+) -> dict[str, Any] | None:
+    """The export job with ``retriever`` (a retriever's Python API, eager or torch-free).
+
+    Args:
+        model_name: the model class the job records (the same on both runtimes for one ONNX export).
+        checkpoint: linked into the export folder for the re-ranker (None: none is at hand).
+        recorded: more keys of the job's identity and ``export.json``.
+    """
+    from multimodal.search import export
+
+    args, source, cols = job.args, job.source, job.loaded.columns
     dataset, table = job.inputs(retriever, args.columns)
     record_fields = None
     if table is not None:  # each shard's metadata is read from the manifest rows of that shard
@@ -37,7 +51,7 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
     model = retriever.model
     spec = job.spec(
         dataset,
-        model=type(model).__name__,
+        model=model_name,
         product=model.product,
         dim=model.embed_dim,
         dtype=args.dtype,
@@ -46,8 +60,8 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
         columns=columns,
         data_manifest=located(source),
         image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
+        **recorded,
     )
-    checkpoint = job.loaded.checkpoint_file()
     sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, checkpoint, model.embed_dim)
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
 

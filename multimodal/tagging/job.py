@@ -11,9 +11,15 @@ from multimodal.errors import UserError
 def tag_rows(job: Job) -> dict[str, Any] | None:
     """A tagger's job: one row of labels and scores per input row."""
     from multimodal.tagging.predictor import Tagger
-    from multimodal.writers import RowsSink
 
-    tagger = Tagger(job.loaded).with_top_k(job.args.top_k or 1)
+    return tagger_job(job, Tagger(job.loaded))
+
+
+def tagger_job(job: Job, api: Any) -> dict[str, Any] | None:
+    """The tagging job with ``api`` (a tagger's Python API, eager or torch-free) bound to the command's top-k."""
+    from multimodal.rows import RowsSink
+
+    tagger = api.with_top_k(job.args.top_k or 1)
     sink = RowsSink(job.args.out)
     if sink.out.suffix == ".csv" and tagger.top_k > 1:
         raise UserError("--top_k > 1 writes lists of [label, score]: use a .jsonl --out")
