@@ -37,6 +37,49 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         raise UserError(f"{path} cannot be read as an ONNX graph ({first.rsplit('failed:', 1)[-1].strip()})") from None
 
 
+def check_int8(folder: str | Path, info: dict[str, Any], int8: bool) -> None:
+    """A one-line error when the export lacks the graphs of the precision asked for."""
+    graphs = info["graphs"].values()
+    if int8 and any("int8_file" not in g for g in graphs):
+        raise UserError(f"{folder} has no int8 graphs: export it with --quantize int8")
+    if not int8 and any("file" not in g for g in graphs):
+        raise UserError(f"{folder} holds int8 graphs only: run it with --runtime onnx-int8")
+
+
+def check_graph_widths(
+    folder: Path,
+    info: dict[str, Any],
+    int8: bool,
+    name: str,
+    expected: dict[str, tuple[str, int]],
+    widths: dict[str, int],
+    outputs: list[str] | None = None,
+) -> None:
+    """Refuse graph ``name`` when its outputs (``outputs``, last dimensions ``widths``) do not fit what
+    ``model.json`` says (``expected``: output -> (what it is, its width)), naming the file and both counts."""
+    graph = info["graphs"][name]
+    file = graph["int8_file"] if int8 else graph["file"]
+    problem = f"{folder / MANIFEST} does not match {file}"
+    if outputs is not None and outputs != list(graph["outputs"]):
+        raise UserError(f"{problem}: outputs {', '.join(graph['outputs'])}; graph outputs {', '.join(outputs)}")
+    for output, (what, count) in expected.items():
+        width = "none" if outputs is not None and output not in outputs else widths.get(output, count)
+        if width != count:  # a width the graph leaves open (or did not record) is not compared
+            raise UserError(f"{problem}: {what}: {count}, graph outputs: {width}")
+
+
+def tagger_widths(
+    name: str, vocabularies: dict[str, list[str]], tag_vocabularies: dict[str, list[str]], fused_dim: int
+) -> dict[str, tuple[str, int]]:
+    """What the width of each output of a tagger's graph ``name`` must be: a label (or tag) count per head and the
+    fused vector's width; none for the towers alone."""
+    if not name.startswith("tagger"):
+        return {}
+    labels = {k: (f"labels for {k}", len(v)) for k, v in vocabularies.items()}
+    tags = {f"tags/{k}": (f"tags for {k}", len(v)) for k, v in tag_vocabularies.items()}
+    return labels | tags | {"fused": ("fused_dim", fused_dim)}
+
+
 class Export:
     """An export folder: its manifest, preprocessing and graphs (sessions made when first used).
 
@@ -53,24 +96,11 @@ class Export:
         self.settings: dict[str, Any] = dict(self.info.get("settings") or {})
         self.pre = Preprocessor(folder, self.info)
         self._sessions: dict[str, Any] = {}
-        graphs = self.info["graphs"].values()
-        if int8 and any("int8_file" not in g for g in graphs):
-            raise UserError(f"{folder} has no int8 graphs: export it with --quantize int8")
-        if not int8 and any("file" not in g for g in graphs):
-            raise UserError(f"{folder} holds int8 graphs only: run it with --runtime onnx-int8")
+        check_int8(folder, self.info, int8)
 
     def check_widths(self, name: str, widths: dict[str, int], outputs: list[str] | None = None) -> None:
-        """Refuse graph ``name`` when its outputs (``outputs``, last dimensions ``widths``) do not fit what
-        ``model.json`` says, naming the file and both counts."""
-        graph = self.info["graphs"][name]
-        file = graph["int8_file"] if self.int8 else graph["file"]
-        problem = f"{self.folder / MANIFEST} does not match {file}"
-        if outputs is not None and outputs != list(graph["outputs"]):
-            raise UserError(f"{problem}: outputs {', '.join(graph['outputs'])}; graph outputs {', '.join(outputs)}")
-        for output, (what, count) in self.widths(name).items():
-            width = "none" if outputs is not None and output not in outputs else widths.get(output, count)
-            if width != count:  # a width the graph leaves open (or did not record) is not compared
-                raise UserError(f"{problem}: {what}: {count}, graph outputs: {width}")
+        """:func:`check_graph_widths` of graph ``name`` of this export."""
+        check_graph_widths(self.folder, self.info, self.int8, name, self.widths(name), widths, outputs)
 
     def check_recorded_widths(self) -> None:
         """Every graph's recorded widths against the labels (no graph opened)."""

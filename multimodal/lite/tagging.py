@@ -12,6 +12,7 @@ import numpy as np
 
 from multimodal.errors import UserError
 from multimodal.lite.base import LiteModel, Predictor, Row, frame
+from multimodal.lite.sessions import tagger_widths
 from multimodal.tagging.task import TASK
 
 
@@ -29,11 +30,7 @@ class LiteTagger(LiteModel):
         self.export.session("tagger")  # the graph's own widths, and a graph that cannot be read, now
 
     def widths(self, name: str) -> dict[str, tuple[str, int]]:
-        if not name.startswith("tagger"):  # the towers alone
-            return {}
-        labels = {k: (f"labels for {k}", len(v)) for k, v in self.vocabularies.items()}
-        tags = {f"tags/{k}": (f"tags for {k}", len(v)) for k, v in self.tag_vocabularies.items()}
-        return labels | tags | {"fused": ("fused_dim", self.fused_dim)}
+        return tagger_widths(name, self.vocabularies, self.tag_vocabularies, self.fused_dim)
 
     def outputs(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         """The outputs of the graph for a batch: photo-only or text-only when no item has the other, else both."""

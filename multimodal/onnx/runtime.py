@@ -25,7 +25,8 @@ from torch import Tensor
 from encoders.types import tokenize
 from multimodal.artefact import Columns, Loaded
 from multimodal.errors import UserError
-from multimodal.onnx.manifest import MANIFEST, check_files, read_model_manifest
+from multimodal.lite.sessions import check_graph_widths, check_int8, tagger_widths
+from multimodal.onnx.manifest import check_files, read_model_manifest
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 
@@ -69,27 +70,15 @@ class OnnxTask(L.LightningModule):
         self._transform = build_transform(info["image_transform"], self.folder)
         tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
         self.text = _Tokenizing(tokenizer, int(info["max_length"]))
-        if int8 and any("int8_file" not in g for g in info["graphs"].values()):
-            raise UserError(f"{folder} has no int8 graphs: export it with --quantize int8")
-        if not int8 and any("file" not in g for g in info["graphs"].values()):
-            raise UserError(f"{folder} holds int8 graphs only: run it with --runtime onnx-int8")
+        check_int8(folder, info, int8)
 
     def widths(self, name: str) -> dict[str, tuple[str, int]]:
         """What the width of each output of graph ``name`` must be, by output name: (what it is, its width)."""
         return {}
 
     def check_widths(self, name: str, widths: dict[str, int], outputs: list[str] | None = None) -> None:
-        """Refuse graph ``name`` when its outputs (names ``outputs``, last dimensions ``widths``) do not fit what
-        ``model.json`` says, naming the file and both counts."""
-        graph = self.info["graphs"][name]
-        file = graph["int8_file"] if self.int8 else graph["file"]
-        problem = f"{self.folder / MANIFEST} does not match {file}"
-        if outputs is not None and outputs != list(graph["outputs"]):
-            raise UserError(f"{problem}: outputs {', '.join(graph['outputs'])}; graph outputs {', '.join(outputs)}")
-        for output, (what, count) in self.widths(name).items():
-            width = "none" if outputs is not None and output not in outputs else widths.get(output, count)
-            if width != count:  # a width the graph leaves open (or did not record) is not compared
-                raise UserError(f"{problem}: {what}: {count}, graph outputs: {width}")
+        """:func:`multimodal.lite.sessions.check_graph_widths` of graph ``name`` of this export."""
+        check_graph_widths(self.folder, self.info, self.int8, name, self.widths(name), widths, outputs)
 
     # ------------------------------------------------------------------------------------------------ graphs
     def has_graph(self, name: str) -> bool:
@@ -145,11 +134,7 @@ class OnnxTagger(OnnxTask):
         self.session("tagger")  # the graph's own widths, and a graph that cannot be read, now rather than mid-job
 
     def widths(self, name: str) -> dict[str, tuple[str, int]]:
-        if not name.startswith("tagger"):  # the towers alone
-            return {}
-        labels = {k: (f"labels for {k}", len(v)) for k, v in self.vocabularies.items()}
-        tags = {f"tags/{k}": (f"tags for {k}", len(v)) for k, v in self.tag_vocabularies.items()}
-        return labels | tags | {"fused": ("fused_dim", self.fused_dim)}
+        return tagger_widths(name, self.vocabularies, self.tag_vocabularies, self.fused_dim)
 
     def text_fn(self) -> Any:
         from multimodal.towers import JoinedText
