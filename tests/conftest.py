@@ -33,16 +33,10 @@ ATTRIBUTES = ["gender", "masterCategory", "season"]
 torch.set_num_threads(1)
 
 
-# Python source run first in a subprocess of the torch-free runtime's tests: the heavy packages cannot be imported
-BLOCK_HEAVY = """
-import sys
-from importlib.abc import MetaPathFinder
-class Block(MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}:
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, Block())
-"""
+# A folder whose sitecustomize makes torch and the heavy packages unimportable in a Python started with it on
+# PYTHONPATH, and in its children (LitServe's workers); BLOCK_HEAVY: the same hook as code to prepend to a script.
+TORCH_BLOCKED = ROOT / "tests" / "torch_blocked"
+BLOCK_HEAVY = (TORCH_BLOCKED / "sitecustomize.py").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -42,8 +42,7 @@ except UserError as err:
     result["refused"] = str(err)
 main(["caption", "--ckpt_path", folder, "--data.manifest", manifest, "--out", f"{out}/captions.jsonl",
       "--max_new_tokens", tokens, "--batch_size", "4", "--no_progress"])
-heavy = {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}
-result["heavy"] = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+result["heavy"] = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 json.dump(result, open(f"{out}/result.json", "w"))
 """
 )

@@ -50,7 +50,6 @@ BLOCKED = (
     BLOCK_HEAVY
     + """
 import contextlib, io, json
-HEAVY = {"torch", "torchvision", "lightning", "transformers", "timm", "open_clip"}
 from pathlib import Path
 import pandas as pd
 import multimodal

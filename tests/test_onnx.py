@@ -204,14 +204,21 @@ def test_export_model_cli_and_its_refusals(
         multimodal.load(exports["retriever"], runtime="onnx-int8")
     with pytest.raises(UserError, match="not a ProductRetriever"):
         load(exports["tagger"], task="multimodal.search.retriever.ProductRetriever")
-    # an embedding export links the checkpoint: from an export folder whose checkpoint is gone, a clear error
+    # an embedding export made from an export folder whose checkpoint is gone: the queries run on the export (as
+    # on the slim install); re-ranking, which needs the checkpoint, is refused in one line
     moved = tmp_path / "moved"
     shutil.copytree(exports["retriever"], moved)
     info = json.loads((moved / "model.json").read_text())
     (moved / "model.json").write_text(json.dumps({**info, "checkpoint": str(tmp_path / "gone.ckpt")}))
-    args = ["--data.manifest", SAMPLE_MANIFEST, "--data.image_root", SAMPLE_IMAGES, "--out", tmp_path / "emb"]
-    err = cli_error(["export", "--ckpt_path", moved, *args], capsys)
-    assert "checkpoint" in err and "gone" in err
+    pd.read_csv(SAMPLE_MANIFEST, dtype=str).head(20).to_csv(tmp_path / "twenty.csv", index=False)
+    args = ["--data.manifest", tmp_path / "twenty.csv", "--data.image_root", SAMPLE_IMAGES, "--out", tmp_path / "emb"]
+    run_cli(["export", "--ckpt_path", moved, *args, "--no_progress"], capsys)
+    assert json.loads((tmp_path / "emb" / "export.json").read_text())["onnx_export"] == str(moved.resolve())
+    run_cli(["index", tmp_path / "emb", "--out", tmp_path / "index"], capsys)
+    hits = run_cli(["search", tmp_path / "index", "--text", "black watch", "-k", "3"], capsys).splitlines()
+    assert len(hits) == 3
+    err = cli_error(["search", tmp_path / "index", "--text", "black watch", "--rerank", "3"], capsys)
+    assert "re-ranker" in err and "export it again from the checkpoint" in err
 
 
 @pytest.mark.parametrize("family", ["PrefixConditioning", "LateConditioning"])

@@ -37,13 +37,14 @@ def free_port() -> int:
 
 
 class Service:
-    """``multimodal serve <args>`` in its own process group; ``url`` once /health answers ok."""
+    """``multimodal serve <args>`` in its own process group (``env``: more environment); ``url`` once /health
+    answers ok."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", "serve", *map(str, args),
                                           "--port", str(self.port), "--accelerator", "cpu"], cwd=ROOT, env=env,

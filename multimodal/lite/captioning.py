@@ -71,6 +71,11 @@ class LiteCaptioner(LiteModel):
         self.export.session("caption_vision")  # a graph that cannot be read, now
 
     @property
+    def prompt_columns(self) -> list[str]:
+        """The product text columns the prompt is built from (as the eager captioner's ``prompt_columns``)."""
+        return list(self.settings["prompt_columns"])
+
+    @property
     def memory(self) -> Any:
         """The exported caption memory (:class:`~multimodal.onnx.caption_rerank.MemoryIndex`), loaded when first
         used; None when the export has none."""
@@ -143,7 +148,7 @@ class Captioner(Predictor):
     generation: Mapping[str, Any] = MappingProxyType({})
 
     def required_columns(self) -> list[str]:
-        return [self.columns.image, *self.model.settings["prompt_columns"]]
+        return [self.columns.image, *self.model.prompt_columns]
 
     def with_options(self, prompt: str | None = None, seed: int = 0, **generation: Any) -> Captioner:
         """This API for one call: its prompt and ``generate`` options (``max_new_tokens``, ``num_beams``,

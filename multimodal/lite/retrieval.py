@@ -111,8 +111,14 @@ def export_vectors(job: Any) -> dict[str, Any] | None:
 
     retriever = Retriever(job.loaded, batch_size=job.options.batch_size)
     model_name = TASK.onnx.runtime.rsplit(".", 1)[-1]  # what the full install's ONNX path records: one job on both
-    folder = str(job.loaded.path.resolve())  # what `multimodal search` encodes queries with
-    return vectors_job(job, retriever, model_name, source_checkpoint(job.loaded), onnx_export=folder)
+    return vectors_job(job, retriever, model_name, **export_recorded(job.loaded))
+
+
+def export_recorded(loaded: Any) -> dict[str, Any]:
+    """What a vector export made from an ONNX export folder records, on either install: the folder the queries
+    are encoded with (``onnx_export``, so the index runs without torch) and the source checkpoint, linked when it
+    is here and unchanged (the full install's re-ranker)."""
+    return {"checkpoint": source_checkpoint(loaded), "onnx_export": str(loaded.path.resolve())}
 
 
 def source_checkpoint(loaded: Any) -> Path | None:

@@ -58,6 +58,11 @@ class LiteQueryEncoder:
         self.api = Retriever(loaded)
         self.model = loaded.model
 
+    def for_index(self, index: Any) -> LiteQueryEncoder:
+        """This encoder for another build of the same export (``multimodal serve`` following a live index): it keeps
+        nothing of a build, so it is shared as it is."""
+        return self
+
     def texts(self, queries: list[str]) -> np.ndarray:
         """Query vectors ``(Q, E)`` of text queries."""
         if any(not q or not q.strip() for q in queries):
@@ -70,6 +75,9 @@ class LiteQueryEncoder:
 
     def rerank(self, products: list[dict[str, Any]], text: str | None, image: Any) -> list[float]:
         """Re-ranking runs the checkpoint's re-ranker, which the export does not hold."""
-        from multimodal.lite import FULL_INSTALL
+        from multimodal.lite import FULL_INSTALL, torch_importable
 
+        if torch_importable():  # the full install, but the index was built from an export whose checkpoint is gone
+            raise UserError("--rerank runs the checkpoint's re-ranker: this index was exported from an ONNX export "
+                            "whose checkpoint was not there; export it again from the checkpoint")  # fmt: skip
         raise UserError(f"--rerank runs the checkpoint's re-ranker: it needs the full install ({FULL_INSTALL})")

@@ -21,6 +21,10 @@ def export_vectors(job: Job) -> dict[str, Any] | None:
     from multimodal.search.predictor import Retriever
 
     retriever = Retriever(job.loaded)
+    if job.loaded.path.is_dir():  # an ONNX export: recorded as the slim install's query encoder
+        from multimodal.lite.retrieval import export_recorded
+
+        return vectors_job(job, retriever, type(retriever.model).__name__, **export_recorded(job.loaded))
     return vectors_job(job, retriever, type(retriever.model).__name__, job.loaded.checkpoint_file())
 
 

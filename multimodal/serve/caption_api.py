@@ -28,12 +28,10 @@ class CaptionAPI(TaskAPI):
     path = "/caption"
 
     def load(self, device: str) -> None:
-        from multimodal.captioning.predictor import Captioner
-
-        self.captioner = Captioner.load(self.checkpoint, device=device, batch_size=self.forward_batch_size)
+        self.captioner = self.python_api(device)
 
     def decode(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from multimodal.captioning.predictor import check_generation
+        from multimodal.captioning.settings import check_generation
 
         model = self.captioner.model
         fields(payload, {"image", "image_url", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})

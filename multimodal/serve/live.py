@@ -50,14 +50,18 @@ def _same_checkpoint(old: Any, new: Any) -> bool:
 def load_build(folder: str | Path, device: str, runtime: str, previous: Loaded | None = None) -> Loaded:
     """The build ``folder`` links to, loaded whole; the previous build's model is reused when the checkpoint is
     the same."""
+    from multimodal.lite.search import encoder_for
     from multimodal.search.index import load_index
-    from multimodal.search.query import QueryEncoder
 
     index = load_index(folder)
     if previous is not None and _same_checkpoint(previous.index, index):
         encoder = previous.encoder.for_index(index)
-    else:
-        encoder = QueryEncoder(index, device, runtime)
+    else:  # the torch-free encoder where torch cannot be imported (or the index names only an ONNX export)
+        encoder = encoder_for(index, runtime)
+        if encoder is None:
+            from multimodal.search.query import QueryEncoder
+
+            encoder = QueryEncoder(index, device, runtime)
     return Loaded(index, encoder, version_of(index))
 
 

@@ -20,11 +20,7 @@ class TagAPI(TaskAPI):
     cpu_forward_batch = 8
 
     def load(self, device: str) -> None:
-        from multimodal.tagging.predictor import Tagger
-
-        self.tagger = Tagger.load(
-            self.checkpoint, device=device, batch_size=self.forward_batch_size, runtime=self.runtime
-        )
+        self.tagger = self.python_api(device)
 
     def decode(self, payload: dict[str, Any]) -> dict[str, Any]:
         columns = self.tagger.columns

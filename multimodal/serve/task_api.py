@@ -32,6 +32,20 @@ def plain(value: Any) -> Any:
     return value
 
 
+def set_threads(threads: int) -> None:
+    """The worker's intra-op threads: torch's where torch is installed, ONNX Runtime's (``OMP_NUM_THREADS``, read
+    by :func:`multimodal.lite.sessions.session`) in any case."""
+    import os
+
+    from multimodal.lite import torch_importable
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if torch_importable():
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class TaskAPI(ls.LitAPI):
     """What the three APIs share: per-request problems, batched or single ``predict``, JSON errors.
 
@@ -70,9 +84,7 @@ class TaskAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
+            set_threads(self.threads)
         if self.forward_batch_size is None:
             on_cpu = not str(device).startswith(("cuda", "mps"))
             cap = self.cpu_forward_batch if on_cpu and self.cpu_forward_batch else self.max_batch_size
@@ -82,6 +94,13 @@ class TaskAPI(ls.LitAPI):
     def load(self, device: str) -> None:
         """Load the task's model on ``device`` (once per inference worker)."""
         raise NotImplementedError
+
+    def python_api(self, device: str) -> Any:
+        """The model's Python API, as ``multimodal.load`` gives it: eager or ONNX Runtime with torch, the torch-free
+        runtime from an ONNX export where torch cannot be imported."""
+        import multimodal
+
+        return multimodal.load(self.checkpoint, device=device, batch_size=self.forward_batch_size, runtime=self.runtime)
 
     # No ``from __future__ import annotations`` in this module: LitServe hands this annotation to FastAPI as the
     # endpoint's parameter type, so it must be the object itself (FastAPI then runs read_payload per request).
