@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from multimodal.errors import UserError
 
 LIGHTNING = ("fit", "validate", "test")
+FULL_ONLY = (*LIGHTNING, "export-model", "prepare")  # commands the runtime install (no torch) does not have
 # command -> (module, function); each takes the arguments after the command.
 COMMANDS = {
     "predict": ("multimodal.predict_cli", "main"),
@@ -46,6 +47,9 @@ Using a trained model (the checkpoint alone: no config, no training data):
   search      query an index by text, by photo or "more like this"
   serve       tagging, captioning and search over HTTP (dynamic batching), with a search page
   export-model  a checkpoint's inference graphs as ONNX (fp32, optional int8), to run with --runtime onnx
+
+The runtime install (`pip install multimodal-products`, no torch) runs predict, export, caption, index, search and
+serve on ONNX exports; training, checkpoints and export-model need the full install (`[full]`).
 
 Run `multimodal <command> --help` for the options of each."""
 
@@ -113,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"\nerror: unknown command '{args[0]}'", file=sys.stderr)
         raise SystemExit(2)
     try:
+        if args[0] in FULL_ONLY:
+            from multimodal.lite import require_full
+
+            require_full(args[0])
         if args[0] in COMMANDS:
             if argv is None:
                 sys.argv = sys.argv[:1]  # these commands hand their own arguments to any Trainer they build

@@ -21,6 +21,8 @@ import multimodal
 from multimodal.onnx.export import export_model
 
 FP32 = 1e-4  # |ONNX Runtime - eager| allowed in fp32
+# imported where installed, not needed: pyarrow's cloudpickle, anyio's sniffio, setuptools' distutils hook (.pth)
+OPTIONAL = {"cloudpickle", "sniffio", "setuptools"}
 QUERY = "black leather watch"
 
 
@@ -73,7 +75,16 @@ result["hits"] = [json.loads(line) for line in hits.getvalue().splitlines()]
 with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.suppress(SystemExit):
     main(["predict", "--ckpt_path", checkpoint, "--data.manifest", manifest, "--out", f"{out}/x.jsonl"])
 result["checkpoint_error"] = err.getvalue()
+with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.suppress(SystemExit):
+    main(["fit", "--config", "configs/tagging/tiny.yaml"])
+result["fit_error"] = err.getvalue()
+from multimodal.serve.app import Settings, build, check  # the service's modules, and its workers' loading
+settings = Settings(tagger=tagger_dir, index=f"{out}/index")
+check(settings)
+for api in build(settings).litapi_connector:
+    api.setup("cpu")
 result["heavy"] = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+result["modules"] = sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
 json.dump(result, open(f"{out}/result.json", "w"))
 """
 )
@@ -143,3 +154,22 @@ def test_export_index_and_search_give_the_eager_vectors_and_top_10_without_torch
     top = np.argsort(-scores, kind="stable")[:10]
     assert [h["id"] for h in result["hits"]] == products["id"].iloc[top].tolist()
     np.testing.assert_allclose([h["score"] for h in result["hits"]], scores[top], atol=FP32)
+
+
+def test_the_runtime_install_holds_what_the_runtime_imports_and_no_torch(blocked: tuple[dict, Path]) -> None:
+    """``pip install multimodal-products`` (no ``[full]``): its requirements pull in none of the heavy packages
+    (resolved over this environment's metadata), and every distribution the torch-free runtime imported above
+    (predict, export, index, search, the service's modules and workers' loading) is among them; a training command
+    there says in one line that it needs the full install."""
+    from importlib.metadata import packages_distributions
+
+    from benchmarks.runtime_env import HEAVY, closure, normal, runtime_requirements
+
+    result, _ = blocked
+    runtime = closure(runtime_requirements())
+    assert not runtime & HEAVY
+    owners = packages_distributions()
+    imported = {normal(d) for m in result["modules"] for d in owners.get(m, [])} - {"multimodal-products"}
+    assert imported and imported - OPTIONAL <= runtime, imported - runtime
+    fit = result["fit_error"].strip()
+    assert "\n" not in fit and fit.startswith("error: `multimodal fit` needs the full install") and "[full]" in fit

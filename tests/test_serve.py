@@ -37,17 +37,17 @@ def free_port() -> int:
 
 
 class Service:
-    """``multimodal serve <args>`` in its own process group (``env``: more environment); ``url`` once /health
-    answers ok."""
+    """``multimodal serve <args>`` in its own process group (``env``: more environment; ``cwd``: its working
+    folder); ``url`` once /health answers ok."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", "serve", *map(str, args),
-                                          "--port", str(self.port), "--accelerator", "cpu"], cwd=ROOT, env=env,
+                                          "--port", str(self.port), "--accelerator", "cpu"], cwd=cwd, env=env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         problem = wait_healthy(self.proc, self.url, 300)
         if problem is not None:

@@ -1,5 +1,6 @@
 """The torch-free runtime: an ONNX export (``multimodal export-model``) run with ONNX Runtime, NumPy, PIL and
-``tokenizers`` alone, for the tagger and the retriever.
+``tokenizers`` alone, for the tagger, the retriever and the captioner: what the runtime install
+(``pip install multimodal-products``, no ``[full]``) runs.
 
 ``multimodal.load``, ``multimodal predict`` / ``export`` and ``multimodal search`` come here when they are given an
 ONNX export folder and torch cannot be imported (a slim install); with torch installed they keep the ONNX path of
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from multimodal.errors import UserError
 
-FULL_INSTALL = "pip install multimodal-products"
+FULL_INSTALL = 'pip install "multimodal-products[full]"'
 
 
 @functools.cache
@@ -50,3 +51,12 @@ def wanted(path: str | Path) -> bool:
         f"{path} is a checkpoint: it needs the full install ({FULL_INSTALL}); export it with "
         "`multimodal export-model` to run it here"
     )
+
+
+def require_full(command: str) -> None:
+    """A one-line error when ``multimodal <command>`` needs torch and it cannot be imported here."""
+    if not torch_importable():
+        raise UserError(
+            f"`multimodal {command}` needs the full install ({FULL_INSTALL}); this is the runtime install, which "
+            "runs ONNX exports (predict, export, caption, index, search, serve)"
+        )

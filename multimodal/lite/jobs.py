@@ -49,18 +49,30 @@ def run_blocks(
             return {"out": sink.describe(), "already_complete": True}
         todo = [b for b in range(blocks.count) if not sink.block_done(b)]
         budget = job.options.limit_batches  # batches this run may predict (tests of resuming), as Lightning counts
+        bar = progress_bar(sum(len(blocks.positions(b)) for b in todo), job.options.progress, sink.output)
         for block in todo:
             positions = blocks.positions(block)
             batches = -(-len(positions) // predictor.batch_size)
             if budget is not None and budget < batches:
                 break  # a block is written whole or not at all
             sink.write_block(block, block_rows(predictor, dataset, positions, record_fields))
+            bar.update(len(positions))
             budget = None if budget is None else budget - batches
+        bar.close()
         missing = [b for b in range(blocks.count) if not sink.block_done(b)]
         if missing:
             sink.incomplete(blocks, spec, missing)
             return {"out": sink.describe(), "complete": False, "missing_blocks": missing}
         return {**sink.finalize(blocks, spec), "complete": True, "resumed_blocks": blocks.count - len(todo)}
+
+
+def progress_bar(rows: int, shown: bool, output: Any) -> Any:
+    """tqdm's bar over the rows this run predicts into ``output``, on stderr (hidden by ``--no_progress``)."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    return tqdm(total=rows, unit="row", desc=Path(str(output)).name, disable=not shown, dynamic_ncols=True)
 
 
 def block_rows(predictor: Any, dataset: Any, positions: range, record_fields: Callable[[Any], Row] | None) -> list[Row]:
