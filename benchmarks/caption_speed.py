@@ -10,6 +10,11 @@ are random: speed does not depend on them. Methods run interleaved, one call eac
 medians are reported. A per-step profile splits each greedy decode into the decoder body (embeddings + layers), the
 LM head and everything else (``generate``'s own work, logits processors, our scoring).
 
+ONNX rows (:mod:`benchmarks.quality.caption_onnx`): the same float32 captioner's decoder exported to ONNX (with its
+key/value cache) and driven by the NumPy decoding loop on ONNX Runtime, greedy and 4 beams, whole and trimmed
+vocabulary; the conditioning the vision graph would give is computed once (not timed). Their ratio to the eager
+``ours/`` row of the same decoding and vocabulary (tokens/s, ONNX / eager) is in ``ratios``.
+
 bfloat16 rows hold the decoder (and conditioning) weights in bfloat16, as Lightning's ``--precision bf16-true`` does.
 ``VisionEncoderDecoderModel.generate`` gets a fresh ``encoder_outputs`` per call: beam search expands it in place.
 
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -125,6 +132,10 @@ def methods(args: argparse.Namespace, feats: Features) -> tuple[dict[str, dict[s
                                                                       vocab, run)  # fmt: skip
             run = partial(peer_run, enc, f, fixed, beams)
             table[f"peer/{decoding}/{dtype_name}"] = _row(PEER, decoding, dtype_name, "full", run)
+    from benchmarks.quality.caption_onnx import onnx_methods
+
+    models["onnx_folder"] = tempfile.mkdtemp(prefix="caption-speed-onnx-")  # the exported decoder graphs
+    table |= onnx_methods(ours, feats, fixed, models["onnx_folder"], args.threads, args.mode)
     return table, models
 
 
@@ -210,9 +221,16 @@ def summarise(
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Our trimmed greedy and 4-beam decoding against the peer's, same dtype."""
-    return {f"{r['key']} / peer": r["vs_peer_same_dtype"] for r in rows if r["key"].startswith("ours/") and
-            r["vocab"] == "trimmed"}  # fmt: skip
+    """Our trimmed greedy and 4-beam decoding against the peer's, same dtype; ONNX decoding against eager (ours,
+    same decoding, dtype and vocabulary), tokens/s."""
+    out = {f"{r['key']} / peer": r["vs_peer_same_dtype"] for r in rows if r["key"].startswith("ours/") and
+           r["vocab"] == "trimmed"}  # fmt: skip
+    tps = {r["key"]: r["tokens_per_s"] for r in rows}
+    for key, value in tps.items():
+        if key.startswith("onnx/"):
+            eager = key.replace("onnx/", "ours/", 1)
+            out[f"{key} / {eager}"] = ratio(value, tps.get(eager), 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
                    after=lambda i, times: write(i + 1, times))  # partial results  # fmt: skip
     payload["profile_ms_per_step"] = profile(table, models, args)
     print(write(args.repeats, times))
+    onnx = {k: v for k, v in ratios(summarise(table, times, args.tokens, b)[0]).items() if k.startswith("onnx/")}
+    print("ONNX Runtime / eager tokens/s:", ", ".join(f"{k.split(' / ')[0]} {v}" for k, v in onnx.items()))
+    shutil.rmtree(models.pop("onnx_folder"), ignore_errors=True)
     say(f"wrote {args.out}")
 
 

@@ -134,14 +134,16 @@ def main(argv: list[str] | None = None) -> None:
                               "estimate_mb": {"runtime": round(installed_mb(runtime), 1),
                                               "full": round(installed_mb(full), 1)}}  # fmt: skip
     est = result["estimate_mb"]
+    result["ratios"] = {"full_over_runtime_installed_here": ratio(est["full"], est["runtime"], 2)}
     print(f"runtime requirements pull in {len(runtime)} distributions (heavy among them: "
           f"{result['heavy_in_runtime'] or 'none'}); installed here they take {est['runtime']:.0f} MB of "
-          f"{est['full']:.0f} MB ({ratio(est['full'], est['runtime'], 2)}x smaller)")  # fmt: skip
+          f"{est['full']:.0f} MB ({result['ratios']['full_over_runtime_installed_here']}x smaller)")  # fmt: skip
     if not args.smoke:
         python = build(Path(args.venv))
         sizes = {"runtime": round(folder_mb(Path(args.venv)), 1), "full": round(folder_mb(Path(sys.prefix)), 1)}
         result |= {"venv_mb": sizes, "full_over_runtime": ratio(sizes["full"], sizes["runtime"], 2),
                    "torch_absent_in_runtime": torch_absent(python)}  # fmt: skip
+        result["ratios"]["full_over_runtime_venv"] = result["full_over_runtime"]
         print(
             f"runtime venv {sizes['runtime']:.0f} MB, full venv {sizes['full']:.0f} MB: "
             f"{result['full_over_runtime']}x; import torch fails there: {result['torch_absent_in_runtime']}"

@@ -20,6 +20,11 @@ Its failed requests are counted by reason too: a request that waits in the servi
 service's ``--timeout`` (60 s by default; on a loaded machine a burst of tag requests can) is answered
 ``504 Request timed out`` by LitServe.
 
+Runtime install (:mod:`benchmarks.serve_runtime`): the tagger alone, served from its ONNX export by the runtime
+install (``--runtime-venv``, or this Python with torch blocked without one), by the full install (``--runtime onnx``)
+and from the checkpoint, at the largest batch size: ``/tag`` req/s at each client count and the resident memory of
+each process tree; the ratios are runtime / full req/s at 64 clients and full / runtime memory.
+
 ``--smoke`` serves an untrained tiny tagger and an index of 40 sample products (built here) to a few clients.
 
     make serve-demo    # once: trains the demo models (or give your own checkpoints)
@@ -41,6 +46,7 @@ from typing import Any
 from benchmarks.common import machine, ratio, say, write_json
 from benchmarks.harness import SAMPLE, TINY, Option, parse, parser
 from benchmarks.http_load import Requests, load, load_wrk, write_wrk_inputs
+from benchmarks.serve_runtime import measure_runtimes
 from benchmarks.service import Service, memory
 from benchmarks.smoke import config_checkpoint, index_of, sample_rows
 
@@ -89,6 +95,8 @@ OPTIONS = {
     "--batch_timeout": Option(0.01),
     "--serve_args": Option("", "more `multimodal serve` options, e.g. '--threads 1'"),
     "--memory_requests": Option(10_000),
+    "--runtime-venv": Option("runs/runtime-venv", "the runtime install (python -m benchmarks.runtime_env); missing: "
+                             "this Python with torch blocked"),
     "--client": Option("wrk" if shutil.which("wrk") else "httpx", choices=["wrk", "httpx"],
                        help="load generator (default wrk, a C program, when installed: apt-get install wrk)"),
     "--seconds": Option(15, "length of a wrk cell (httpx: --*_requests)"),
@@ -123,22 +131,31 @@ class Cells:
             return load_wrk(url, self.wrk, endpoint, seconds, clients)
         return asyncio.run(load(url, self.requests, [endpoint] * n, clients))
 
+    def warm(self, url: str, endpoints: list[str]) -> None:
+        """Requests sent to a new service before any timing (``--warmup_requests``, endpoints in turn)."""
+        warm = max(self.args.warmup_requests // len(endpoints), 1)
+        asyncio.run(load(url, self.requests, endpoints * warm, min(8, warm * len(endpoints))))
+
+    def cell(self, url: str, endpoint: str, clients: int, label: str) -> dict[str, Any]:
+        """One cell: a warm-up (new batch shapes) then ``--repeats`` runs, medians; one line said (``label`` first)."""
+        args = self.args
+        n = args.search_requests if endpoint == "search" else args.tag_requests
+        self.run(url, endpoint, clients * 2, clients, 4)
+        cell = median_cell([self.run(url, endpoint, n, clients, args.seconds) for _ in range(args.repeats)])
+        rate, p50, p99 = (f"{cell[k]:7.1f}" if cell[k] is not None else "   null" for k in
+                          ("requests_per_s", "p50_ms", "p99_ms"))  # fmt: skip
+        say(f"{endpoint:6s} {label} clients {clients:2d}: {rate} req/s, p50 {p50} ms, p99 {p99} ms, "
+            f"answered {cell['answered']}, failed {failed(cell)}")  # fmt: skip
+        return cell
+
     def measure(self, service: Service, batch: int, results: dict[str, Any]) -> None:
         """Every cell of ``service`` (started with ``max_batch_size`` ``batch``) into ``results["cells"]``."""
-        args = self.args
-        warm = max(args.warmup_requests // 2, 1)
-        asyncio.run(load(service.url, self.requests, ["search", "tag"] * warm, min(8, warm * 2)))
-        for endpoint, n in (("search", args.search_requests), ("tag", args.tag_requests)):
-            for clients in args.clients:
-                self.run(service.url, endpoint, clients * 2, clients, 4)  # warm-up: new batch shapes
-                cell = median_cell([self.run(service.url, endpoint, n, clients, args.seconds)
-                                    for _ in range(args.repeats)])  # fmt: skip
+        self.warm(service.url, ["search", "tag"])
+        for endpoint in ("search", "tag"):
+            for clients in self.args.clients:
+                cell = self.cell(service.url, endpoint, clients, f"batch {batch:2d}")
                 results["cells"][f"{endpoint}/b{batch}/c{clients}"] = cell
-                rate, p50, p99 = (f"{cell[k]:7.1f}" if cell[k] is not None else "   null" for k in
-                                  ("requests_per_s", "p50_ms", "p99_ms"))  # fmt: skip
-                say(f"{endpoint:6s} batch {batch:2d} clients {clients:2d}: {rate} req/s, p50 {p50} ms, p99 {p99} ms, "
-                    f"answered {cell['answered']}, failed {failed(cell)}")  # fmt: skip
-                write_json(args.out, results)
+                write_json(self.args.out, results)
 
     def memory_phase(self, service: Service, results: dict[str, Any]) -> None:
         """Resident memory of the service's process tree before and after ``--memory_requests`` more requests."""
@@ -174,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 cells.memory_phase(service, results)
         finally:
             service.stop()
+    measure_runtimes(args, cells, work, results)
     report(args, results)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -187,12 +205,20 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
             a, b = cells.get(f"{endpoint}/b{hi}/c{clients}"), cells.get(f"{endpoint}/b{lo}/c{clients}")
             if a and b:
                 ratios[f"{endpoint}/c{clients}"] = ratio(a["requests_per_s"], b["requests_per_s"], 3)
-    results["ratios_batched_over_b1"] = results["ratios"] = ratios
+    results["ratios_batched_over_b1"] = dict(ratios)
+    ratios |= {k: v for k, v in results.get("runtime", {}).items() if k.startswith(("rps_", "rss_"))}
+    results["ratios"] = ratios
     every = [*cells.values(), *([results["memory"]["run"]] if "memory" in results else [])]
+    every += [c for s in results.get("runtime", {}).get("services", {}).values() for c in s["cells"].values()]
     results["failed_total"] = sum(c["failed"] for c in every)
     results["failure_reasons"] = reasons(every)
     write_json(args.out, results)
-    say(f"requests/s, batch {hi} / batch {lo}: {ratios}")
+    say(f"requests/s, batch {hi} / batch {lo}: {results['ratios_batched_over_b1']}")
+    if "runtime" in results:
+        say(
+            f"runtime install ({results['runtime']['mode']}) / full, /tag at {max(args.clients)} clients: "
+            + ", ".join(f"{k} {v}" for k, v in ratios.items() if k.startswith(("rps_", "rss_")))
+        )
     say(f"failed requests in all: {failed({'failed': results['failed_total'], 'failure_reasons': reasons(every)})}")
 
 

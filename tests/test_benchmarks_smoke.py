@@ -28,6 +28,7 @@ BENCHMARKS = [
     "export_speed",
     "inference_speed",
     "retrieval_quality",
+    "runtime_env",
     "search_speed",
     "serve_load",
     "shard_simulation",
@@ -45,6 +46,7 @@ def test_every_benchmark_program_is_listed() -> None:
     programs = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
     helpers = {"__init__", "common", "harness", "smoke", "http_load", "service", "synthetic", "timing"}
     helpers |= {"catalogue_data", "photo_server"}  # large manifests and a loopback photo server, for benchmarks
+    helpers |= {"serve_runtime", "cold_runtime"}  # serve_load's runtime-install services, cold_start's rows
     assert programs - helpers == set(BENCHMARKS)
 
 

@@ -1,17 +1,19 @@
 """ONNX decoding rows for ``benchmarks.caption_speed``: generated tokens/s of the exported decoder with its
 key/value cache driven by the NumPy loop (:mod:`multimodal.onnx.decoding`), greedy and 4 beams, trimmed and full
-output layer, float32, in ``caption_speed``'s table format (:func:`onnx_methods`).
+output layer, float32, in ``caption_speed``'s table format (:func:`onnx_methods`; ``caption_speed`` times them beside
+its own rows).
 
 The ONNX loop reads the conditioning the vision graph would give, computed once (not timed); the eager call
 computes it inside (a few projections). :func:`compare` times these rows against the eager ``ours/`` rows of
-``caption_speed`` in one run (same models, inputs, forced ``--tokens`` new tokens, interleaved rounds, medians):
+``caption_speed`` alone, float32, in one run (same models, inputs, forced ``--tokens`` new tokens, interleaved
+rounds, medians):
 
     python -c "from benchmarks.quality.caption_onnx import compare; compare(['--repeats', '3'])"
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -65,16 +67,14 @@ def compare(argv: list[str] | None = None) -> None:
     images = sorted((Path(args.data) / "images").iterdir())[: args.batch_size]
     vision = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
     feats: Features = image_features([(p.stem, p, "") for p in images], vision)
-    table, models = caption_speed.methods(args, feats)
-    table = {k: r for k, r in table.items() if k.startswith("ours/")}
-    fixed = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens}
-    with tempfile.TemporaryDirectory() as work:
-        table |= onnx_methods(models["float32"][0], feats, fixed, work, args.threads, args.mode)
-        for r in table.values():
-            r["run"]()  # warm-up
-        b = feats.tokens.shape[0]
-        times = rounds({key: wall(r["run"]) for key, r in table.items()}, args.repeats,
-                       each=lambda i, key, s: say(f"round {i + 1}/{args.repeats} {key:32s} {s:7.3f}s"))  # fmt: skip
+    table, models = caption_speed.methods(args, feats)  # its ONNX rows included (onnx_methods)
+    table = {k: r for k, r in table.items() if k.startswith(("ours/", "onnx/"))}
+    for r in table.values():
+        r["run"]()  # warm-up
+    b = feats.tokens.shape[0]
+    times = rounds({key: wall(r["run"]) for key, r in table.items()}, args.repeats,
+                   each=lambda i, key, s: say(f"round {i + 1}/{args.repeats} {key:32s} {s:7.3f}s"))  # fmt: skip
+    shutil.rmtree(models.pop("onnx_folder"), ignore_errors=True)
     rows, text = caption_speed.summarise(table, times, args.tokens, b)
     tps = {r["key"]: r["tokens_per_s"] for r in rows}
     speedups = {k.replace("onnx/", ""): ratio(v, tps.get(k.replace("onnx/", "ours/")), 2)
