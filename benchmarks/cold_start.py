@@ -180,7 +180,7 @@ def run_case(name: str, case: Case, work: Path, runs: Iterator[int]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    work = Path(args.work or tempfile.mkdtemp(prefix="cold-start-"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="cold-start-")).resolve()  # the commands run inside it
     work.mkdir(parents=True, exist_ok=True)
     runtime = runtime_of(args.runtime_venv)
     small = set_up(args, work)
