@@ -15,6 +15,14 @@ weighted``: 50/50, and the dense share that scored best on the validation split'
 functions as the search command. Ties (frequent in BM25 for short queries) are scored as expected over a
 random order of the tied products.
 
+The whole catalogue as the gallery (every product of every split; the retrievers still trained on the train split),
+as the peers publish search quality: a test product's title or shopper words -> that product (R@1, R@10, MRR); a
+category or colour value as a shopper types it ("tshirts", "navy blue") -> any product with it (P@1, P@10, MRR); 2-3
+attribute values in column order ("women blue jeans") drawn from combinations the catalogue has -> nDCG@10 with a
+product's relevance the number of the query's attributes it matches. BM25, dense image-only and fused, and both
+hybrid fusions side by side, each retriever trained once per ``--seeds`` seed (mean and range); the peers' published
+numbers (another gallery, zero-shot) are printed beside them as context.
+
     python -m benchmarks.retrieval_quality --data data/fashion-products \
         --out benchmarks/results/retrieval_quality.json
 """
@@ -22,6 +30,8 @@ random order of the tied products.
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,6 +44,10 @@ from benchmarks.common import quiet_lightning, say, seed_all
 from benchmarks.harness import SAMPLE, Option, Report
 from benchmarks.quality.retrieval_data import CachedText, CachedVision, Encoded, encode
 from benchmarks.quality.retrieval_eval import evaluate, lexical_and_hybrid, train
+from benchmarks.quality.retrieval_peer_eval import Gallery
+from benchmarks.quality.retrieval_peer_report import published, summary, system_name
+from benchmarks.quality.retrieval_peer_report import ratios as whole_ratios
+from benchmarks.quality.retrieval_peer_report import table as whole_table
 from benchmarks.quality.retrieval_report import ratios, runtime_scores, table, zero_shot
 from benchmarks.quality.towers import runtimes_option
 from fusion.cross_attention import CrossAttentionFusion
@@ -60,18 +74,35 @@ OPTIONS = {
     "--tagger-results": Option("benchmarks/results/tagging_quality.json", "tagging_quality result file whose "
                                "trained taggers are scored beside zero-shot (same test ids)"),
     "--runtimes": runtimes_option("rows '<model> [<runtime>]', full-title queries"),
-    "--seed": Option(0),
+    "--variants": Option(["image-only", "fused"], "the retrievers trained (product vector: the photo, or the photo "
+                         "fused with the attribute text)", choices=["image-only", "fused"]),
+    "--retriever-args": Option("{}", "JSON object merged into the keyword arguments of ProductRetriever(...), e.g. "
+                               "'{\"image_loss_weight\": 0.2}'", metavar="JSON"),
+    "--seeds": Option([0, 1, 2], "each retriever is trained once per seed: the whole-catalogue table reports mean "
+                      "and range, the other rows the first seed"),
+    "--category-columns": Option(["subCategory", "articleType"], "category->product queries: each distinct value, "
+                                 "lowercased"),
+    "--colour-column": Option("baseColour", "colour->product queries: each distinct value, lowercased"),
+    "--combination-columns": Option(["gender", "baseColour", "articleType"], "attribute-combination queries: 2 or 3 "
+                                    "of these columns' values in this order (usage, season... may be added)"),
+    "--combinations": Option(300, "attribute-combination queries drawn (0: none)"),
+    "--seed": Option(0, "seed of the queries' draws (shopper words, attribute combinations)"),
     "--out": Option("benchmarks/results/retrieval_quality.json"),
 }  # fmt: skip
 # --smoke: 32 training and 12 validation / test products at 64 px, one epoch, a shallow re-rank, one fusion weight
 SMOKE = {"data": str(SAMPLE), "max_train": 32, "max_eval": 12, "image_size": 64, "epochs": 1, "batch_size": 8,
-         "rerank": 4, "rerank_dim": 16, "workers": 0, "fusion_weights": [0.5], "tagger_results": ""}  # fmt: skip
-MODELS = (("image-only", "image", False), ("fused", "fused", True))  # name, product vector, with a re-ranker
+         "rerank": 4, "rerank_dim": 16, "workers": 0, "fusion_weights": [0.5], "tagger_results": "", "seeds": [0],
+         "combinations": 20}  # fmt: skip
+MODELS = {"image-only": ("image", False), "fused": ("fused", True)}  # name: product vector, with a re-ranker
+# ProductRetriever arguments the benchmark builds itself (objects, not JSON)
+BUILT = {"vision", "text", "product", "fusion", "reranker", "optimizer", "scheduler"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = harness.parse(harness.parser("retrieval_quality", __doc__, OPTIONS), argv, SMOKE,
-                         "benchmarks.retrieval_quality")  # fmt: skip
+    p = harness.parser("retrieval_quality", __doc__, OPTIONS)
+    args = harness.parse(p, argv, SMOKE, "benchmarks.retrieval_quality")
+    args.retriever_args = retriever_args(p, args.retriever_args)
+    args.variants = list(dict.fromkeys(args.variants))
     quiet_lightning()
     seed_all(args.seed)
     data = encode(args)
@@ -83,12 +114,40 @@ def main(argv: list[str] | None = None) -> None:
                                               test_titles, False),
         "shopper_query_examples": [[data.titles[r], data.shopper[r]] for r in test[:5]],
     }  # fmt: skip
-    for name, product, rerank in MODELS:
-        run_model(args, data, results, name, product, rerank)
+    gallery = Gallery(data, data.query_sets)
+    say(f"whole catalogue, BM25: { {s: round(next(iter(v.values())), 3) for s, v in gallery.bm25.items()} }")
+    runs = []
+    for i, seed in enumerate(args.seeds):
+        run: dict[str, Any] = {"seed": seed, "fusion_weight": {}, "scores": {}}
+        for name in args.variants:
+            run_model(args, data, results if i == 0 else None, name, seed, gallery, run)
+        runs.append(run)
+    whole = {"gallery": data.n, "variants": list(args.variants), "runs": runs,
+             "query_sets": {s.name: {**s.summary(), "metrics": list(s.metrics)} for s in data.query_sets},
+             "summary": summary(data.query_sets, gallery.bm25, runs, args.variants),
+             "published_peers": published()}  # fmt: skip
+    results["whole_catalogue"] = whole
     report = Report(args.out, args)
-    report.update(products=data.n, test_products=len(test), results=results, ratios=ratios(results, args.rerank),
-                  table=table(results))  # fmt: skip
+    report.update(products=data.n, test_products=len(test), results=results,
+                  ratios={**ratios(results, args.rerank), **whole_ratios(whole)},
+                  table=f"{table(results)}\n\n{whole_table(whole)}")  # fmt: skip
     report.finish(report["table"])
+
+
+def retriever_args(p: argparse.ArgumentParser, text: str) -> dict[str, Any]:
+    """``--retriever-args`` read once: a JSON object of ProductRetriever keyword arguments (not those built here)."""
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as err:
+        p.error(f"--retriever-args is not JSON ({err}): {text}")
+    if not isinstance(extra, dict):
+        p.error(f"--retriever-args must be a JSON object of ProductRetriever arguments, not {text}")
+    known = set(inspect.signature(ProductRetriever.__init__).parameters) - {"self"} - BUILT
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        p.error(f"--retriever-args: {unknown} are not ProductRetriever arguments this benchmark takes "
+                f"({', '.join(sorted(known))})")  # fmt: skip
+    return extra
 
 
 def build(
@@ -97,32 +156,61 @@ def build(
     def opt(params: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
+    kwargs: dict[str, Any] = {"embed_dim": 256, "encoder_lr_scale": 0.0, **args.retriever_args}
     return ProductRetriever(
         vision,
         text,
-        embed_dim=256,
         product=product,  # type: ignore[arg-type]
         fusion=(lambda dv, dt: LateFusion(dv, dt, dim=512, mode="gated", dropout=0.1)) if product == "fused" else None,
         reranker=(lambda dv, dt: CrossAttentionFusion(dv, dt, dim=args.rerank_dim, layers=1, heads=4, dropout=0.1))
         if rerank
         else None,
         optimizer=opt,
-        encoder_lr_scale=0.0,
+        **kwargs,
     )
 
 
 def run_model(
-    args: argparse.Namespace, data: Encoded, results: dict[str, Any], name: str, product: str, rerank: bool
+    args: argparse.Namespace,
+    data: Encoded,
+    results: dict[str, Any] | None,
+    name: str,
+    seed: int,
+    gallery: Gallery,
+    run: dict[str, Any],
 ) -> None:
-    """Train one retriever and add its recall (re-ranked too), its hybrid search, zero-shot tagging (image-only)
-    and its ``--runtimes`` rows to ``results``."""
-    n, ids, test = data.n, data.ids, data.split_rows["test"]
-    seed_all(args.seed)
+    """Train one retriever with ``seed``, choose its weighted fusion's dense share on the validation split and add
+    its whole-catalogue scores to ``run``; with ``results`` (the first seed), also its test-split rows."""
+    product, rerank = MODELS[name]
+    seed_all(seed)
     model = build(data.vision, data.text, product, args, rerank)
-    loss = train(model, data.split_rows["train"], n, ids, args)
+    loss = train(model, data.split_rows["train"], data.n, data.ids, args)
+    weight, on_val = choose_weight(args, data, model)
+    run["fusion_weight"][name] = weight
+    for system, scores in gallery.score(model, weight).items():
+        run["scores"][system_name(system, name)] = scores
+    dense = {s: round(next(iter(v.values())), 3) for s, v in run["scores"][system_name("dense", name)].items()}
+    say(f"seed {seed}, {name}, whole catalogue, dense: {dense}")
+    if results is not None:
+        first_seed_rows(args, data, results, model, name, loss, (weight, on_val))
+
+
+def first_seed_rows(
+    args: argparse.Namespace,
+    data: Encoded,
+    results: dict[str, Any],
+    model: ProductRetriever,
+    name: str,
+    loss: float,
+    chosen: tuple[float, dict[str, float]],
+) -> None:
+    """A trained retriever's rows over the test products: its recall (re-ranked too), its hybrid search, zero-shot
+    tagging (image-only) and its ``--runtimes`` rows."""
+    n, ids, test = data.n, data.ids, data.split_rows["test"]
+    product, rerank = MODELS[name]
     results[name] = {**evaluate(model, test, n, ids), "final_train_loss": loss}
     say(f"{name}: {results[name]}")
-    hybrid(args, data, results, model, name)
+    hybrid(args, data, results, model, name, *chosen)
     if rerank:
         results[f"{name} + re-rank top {args.rerank}"] = evaluate(model, test, n, ids, rerank=args.rerank)
         say(f"re-rank: {results[f'{name} + re-rank top {args.rerank}']}")
@@ -141,19 +229,29 @@ def run_model(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def hybrid(
-    args: argparse.Namespace, data: Encoded, results: dict[str, Any], model: ProductRetriever, name: str
-) -> None:
-    """Dense and hybrid search of the shopper queries: the weighted fusion's dense share chosen on validation, then
-    the test split with 50/50 and that share."""
-    n, ids, val, test = data.n, data.ids, data.split_rows["val"], data.split_rows["test"]
+def choose_weight(args: argparse.Namespace, data: Encoded, model: ProductRetriever) -> tuple[float, dict[str, float]]:
+    """The weighted fusion's dense share that scored best on the validation split's shopper queries, and the
+    validation R@1 of each share tried."""
+    n, ids, val = data.n, data.ids, data.split_rows["val"]
     on_val = lexical_and_hybrid(model, val, n, ids, [data.shopper[r] for r in val], [data.titles[r] for r in val],
                                 False, args.fusion_weights)  # fmt: skip
-    best = max(args.fusion_weights, key=lambda w: on_val[f"hybrid (weighted {w:g})"]["t2p_recall@1"])
-    results.setdefault("fusion_weight_on_val", {})[name] = {
-        "chosen": best,
-        "val_recall@1": {f"{w:g}": on_val[f"hybrid (weighted {w:g})"]["t2p_recall@1"] for w in args.fusion_weights},
-    }
+    scores = {f"{w:g}": on_val[f"hybrid (weighted {w:g})"]["t2p_recall@1"] for w in args.fusion_weights}
+    return max(args.fusion_weights, key=lambda w: scores[f"{w:g}"]), scores
+
+
+def hybrid(
+    args: argparse.Namespace,
+    data: Encoded,
+    results: dict[str, Any],
+    model: ProductRetriever,
+    name: str,
+    best: float,
+    on_val: dict[str, float],
+) -> None:
+    """Dense and hybrid search of the test split's shopper queries, with 50/50 and the weighted fusion's dense share
+    ``best`` (chosen on validation: ``on_val``, R@1 by share)."""
+    n, ids, test = data.n, data.ids, data.split_rows["test"]
+    results.setdefault("fusion_weight_on_val", {})[name] = {"chosen": best, "val_recall@1": on_val}
     say(f"weighted fusion, dense share chosen on the validation split: {best}")
     on_test = lexical_and_hybrid(model, test, n, ids, [data.shopper[r] for r in test], [data.titles[r] for r in test],
                                  False, sorted({0.5, best}))  # fmt: skip

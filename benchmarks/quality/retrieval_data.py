@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from benchmarks.common import say
+from benchmarks.quality.retrieval_queries import QuerySet, query_sets
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from multimodal.data.datamodule import ProductDataModule
@@ -115,8 +116,8 @@ def shopper_query(title: str, rng: Any, words: int = 3) -> str:
 @dataclasses.dataclass
 class Encoded:
     """The catalogue as the retrievers read it: products in split order (train, val, test), the frozen towers'
-    outputs behind lookup encoders, and the texts of every row (text rows: titles 0.., product texts n.., shopper
-    queries 2n..)."""
+    outputs behind lookup encoders, the texts of every row (text rows: titles 0.., product texts n.., shopper
+    queries 2n.., the whole-catalogue query sets' new queries 3n..) and those query sets."""
 
     records: list[Any]
     split_rows: dict[str, list[int]]
@@ -126,6 +127,7 @@ class Encoded:
     v_pooled: Tensor
     titles: list[str]
     shopper: list[str]
+    query_sets: list[QuerySet]
 
     @property
     def n(self) -> int:
@@ -139,7 +141,8 @@ class Encoded:
 def encode(args: argparse.Namespace) -> Encoded:
     """Read the catalogue's split (capped by ``--max-train`` / ``--max-eval``) and run the frozen towers once."""
     data = Path(args.data)
-    columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes]))
+    queried = [*args.category_columns, args.colour_column, *args.combination_columns]  # the query sets' columns
+    columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes, *queried]))
     dm = ProductDataModule(str(data / "metadata.csv"), str(data / "images"), text_columns=columns,
                            on_bad_sample="error", batch_size=args.batch_size)  # fmt: skip
     for split, cap in {"train": args.max_train, "val": args.max_eval, "test": args.max_eval}.items():
@@ -156,7 +159,9 @@ def encode(args: argparse.Namespace) -> Encoded:
     product_texts = [". ".join(r.texts[c] for c in args.product_columns if r.texts[c]) for r in records]
     rng = np.random.default_rng(args.seed)
     shopper = [shopper_query(t, rng) for t in titles]
-    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper, text_tower)
-    say("texts encoded")
+    sets, queries = query_sets(records, split_rows["test"], titles, shopper, args)
+    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper + queries, text_tower)
+    say(f"texts encoded ({len(queries)} whole-catalogue queries)")
     text = CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
-    return Encoded(records, split_rows, CachedVision(v_tokens, v_pooled), text, text_tower, v_pooled, titles, shopper)
+    vision = CachedVision(v_tokens, v_pooled)
+    return Encoded(records, split_rows, vision, text, text_tower, v_pooled, titles, shopper, sets)

@@ -24,14 +24,15 @@ from multimodal.tagging.zero_shot import ZeroShotTagger
 
 def ratios(results: dict[str, Any], depth: int) -> dict[str, float | None]:
     """Text->product recall@1 of each model against its peer in this run: the image-only vectors, the re-ranker's
-    input, BM25 on shopper queries."""
+    input, BM25 on shopper queries (the pairs whose both models ran)."""
     shopper = results["shopper_queries"]
     bm25 = shopper["BM25 on the title"]["t2p_recall@1"]
+    pairs = {"fused / image-only, R@1": ("fused", "image-only"),
+             f"fused + re-rank top {depth} / fused, R@1": (f"fused + re-rank top {depth}", "fused")}  # fmt: skip
     out = {
-        "fused / image-only, R@1": ratio(results["fused"]["t2p_recall@1"], results["image-only"]["t2p_recall@1"]),
-        f"fused + re-rank top {depth} / fused, R@1": ratio(
-            results[f"fused + re-rank top {depth}"]["t2p_recall@1"], results["fused"]["t2p_recall@1"]
-        ),
+        label: ratio(results[a]["t2p_recall@1"], results[b]["t2p_recall@1"])
+        for label, (a, b) in pairs.items()
+        if a in results and b in results
     }
     for name, scores in shopper.items():
         if name.startswith("hybrid"):
@@ -120,6 +121,7 @@ def retriever_config(product: str, rerank: bool, args: argparse.Namespace) -> di
             "class_path": "fusion.late.LateFusion",
             "init_args": {"dim": 512, "mode": "gated", "dropout": 0.1},
         }
+    init.update(args.retriever_args)  # the --retriever-args the benchmark's models were built with
     if rerank:
         init["reranker"] = {"class_path": "fusion.cross_attention.CrossAttentionFusion",
                             "init_args": {"dim": args.rerank_dim, "layers": 1, "heads": 4, "dropout": 0.1}}  # fmt: skip
@@ -171,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
     ]
     for name, r in results.items():
         if name in ("zero_shot", "full_title_queries", "shopper_queries", "shopper_query_examples",
-                    "fusion_weight_on_val"):  # fmt: skip
+                    "fusion_weight_on_val", "whole_catalogue"):  # fmt: skip
             continue
         lines.append(
             f"| {name} | "
