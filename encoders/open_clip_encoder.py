@@ -1,24 +1,26 @@
-"""open_clip image towers (any ``open_clip.list_models()`` name) as vision encoders."""
+"""open_clip image towers (any ``open_clip.list_models()`` name, or ``hf-hub:<repo>``) as vision encoders."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor
 
 from encoders.freezing import Trainable, set_trainable
+from encoders.open_clip_loading import open_clip_part, weights_source
+from encoders.pair import AlignedTower
 from encoders.types import Features, ImageTransform, VisionEncoder
 
 
-class OpenClipVisionEncoder(VisionEncoder):
-    """The visual tower of an open_clip model.
+class OpenClipVisionEncoder(VisionEncoder, AlignedTower):
+    """The visual tower of an open_clip model. With pretrained weights it declares the model's joint space
+    (``aligned_space``), shared with :class:`encoders.open_clip_text.OpenClipTextEncoder` of the same model.
 
     Args:
-        model_name: an ``open_clip.list_models()`` name, or the name of a config added with ``model_config``.
+        model_name: an ``open_clip.list_models()`` name, the name of a config added with ``model_config``, or
+            ``hf-hub:<repo>`` (config and weights from the Hugging Face Hub; ``pretrained`` is not read).
         pretrained: a pretrained tag (needs the network the first time) or a local checkpoint file; None for random.
         model_config: optional custom architecture (open_clip's JSON layout: ``embed_dim``, ``vision_cfg``,
             ``text_cfg``), registered under ``model_name``; for small or unusual towers.
@@ -33,17 +35,10 @@ class OpenClipVisionEncoder(VisionEncoder):
         trainable: Trainable = True,
     ) -> None:
         super().__init__()
-        if model_config is not None:
-            open_clip.factory._MODEL_CONFIGS[model_name] = model_config
-        elif model_name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model '{model_name}' (see open_clip.list_models())")
-        if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained}")
-        model, self._train_tf, self._eval_tf = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-        self.visual = model.visual
-        del model
-        if pretrained is not None:
-            self.weights_source = {"package": "open_clip", "model": model_name, "pretrained": str(pretrained)}
+        self.visual, loaded = open_clip_part(model_name, pretrained, model_config, "visual")
+        self._train_tf, self._eval_tf = loaded.extras["train_transform"], loaded.extras["eval_transform"]
+        self.weights_source = weights_source(model_name, pretrained)
+        self.aligned_space = loaded.extras["space"]
         # ViTs can return their patch tokens next to the pooled embedding.
         self.has_tokens = isinstance(self.visual, VisionTransformer)
         if self.has_tokens:
