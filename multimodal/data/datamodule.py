@@ -19,13 +19,13 @@ from multimodal.data.fetch import FetchOptions
 from multimodal.data.litdata_stream import StreamDataset, read_stream_splits, training_source
 from multimodal.data.manifest import SPLITS
 from multimodal.data.options import check_data_options
+from multimodal.data.order import epoch_order
 from multimodal.data.photo_reader import PhotoReader
 from multimodal.data.photo_reader import image_root as photo_root
 from multimodal.data.photos import DEFAULT_MAX_IMAGES, check_max_images
 from multimodal.data.split_rows import joined, manifest_folder, read_splits
 from multimodal.data.splits import DataColumns, SplitRule, training_vocabularies, unseen_labels
 from multimodal.errors import UserError
-from multimodal.resume import EpochShuffle, batches_done
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ class ProductDataModule(L.LightningDataModule):
         if train and (self.trainer is None or self.trainer.world_size == 1):
             # An order fixed by (seed, epoch), resumed mid-epoch where the checkpoint stopped: exact resume of fit.
             seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
-            sampler = EpochShuffle(len(dataset), seed)
-            sampler.skip = batches_done(self.trainer) * self.batch_size
+            sampler = epoch_order(self.preprocessing, dataset, seed, self.batch_size, self.trainer)
             order = {"sampler": sampler, "generator": torch.Generator().manual_seed(seed)}
         return DataLoader(
             dataset,

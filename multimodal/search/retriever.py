@@ -8,6 +8,7 @@ trained with in-batch hard negatives as in ALBEF / BLIP) reorders the top N of a
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -17,53 +18,18 @@ from torch.nn import functional as F
 
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.errors import UserError
+from multimodal.resume import EpochShuffle
+from multimodal.search.aligned import align_projections
+from multimodal.search.hard_negatives import HardNegatives, HardNegativesConfig
+from multimodal.search.losses import contrastive, matryoshka_loss, matryoshka_widths, shared_attribute_positives
+from multimodal.search.losses import info_nce as info_nce  # re-exported: its callers import it from here
+from multimodal.search.matching import itm_loss
 from multimodal.search.metrics import retrieval_scores
+from multimodal.search.query_text import QueryAndProductText
+from multimodal.search.query_views import QueryViews, QueryViewsConfig, ViewedQueryText
 from multimodal.towers import FusionFactory, MissingModality, TowerTask
 
 ProductKind = Literal["image", "text", "fused"]
-
-
-class QueryAndProductText:
-    """Text function for the collate: tokenizes the query columns and (separately) the product's text columns.
-
-    Output keys: ``input_ids/attention_mask (B, T)`` of the query text and ``product_input_ids/
-    product_attention_mask (B, T')`` of the product text. Missing fields are left out of the join.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_length: int,
-        query_columns: list[str] | None,
-        product_columns: list[str] | None,
-        separator: str = ". ",
-    ) -> None:
-        self.tokenizer, self.max_length, self.separator = tokenizer, max_length, separator
-        self.query_columns, self.product_columns = query_columns, product_columns
-
-    def _encode(self, texts: dict[str, list[str | None]], columns: list[str] | None) -> dict[str, Tensor]:
-        names = list(texts) if columns is None else columns
-        unknown = [c for c in names if c not in texts]
-        if unknown:
-            raise UserError(f"text column(s) {unknown} are not among the data's text_columns {list(texts)}")
-        n = len(next(iter(texts.values()))) if texts else 0
-        joined = [self.separator.join(texts[c][i] for c in names if texts[c][i] is not None) for i in range(n)]
-        enc = self.tokenizer(joined, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Tensor]:
-        out = self._encode(texts, self.query_columns)
-        if self.product_columns != self.query_columns:
-            product = self._encode(texts, self.product_columns)
-            out.update({"product_input_ids": product["input_ids"], "product_attention_mask": product["attention_mask"]})
-        return out
-
-
-def info_nce(a: Tensor, b: Tensor, logit_scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE of matching rows of ``a (B, E)`` and ``b (B, E)`` (both L2-normalised)."""
-    logits = logit_scale * a @ b.t()  # (B, B)
-    target = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 class ProductRetriever(TowerTask):
@@ -85,6 +51,14 @@ class ProductRetriever(TowerTask):
         rerank_loss_weight: weight of the re-ranker's loss.
         product_dropout: in training with ``fused`` products, chance that a product's text is replaced by the
             learned "missing" stand-in, so a photo alone also gives a useful product vector.
+        query_views: in training, queries may be query-like views of the product (a few of its query words, or a
+            phrase of its attribute values): :class:`multimodal.search.query_views.QueryViewsConfig`. Off: None.
+        multi_positive: in training, every product with the attribute values a view states is a positive of it
+            (multi-positive InfoNCE); needs ``query_views.attribute_columns``.
+        matryoshka_dims: widths ``k < embed_dim`` whose L2-renormalised prefixes also get the contrastive loss
+            (their mean, logged as ``matryoshka``, is added to the full-width loss), so ``k`` dimensions work alone.
+        hard_negatives: ``{same: <column>, differ: <column>}``: training batches gather look-alike products (same
+            ``same`` value, another ``differ`` value, and the reverse); one process only. Off: None.
         optimizer: optimizer factory.
         scheduler: optional LR scheduler factory.
         encoder_lr_scale: learning-rate factor for the towers.
@@ -105,6 +79,10 @@ class ProductRetriever(TowerTask):
         reranker: FusionFactory | None = None,
         rerank_loss_weight: float = 1.0,
         product_dropout: float = 0.0,
+        query_views: QueryViewsConfig | None = None,
+        multi_positive: bool = False,
+        matryoshka_dims: list[int] | None = None,
+        hard_negatives: HardNegativesConfig | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         encoder_lr_scale: float = 0.1,
@@ -122,6 +100,11 @@ class ProductRetriever(TowerTask):
             rerank_loss_weight,
             product_dropout,
         )
+        self.query_views = QueryViews.parse(query_views) if query_views is not None else None
+        self.multi_positive, self.matryoshka_dims = multi_positive, matryoshka_widths(matryoshka_dims, embed_dim)
+        if multi_positive and (self.query_views is None or not self.query_views.attribute_columns):
+            raise UserError("model.multi_positive needs model.query_views.attribute_columns")
+        self.hard_negatives = HardNegatives.parse(hard_negatives) if hard_negatives is not None else None
         self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)
         self.fusion = fusion(vision.output_dim, text.output_dim) if product == "fused" and fusion is not None else None
@@ -134,10 +117,19 @@ class ProductRetriever(TowerTask):
         self.reranker = reranker(vision.output_dim, text.output_dim) if reranker is not None else None
         self.itm_head = nn.Linear(self.reranker.output_dim, 1) if self.reranker is not None else None
         self._val: dict[str, list[Tensor]] = {"q": [], "p": []}
+        align_projections(self)  # a pretrained pair (CLIP, SigLIP) starts as its own space
 
     # ------------------------------------------------------------------------------------------ preprocessing
     def text_fn(self) -> QueryAndProductText:
-        return QueryAndProductText(self.text.tokenizer, self.text.max_length, self.query_columns, self.product_columns)
+        """The text function; in training mode with ``query_views``, one that also draws a view per item."""
+        args = (self.text.tokenizer, self.text.max_length, self.query_columns, self.product_columns)
+        if self.training and self.query_views is not None:
+            return ViewedQueryText(*args, views=self.query_views)
+        return QueryAndProductText(*args)
+
+    def training_order(self, dataset: Any, seed: int, batch_size: int) -> EpochShuffle | None:
+        """Batches of look-alike products (``hard_negatives``) over ``dataset.records``; None: the plain shuffle."""
+        return None if self.hard_negatives is None else self.hard_negatives.order(dataset.records, seed, batch_size)
 
     # ------------------------------------------------------------------------------------------- embeddings
     def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -182,11 +174,26 @@ class ProductRetriever(TowerTask):
         return self.itm_head(self.reranker(vision, text).pooled).squeeze(-1)
 
     # ----------------------------------------------------------------------------------------------- losses
-    def _gather(self, x: Tensor) -> Tensor:
-        """All rows of every process (with gradients) under DDP; ``x`` itself otherwise."""
+    def _gather(self, x: Tensor, grads: bool = True) -> Tensor:
+        """All rows of every process (with gradients unless ``grads`` is False) under DDP; ``x`` itself otherwise."""
         if self._trainer is None or self.trainer.world_size == 1:
             return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+        return self.all_gather(x, sync_grads=grads).flatten(0, 1)
+
+    def _positives(self, batch: dict[str, Any]) -> Tensor | None:
+        """``(N, N)`` positives of the gathered batch when multi-positive training applies; else None (one-hot)."""
+        if not (self.training and self.multi_positive and "attribute_codes" in batch):
+            return None
+        codes, stated = self._gather(batch["attribute_codes"], False), self._gather(batch["view_columns"].long(), False)
+        return shared_attribute_positives(codes, stated.bool())
+
+    def _texts(self, batch: dict[str, Any]) -> tuple[Features, Features, Features]:
+        """Text features of the training queries (drawn views in training, when the batch has them), of the real
+        query text and of the product text (computed once when two of them are the same tokens)."""
+        real = self.text(batch["input_ids"], batch["attention_mask"])
+        viewed = self.training and "view_input_ids" in batch
+        query = self.text(batch["view_input_ids"], batch["view_attention_mask"]) if viewed else real
+        return query, real, self.text(*_product_tokens(batch)) if "product_input_ids" in batch else real
 
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Contrastive losses (query text vs product, and photo vs query text) plus the re-ranker's ITM loss."""
@@ -199,40 +206,26 @@ class ProductRetriever(TowerTask):
         """
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap on the inverse temperature
         vision = self.vision.encode_photos(batch["pixel_values"], batch.get("photo_mask"))
-        query_features = self.text(batch["input_ids"], batch["attention_mask"])
+        query_features, real_features, product_text = self._texts(batch)
         query = F.normalize(self.text_proj(query_features.pooled), dim=-1)
-        product_text = self.text(*_product_tokens(batch)) if "product_input_ids" in batch else query_features
         has_text = batch["has_text"]
         if self.training and self.product == "fused" and self.product_dropout > 0:
             has_text = has_text & (torch.rand(has_text.shape, device=has_text.device) >= self.product_dropout)
         product = self._product_vectors(vision, product_text, has_text)
         q_all, p_all = self._gather(query), self._gather(product)
-        losses = {"contrastive": info_nce(q_all, p_all, scale)}
+        pair_loss = partial(contrastive, logit_scale=scale, positives=self._positives(batch))
+        losses = {"contrastive": pair_loss(q_all, p_all)}
+        if self.matryoshka_dims:
+            losses["matryoshka"] = matryoshka_loss(q_all, p_all, self.matryoshka_dims, pair_loss)
         if self.product != "image" and self.image_loss_weight > 0:
             image = self._gather(F.normalize(self.image_proj(vision.pooled), dim=-1))
-            losses["image"] = self.image_loss_weight * info_nce(q_all, image, scale)
-        if self.reranker is not None and self.rerank_loss_weight > 0:
-            losses["itm"] = self.rerank_loss_weight * self._itm_loss(
-                vision, query_features, query.detach(), product.detach()
-            )
+            losses["image"] = self.image_loss_weight * pair_loss(q_all, image)
+        if self.reranker is not None and self.rerank_loss_weight > 0:  # on the real query text: a view is not a title
+            real = query if real_features is query_features else F.normalize(self.text_proj(real_features.pooled), -1)
+            itm = itm_loss(self.match_scores, vision, real_features, real.detach(), product.detach(), scale.detach())
+            losses["itm"] = self.rerank_loss_weight * itm
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses, query, product
-
-    def _itm_loss(self, vision: Features, text: Features, query: Tensor, product: Tensor) -> Tensor:
-        """ALBEF-style image-text matching: positives plus one hard negative per image and per text."""
-        b = query.shape[0]
-        eye = torch.eye(b, dtype=torch.bool, device=query.device)
-        with torch.no_grad():  # sample hard negatives in proportion to similarity, never the positive
-            # at the contrastive temperature: plain cosines in [-1, 1] would make the softmax nearly uniform
-            scale = self.logit_scale.detach().clamp(max=math.log(100.0)).exp()
-            weights = ((scale * query @ product.t()).float().softmax(-1) + 1e-6).masked_fill(eye, 0)
-            neg_image = torch.multinomial(weights, 1).squeeze(1)  # for each text, a hard image
-            neg_text = torch.multinomial(weights.t(), 1).squeeze(1)  # for each image, a hard text
-        pair_vision = _cat(vision, _index(vision, neg_image), vision)
-        pair_text = _cat(text, text, _index(text, neg_text))
-        logits = self.match_scores(pair_vision, pair_text)  # (3B,): positives, then the two negative sets
-        target = torch.cat([torch.ones(b), torch.zeros(2 * b)]).to(logits)
-        return F.binary_cross_entropy_with_logits(logits, target)
 
     # ------------------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -286,15 +279,3 @@ def _product_tokens(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     if "product_input_ids" in batch:
         return batch["product_input_ids"], batch["product_attention_mask"]
     return batch["input_ids"], batch["attention_mask"]
-
-
-def _cat(*features: Features) -> Features:
-    return Features(
-        tokens=torch.cat([f.tokens for f in features]),
-        mask=torch.cat([f.mask for f in features]),
-        pooled=torch.cat([f.pooled for f in features]),
-    )
-
-
-def _index(features: Features, idx: Tensor) -> Features:
-    return Features(tokens=features.tokens[idx], mask=features.mask[idx], pooled=features.pooled[idx])
