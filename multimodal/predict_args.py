@@ -179,6 +179,13 @@ def _vector_options(p: argparse.ArgumentParser) -> None:
         default="safetensors",
         help="shard format (parquet: id, vector and metadata per row, for a vector database)",
     )
+    export.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="keep the first DIM dimensions of each vector, L2-renormalised (a Matryoshka-trained retriever); "
+        "default: all",
+    )
 
 
 def _caption_options(p: argparse.ArgumentParser) -> None:

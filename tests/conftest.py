@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+# Lightning's logger gets a StreamHandler on the sys.stderr of the moment it is first imported: imported inside a
+# test's captured output, later tests' log lines would go to that closed capture ("I/O operation on closed file").
+import lightning.pytorch  # noqa: E402, F401
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402

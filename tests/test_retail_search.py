@@ -184,7 +184,7 @@ def test_lexical_mode_finds_exact_words_and_hybrid_fuses_both_lists(
         index,
         encoder,
         [Query(text=title, k=index.count, mode=m) for m in ("dense", "lexical")]
-        + [Query(text=title, k=10, mode="hybrid")],
+        + [Query(text=title, k=10, mode="hybrid", fusion="rrf")],  # the index's tuned fusion otherwise
     )
     rows = index.rows_by_id
     expected = reciprocal_rank_fusion(

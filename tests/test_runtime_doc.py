@@ -143,7 +143,8 @@ def test_the_runtime_service_answers_as_eager(workdir: Path, ran: dict, trained,
         caption = httpx.post(svc.url + "/caption", files=[("image", photo(name))], timeout=60).json()["caption"]
         captioner = multimodal.load(trained["captioner"])
         assert caption == captioner.caption([{"image": [str(SAMPLE_IMAGES / name)]}])["caption"][0]
-        hits = httpx.get(svc.url + "/search", params={"text": "black leather watch", "k": 10}, timeout=60).json()
+        hits = httpx.get(svc.url + "/search", params={"text": "black leather watch", "k": 10, "mode": "dense"},
+                         timeout=60).json()  # fmt: skip
         want_ids = top_ids(multimodal.load(trained["retriever"]), catalogue, "black leather watch")
         assert [str(h["id"]) for h in hits["results"]] == want_ids
         rerank = httpx.get(svc.url + "/search", params={"text": "black leather watch", "rerank": 5}, timeout=60)

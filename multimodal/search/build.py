@@ -131,13 +131,19 @@ def build_from_export(
     lexical: list[str] | None = None,
     memory_budget: int | None = None,
     target_recall: float | None = None,
+    dim: int | None = None,
+    tune_hybrid: int = 0,
+    tune_attributes: list[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Build, check and save an index over a complete export; returns the build info.
 
     ``kind="auto"`` picks the index from the vector count and ``memory_budget`` (bytes) and tunes its search
     breadth to ``target_recall`` (:mod:`multimodal.search.choice`); ``lexical`` names the text columns of a BM25
-    index kept beside; ``shards`` splits the products by id hash into that many FAISS indexes.
+    index kept beside; ``shards`` splits the products by id hash into that many FAISS indexes; ``dim`` keeps the
+    first dimensions of each vector, renormalised (:mod:`multimodal.search.matryoshka`); ``tune_hybrid`` shopper
+    queries (0: none) choose the default fusion of a BM25 index (:mod:`multimodal.search.hybrid_tuning`), with
+    attribute phrases of the ``tune_attributes`` columns (None: found in the products table).
     """
     from multimodal.search.export import CHECKPOINT
     from multimodal.search.lexical import LexicalIndex
@@ -146,9 +152,9 @@ def build_from_export(
     if shards < 1:
         raise UserError(f"--shards must be at least 1, not {shards}")
     manifest, vectors, products = _read_export(export_folder)
+    vectors, info = _kept_width(manifest, vectors, dim, export_folder)
     n, dim = vectors.shape
     lex = LexicalIndex.build(products, lexical) if lexical else None
-    info: dict[str, Any] = {}
     kind, options = _settle_kind(kind, options, n, dim, memory_budget, shards, info)
     start = time.perf_counter()
     parts = _build_shards(vectors, products["id"], kind, options, shards, seed)
@@ -163,9 +169,15 @@ def build_from_export(
         export=manifest,
         export_folder=str(Path(export_folder).resolve()),
     )
+    built = SearchIndex(shards=parts, products=products, info=info, folder=Path(export_folder), lexical=lex)
     if kind != "flat":
-        built = SearchIndex(shards=parts, products=products, info=info, lexical=lex)
         _check_recall(built, vectors, target_recall, check_queries, seed, min_recall)
+    if lex is not None and tune_hybrid > 0:
+        from multimodal.search.hybrid_tuning import tune_hybrid as tune_fusion
+
+        tuned = tune_fusion(built, tune_hybrid, tune_attributes, seed)
+        if tuned is not None:
+            info["hybrid"] = tuned
     checkpoint = Path(export_folder) / CHECKPOINT
     with output_lock(Path(out)):
         save_index(out, parts, products, info, checkpoint if checkpoint.is_file() else None, lex)
@@ -194,6 +206,22 @@ def _read_export(export_folder: str | Path) -> tuple[dict[str, Any], np.ndarray,
     refuse_repeated_ids(products, export_folder)
     products = products.assign(**{LABEL: np.arange(len(vectors), dtype=np.int64)})
     return manifest, vectors, products
+
+
+def _kept_width(
+    manifest: dict[str, Any], vectors: np.ndarray, dim: int | None, export_folder: str | Path
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The vectors an index keeps of an export's (``dim``: their first dimensions, renormalised) and the info that
+    records a cut (``cut_from``: the model's width, for the queries to be cut alike)."""
+    from multimodal.search.matryoshka import check_dim, cut, full_width
+
+    width = vectors.shape[1]
+    if dim is not None:
+        check_dim(dim, width, f"export {export_folder}")
+        if dim < width:
+            vectors = cut(vectors, dim)
+    full = full_width(manifest, width)
+    return vectors, ({"cut_from": full} if vectors.shape[1] < full else {})
 
 
 def _check_recall(

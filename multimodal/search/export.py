@@ -2,7 +2,8 @@
 
 Folder layout::
 
-    export.json                 model, dims, dtype, normalisation, checkpoint (relative) and hash, count, shards
+    export.json                 model, dim (and cut_from, after --dim), dtype, normalisation, checkpoint
+                                (relative) and hash, count, shards
     model.ckpt                  the checkpoint that computed the vectors (a hard link or a copy): the folder moves
     shard-000000.safetensors    (or .npy) float16/float32 vectors of products [0, S) in input order; or
     shard-000000.vectors.parquet  --format parquet: id, vector (float32) and metadata, what a vector database ingests
@@ -109,7 +110,9 @@ class ShardSink:
             for each block's rows (read from the manifest rows of that block).
         checkpoint: the checkpoint computing the vectors (linked into the folder when the export completes; None:
             not here, as for an ONNX export run without torch).
-        dim: the vectors' width (a Parquet shard whose every product was skipped keeps the others' schema).
+        dim: the vectors' width (a Parquet shard whose every product was skipped keeps the others' schema); wider
+            rows are cut to their first ``dim`` dimensions, L2-renormalised (``--dim``,
+            :mod:`multimodal.search.matryoshka`).
     """
 
     def __init__(
@@ -152,6 +155,10 @@ class ShardSink:
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
         empty = np.zeros((0, self.dim) if self.fmt == "parquet" else 0, np.float32)
         vectors = np.stack([np.asarray(r["embedding"], np.float32) for r in done]) if done else empty
+        if done and 0 < self.dim < vectors.shape[1]:  # --dim: the first dimensions, renormalised
+            from multimodal.search.matryoshka import cut
+
+            vectors = cut(vectors, self.dim)
         vectors = vectors.astype(self.dtype)  # float16 rounds to nearest even, as torch's cast does
         metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
         table = pd.DataFrame(

@@ -13,6 +13,7 @@ import json
 from multimodal.arguments import Parser
 
 KIND_CHOICES = ("flat", "ivf", "hnsw", "ivfpq", "auto")
+TUNE_QUERIES = 200  # --tune-hybrid's default
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +47,31 @@ def parser() -> argparse.ArgumentParser:
         help="tune nprobe / efSearch to this recall@10 vs exact on held-out queries (default 0.95 with auto)",
     )
     p.add_argument("--lexical", default=None, metavar="COLUMNS", help="comma-separated text columns for BM25")
+    p.add_argument(
+        "--tune-hybrid",
+        "--tune_hybrid",
+        dest="tune_hybrid",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --lexical: score dense, BM25 and their fusions on N shopper-like queries made from the catalogue "
+        f"and store the best as search's default (default {TUNE_QUERIES}; 0: off, the default stays RRF)",
+    )
+    p.add_argument(
+        "--tune-attributes",
+        "--tune_attributes",
+        dest="tune_attributes",
+        default=None,
+        metavar="COLUMNS",
+        help="comma-separated attribute columns whose values make the tuning's phrase queries (default: found in "
+        "the products table; '' for none)",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="keep the first DIM dimensions of each vector, L2-renormalised (Matryoshka); queries are cut alike",
+    )
     p.add_argument("--shards", type=int, default=1, help="split the products by id hash into N FAISS indexes")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query (default 16)")
@@ -72,6 +98,8 @@ def main(argv: list[str]) -> None:
     if args.add is not None or args.remove is not None:
         if args.out is not None:
             raise UserError("--add / --remove update the index given as SOURCE in place; drop --out")
+        if args.dim is not None:
+            raise UserError("--dim applies to a build (--out): an update keeps the index's width")
         from multimodal.search.updates import read_ids, update_index
 
         removing = read_ids(args.remove) if args.remove is not None else None
@@ -93,6 +121,7 @@ def main(argv: list[str]) -> None:
     if target is not None and not 0 < target <= 1:
         raise UserError(f"--target_recall {target} is outside (0, 1]")
     lexical = [c.strip() for c in args.lexical.split(",") if c.strip()] if args.lexical else None
+    tune, attributes = _tuning(args, lexical)
     info = build_from_export(
         args.source,
         args.out,
@@ -103,12 +132,32 @@ def main(argv: list[str]) -> None:
         lexical=lexical,
         memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
         target_recall=target,
+        dim=args.dim,
+        tune_hybrid=tune,
+        tune_attributes=attributes,
         **options,
     )
-    keys = ("kind", "dim", "count", "shards", "build_s", "recall@10_vs_exact", "target_met", "lexical")
+    keys = ("kind", "dim", "cut_from", "count", "shards", "build_s", "recall@10_vs_exact", "target_met", "lexical")
     summary = {k: info[k] for k in keys if info.get(k) not in (None, [])}
     if "choice" in info:
         summary["reason"] = info["choice"]["reason"]
     if "tuned" in info:
         summary.update({k: v for k, v in info["tuned"].items() if k != "sweep"})
+    if "hybrid" in info:  # the default of `multimodal search` on this index
+        summary["hybrid"] = {k: info["hybrid"][k] for k in ("mode", "fusion", "weight", "score", "queries")
+                             if k in info["hybrid"]}  # fmt: skip
     print(json.dumps({"index": args.out, **summary}))
+
+
+def _tuning(args: argparse.Namespace, lexical: list[str] | None) -> tuple[int, list[str] | None]:
+    """The shopper queries that tune hybrid search, and the attribute columns given (None: found)."""
+    from multimodal.errors import UserError
+
+    if args.tune_hybrid is not None and args.tune_hybrid < 0:
+        raise UserError(f"--tune-hybrid {args.tune_hybrid}: give a number of queries, 0 for none")
+    if not lexical and (args.tune_hybrid or args.tune_attributes is not None):
+        raise UserError("--tune-hybrid / --tune-attributes tune the fusion of dense and BM25 search: add --lexical")
+    attributes = None
+    if args.tune_attributes is not None:
+        attributes = [c.strip() for c in args.tune_attributes.split(",") if c.strip()]
+    return (TUNE_QUERIES if args.tune_hybrid is None else args.tune_hybrid), attributes

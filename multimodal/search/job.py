@@ -53,11 +53,13 @@ def vectors_job(
         columns = list(args.columns) if args.columns is not None else list(cols.texts)
         metadata = {r.id: {"image_path": r.image} for r in dataset.records}
     model = retriever.model
+    dim, cut = kept_width(args, int(model.embed_dim))
     spec = job.spec(
         dataset,
         model=model_name,
         product=model.product,
-        dim=model.embed_dim,
+        dim=dim,
+        **cut,
         dtype=args.dtype,
         format=args.format,
         normalisation="l2",
@@ -66,8 +68,20 @@ def vectors_job(
         image_root=located(job.image_root or (source if table is None else manifest_folder(source))),
         **recorded,
     )
-    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, checkpoint, model.embed_dim)
+    sink = export.ShardSink(Path(args.out), args.format, args.dtype, metadata, checkpoint, dim)
     return export.summarise(job.run(retriever, dataset, sink, spec, record_fields), source, args.out)
+
+
+def kept_width(args: Any, width: int) -> tuple[int, dict[str, int]]:
+    """The width an export keeps of the model's ``width`` (``--dim``: its first dimensions, renormalised by the sink)
+    and, when that is a cut, ``{"cut_from": width}`` for its identity and ``export.json``."""
+    from multimodal.search.matryoshka import check_dim
+
+    dim = getattr(args, "dim", None)  # a job request made without the command's parser has none
+    if dim is None or dim == width:
+        return width, {}
+    check_dim(dim, width, "the model")
+    return int(dim), {"cut_from": width}
 
 
 def row_schema(columns: Any, top_k: int = 1) -> list[tuple[str, str]]:

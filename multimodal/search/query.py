@@ -4,7 +4,7 @@ line (one query) and the HTTP service (a dynamic batch of concurrent queries) sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +36,18 @@ class Query:
 
     ``mode``: ``dense`` (vectors), ``lexical`` (BM25 over the index's ``--lexical`` columns) or ``hybrid`` (both
     lists fused by ``fusion``: ``rrf`` or ``weighted`` with ``weight`` the dense share); ``where``: a metadata
-    filter (:mod:`multimodal.search.filters`) applied inside FAISS and BM25."""
+    filter (:mod:`multimodal.search.filters`) applied inside FAISS and BM25. ``mode``, ``fusion`` and ``weight``
+    left None are the index's defaults (:func:`settled`)."""
 
     text: str | None = None
     image: QueryImage | None = None
     like: str | None = None
     k: int = 10
     rerank: int = 0
-    mode: str = "dense"
+    mode: str | None = None
     where: str | None = None
-    fusion: str = "rrf"
-    weight: float = 0.5
+    fusion: str | None = None
+    weight: float | None = None
 
     @property
     def kind(self) -> str:
@@ -60,10 +61,31 @@ MODES = ("dense", "lexical", "hybrid")
 FUSIONS = ("rrf", "weighted")
 
 
-def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> None:
+def settled(index: SearchIndex, query: Query) -> Query:
+    """``query`` with the options it leaves unset (None) taken from ``index``: a text query on an index with a BM25
+    part is hybrid (or the half that won the build's tuning, :mod:`multimodal.search.hybrid_tuning`), any other
+    query dense; ``fusion`` and ``weight`` are the tuned ones, else RRF and an even share. A query that sets a
+    fusion or a weight but no mode is hybrid."""
+    if query.mode is not None and query.fusion is not None and query.weight is not None:
+        return query
+    tuned = index.info.get("hybrid") or {}
+    mode = query.mode
+    if mode is None:
+        text = query.text is not None and query.image is None and query.like is None
+        fused = query.fusion is not None or query.weight is not None
+        mode = "dense"
+        if text and index.lexical is not None:
+            mode = "hybrid" if fused else str(tuned.get("mode", "hybrid"))
+    fusion = query.fusion if query.fusion is not None else str(tuned.get("fusion", "rrf"))
+    weight = query.weight if query.weight is not None else float(tuned.get("weight", 0.5))
+    return replace(query, mode=mode, fusion=fusion, weight=weight)
+
+
+def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> Query:
     """One-line errors for a query that cannot be answered: bad k, re-ranking without a re-ranker, unknown id, a
-    lexical mode without a text query or a BM25 index, a bad filter."""
+    lexical mode without a text query or a BM25 index, a bad filter. Returns the query :func:`settled`."""
     kind = query.kind
+    query = settled(index, query)
     total = index.count
     if kind == "text" and not str(query.text).strip():
         raise UserError("empty query text")
@@ -93,11 +115,15 @@ def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> None:
         raise UserError(f"product id '{query.like}' is not in the index")
     if query.where is not None:
         Filter(query.where, index.products, HIDDEN, index.filter_cache)  # parses, checks; evaluated per batch
+    return query
 
 
 def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: list[Query]) -> np.ndarray:
     """``(Q, E)`` vectors: all text queries in one forward pass, all photo queries in another, stored vectors for
-    ``like`` (which needs no encoder)."""
+    ``like`` (which needs no encoder). The encoder's vectors are cut to the index's width (its first dimensions,
+    renormalised) when the index was built with ``--dim`` (:mod:`multimodal.search.matryoshka`)."""
+    from multimodal.search.matryoshka import cut, full_width
+
     out = np.zeros((len(queries), index.dim), np.float32)
     by_kind: dict[str, list[int]] = {"text": [], "image": [], "like": []}
     for i, q in enumerate(queries):
@@ -105,15 +131,17 @@ def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: lis
     if by_kind["text"] or by_kind["image"]:
         if encoder is None:
             raise UserError("text and photo queries need the index's checkpoint")
-        if encoder.model.embed_dim != index.dim:
+        full = full_width(index.info, index.dim)
+        if encoder.model.embed_dim != full:
             raise UserError(
-                f"the model embeds in {encoder.model.embed_dim} dimensions, the index holds {index.dim}: "
-                "rebuild the index"
+                f"the model embeds in {encoder.model.embed_dim} dimensions, the index holds {full}: rebuild the index"
             )
     if by_kind["text"]:
-        out[by_kind["text"]] = encoder.texts([str(queries[i].text) for i in by_kind["text"]])  # type: ignore[union-attr]
+        texts = encoder.texts([str(queries[i].text) for i in by_kind["text"]])  # type: ignore[union-attr]
+        out[by_kind["text"]] = cut(texts, index.dim) if texts.shape[1] > index.dim else texts
     if by_kind["image"]:
-        out[by_kind["image"]] = encoder.images([queries[i].image for i in by_kind["image"]])  # type: ignore[union-attr,misc]
+        photos = encoder.images([queries[i].image for i in by_kind["image"]])  # type: ignore[union-attr,misc]
+        out[by_kind["image"]] = cut(photos, index.dim) if photos.shape[1] > index.dim else photos
     if by_kind["like"]:
         rows = np.array([index.rows_by_id[str(queries[i].like)] for i in by_kind["like"]])
         out[by_kind["like"]] = index.reconstruct(rows)
@@ -124,11 +152,11 @@ def search_many(index: SearchIndex, encoder: QueryEncoder | None, queries: list[
     """Top-k products of each query (``score`` plus the products table's columns; ``rerank_score`` when re-ranked).
 
     ``score`` is the cosine for dense search, BM25 for lexical, the fused score (RRF or weighted) for hybrid. A
-    ``like`` query leaves the product itself out. Every query is checked first (:func:`check_query`).
+    ``like`` query leaves the product itself out. Every query is checked first (:func:`check_query`), its unset
+    options taken from the index (:func:`settled`).
     """
     can_rerank = encoder is not None and encoder.can_rerank
-    for q in queries:
-        check_query(index, q, can_rerank)
+    queries = [check_query(index, q, can_rerank) for q in queries]
     need = [i for i, q in enumerate(queries) if q.mode != "lexical" or q.rerank]
     vectors = dict(zip(need, query_vectors(index, encoder, [queries[i] for i in need]), strict=True)) if need else {}
     dense, lexical = candidates(index, queries, vectors)
@@ -160,7 +188,7 @@ def search(
     image: str | None,
     k: int,
     rerank: int = 0,
-    mode: str = "dense",
+    mode: str | None = None,
     where: str | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k products for one text or photo query, optionally filtered, hybrid, re-ranked from the top ``rerank``."""

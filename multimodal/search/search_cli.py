@@ -31,16 +31,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=("dense", "lexical", "hybrid"),
-        default="dense",
-        help="dense = vectors (default); lexical = BM25 (index built with --lexical); hybrid = both, fused",
+        default=None,
+        help="dense = vectors; lexical = BM25 (index built with --lexical); hybrid = both, fused (default: hybrid, "
+        "or what `multimodal index` tuned, for a text query on an index with BM25; dense otherwise)",
     )
     p.add_argument(
         "--fusion",
         choices=("rrf", "weighted"),
-        default="rrf",
-        help="hybrid: reciprocal-rank fusion (default) or a weighted sum of normalised scores",
+        default=None,
+        help="hybrid: reciprocal-rank fusion or a weighted sum of normalised scores (default: the index's tuned "
+        "fusion, else rrf)",
     )
-    p.add_argument("--weight", type=float, default=0.5, help="hybrid --fusion weighted: the dense share (0..1)")
+    p.add_argument(
+        "--weight",
+        type=float,
+        default=None,
+        help="hybrid --fusion weighted: the dense share, 0..1 (default: the index's tuned share, else 0.5)",
+    )
     p.add_argument(
         "--where",
         default=None,
@@ -71,8 +78,8 @@ def main(argv: list[str]) -> None:
     index = load_index(args.index)
     image = Path(args.image) if args.image is not None else None
     query = Query(args.text, image, args.like, args.k, args.rerank, args.mode, args.where, args.fusion, args.weight)
-    check_query(index, query, can_rerank=True)  # a mistake is reported before the checkpoint is loaded
-    needs_model = args.like is None and (args.mode != "lexical" or args.rerank)
+    query = check_query(index, query, can_rerank=True)  # a mistake is reported before the checkpoint is loaded
+    needs_model = args.like is None and (query.mode != "lexical" or args.rerank)
     encoder = encoder_for(index, args.runtime) if needs_model else None  # torch-free, from an ONNX export
     if needs_model and encoder is None:
         from multimodal.search.query import QueryEncoder

@@ -13,8 +13,9 @@ Refused, each in one line and with the index left as it was:
 - an ``--add`` export that holds an id on two rows (the id and both rows are named): an id names one product, so
   after any update the count equals the number of distinct ids and each id's vector and metadata come from one row;
 - an ``--add`` export of another model (checkpoint hash, model, product vector kind, dimension or normalisation
-  differ) or with other metadata columns than the index (a filter on a column some products lack would silently
-  leave them out): the message names the differences and the ``--columns`` to export with;
+  differ; an export wider than an index cut with ``--dim`` is cut alike, a narrower one refused) or with other
+  metadata columns than the index (a filter on a column some products lack would silently leave them out): the
+  message names the differences and the ``--columns`` to export with;
 - an id both in ``--add`` and ``--remove`` (replace it, or remove it, not both). An id listed twice in ``--remove``
   is removed once; an id not in the index is counted (``not_found``).
 """
@@ -49,17 +50,25 @@ def read_addition(index: SearchIndex, folder: str | Path, add: str | Path) -> tu
     """The vectors ``(M, E)`` and products of the export ``add``, checked to fit the index: same model, same
     metadata columns, every id once."""
     from multimodal.search.export import load_export
+    from multimodal.search.matryoshka import cut, full_width
 
     manifest, vectors, products = load_export(add)
-    ours = {**index.info["export"], "dim": index.dim}
-    differ = [
-        k for k in SAME_MODEL if ours.get(k) is not None and manifest.get(k) is not None and ours[k] != manifest[k]
-    ]
+    # the model's widths compared; an export wider than an index cut with --dim is cut alike
+    ours = {**index.info["export"], "dim": full_width(index.info, index.dim)}
+    theirs = {**manifest, "dim": full_width(manifest, int(manifest["dim"]))}
+    differ = [k for k in SAME_MODEL if ours.get(k) is not None and theirs.get(k) is not None and ours[k] != theirs[k]]
     if differ:
         raise UserError(
             f"--add {add} was exported with another model than index {folder} ({', '.join(differ)} differ): "
             "export the new products with the index's checkpoint"
         )
+    if int(manifest["dim"]) < index.dim:
+        raise UserError(
+            f"--add {add} holds vectors of {manifest['dim']} dimensions (export --dim), index {folder} "
+            f"{index.dim}: export the new products with --dim {index.dim} or wider"
+        )
+    if len(vectors) and vectors.shape[1] > index.dim:
+        vectors = cut(vectors, index.dim)
     stored = [c for c in index.products.columns if c != LABEL]
     if set(products.columns) != set(stored):
         extra = [c for c in products.columns if c not in stored]

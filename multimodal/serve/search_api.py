@@ -12,9 +12,10 @@ from multimodal.serve.task_api import TaskAPI, plain
 
 class SearchAPI(TaskAPI):
     """``POST /search`` (and ``GET /search``): ``text``, a photo (``image``) or ``like`` (a product id), ``k``,
-    ``rerank``, ``mode`` (dense / lexical / hybrid, with ``fusion`` and ``weight``) and ``where`` (a metadata
-    filter) -> ``index_version`` (the build that answered), ``query`` and ``results``: rank, id, score (and
-    ``rerank_score``), the export's metadata columns, and ``image_url`` (the photo, served by ``/images/``).
+    ``rerank``, ``mode`` (dense / lexical / hybrid, with ``fusion`` and ``weight``; unset: the index's default,
+    as ``multimodal search``'s) and ``where`` (a metadata filter) -> ``index_version`` (the build that answered),
+    ``query`` and ``results``: rank, id, score (and ``rerank_score``), the export's metadata columns, and
+    ``image_url`` (the photo, served by ``/images/``).
 
     The index is followed (:class:`~multimodal.serve.live.LiveIndex`): a dynamic batch is answered from the build
     that is current when it starts, all its queries by one FAISS search. Decoding reads no index, so every check
@@ -47,10 +48,10 @@ class SearchAPI(TaskAPI):
             like=text(payload, "like"),
             k=integer(payload, "k", 10, 1),
             rerank=integer(payload, "rerank", 0, 0),
-            mode=text(payload, "mode") or "dense",
+            mode=text(payload, "mode") or None,  # None: the index's default (multimodal.search.query.settled)
             where=text(payload, "where"),
-            fusion=text(payload, "fusion") or "rrf",
-            weight=0.5 if number(payload, "weight") is None else float(number(payload, "weight")),  # type: ignore[arg-type]
+            fusion=text(payload, "fusion") or None,
+            weight=None if number(payload, "weight") is None else float(number(payload, "weight")),  # type: ignore[arg-type]
         )
         _ = query.kind  # exactly one of text, image or like: a UserError (a 400) otherwise
         return query
@@ -66,7 +67,7 @@ class SearchAPI(TaskAPI):
             try:
                 if query.like is not None and query.like not in loaded.index.rows_by_id:
                     raise Problem(f"product id '{query.like}' is not in the index", 404, version)
-                check_query(loaded.index, query, loaded.encoder.can_rerank)
+                items[i] = check_query(loaded.index, query, loaded.encoder.can_rerank)  # the index's defaults set
                 todo.append(i)
             except Problem as problem:
                 out[i] = problem

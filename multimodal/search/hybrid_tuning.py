@@ -1,0 +1,120 @@
+"""Hybrid search tuned when an index is built: dense, lexical, reciprocal-rank fusion and weighted fusion at a grid
+of dense shares are scored (nDCG@10) on shopper-like queries made from the catalogue itself
+(:mod:`multimodal.search.shopper_queries`), and the winner becomes the index's default (``hybrid`` in
+``index.json``, read by :func:`multimodal.search.query.settled`).
+
+Weighted fusion at shares 0 and 1 is (but for ties at the tails) the lexical and the dense ranking, and a half that
+still scores strictly higher than every fusion is stored as the winner itself: the default never loses to its
+halves on the tuning queries. Ties go to RRF, then to the share nearest to an even mix, then dense, then lexical.
+
+The queries are encoded by the export's checkpoint, or its ONNX export on the torch-free install
+(:func:`multimodal.lite.search.encoder_for`); without either the build says so and keeps the plain default (RRF).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from multimodal.errors import UserError
+from multimodal.search.index import SearchIndex
+from multimodal.search.shopper_queries import ShopperQuery, attribute_columns, shopper_queries
+
+SHARES = tuple(round(0.1 * i, 1) for i in range(11))  # dense shares of weighted fusion
+METRIC_K = 10
+
+
+def ndcg(found: list[int], relevant: np.ndarray, k: int = METRIC_K) -> float:
+    """nDCG@k of ranked rows ``found`` against the (sorted) ``relevant`` rows, binary gains."""
+    top = np.asarray(found[:k], dtype=np.int64)
+    hits = np.isin(top, relevant)
+    dcg = float(np.sum(hits / np.log2(np.arange(2, len(top) + 2)))) if len(top) else 0.0
+    ideal = float(np.sum(1.0 / np.log2(np.arange(2, min(k, len(relevant)) + 2))))
+    return dcg / ideal if ideal > 0 else 0.0
+
+
+def configurations() -> list[tuple[str, dict[str, Any]]]:
+    """The configurations scored, in the order ties are settled: name -> the query options it sets."""
+    fused = [("rrf", {"mode": "hybrid", "fusion": "rrf"})]
+    shares = sorted(SHARES, key=lambda w: (abs(w - 0.5), w))
+    fused += [(f"weighted@{w}", {"mode": "hybrid", "fusion": "weighted", "weight": w}) for w in shares]
+    return [*fused, ("dense", {"mode": "dense"}), ("lexical", {"mode": "lexical"})]
+
+
+def score_configs(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) -> dict[str, float]:
+    """Mean nDCG@10 of each configuration on ``queries``: one encoding, one FAISS and one BM25 search for all."""
+    from multimodal.search.hits import candidates, fuse
+    from multimodal.search.query import Query, query_vectors
+
+    asked = [Query(text=q.text, k=min(METRIC_K, index.count), mode="hybrid", fusion="rrf", weight=0.5)
+             for q in queries]  # fmt: skip
+    vectors = query_vectors(index, encoder, asked)
+    dense, lexical = candidates(index, asked, dict(enumerate(vectors)))
+    scores = {}
+    for name, options in configurations():
+        total = 0.0
+        for i, (q, shopper) in enumerate(zip(asked, queries, strict=True)):
+            ranked = fuse(replace(q, **options), dense.get(i), lexical.get(i))
+            total += ndcg([row for row, _ in ranked], shopper.relevant)
+        scores[name] = round(total / len(queries), 4)
+    return scores
+
+
+def winner(scores: dict[str, float]) -> dict[str, Any]:
+    """The best configuration's query options (the first of :func:`configurations` among equals)."""
+    best_name, best = None, -1.0
+    for name, _ in configurations():
+        if scores[name] > best:
+            best_name, best = name, scores[name]
+    return {"name": best_name, **dict(configurations())[best_name]}  # type: ignore[index]
+
+
+def tune_hybrid(
+    index: SearchIndex, count: int, attributes: list[str] | None = None, seed: int = 0
+) -> dict[str, Any] | None:
+    """Tune the hybrid default of a freshly built ``index`` (with a BM25 part) on ``count`` shopper queries; the
+    record stored as ``hybrid`` in its info, or None (said on stderr) when no queries can be encoded or made."""
+    lexical = index.lexical.columns
+    columns = attribute_columns(index.products, lexical, attributes)
+    queries = shopper_queries(index.products, lexical, columns, count, seed)
+    if not queries:
+        print("hybrid search not tuned: no shopper-like queries could be made from the catalogue", file=sys.stderr)
+        return None
+    try:
+        encoder = query_encoder(index)
+    except UserError as err:
+        print(f"hybrid search not tuned (the default stays RRF): {err}", file=sys.stderr)
+        return None
+    scores = score_configs(index, encoder, queries)
+    chosen = winner(scores)
+    name = chosen.pop("name")
+    return {
+        **chosen,
+        "metric": f"ndcg@{METRIC_K}",
+        "score": scores[name],
+        "scores": scores,
+        "queries": len(queries),
+        "word_queries": sum(q.kind == "words" for q in queries),
+        "attribute_queries": sum(q.kind == "attributes" for q in queries),
+        "attributes": columns,
+        "seed": seed,
+    }
+
+
+def query_encoder(index: SearchIndex) -> Any:
+    """The encoder ``multimodal search`` would use for text queries on ``index`` (torch-free from an ONNX export
+    where that is the one, else the checkpoint's); a UserError when neither is there."""
+    from multimodal.lite.search import encoder_for
+    from multimodal.search.index import index_checkpoint
+
+    encoder = encoder_for(index)
+    if encoder is not None:
+        return encoder
+    if not index_checkpoint(index).is_file():
+        raise UserError(f"the export's checkpoint {index_checkpoint(index)} is missing")
+    from multimodal.search.query_encoder import QueryEncoder
+
+    return QueryEncoder(index)

@@ -1,0 +1,137 @@
+"""Shopper-like queries made from the catalogue itself, each with the products it is about, to tune hybrid search
+when an index is built (:mod:`multimodal.search.hybrid_tuning`).
+
+Two kinds, drawn from a seeded sample of products (the same catalogue and seed give the same queries):
+
+- **words**: two or three consecutive words of a product's BM25 text (its ``--lexical`` columns; stop words left
+  out, as BM25 leaves them out); relevant: every product whose text holds all of them;
+- **attributes**: the values of one or two attribute columns of a product, as a phrase ("Women Black"); relevant:
+  every product with all those values. Attribute columns are given, or found: stored text columns, other than the
+  BM25 ones, with a few distinct short values (never all numbers) that repeat across products.
+
+A query about more than a tenth of the catalogue (and more than 10 products) tells the methods apart too little
+and is left out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from multimodal.errors import UserError
+from multimodal.search.lexical import TOKEN_PATTERN, product_texts
+
+MAX_SHARE, FLOOR = 0.1, 10  # a query about more products than both is too generic to rank methods by
+MAX_VALUES = 100  # an attribute column holds at most this many distinct values
+SKIPPED = ("id", "image_path", "_label")  # the products table's own columns: never attributes
+
+
+@dataclass(frozen=True, eq=False)
+class ShopperQuery:
+    """A query text, the products-table rows it is about (sorted), its kind and what makes a product relevant:
+    its words (``words``) or its ``(column, value)`` pairs (``attributes``)."""
+
+    text: str
+    relevant: np.ndarray
+    kind: str
+    terms: tuple
+
+
+def _words(text: str, stopwords: frozenset[str]) -> list[str]:
+    """The words of ``text`` as BM25 reads them: lower case, one-character tokens kept, stop words dropped."""
+    return [w for w in re.findall(TOKEN_PATTERN, text.lower()) if w not in stopwords]
+
+
+def attribute_columns(products: pd.DataFrame, lexical: list[str], given: list[str] | None) -> list[str]:
+    """The columns attribute queries are made of: ``given`` (checked), else those found in ``products``."""
+    if given is not None:
+        missing = [c for c in given if c not in products.columns or c in SKIPPED]
+        if missing:
+            known = [c for c in products.columns if c not in SKIPPED]
+            raise UserError(f"--tune-attributes: column(s) {missing} are not in the export (it stores: {known})")
+        return list(given)
+    found = []
+    for column in products.columns:
+        if column in SKIPPED or column in lexical:
+            continue
+        values = products[column].dropna().astype(str).str.strip()
+        values = values[values != ""]
+        distinct = values.nunique()
+        if len(values) < 2 or not 2 <= distinct <= min(MAX_VALUES, len(values) // 2):
+            continue
+        if values.str.fullmatch(r"[\d.,\-]+").all() or values.str.split().str.len().mean() > 3:
+            continue  # numbers (years, prices) and long texts are not what shoppers type as an attribute
+        found.append(column)
+    return found
+
+
+def shopper_queries(
+    products: pd.DataFrame, lexical: list[str], attributes: list[str], n: int, seed: int = 0
+) -> list[ShopperQuery]:
+    """Up to ``n`` distinct queries (half of each kind when there are attribute columns) about ``products``."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    stop = frozenset(STOPWORDS_EN)
+    words = [_words(t, stop) for t in product_texts(products, lexical)]
+    rng = np.random.default_rng(seed)
+    wanted = {"attributes": n // 2 if attributes else 0}
+    wanted["words"] = n - wanted["attributes"]
+    drawn: dict[str, tuple[str, tuple]] = {}  # query text -> (kind, what makes a product relevant)
+    for kind, count in wanted.items():
+        made = 0
+        for row in rng.integers(0, len(products), size=8 * count):
+            if made == count:
+                break
+            key = _draw_words(words[row], rng) if kind == "words" else _draw_values(products, row, attributes, rng)
+            if key is not None and " ".join(key[1]) not in drawn:
+                drawn[" ".join(key[1])] = (kind, key[0])
+                made += 1
+    holders = _holders([w for t, (k, _) in drawn.items() if k == "words" for w in t.split()], words)
+    for column in attributes:  # value -> rows, one pass a column
+        rows = pd.Series(np.arange(len(products)), dtype=np.int64)
+        groups = rows.groupby(products[column].astype(str).to_numpy(), sort=False).indices
+        holders.update({(column, v): np.asarray(r, np.int64) for v, r in groups.items()})
+    queries = []
+    for text, (kind, what) in drawn.items():
+        keys = list(what)  # words, or (column, value) pairs
+        relevant = holders[keys[0]]
+        for key in keys[1:]:
+            relevant = np.intersect1d(relevant, holders[key], assume_unique=True)
+        if 0 < len(relevant) <= max(FLOOR, MAX_SHARE * len(products)):
+            queries.append(ShopperQuery(text, relevant, kind, tuple(keys)))
+    return queries
+
+
+def _draw_words(words: list[str], rng: np.random.Generator) -> tuple[tuple, tuple[str, ...]] | None:
+    """Two or three consecutive words of one product's text (None: it has fewer than two)."""
+    if len(words) < 2:
+        return None
+    size = int(rng.integers(2, min(3, len(words)) + 1))
+    start = int(rng.integers(0, len(words) - size + 1))
+    chosen = tuple(words[start : start + size])
+    return tuple(dict.fromkeys(chosen)), chosen
+
+
+def _draw_values(
+    products: pd.DataFrame, row: int, attributes: list[str], rng: np.random.Generator
+) -> tuple[tuple, tuple[str, ...]] | None:
+    """The values of one or two attribute columns of one product, in column order (None: it has none)."""
+    present = [c for c in attributes if pd.notna(products[c].iat[row]) and str(products[c].iat[row]).strip()]
+    if not present:
+        return None
+    size = int(rng.integers(1, min(2, len(present)) + 1))
+    columns = sorted(rng.choice(len(present), size=size, replace=False).tolist())
+    pairs = tuple((present[c], str(products[present[c]].iat[row])) for c in columns)
+    return pairs, tuple(v for _, v in pairs)
+
+
+def _holders(needed: list[str], words: list[list[str]]) -> dict:
+    """For each word of ``needed``, the rows whose words hold it, sorted (one pass over the catalogue)."""
+    holders: dict[str, list[int]] = {w: [] for w in needed}
+    for row, text in enumerate(words):
+        for w in set(text).intersection(holders):
+            holders[w].append(row)
+    return {w: np.asarray(rows, np.int64) for w, rows in holders.items()}
