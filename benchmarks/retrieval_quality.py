@@ -23,6 +23,11 @@ product's relevance the number of the query's attributes it matches. BM25, dense
 hybrid fusions side by side, each retriever trained once per ``--seeds`` seed (mean and range); the peers' published
 numbers (another gallery, zero-shot) are printed beside them as context.
 
+The retriever's training levers (query views, multi-positive InfoNCE, hard negatives, Matryoshka widths) are
+measured with ``--levers``: each preset is trained as its own variant of every ``--variants`` retriever, same seeds,
+and compared with it (:mod:`benchmarks.quality.retrieval_levers`); a retriever trained with Matryoshka widths is
+also scored with its vectors cut to 1/2, 1/4 and 1/8 of the width, beside the index memory.
+
     python -m benchmarks.retrieval_quality --data data/fashion-products \
         --out benchmarks/results/retrieval_quality.json
 """
@@ -30,8 +35,6 @@ numbers (another gallery, zero-shot) are printed beside them as context.
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,14 +47,27 @@ from benchmarks.common import quiet_lightning, say, seed_all
 from benchmarks.harness import SAMPLE, Option, Report
 from benchmarks.quality.retrieval_data import CachedText, CachedVision, Encoded, encode
 from benchmarks.quality.retrieval_eval import evaluate, lexical_and_hybrid, train
+from benchmarks.quality.retrieval_lever_batches import training_loader
+from benchmarks.quality.retrieval_lever_report import lever_ratios, lever_table
+from benchmarks.quality.retrieval_levers import (
+    EMBED_DIM,
+    base_of,
+    lever_columns,
+    retriever_args,
+    variants,
+    view_settings,
+)
+from benchmarks.quality.retrieval_levers import OPTIONS as LEVER_OPTIONS
 from benchmarks.quality.retrieval_peer_eval import Gallery
 from benchmarks.quality.retrieval_peer_report import published, summary, system_name
 from benchmarks.quality.retrieval_peer_report import ratios as whole_ratios
 from benchmarks.quality.retrieval_peer_report import table as whole_table
 from benchmarks.quality.retrieval_report import ratios, runtime_scores, table, zero_shot
+from benchmarks.quality.retrieval_widths import cut_variants, width_ratios, width_scores, width_summary, width_table
 from benchmarks.quality.towers import runtimes_option
 from fusion.cross_attention import CrossAttentionFusion
 from fusion.late import LateFusion
+from multimodal.errors import UserError
 from multimodal.search.retriever import ProductRetriever
 
 OPTIONS = {
@@ -76,8 +92,8 @@ OPTIONS = {
     "--runtimes": runtimes_option("rows '<model> [<runtime>]', full-title queries"),
     "--variants": Option(["image-only", "fused"], "the retrievers trained (product vector: the photo, or the photo "
                          "fused with the attribute text)", choices=["image-only", "fused"]),
-    "--retriever-args": Option("{}", "JSON object merged into the keyword arguments of ProductRetriever(...), e.g. "
-                               "'{\"image_loss_weight\": 0.2}'", metavar="JSON"),
+    "--retriever-args": Option("{}", "JSON object merged into the keyword arguments of ProductRetriever(...) of "
+                               "every variant, e.g. '{\"image_loss_weight\": 0.2}'", metavar="JSON"),
     "--seeds": Option([0, 1, 2], "each retriever is trained once per seed: the whole-catalogue table reports mean "
                       "and range, the other rows the first seed"),
     "--category-columns": Option(["subCategory", "articleType"], "category->product queries: each distinct value, "
@@ -87,15 +103,15 @@ OPTIONS = {
                                     "of these columns' values in this order (usage, season... may be added)"),
     "--combinations": Option(300, "attribute-combination queries drawn (0: none)"),
     "--seed": Option(0, "seed of the queries' draws (shopper words, attribute combinations)"),
+    **LEVER_OPTIONS,
     "--out": Option("benchmarks/results/retrieval_quality.json"),
 }  # fmt: skip
-# --smoke: 32 training and 12 validation / test products at 64 px, one epoch, a shallow re-rank, one fusion weight
+# --smoke: 32 training and 12 validation / test products at 64 px, one epoch, a shallow re-rank, one fusion weight,
+# every lever together (as a variant of each retriever), 2-word title views
 SMOKE = {"data": str(SAMPLE), "max_train": 32, "max_eval": 12, "image_size": 64, "epochs": 1, "batch_size": 8,
          "rerank": 4, "rerank_dim": 16, "workers": 0, "fusion_weights": [0.5], "tagger_results": "", "seeds": [0],
-         "combinations": 20}  # fmt: skip
+         "combinations": 20, "levers": ["all"], "view_title_words": [2, 2]}  # fmt: skip
 MODELS = {"image-only": ("image", False), "fused": ("fused", True)}  # name: product vector, with a re-ranker
-# ProductRetriever arguments the benchmark builds itself (objects, not JSON)
-BUILT = {"vision", "text", "product", "fusion", "reranker", "optimizer", "scheduler"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,9 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     args = harness.parse(p, argv, SMOKE, "benchmarks.retrieval_quality")
     args.retriever_args = retriever_args(p, args.retriever_args)
     args.variants = list(dict.fromkeys(args.variants))
+    args.variant_args = variants(p, args)  # every retriever trained: name -> its ProductRetriever arguments
     quiet_lightning()
     seed_all(args.seed)
-    data = encode(args)
+    try:
+        data = encode(args, view_settings(args.variant_args), lever_columns(args.variant_args))
+    except UserError as err:  # a column option naming no column of the data
+        p.error(str(err))
     test = data.split_rows["test"]
     test_titles = [data.titles[r] for r in test]
     results: dict[str, Any] = {
@@ -116,38 +136,25 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     gallery = Gallery(data, data.query_sets)
     say(f"whole catalogue, BM25: { {s: round(next(iter(v.values())), 3) for s, v in gallery.bm25.items()} }")
-    runs = []
+    runs, names = [], list(args.variant_args)
     for i, seed in enumerate(args.seeds):
-        run: dict[str, Any] = {"seed": seed, "fusion_weight": {}, "scores": {}}
-        for name in args.variants:
+        run: dict[str, Any] = {"seed": seed, "fusion_weight": {}, "scores": {}, "widths": {}}
+        for name in names:
             run_model(args, data, results if i == 0 else None, name, seed, gallery, run)
         runs.append(run)
-    whole = {"gallery": data.n, "variants": list(args.variants), "runs": runs,
+    whole = {"gallery": data.n, "variants": names, "runs": runs,
              "query_sets": {s.name: {**s.summary(), "metrics": list(s.metrics)} for s in data.query_sets},
-             "summary": summary(data.query_sets, gallery.bm25, runs, args.variants),
+             "summary": summary(data.query_sets, gallery.bm25, runs, names), "widths": width_summary(runs),
              "published_peers": published()}  # fmt: skip
     results["whole_catalogue"] = whole
     report = Report(args.out, args)
+    tables = [table(results), whole_table(whole), lever_table(whole), width_table(whole)]
+    ratio_sets = [ratios(results, args.rerank), whole_ratios(whole), lever_ratios(whole),
+                  width_ratios(whole, args.variant_args)]  # fmt: skip
     report.update(products=data.n, test_products=len(test), results=results,
-                  ratios={**ratios(results, args.rerank), **whole_ratios(whole)},
-                  table=f"{table(results)}\n\n{whole_table(whole)}")  # fmt: skip
+                  ratios={k: v for r in ratio_sets for k, v in r.items()},
+                  table="\n\n".join(t for t in tables if t))  # fmt: skip
     report.finish(report["table"])
-
-
-def retriever_args(p: argparse.ArgumentParser, text: str) -> dict[str, Any]:
-    """``--retriever-args`` read once: a JSON object of ProductRetriever keyword arguments (not those built here)."""
-    try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as err:
-        p.error(f"--retriever-args is not JSON ({err}): {text}")
-    if not isinstance(extra, dict):
-        p.error(f"--retriever-args must be a JSON object of ProductRetriever arguments, not {text}")
-    known = set(inspect.signature(ProductRetriever.__init__).parameters) - {"self"} - BUILT
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        p.error(f"--retriever-args: {unknown} are not ProductRetriever arguments this benchmark takes "
-                f"({', '.join(sorted(known))})")  # fmt: skip
-    return extra
 
 
 def build(
@@ -156,7 +163,7 @@ def build(
     def opt(params: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
-    kwargs: dict[str, Any] = {"embed_dim": 256, "encoder_lr_scale": 0.0, **args.retriever_args}
+    kwargs: dict[str, Any] = {"embed_dim": EMBED_DIM, "encoder_lr_scale": 0.0, **args.retriever_args}
     return ProductRetriever(
         vision,
         text,
@@ -179,20 +186,24 @@ def run_model(
     gallery: Gallery,
     run: dict[str, Any],
 ) -> None:
-    """Train one retriever with ``seed``, choose its weighted fusion's dense share on the validation split and add
-    its whole-catalogue scores to ``run``; with ``results`` (the first seed), also its test-split rows."""
-    product, rerank = MODELS[name]
+    """Train one retriever (``name``: a ``--variants`` retriever, or one with a lever) with ``seed``, choose its
+    weighted fusion's dense share on the validation split and add its whole-catalogue scores (and, when it is cut,
+    its scores by width) to ``run``; with ``results`` (the first seed), also its test-split rows."""
+    product, rerank = MODELS[base_of(name)]
+    own = argparse.Namespace(**{**vars(args), "retriever_args": args.variant_args[name]})
     seed_all(seed)
-    model = build(data.vision, data.text, product, args, rerank)
-    loss = train(model, data.split_rows["train"], data.n, data.ids, args)
+    model = build(data.vision, data.text, product, own, rerank)
+    loss = train(model, training_loader(model, data, data.split_rows["train"], args.batch_size, seed), args)
     weight, on_val = choose_weight(args, data, model)
     run["fusion_weight"][name] = weight
     for system, scores in gallery.score(model, weight).items():
         run["scores"][system_name(system, name)] = scores
     dense = {s: round(next(iter(v.values())), 3) for s, v in run["scores"][system_name("dense", name)].items()}
     say(f"seed {seed}, {name}, whole catalogue, dense: {dense}")
+    if name in cut_variants(args.variant_args):
+        run["widths"][name] = width_scores(gallery, model)
     if results is not None:
-        first_seed_rows(args, data, results, model, name, loss, (weight, on_val))
+        first_seed_rows(own, data, results, model, name, loss, (weight, on_val))
 
 
 def first_seed_rows(
@@ -204,10 +215,10 @@ def first_seed_rows(
     loss: float,
     chosen: tuple[float, dict[str, float]],
 ) -> None:
-    """A trained retriever's rows over the test products: its recall (re-ranked too), its hybrid search, zero-shot
-    tagging (image-only) and its ``--runtimes`` rows."""
+    """A trained retriever's rows over the test products: its recall (re-ranked too), its hybrid search, and for a
+    ``--variants`` retriever (not its lever variants) zero-shot tagging (image-only) and its ``--runtimes`` rows."""
     n, ids, test = data.n, data.ids, data.split_rows["test"]
-    product, rerank = MODELS[name]
+    product, rerank = MODELS[base_of(name)]
     results[name] = {**evaluate(model, test, n, ids), "final_train_loss": loss}
     say(f"{name}: {results[name]}")
     hybrid(args, data, results, model, name, *chosen)
@@ -217,6 +228,8 @@ def first_seed_rows(
         both = f"{name} + re-rank top {args.rerank} (ITM + cosine)"
         results[both] = evaluate(model, test, n, ids, rerank=args.rerank, combine=True)
         say(f"re-rank, ITM + cosine: {results[both]}")
+    if base_of(name) != name:
+        return
     if product == "image":
         results["zero_shot"] = zero_shot(model, data.text_tower, data.records, data.split_rows, data.v_pooled, args)
     if args.runtimes:

@@ -15,11 +15,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from benchmarks.common import say
+from benchmarks.quality.retrieval_levers import view_texts
 from benchmarks.quality.retrieval_queries import QuerySet, query_sets
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from multimodal.data.datamodule import ProductDataModule
 from multimodal.data.dataset import Collate
+from multimodal.search.query_views import QueryViews
 
 
 class CachedVision(VisionEncoder):
@@ -39,7 +41,11 @@ class CachedVision(VisionEncoder):
 
 
 class CachedText(TextEncoder):
-    """Frozen text features looked up by row: ``input_ids`` carries row indices ``(B, 1)``."""
+    """Frozen text features looked up by row: ``input_ids`` carries row indices ``(B, 1)``.
+
+    The rows past ``tokens`` (training query views: only their pooled vector is read) keep the pooled vector alone,
+    given as their one token.
+    """
 
     def __init__(self, tokens: Tensor, mask: Tensor, pooled: Tensor, tokenizer: Any) -> None:
         super().__init__()
@@ -52,7 +58,15 @@ class CachedText(TextEncoder):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Features:
         idx = input_ids[:, 0].long()
-        return Features(self.tokens[idx].float(), self.mask[idx], self.pooled[idx].float())
+        pooled = self.pooled[idx].float()
+        listed = idx < len(self.tokens)
+        if bool(listed.all()):
+            return Features(self.tokens[idx].float(), self.mask[idx], pooled)
+        tokens = torch.zeros(len(idx), self.max_length, self.output_dim)  # (B, T, D)
+        mask = torch.zeros(len(idx), self.max_length, dtype=torch.bool)
+        tokens[listed], mask[listed] = self.tokens[idx[listed]].float(), self.mask[idx[listed]]
+        tokens[~listed, 0], mask[~listed, 0] = pooled[~listed], True
+        return Features(tokens, mask, pooled)
 
 
 @torch.inference_mode()
@@ -91,6 +105,18 @@ def encode_texts(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int 
     return torch.cat(tokens), torch.cat(masks), torch.cat(pooled)
 
 
+@torch.inference_mode()
+def encode_pooled(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int = 256) -> Tensor:
+    """The pooled vectors ``(N, D)`` of ``texts`` alone (many short texts: their tokens are not kept)."""
+    pooled = []
+    for start in range(0, len(texts), batch_size):
+        enc = text.tokenize(list(texts[start : start + batch_size]))
+        pooled.append(text(enc["input_ids"], enc["attention_mask"]).pooled)
+        if start // batch_size % 50 == 0:
+            say(f"  query views {start + len(pooled[-1])}/{len(texts)}")
+    return torch.cat(pooled) if pooled else torch.zeros(0, text.output_dim)
+
+
 def batch_of(rows: list[int], n: int, ids: list[str]) -> dict[str, Any]:
     idx = torch.tensor(rows)
     ones = torch.ones(len(rows), 1, dtype=torch.long)
@@ -117,7 +143,8 @@ def shopper_query(title: str, rng: Any, words: int = 3) -> str:
 class Encoded:
     """The catalogue as the retrievers read it: products in split order (train, val, test), the frozen towers'
     outputs behind lookup encoders, the texts of every row (text rows: titles 0.., product texts n.., shopper
-    queries 2n.., the whole-catalogue query sets' new queries 3n..) and those query sets."""
+    queries 2n.., the whole-catalogue query sets' new queries 3n.., then the training products' query views, pooled
+    only: ``view_rows`` maps a view's text to its row) and those query sets."""
 
     records: list[Any]
     split_rows: dict[str, list[int]]
@@ -128,6 +155,7 @@ class Encoded:
     titles: list[str]
     shopper: list[str]
     query_sets: list[QuerySet]
+    view_rows: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -138,11 +166,18 @@ class Encoded:
         return [r.id for r in self.records]
 
 
-def encode(args: argparse.Namespace) -> Encoded:
-    """Read the catalogue's split (capped by ``--max-train`` / ``--max-eval``) and run the frozen towers once."""
+def encode(args: argparse.Namespace, views: Sequence[QueryViews] = (), lever_columns: Sequence[str] = ()) -> Encoded:
+    """Read the catalogue's split (capped by ``--max-train`` / ``--max-eval``) and run the frozen towers once.
+
+    Args:
+        args: the program's arguments.
+        views: view settings whose views of every training product are encoded too.
+        lever_columns: further text columns the training levers read.
+    """
     data = Path(args.data)
     queried = [*args.category_columns, args.colour_column, *args.combination_columns]  # the query sets' columns
-    columns = list(dict.fromkeys([args.query_column, *args.product_columns, *args.attributes, *queried]))
+    columns = [args.query_column, *args.product_columns, *args.attributes, *queried, *lever_columns]
+    columns = list(dict.fromkeys(columns))
     dm = ProductDataModule(str(data / "metadata.csv"), str(data / "images"), text_columns=columns,
                            on_bad_sample="error", batch_size=args.batch_size)  # fmt: skip
     for split, cap in {"train": args.max_train, "val": args.max_eval, "test": args.max_eval}.items():
@@ -162,6 +197,11 @@ def encode(args: argparse.Namespace) -> Encoded:
     sets, queries = query_sets(records, split_rows["test"], titles, shopper, args)
     t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper + queries, text_tower)
     say(f"texts encoded ({len(queries)} whole-catalogue queries)")
+    viewed = view_texts(records, split_rows["train"], titles, list(views))
+    view_rows = {t: len(t_pooled) + i for i, t in enumerate(viewed)}
+    if viewed:
+        t_pooled = torch.cat([t_pooled, encode_pooled(viewed, text_tower)])
+        say(f"{len(viewed)} query views of the training products encoded")
     text = CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
     vision = CachedVision(v_tokens, v_pooled)
-    return Encoded(records, split_rows, vision, text, text_tower, v_pooled, titles, shopper, sets)
+    return Encoded(records, split_rows, vision, text, text_tower, v_pooled, titles, shopper, sets, view_rows)

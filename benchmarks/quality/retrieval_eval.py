@@ -19,10 +19,8 @@ from multimodal.search.metrics import ranks_of_matches, scores_from_ranks
 from multimodal.search.retriever import ProductRetriever
 
 
-def train(model: ProductRetriever, rows: list[int], n: int, ids: list[str], args: argparse.Namespace) -> float:
-    loader = DataLoader(
-        rows, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: batch_of(r, n, ids)
-    )
+def train(model: ProductRetriever, loader: DataLoader, args: argparse.Namespace) -> float:
+    """Fit ``model`` for ``--epochs`` on ``loader``'s batches; returns the last training loss."""
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator="cpu",
