@@ -158,30 +158,28 @@ def build_from_export(
     kind, options = _settle_kind(kind, options, n, dim, memory_budget, shards, info)
     start = time.perf_counter()
     parts = _build_shards(vectors, products["id"], kind, options, shards, seed)
-    info.update(
-        kind=kind,
-        dim=int(dim),
-        count=n,
-        next_label=n,
-        build_s=round(time.perf_counter() - start, 3),
-        options=options,
-        lexical=lexical or [],
-        export=manifest,
-        export_folder=str(Path(export_folder).resolve()),
-    )
+    info.update(kind=kind, dim=int(dim), count=n, next_label=n, build_s=round(time.perf_counter() - start, 3),
+                options=options, lexical=lexical or [], export=manifest,
+                export_folder=str(Path(export_folder).resolve()))  # fmt: skip
     built = SearchIndex(shards=parts, products=products, info=info, folder=Path(export_folder), lexical=lex)
     if kind != "flat":
         _check_recall(built, vectors, target_recall, check_queries, seed, min_recall)
     if lex is not None and tune_hybrid > 0:
-        from multimodal.search.hybrid_tuning import tune_hybrid as tune_fusion
-
-        tuned = tune_fusion(built, tune_hybrid, tune_attributes, seed)
-        if tuned is not None:
-            info["hybrid"] = tuned
+        _tune_hybrid(built, tune_hybrid, tune_attributes, seed)
     checkpoint = Path(export_folder) / CHECKPOINT
     with output_lock(Path(out)):
         save_index(out, parts, products, info, checkpoint if checkpoint.is_file() else None, lex)
     return info
+
+
+def _tune_hybrid(built: SearchIndex, queries: int, attributes: list[str] | None, seed: int) -> None:
+    """Store in the build's info the fusion of dense and BM25 search that scored best on ``queries`` shopper-like
+    queries (:mod:`multimodal.search.hybrid_tuning`); nothing when no query encoder is at hand."""
+    from multimodal.search.hybrid_tuning import tune_hybrid
+
+    tuned = tune_hybrid(built, queries, attributes, seed)
+    if tuned is not None:
+        built.info["hybrid"] = tuned
 
 
 def _build_shards(

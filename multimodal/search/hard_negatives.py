@@ -1,6 +1,6 @@
 """Hard negatives from the catalogue: a training order whose batches hold look-alike products.
 
-With ``hard_negatives: {same: articleType, differ: baseColour}``, each product of the shuffled order is followed
+With ``hard_negatives: {same: category, differ: colour}``, each product of the shuffled order is followed
 (while it lasts) by products of the same ``same`` value with another ``differ`` value (jeans of other colours) and
 by products of the same ``differ`` value with another ``same`` value (other blue things): in-batch negatives a
 contrastive loss learns from. :func:`hard_negative_order` is the pure regrouping; :class:`HardNegativeShuffle` is

@@ -16,6 +16,36 @@ KIND_CHOICES = ("flat", "ivf", "hnsw", "ivfpq", "auto")
 TUNE_QUERIES = 200  # --tune-hybrid's default
 
 
+def _search_options(p: argparse.ArgumentParser) -> None:
+    """The options of what search reads from the build: BM25 columns, the tuned hybrid default, the vector width."""
+    p.add_argument("--lexical", default=None, metavar="COLUMNS", help="comma-separated text columns for BM25")
+    p.add_argument(
+        "--tune-hybrid",
+        "--tune_hybrid",
+        dest="tune_hybrid",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --lexical: score dense, BM25 and their fusions on N shopper-like queries made from the catalogue "
+        f"and store the best as search's default (default {TUNE_QUERIES}; 0: off, the default stays RRF)",
+    )
+    p.add_argument(
+        "--tune-attributes",
+        "--tune_attributes",
+        dest="tune_attributes",
+        default=None,
+        metavar="COLUMNS",
+        help="comma-separated attribute columns whose values make the tuning's phrase queries (default: found in "
+        "the products table; '' for none)",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="keep the first DIM dimensions of each vector, L2-renormalised (Matryoshka); queries are cut alike",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="multimodal index",
@@ -46,32 +76,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="tune nprobe / efSearch to this recall@10 vs exact on held-out queries (default 0.95 with auto)",
     )
-    p.add_argument("--lexical", default=None, metavar="COLUMNS", help="comma-separated text columns for BM25")
-    p.add_argument(
-        "--tune-hybrid",
-        "--tune_hybrid",
-        dest="tune_hybrid",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"with --lexical: score dense, BM25 and their fusions on N shopper-like queries made from the catalogue "
-        f"and store the best as search's default (default {TUNE_QUERIES}; 0: off, the default stays RRF)",
-    )
-    p.add_argument(
-        "--tune-attributes",
-        "--tune_attributes",
-        dest="tune_attributes",
-        default=None,
-        metavar="COLUMNS",
-        help="comma-separated attribute columns whose values make the tuning's phrase queries (default: found in "
-        "the products table; '' for none)",
-    )
-    p.add_argument(
-        "--dim",
-        type=int,
-        default=None,
-        help="keep the first DIM dimensions of each vector, L2-renormalised (Matryoshka); queries are cut alike",
-    )
+    _search_options(p)
     p.add_argument("--shards", type=int, default=1, help="split the products by id hash into N FAISS indexes")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells (default 4*sqrt(N))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query (default 16)")
@@ -137,6 +142,11 @@ def main(argv: list[str]) -> None:
         tune_attributes=attributes,
         **options,
     )
+    print(json.dumps({"index": args.out, **_summary(info)}))
+
+
+def _summary(info: dict) -> dict:
+    """What ``multimodal index`` prints of a build's ``index.json``."""
     keys = ("kind", "dim", "cut_from", "count", "shards", "build_s", "recall@10_vs_exact", "target_met", "lexical")
     summary = {k: info[k] for k in keys if info.get(k) not in (None, [])}
     if "choice" in info:
@@ -146,7 +156,7 @@ def main(argv: list[str]) -> None:
     if "hybrid" in info:  # the default of `multimodal search` on this index
         summary["hybrid"] = {k: info["hybrid"][k] for k in ("mode", "fusion", "weight", "score", "queries")
                              if k in info["hybrid"]}  # fmt: skip
-    print(json.dumps({"index": args.out, **summary}))
+    return summary
 
 
 def _tuning(args: argparse.Namespace, lexical: list[str] | None) -> tuple[int, list[str] | None]:

@@ -1,7 +1,7 @@
 """Query-like views of a product: what a shopper types instead of the full product title.
 
 A view is a random subset of the query text's words (in order), or a phrase of the product's attribute values in
-a configured column order (``[gender, baseColour, articleType]`` -> ``"women blue jeans"``). :func:`product_views`
+a configured column order (``[gender, colour, category]`` -> ``"women blue jeans"``). :func:`product_views`
 enumerates a product's views and :func:`draw_view` samples one; both are pure, so a benchmark can precompute the
 texts. :class:`ViewedQueryText` is the training text function that draws one view per item.
 """

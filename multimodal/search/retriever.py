@@ -95,16 +95,9 @@ class ProductRetriever(TowerTask):
         self.product, self.embed_dim = product, embed_dim
         self.query_columns = list(query_columns) if query_columns else None
         self.product_columns = list(product_columns) if product_columns else self.query_columns
-        self.image_loss_weight, self.rerank_loss_weight, self.product_dropout = (
-            image_loss_weight,
-            rerank_loss_weight,
-            product_dropout,
-        )
-        self.query_views = QueryViews.parse(query_views) if query_views is not None else None
-        self.multi_positive, self.matryoshka_dims = multi_positive, matryoshka_widths(matryoshka_dims, embed_dim)
-        if multi_positive and (self.query_views is None or not self.query_views.attribute_columns):
-            raise UserError("model.multi_positive needs model.query_views.attribute_columns")
-        self.hard_negatives = HardNegatives.parse(hard_negatives) if hard_negatives is not None else None
+        self.image_loss_weight, self.rerank_loss_weight = image_loss_weight, rerank_loss_weight
+        self.product_dropout = product_dropout
+        self._set_levers(query_views, multi_positive, matryoshka_dims, hard_negatives)
         self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)
         self.fusion = fusion(vision.output_dim, text.output_dim) if product == "fused" and fusion is not None else None
@@ -118,6 +111,21 @@ class ProductRetriever(TowerTask):
         self.itm_head = nn.Linear(self.reranker.output_dim, 1) if self.reranker is not None else None
         self._val: dict[str, list[Tensor]] = {"q": [], "p": []}
         align_projections(self)  # a pretrained pair (CLIP, SigLIP) starts as its own space
+
+    def _set_levers(
+        self,
+        query_views: QueryViewsConfig | None,
+        multi_positive: bool,
+        matryoshka_dims: list[int] | None,
+        hard_negatives: HardNegativesConfig | None,
+    ) -> None:
+        """The training levers' settings, checked (one-line errors)."""
+        self.query_views = QueryViews.parse(query_views) if query_views is not None else None
+        self.multi_positive = multi_positive
+        self.matryoshka_dims = matryoshka_widths(matryoshka_dims, self.embed_dim)
+        if multi_positive and (self.query_views is None or not self.query_views.attribute_columns):
+            raise UserError("model.multi_positive needs model.query_views.attribute_columns")
+        self.hard_negatives = HardNegatives.parse(hard_negatives) if hard_negatives is not None else None
 
     # ------------------------------------------------------------------------------------------ preprocessing
     def text_fn(self) -> QueryAndProductText:
