@@ -211,13 +211,12 @@ def _kept_width(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The vectors an index keeps of an export's (``dim``: their first dimensions, renormalised) and the info that
     records a cut (``cut_from``: the model's width, for the queries to be cut alike)."""
-    from multimodal.search.matryoshka import check_dim, cut, full_width
+    from multimodal.search.matryoshka import check_dim, full_width, narrowed
 
     width = vectors.shape[1]
     if dim is not None:
         check_dim(dim, width, f"export {export_folder}")
-        if dim < width:
-            vectors = cut(vectors, dim)
+        vectors = narrowed(vectors, dim)
     full = full_width(manifest, width)
     return vectors, ({"cut_from": full} if vectors.shape[1] < full else {})
 

@@ -155,10 +155,10 @@ class ShardSink:
         skipped = [{"id": r["id"], "reason": r["error"]} for r in rows if "error" in r]
         empty = np.zeros((0, self.dim) if self.fmt == "parquet" else 0, np.float32)
         vectors = np.stack([np.asarray(r["embedding"], np.float32) for r in done]) if done else empty
-        if done and 0 < self.dim < vectors.shape[1]:  # --dim: the first dimensions, renormalised
-            from multimodal.search.matryoshka import cut
+        if done:  # --dim: the first dimensions, renormalised
+            from multimodal.search.matryoshka import narrowed
 
-            vectors = cut(vectors, self.dim)
+            vectors = narrowed(vectors, self.dim)
         vectors = vectors.astype(self.dtype)  # float16 rounds to nearest even, as torch's cast does
         metadata = self.metadata(rows) if isinstance(self.metadata, ManifestMetadata) else self.metadata
         table = pd.DataFrame(

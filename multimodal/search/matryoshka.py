@@ -30,6 +30,12 @@ def cut(vectors: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(head / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
+def narrowed(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """``vectors (N, E)`` cut to their first ``dim`` dimensions (:func:`cut`) when they are wider, else as they are
+    (bit for bit: a full-width vector is not renormalised again)."""
+    return cut(vectors, dim) if vectors.ndim == 2 and 0 < dim < vectors.shape[1] else vectors
+
+
 def full_width(info: dict[str, Any], dim: int) -> int:
     """The model's width behind vectors of width ``dim`` described by ``info`` (an index's or export's record)."""
     return int(info.get("cut_from") or dim)

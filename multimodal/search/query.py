@@ -122,7 +122,7 @@ def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: lis
     """``(Q, E)`` vectors: all text queries in one forward pass, all photo queries in another, stored vectors for
     ``like`` (which needs no encoder). The encoder's vectors are cut to the index's width (its first dimensions,
     renormalised) when the index was built with ``--dim`` (:mod:`multimodal.search.matryoshka`)."""
-    from multimodal.search.matryoshka import cut, full_width
+    from multimodal.search.matryoshka import full_width, narrowed
 
     out = np.zeros((len(queries), index.dim), np.float32)
     by_kind: dict[str, list[int]] = {"text": [], "image": [], "like": []}
@@ -138,10 +138,10 @@ def query_vectors(index: SearchIndex, encoder: QueryEncoder | None, queries: lis
             )
     if by_kind["text"]:
         texts = encoder.texts([str(queries[i].text) for i in by_kind["text"]])  # type: ignore[union-attr]
-        out[by_kind["text"]] = cut(texts, index.dim) if texts.shape[1] > index.dim else texts
+        out[by_kind["text"]] = narrowed(texts, index.dim)
     if by_kind["image"]:
         photos = encoder.images([queries[i].image for i in by_kind["image"]])  # type: ignore[union-attr,misc]
-        out[by_kind["image"]] = cut(photos, index.dim) if photos.shape[1] > index.dim else photos
+        out[by_kind["image"]] = narrowed(photos, index.dim)
     if by_kind["like"]:
         rows = np.array([index.rows_by_id[str(queries[i].like)] for i in by_kind["like"]])
         out[by_kind["like"]] = index.reconstruct(rows)

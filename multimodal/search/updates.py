@@ -50,7 +50,7 @@ def read_addition(index: SearchIndex, folder: str | Path, add: str | Path) -> tu
     """The vectors ``(M, E)`` and products of the export ``add``, checked to fit the index: same model, same
     metadata columns, every id once."""
     from multimodal.search.export import load_export
-    from multimodal.search.matryoshka import cut, full_width
+    from multimodal.search.matryoshka import full_width, narrowed
 
     manifest, vectors, products = load_export(add)
     # the model's widths compared; an export wider than an index cut with --dim is cut alike
@@ -67,8 +67,7 @@ def read_addition(index: SearchIndex, folder: str | Path, add: str | Path) -> tu
             f"--add {add} holds vectors of {manifest['dim']} dimensions (export --dim), index {folder} "
             f"{index.dim}: export the new products with --dim {index.dim} or wider"
         )
-    if len(vectors) and vectors.shape[1] > index.dim:
-        vectors = cut(vectors, index.dim)
+    vectors = narrowed(vectors, index.dim)
     stored = [c for c in index.products.columns if c != LABEL]
     if set(products.columns) != set(stored):
         extra = [c for c in products.columns if c not in stored]
