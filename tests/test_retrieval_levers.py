@@ -1,4 +1,5 @@
-"""The retriever's training levers: query views, multi-positive InfoNCE, hard-negative batches, Matryoshka."""
+"""The retriever's training levers: query views, multi-positive InfoNCE, hard-negative batches, Matryoshka, the
+fused product vector's text skip."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ PRODUCT = {"gender": "Women", "baseColour": None, "articleType": "Swimwear"}
 LEVERS = ["--data.init_args.text_columns", json.dumps(["title", *COLUMNS]),
           "--model.init_args.query_columns", '["title"]', "--model.init_args.query_views", json.dumps(VIEWS),
           "--model.init_args.multi_positive", "true", "--model.init_args.matryoshka_dims", "[8, 16]",
-          "--model.init_args.hard_negatives", '{"same": "articleType", "differ": "baseColour"}']  # fmt: skip
+          "--model.init_args.hard_negatives", '{"same": "articleType", "differ": "baseColour"}',
+          "--model.init_args.text_skip", "true"]  # fmt: skip
 
 
 def test_product_views_follow_the_configured_columns_and_order() -> None:
@@ -182,3 +184,41 @@ def test_fit_with_every_lever_runs(tmp_path: Path) -> None:
     model = load(ckpt).model
     assert model.matryoshka_dims == [8, 16] and model.multi_positive
     assert not isinstance(model.text_fn(), ViewedQueryText)  # a loaded model embeds real queries
+
+
+def test_text_skip_adds_the_product_texts_query_direction() -> None:
+    from encoders.types import Features
+
+    model = MultimodalCLI(args=["--config", TINY, "--model.init_args.text_skip", "true"], run=False).model.eval()
+    g, dv, dt = torch.Generator().manual_seed(3), model.vision.output_dim, model.text.output_dim
+    vision = Features(torch.randn(4, 5, dv, generator=g), torch.ones(4, 5, dtype=torch.bool), torch.randn(4, dv))
+    text = Features(torch.randn(4, 6, dt, generator=g), torch.ones(4, 6, dtype=torch.bool), torch.randn(4, dt))
+    with torch.no_grad():
+        skip = model._product_vectors(vision, text, None)
+        model.text_skip = False
+        fused = model._product_vectors(vision, text, None)
+        own = F.normalize(model.text_proj(text.pooled), dim=-1)  # the product text asked as a query
+    assert torch.allclose(skip, F.normalize(fused + own, dim=-1), atol=1e-6)
+    # a query that says what the product text says scores higher against the product than through the fusion alone
+    assert bool(((skip * own).sum(-1) > (fused * own).sum(-1)).all())
+
+
+def test_the_shopper_config_parses_with_its_levers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    import yaml
+
+    from multimodal.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["multimodal"])
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/retrieval/shopper_queries.yaml", "--print_config"])
+    assert info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    args = printed["model"]["init_args"]
+    assert (args["product"], args["text_skip"], args["multi_positive"]) == ("fused", True, True)
+    assert args["matryoshka_dims"] == [64, 128] and args["hard_negatives"] is None
+    columns = printed["data"]["init_args"]["text_columns"]
+    assert set(args["product_columns"]) | set(args["query_views"]["attribute_columns"]) <= set(columns)

@@ -7,7 +7,8 @@ every ``--variants`` retriever (``fused + views``), same seeds, in the same tabl
   (the lever needs views; compare it with ``views`` as well as with the retriever without levers);
 - ``hard_negatives``: batches gather look-alikes (``--hard-negative-columns SAME DIFFER``);
 - ``matryoshka``: the ``--matryoshka-dims`` prefixes of the vectors are trained to work alone;
-- ``all``: the four together.
+- ``text_skip``: a fused product vector keeps its text's own direction in the query space (fused retrievers only);
+- ``all``: the five together; levers joined by ``+`` (``multi_positive+text_skip``) are trained together.
 
 A preset is merged over ``--retriever-args`` (the keyword arguments of ``ProductRetriever(...)`` every variant
 gets). The benchmark trains on cached features without the data module, so it applies the levers the data module
@@ -30,14 +31,16 @@ from multimodal.search.losses import matryoshka_widths
 from multimodal.search.query_views import QueryViews, product_views
 from multimodal.search.retriever import ProductRetriever
 
-LEVERS = ("views", "multi_positive", "hard_negatives", "matryoshka", "all")
+LEVERS = ("views", "multi_positive", "hard_negatives", "matryoshka", "text_skip", "all")
 EMBED_DIM = 256  # the retrievers' width unless --retriever-args sets embed_dim
 # ProductRetriever arguments the benchmark builds itself (objects, not JSON)
 BUILT = {"vision", "text", "product", "fusion", "reranker", "optimizer", "scheduler"}
 OPTIONS = {
-    "--levers": Option([], "training levers, each trained as its own variant of every --variants retriever "
-                       "('fused + views'; 'all': the four together), same seeds; given alone: none",
-                       choices=LEVERS, nargs="*"),
+    "--levers": Option([], f"training levers ({', '.join(LEVERS)}), each trained as its own variant of every "
+                       "--variants retriever ('fused + views'; 'all': the five together; 'a+b': those together), "
+                       "same seeds; given alone: none", nargs="*"),
+    "--lever-bases": Option([], "the --variants retrievers the levers vary (default: every one)",
+                            choices=["image-only", "fused"], nargs="*"),
     "--view-columns": Option(["gender", "baseColour", "articleType"], "views lever: the text columns of a view's "
                              "attribute phrase, in phrase order"),
     "--view-title-words": Option([2, 4], "views lever: MIN MAX of the title's words a word view keeps"),
@@ -65,7 +68,7 @@ def retriever_args(p: argparse.ArgumentParser, text: str) -> dict[str, Any]:
 
 
 def preset(lever: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The ProductRetriever arguments of one lever (``all``: every lever's)."""
+    """The ProductRetriever arguments of one lever (``all``: every lever's; ``a+b``: those of ``a`` and ``b``)."""
     views = {"query_views": {"title_words": list(args.view_title_words), "attribute_columns": list(args.view_columns),
                              "probability": args.view_probability}}  # fmt: skip
     same, differ = args.hard_negative_columns
@@ -74,10 +77,10 @@ def preset(lever: str, args: argparse.Namespace) -> dict[str, Any]:
         "multi_positive": {**views, "multi_positive": True},
         "hard_negatives": {"hard_negatives": {"same": same, "differ": differ}},
         "matryoshka": {"matryoshka_dims": list(args.matryoshka_dims)},
+        "text_skip": {"text_skip": True},
     }
-    if lever == "all":
-        return {k: v for part in presets.values() for k, v in part.items()}
-    return presets[lever]
+    parts = list(presets) if lever == "all" else lever.split("+")
+    return {k: v for part in parts for k, v in presets[part].items()}
 
 
 def variants(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -85,10 +88,18 @@ def variants(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, 
     ``--retriever-args``, each followed by its ``--levers`` variants (``<variant> + <lever>``)."""
     if len(args.hard_negative_columns) != 2:
         p.error(f"--hard-negative-columns takes two columns, SAME DIFFER, not {args.hard_negative_columns}")
+    unknown = [lv for lv in args.levers if lv != "all" and not all(part in LEVERS[:-1] for part in lv.split("+"))]
+    if unknown:
+        p.error(f"--levers: unknown {unknown}; known: {', '.join(LEVERS)} (or several joined by '+')")
     out: dict[str, dict[str, Any]] = {}
+    bases = args.lever_bases or args.variants
+    if set(bases) - set(args.variants):
+        p.error(f"--lever-bases {sorted(set(bases) - set(args.variants))} not among --variants {args.variants}")
     for base in dict.fromkeys(args.variants):
         out[base] = dict(args.retriever_args)
-        for lever in dict.fromkeys(args.levers):
+        for lever in dict.fromkeys(args.levers if base in bases else []):
+            if base != "fused" and "text_skip" in lever.split("+"):
+                continue  # a photo-only product vector has no text to keep ("all" keeps the other four)
             out[f"{base} + {lever}"] = {**args.retriever_args, **preset(lever, args)}
     for name, kwargs in out.items():
         check(p, name, kwargs)

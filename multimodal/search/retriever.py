@@ -51,6 +51,9 @@ class ProductRetriever(TowerTask):
         rerank_loss_weight: weight of the re-ranker's loss.
         product_dropout: in training with ``fused`` products, chance that a product's text is replaced by the
             learned "missing" stand-in, so a photo alone also gives a useful product vector.
+        text_skip: with ``fused`` products, the product text's pooled vector, through the query projection, is added
+            to the fused vector, so a query that names the product's attribute values matches them as the text
+            tower itself would (a pretrained sentence encoder's similarity survives the fusion's training).
         query_views: in training, queries may be query-like views of the product (a few of its query words, or a
             phrase of its attribute values): :class:`multimodal.search.query_views.QueryViewsConfig`. Off: None.
         multi_positive: in training, every product with the attribute values a view states is a positive of it
@@ -79,6 +82,7 @@ class ProductRetriever(TowerTask):
         reranker: FusionFactory | None = None,
         rerank_loss_weight: float = 1.0,
         product_dropout: float = 0.0,
+        text_skip: bool = False,
         query_views: QueryViewsConfig | None = None,
         multi_positive: bool = False,
         matryoshka_dims: list[int] | None = None,
@@ -96,7 +100,7 @@ class ProductRetriever(TowerTask):
         self.query_columns = list(query_columns) if query_columns else None
         self.product_columns = list(product_columns) if product_columns else self.query_columns
         self.image_loss_weight, self.rerank_loss_weight = image_loss_weight, rerank_loss_weight
-        self.product_dropout = product_dropout
+        self.product_dropout, self.text_skip = product_dropout, text_skip and product == "fused"
         self._set_levers(query_views, multi_positive, matryoshka_dims, hard_negatives)
         self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)
@@ -173,7 +177,10 @@ class ProductRetriever(TowerTask):
         )
         if has_text is not None:
             text = self.missing_text.fill(text, has_text)
-        return F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
+        fused = F.normalize(self.product_proj(self.fusion(vision, text).pooled), dim=-1)
+        if self.text_skip:  # the text's own direction in the query space, beside what the fusion adds
+            fused = F.normalize(fused + F.normalize(self.text_proj(text.pooled), dim=-1), dim=-1)
+        return fused
 
     def match_scores(self, vision: Features, text: Features) -> Tensor:
         """Re-ranker logits ``(B,)`` for pairs of image features and text features."""
