@@ -46,9 +46,10 @@ from benchmarks import harness
 from benchmarks.common import quiet_lightning, say, seed_all
 from benchmarks.harness import SAMPLE, Option, Report
 from benchmarks.quality.retrieval_data import CachedText, CachedVision, Encoded, encode
+from benchmarks.quality.retrieval_default_hybrid import tuning_queries
 from benchmarks.quality.retrieval_eval import evaluate, lexical_and_hybrid, train
 from benchmarks.quality.retrieval_lever_batches import training_loader
-from benchmarks.quality.retrieval_lever_report import lever_ratios, lever_table
+from benchmarks.quality.retrieval_lever_report import lever_ratios, lever_table, zero_shot_table
 from benchmarks.quality.retrieval_levers import (
     EMBED_DIM,
     base_of,
@@ -104,6 +105,8 @@ OPTIONS = {
     "--combinations": Option(300, "attribute-combination queries drawn (0: none)"),
     "--seed": Option(0, "seed of the queries' draws (shopper words, attribute combinations)"),
     **LEVER_OPTIONS,
+    "--cache": Option("", "folder that keeps the frozen towers' outputs (photos, texts, query views) between runs, "
+                      "each named by a hash of its inputs (empty: none)"),
     "--out": Option("benchmarks/results/retrieval_quality.json"),
 }  # fmt: skip
 # --smoke: 32 training and 12 validation / test products at 64 px, one epoch, a shallow re-rank, one fusion weight,
@@ -134,11 +137,11 @@ def main(argv: list[str] | None = None) -> None:
                                               test_titles, False),
         "shopper_query_examples": [[data.titles[r], data.shopper[r]] for r in test[:5]],
     }  # fmt: skip
-    gallery = Gallery(data, data.query_sets)
+    gallery = Gallery(data, data.query_sets, tuning_queries(data, args.product_columns))
     say(f"whole catalogue, BM25: { {s: round(next(iter(v.values())), 3) for s, v in gallery.bm25.items()} }")
     runs, names = [], list(args.variant_args)
     for i, seed in enumerate(args.seeds):
-        run: dict[str, Any] = {"seed": seed, "fusion_weight": {}, "scores": {}, "widths": {}}
+        run: dict[str, Any] = {"seed": seed, "fusion_weight": {}, "hybrid_default": {}, "scores": {}, "widths": {}}
         for name in names:
             run_model(args, data, results if i == 0 else None, name, seed, gallery, run)
         runs.append(run)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
              "published_peers": published()}  # fmt: skip
     results["whole_catalogue"] = whole
     report = Report(args.out, args)
-    tables = [table(results), whole_table(whole), lever_table(whole), width_table(whole)]
+    tables = [table(results), whole_table(whole), lever_table(whole), zero_shot_table(results), width_table(whole)]
     ratio_sets = [ratios(results, args.rerank), whole_ratios(whole), lever_ratios(whole),
                   width_ratios(whole, args.variant_args)]  # fmt: skip
     report.update(products=data.n, test_products=len(test), results=results,
@@ -196,7 +199,8 @@ def run_model(
     loss = train(model, training_loader(model, data, data.split_rows["train"], args.batch_size, seed), args)
     weight, on_val = choose_weight(args, data, model)
     run["fusion_weight"][name] = weight
-    for system, scores in gallery.score(model, weight).items():
+    scores_by_system, run["hybrid_default"][name] = gallery.score(model, weight)
+    for system, scores in scores_by_system.items():
         run["scores"][system_name(system, name)] = scores
     dense = {s: round(next(iter(v.values())), 3) for s, v in run["scores"][system_name("dense", name)].items()}
     say(f"seed {seed}, {name}, whole catalogue, dense: {dense}")
@@ -228,10 +232,12 @@ def first_seed_rows(
         both = f"{name} + re-rank top {args.rerank} (ITM + cosine)"
         results[both] = evaluate(model, test, n, ids, rerank=args.rerank, combine=True)
         say(f"re-rank, ITM + cosine: {results[both]}")
+    tagged = zero_shot(model, data.text_tower, data.records, data.split_rows, data.v_pooled, args)
+    results.setdefault("zero_shot_by_variant", {})[name] = {a: v["zero_shot"]["acc"] for a, v in tagged.items()}
     if base_of(name) != name:
         return
     if product == "image":
-        results["zero_shot"] = zero_shot(model, data.text_tower, data.records, data.split_rows, data.v_pooled, args)
+        results["zero_shot"] = tagged
     if args.runtimes:
         work = Path(tempfile.mkdtemp(prefix="retrieval-runtimes-"))
         for label, scores in runtime_scores(

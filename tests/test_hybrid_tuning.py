@@ -17,7 +17,7 @@ from multimodal import cli
 from multimodal.search.export import load_export
 from multimodal.search.index import load_index
 from multimodal.search.matryoshka import cut
-from multimodal.search.query import Query, search_many, settled
+from multimodal.search.query import Query, route_of, search_many, settled
 from multimodal.search.shopper_queries import attribute_columns, shopper_queries
 
 COLUMNS = ["title", "gender", "articleType", "baseColour", "year"]
@@ -81,14 +81,21 @@ def test_the_tuned_fusion_is_stored_and_is_the_default_explicit_options_win(
     built = lines(run_cli(["index", export, "--out", out, "--lexical", "title", "--tune-hybrid", 60], capsys))[-1]
     index = load_index(out)
     stored = index.info["hybrid"]
-    assert built["hybrid"] == {k: stored[k] for k in ("mode", "fusion", "weight", "score", "queries") if k in stored}
+    summary_keys = ("mode", "fusion", "weight", "score", "queries", "routes")
+    assert built["hybrid"] == {k: stored[k] for k in summary_keys if k in stored}
     scores = stored["scores"]
     assert {"dense", "lexical", "rrf", "weighted@0.0", "weighted@0.5", "weighted@1.0"} <= set(scores)
     assert stored["score"] == max(scores.values()) >= max(scores["dense"], scores["lexical"])  # never loses
     assert 0 < stored["queries"] <= 60 and stored["word_queries"] and stored["attribute_queries"]
+    routes = stored["routes"]  # each route's winner, on the queries routed there: together never below the winner
+    assert set(routes) <= {"words", "attributes"} and sum(r["queries"] for r in routes.values()) == stored["queries"]
+    routed_total = sum(r["score"] * r["queries"] for r in routes.values())  # scores are rounded to 4 decimals
+    assert routed_total >= (stored["score"] - 1e-4) * stored["queries"]
+    assert "women" in stored["attribute_terms"] or "men" in stored["attribute_terms"]
     text = " ".join(str(index.products["title"].iat[4]).split()[:3])
     encoder = QueryEncoder(index)
-    choice = {k: stored[k] for k in ("mode", "fusion", "weight") if k in stored}
+    route = route_of(stored, text)  # the text's route's winner (title words: mostly the words route)
+    choice = {k: route[k] for k in ("mode", "fusion", "weight") if k in route}
     want = search_many(index, encoder, [Query(text=text, k=5, **choice)])[0]
     assert ids(lines(run_cli(["search", out, "--text", text, "-k", 5], capsys))) == ids(want)
     # a chosen weighted fusion (written here to be sure it differs from the plain RRF) is what a bare query gets
@@ -106,6 +113,17 @@ def test_the_tuned_fusion_is_stored_and_is_the_default_explicit_options_win(
     assert ids(lines(run_cli([*search, "--weight", "1"], capsys))) == all_dense  # a weight alone: weighted hybrid
     seed = str(index.products["id"].iat[0])
     assert settled(index, Query(like=seed)).mode == "dense" and settled(index, Query(image=Path("x"))).mode == "dense"
+    # routes: a query of attribute words takes the attributes route's options, any other text the words route's
+    routed = {"mode": "hybrid", "fusion": "rrf", "weight": 0.5, "attribute_terms": ["blue", "women"],
+              "routes": {"attributes": {"mode": "dense"}, "words": {"mode": "lexical"}}}  # fmt: skip
+    (out / "index.json").write_text(json.dumps({**index.info, "hybrid": routed}))
+    index = load_index(out)
+    assert settled(index, Query(text="Women Blue")).mode == "dense"  # stop words and case do not matter
+    assert settled(index, Query(text="women blue swimsuit")).mode == "lexical"
+    assert settled(index, Query(text="women blue", mode="hybrid")).mode == "hybrid"  # an explicit mode wins
+    (out / "index.json").write_text(json.dumps({**index.info, "hybrid": {"mode": "hybrid", "fusion": "weighted",
+                                                                         "weight": 0.0}}))  # fmt: skip
+    index = load_index(out)
     # serve's /search: the same default, and the answer repeats the mode it used
     api = SearchAPI(str(out), max_pixels=2**24, reload_interval=0)
     api.load("cpu")

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from benchmarks.common import say
+from benchmarks.quality.retrieval_cache import cached, key_of
 from benchmarks.quality.retrieval_levers import view_texts
 from benchmarks.quality.retrieval_queries import QuerySet, query_sets
 from encoders.pretrained import EfficientNetLiteEncoder, MiniLMTextEncoder
@@ -188,19 +189,23 @@ def encode(args: argparse.Namespace, views: Sequence[QueryViews] = (), lever_col
     say(f"{len(records)} products: train {len(split_rows['train'])}, test {len(split_rows['test'])}")
     vision_tower = EfficientNetLiteEncoder(0, image_size=args.image_size, trainable=False).eval()
     text_tower = MiniLMTextEncoder(max_length=32, trainable=False).eval()
-    v_tokens, v_pooled = encode_images(dm, vision_tower, args.batch_size, args.workers)
+    photos_key = key_of(str(data.resolve()), [r.id for r in records], args.image_size)
+    v_tokens, v_pooled = cached(args.cache, "photos", photos_key,
+                                lambda: encode_images(dm, vision_tower, args.batch_size, args.workers))  # fmt: skip
     say("photos encoded")
     titles = [r.texts[args.query_column] or "" for r in records]
     product_texts = [". ".join(r.texts[c] for c in args.product_columns if r.texts[c]) for r in records]
     rng = np.random.default_rng(args.seed)
     shopper = [shopper_query(t, rng) for t in titles]
     sets, queries = query_sets(records, split_rows["test"], titles, shopper, args)
-    t_tokens, t_mask, t_pooled = encode_texts(titles + product_texts + shopper + queries, text_tower)
+    texts = titles + product_texts + shopper + queries
+    t_tokens, t_mask, t_pooled = cached(args.cache, "texts", key_of(texts), lambda: encode_texts(texts, text_tower))
     say(f"texts encoded ({len(queries)} whole-catalogue queries)")
     viewed = view_texts(records, split_rows["train"], titles, list(views))
     view_rows = {t: len(t_pooled) + i for i, t in enumerate(viewed)}
     if viewed:
-        t_pooled = torch.cat([t_pooled, encode_pooled(viewed, text_tower)])
+        views_pooled = cached(args.cache, "views", key_of(viewed), lambda: encode_pooled(viewed, text_tower))
+        t_pooled = torch.cat([t_pooled, views_pooled])
         say(f"{len(viewed)} query views of the training products encoded")
     text = CachedText(t_tokens, t_mask, t_pooled, text_tower.tokenizer)
     vision = CachedVision(v_tokens, v_pooled)

@@ -52,3 +52,20 @@ def lever_ratios(whole: dict[str, Any]) -> dict[str, float | None]:
                     value, scores[system_name("dense", reference)][name][m]["mean"]
                 )
     return out
+
+
+def zero_shot_table(results: dict[str, Any]) -> str:
+    """Zero-shot tagging of the test photos through each retriever trained with the first seed ('' when none)."""
+    by_variant = results.get("zero_shot_by_variant")
+    if not by_variant:
+        return ""
+    attributes = list(next(iter(by_variant.values())))
+    lines = [
+        "Zero-shot tagging through each retriever (test photos through its photo projection, against the query "
+        "tower's vector of each value seen in training; first seed; accuracy):",
+        "",
+        "| retriever | " + " | ".join(attributes) + " |",
+        "|---|" + "---|" * len(attributes),
+    ]
+    lines += [f"| {v} | " + " | ".join(f"{acc[a]:.3f}" for a in attributes) + " |" for v, acc in by_variant.items()]
+    return "\n".join(lines)

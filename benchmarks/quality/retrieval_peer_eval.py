@@ -5,13 +5,19 @@ every query set of :mod:`benchmarks.quality.retrieval_queries`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from benchmarks.quality.retrieval_data import Encoded, batch_of
+from benchmarks.quality.retrieval_default_hybrid import ranked, tune
 from benchmarks.quality.retrieval_queries import QuerySet
 from benchmarks.quality.retrieval_ranking import item_metrics, ranked_metrics
+from multimodal.search.hits import HYBRID_DEPTH
+from multimodal.search.query import route_of
 from multimodal.search.retriever import ProductRetriever
+from multimodal.search.shopper_queries import ShopperQuery
 
 BM25 = "BM25 on the title"
 CHUNK = 256  # queries (and gallery products) scored at a time: a (CHUNK, N) score matrix
@@ -48,14 +54,16 @@ class Gallery:
     Args:
         data: the encoded catalogue (every split, in row order) with the query sets' texts cached.
         sets: the query sets.
+        tuning: the queries each retriever's hybrid default is tuned on and the words that route a query
+            (:func:`benchmarks.quality.retrieval_default_hybrid.tuning_queries`).
     """
 
-    def __init__(self, data: Encoded, sets: list[QuerySet]) -> None:
+    def __init__(self, data: Encoded, sets: list[QuerySet], tuning: tuple[list[ShopperQuery], set[str]]) -> None:
         import pandas as pd
 
         from multimodal.search.lexical import LexicalIndex
 
-        self.data, self.sets = data, sets
+        self.data, self.sets, self.tuning = data, sets, tuning
         self.lexical = LexicalIndex.build(pd.DataFrame({"title": data.titles}), ["title"])
         self.lists: dict[str, Lists] = {}
         self.bm25: dict[str, dict[str, float]] = {}
@@ -63,8 +71,6 @@ class Gallery:
             self.lists[s.name], self.bm25[s.name] = self._lexical(s)
 
     def _lexical(self, s: QuerySet) -> tuple[Lists, dict[str, float]]:
-        from multimodal.search.query import HYBRID_DEPTH
-
         n, lists, parts = self.data.n, [], []
         for start in range(0, len(s.texts), CHUNK):
             scores, rows = self.lexical.search(s.texts[start : start + CHUNK], n)
@@ -90,28 +96,32 @@ class Gallery:
             queries[s.name] = model.embed_text(idx, torch.ones_like(idx)).numpy()
         return torch.cat(gallery).numpy(), queries
 
-    def score(self, model: ProductRetriever, weight: float) -> dict[str, dict[str, dict[str, float]]]:
-        """Dense search with ``model`` and its RRF and weighted (dense share ``weight``) fusions with BM25:
-        ``{"dense" | "hybrid RRF" | "hybrid weighted": {query set: {metric: mean}}}``."""
-        from multimodal.search.lexical import reciprocal_rank_fusion, weighted_fusion
-        from multimodal.search.query import HYBRID_DEPTH
-
+    def score(
+        self, model: ProductRetriever, weight: float
+    ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+        """Dense search with ``model``, its RRF and weighted (dense share ``weight``) fusions with BM25, and the
+        hybrid default an index build would tune on the tuning queries: ``({"dense" | "hybrid RRF" | "hybrid weighted" |
+        "hybrid default": {query set: {metric: mean}}}, the default's tuning record)``."""
         gallery, queries = self.vectors(model)
-        n = self.data.n
-        out: dict[str, dict[str, dict[str, float]]] = {"dense": {}, "hybrid RRF": {}, "hybrid weighted": {}}
+        default = tune(self.data, model, gallery, self.lexical, self.tuning)
+        systems = {"hybrid RRF": {"mode": "hybrid", "fusion": "rrf"},
+                   "hybrid weighted": {"mode": "hybrid", "fusion": "weighted", "weight": weight},
+                   "hybrid default": default}  # fmt: skip
+        out: dict[str, dict[str, dict[str, float]]] = {"dense": {}, **{k: {} for k in systems}}
         for s in self.sets:
             parts: dict[str, list[dict[str, np.ndarray]]] = {k: [] for k in out}
             for start in range(0, len(s.texts), CHUNK):
                 sim = queries[s.name][start : start + CHUNK] @ gallery.T  # (q, N)
                 parts["dense"].append(set_metrics(s, sim, start))
-                rrf, weighted = np.empty_like(sim, dtype=np.float64), np.empty_like(sim, dtype=np.float64)
+                fused = {k: np.empty_like(sim, dtype=np.float64) for k in systems}
                 for i in range(len(sim)):
-                    top = np.argsort(-sim[i], kind="stable")[:HYBRID_DEPTH]
-                    lex_s, lex = self.lists[s.name][start + i]
-                    rrf[i] = as_scores(reciprocal_rank_fusion([top, lex]), n)
-                    weighted[i] = as_scores(weighted_fusion((sim[i, top], top), (lex_s, lex), weight), n)
-                parts["hybrid RRF"].append(set_metrics(s, rrf, start))
-                parts["hybrid weighted"].append(set_metrics(s, weighted, start))
+                    top, lex = np.argsort(-sim[i], kind="stable")[:HYBRID_DEPTH], self.lists[s.name][start + i]
+                    for k, options in systems.items():
+                        if k == "hybrid default":  # the route of the query's text, as `multimodal search` takes it
+                            options = route_of(default, s.texts[start + i])
+                        fused[k][i] = as_scores(ranked(options, sim[i], top, lex), self.data.n)
+                for k in systems:
+                    parts[k].append(set_metrics(s, fused[k], start))
             for system, p in parts.items():
                 out[system][s.name] = mean_of(p, s.metrics)
-        return out
+        return out, default

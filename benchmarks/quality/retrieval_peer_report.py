@@ -12,7 +12,7 @@ from benchmarks.common import ratio
 from benchmarks.quality.retrieval_peer_eval import BM25
 from benchmarks.quality.retrieval_queries import HEADLINE, QuerySet
 
-SYSTEMS = ("dense", "hybrid RRF", "hybrid weighted")
+SYSTEMS = ("dense", "hybrid RRF", "hybrid weighted", "hybrid default")
 LABELS = {"recall@1": "R@1", "recall@10": "R@10", "precision@1": "P@1", "precision@10": "P@10", "mrr": "MRR",
           "ndcg@10": "nDCG@10"}  # fmt: skip
 PEER_GALLERY = "other gallery (Myntra, 44k products), zero-shot"
@@ -80,6 +80,8 @@ def table(whole: dict[str, Any]) -> str:
                          + " | ".join(cell(scores[sys][name][m]) for sys in systems) + " |")  # fmt: skip
     weights = "; ".join(f"{v}: {[r['fusion_weight'][v] for r in whole['runs']]}" for v in whole["variants"])
     lines += ["", f"hybrid weighted: the dense share chosen on the validation split, by seed ({weights})."]
+    defaults = "; ".join(f"{v}: {[r['hybrid_default'][v]['name'] for r in whole['runs']]}" for v in whole["variants"])
+    lines += [f"hybrid default: what `multimodal index --lexical` tunes and stores, by seed ({defaults})."]
     lines += peer_table(scores, whole["variants"])
     return "\n".join(lines)
 
@@ -110,7 +112,7 @@ def ratios(whole: dict[str, Any]) -> dict[str, float | None]:
         m = HEADLINE[info["kind"]]
         bm25 = scores[BM25][name][m]["mean"]
         for variant in whole["variants"]:
-            for system in ("dense", "hybrid weighted"):
+            for system in ("dense", "hybrid weighted", "hybrid default"):
                 label = f"whole catalogue, {name} {LABELS[m]}: {system} {variant} / BM25"
                 out[label] = ratio(scores[system_name(system, variant)][name][m]["mean"], bm25)
     return out

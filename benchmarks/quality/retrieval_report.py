@@ -173,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
     ]
     for name, r in results.items():
         if name in ("zero_shot", "full_title_queries", "shopper_queries", "shopper_query_examples",
-                    "fusion_weight_on_val", "whole_catalogue"):  # fmt: skip
+                    "fusion_weight_on_val", "whole_catalogue", "zero_shot_by_variant"):  # fmt: skip
             continue
         lines.append(
             f"| {name} | "

@@ -7,6 +7,13 @@ Weighted fusion at shares 0 and 1 is (but for ties at the tails) the lexical and
 still scores strictly higher than every fusion is stored as the winner itself: the default never loses to its
 halves on the tuning queries. Ties go to RRF, then to the share nearest to an even mix, then dense, then lexical.
 
+Queries are of two kinds that want different mixes: a few words of a product's own text (known-item lookup, where
+BM25 is strong) and attribute values ("women blue jeans", where every matching product is an answer and the dense
+half is strong). The tuning also picks a winner per **route** (:func:`multimodal.search.shopper_queries.
+query_route`: ``attributes`` when every word of the query is a word of the catalogue's attribute values, else
+``words``) and stores both with those words; a text query then takes its route's winner. On the tuning queries the
+routed default scores at least the single winner, since each route's winner is at least as good on its own queries.
+
 The queries are encoded by the export's checkpoint, or its ONNX export on the torch-free install
 (:func:`multimodal.lite.search.encoder_for`); without either the build says so and keeps the plain default (RRF).
 """
@@ -21,7 +28,13 @@ import numpy as np
 
 from multimodal.errors import UserError
 from multimodal.search.index import SearchIndex
-from multimodal.search.shopper_queries import ShopperQuery, attribute_columns, shopper_queries
+from multimodal.search.shopper_queries import (
+    ShopperQuery,
+    attribute_columns,
+    attribute_terms,
+    query_route,
+    shopper_queries,
+)
 
 SHARES = tuple(round(0.1 * i, 1) for i in range(11))  # dense shares of weighted fusion
 METRIC_K = 10
@@ -44,8 +57,8 @@ def configurations() -> list[tuple[str, dict[str, Any]]]:
     return [*fused, ("dense", {"mode": "dense"}), ("lexical", {"mode": "lexical"})]
 
 
-def score_configs(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) -> dict[str, float]:
-    """Mean nDCG@10 of each configuration on ``queries``: one encoding, one FAISS and one BM25 search for all."""
+def query_scores(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) -> dict[str, np.ndarray]:
+    """nDCG@10 of each configuration on each of ``queries`` (one encoding, one FAISS and one BM25 search for all)."""
     from multimodal.search.hits import candidates, fuse
     from multimodal.search.query import Query, query_vectors
 
@@ -53,14 +66,31 @@ def score_configs(index: SearchIndex, encoder: Any, queries: list[ShopperQuery])
              for q in queries]  # fmt: skip
     vectors = query_vectors(index, encoder, asked)
     dense, lexical = candidates(index, asked, dict(enumerate(vectors)))
-    scores = {}
+    out = {}
     for name, options in configurations():
-        total = 0.0
-        for i, (q, shopper) in enumerate(zip(asked, queries, strict=True)):
-            ranked = fuse(replace(q, **options), dense.get(i), lexical.get(i))
-            total += ndcg([row for row, _ in ranked], shopper.relevant)
-        scores[name] = round(total / len(queries), 4)
-    return scores
+        out[name] = np.array([
+            ndcg([row for row, _ in fuse(replace(q, **options), dense.get(i), lexical.get(i))], shopper.relevant)
+            for i, (q, shopper) in enumerate(zip(asked, queries, strict=True))
+        ])  # fmt: skip
+    return out
+
+
+def score_configs(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) -> dict[str, float]:
+    """Mean nDCG@10 of each configuration on ``queries``."""
+    return {name: round(float(s.mean()), 4) for name, s in query_scores(index, encoder, queries).items()}
+
+
+def routed(per_query: dict[str, np.ndarray], routes: list[str]) -> dict[str, dict[str, Any]]:
+    """The winner of each route among the queries sent there (``routes[i]``: query ``i``'s route), with its mean
+    nDCG@10 and query count: ``{route: {"mode", "fusion", "weight", "score", "queries"}}``."""
+    out = {}
+    for route in sorted(set(routes)):
+        rows = np.array([r == route for r in routes])
+        scores = {name: round(float(s[rows].mean()), 4) for name, s in per_query.items()}
+        chosen = winner(scores)
+        out[route] = {**{k: v for k, v in chosen.items() if k != "name"}, "score": scores[chosen["name"]],
+                      "queries": int(rows.sum())}  # fmt: skip
+    return out
 
 
 def winner(scores: dict[str, float]) -> dict[str, Any]:
@@ -88,9 +118,11 @@ def tune_hybrid(
     except UserError as err:
         print(f"hybrid search not tuned (the default stays RRF): {err}", file=sys.stderr)
         return None
-    scores = score_configs(index, encoder, queries)
+    per_query = query_scores(index, encoder, queries)
+    scores = {name: round(float(s.mean()), 4) for name, s in per_query.items()}
     chosen = winner(scores)
     name = chosen.pop("name")
+    terms = attribute_terms(index.products, columns)
     return {
         **chosen,
         "metric": f"ndcg@{METRIC_K}",
@@ -101,6 +133,8 @@ def tune_hybrid(
         "attribute_queries": sum(q.kind == "attributes" for q in queries),
         "attributes": columns,
         "seed": seed,
+        "routes": routed(per_query, [query_route(q.text, terms) for q in queries]),
+        "attribute_terms": sorted(terms),
     }
 
 

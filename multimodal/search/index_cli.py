@@ -154,7 +154,7 @@ def _summary(info: dict) -> dict:
     if "tuned" in info:
         summary.update({k: v for k, v in info["tuned"].items() if k != "sweep"})
     if "hybrid" in info:  # the default of `multimodal search` on this index
-        summary["hybrid"] = {k: info["hybrid"][k] for k in ("mode", "fusion", "weight", "score", "queries")
+        summary["hybrid"] = {k: info["hybrid"][k] for k in ("mode", "fusion", "weight", "score", "queries", "routes")
                              if k in info["hybrid"]}  # fmt: skip
     return summary
 

@@ -64,11 +64,13 @@ FUSIONS = ("rrf", "weighted")
 def settled(index: SearchIndex, query: Query) -> Query:
     """``query`` with the options it leaves unset (None) taken from ``index``: a text query on an index with a BM25
     part is hybrid (or the half that won the build's tuning, :mod:`multimodal.search.hybrid_tuning`), any other
-    query dense; ``fusion`` and ``weight`` are the tuned ones, else RRF and an even share. A query that sets a
-    fusion or a weight but no mode is hybrid."""
+    query dense; ``fusion`` and ``weight`` are the tuned ones (of the text's route where the build tuned routes,
+    :func:`route_of`), else RRF and an even share. A query that sets a fusion or a weight but no mode is hybrid."""
     if query.mode is not None and query.fusion is not None and query.weight is not None:
         return query
     tuned = index.info.get("hybrid") or {}
+    if query.text is not None and tuned.get("routes"):
+        tuned = route_of(tuned, query.text)
     mode = query.mode
     if mode is None:
         text = query.text is not None and query.image is None and query.like is None
@@ -79,6 +81,15 @@ def settled(index: SearchIndex, query: Query) -> Query:
     fusion = query.fusion if query.fusion is not None else str(tuned.get("fusion", "rrf"))
     weight = query.weight if query.weight is not None else float(tuned.get("weight", 0.5))
     return replace(query, mode=mode, fusion=fusion, weight=weight)
+
+
+def route_of(tuned: dict[str, Any], text: str) -> dict[str, Any]:
+    """The tuned options of the route of ``text`` (:func:`multimodal.search.shopper_queries.query_route`), or the
+    single winner where that route was not tuned."""
+    from multimodal.search.shopper_queries import query_route
+
+    route = query_route(text, set(tuned.get("attribute_terms") or ()))
+    return {**tuned, **tuned["routes"].get(route, {})}
 
 
 def check_query(index: SearchIndex, query: Query, can_rerank: bool) -> Query:

@@ -25,7 +25,7 @@ from multimodal.errors import UserError
 from multimodal.search.lexical import TOKEN_PATTERN, product_texts
 
 MAX_SHARE, FLOOR = 0.1, 10  # a query about more products than both is too generic to rank methods by
-MAX_VALUES = 100  # an attribute column holds at most this many distinct values
+MAX_VALUES = 500  # an attribute column holds at most this many distinct values
 SKIPPED = ("id", "image_path", "_label")  # the products table's own columns: never attributes
 
 
@@ -135,3 +135,22 @@ def _holders(needed: list[str], words: list[list[str]]) -> dict:
         for w in set(text).intersection(holders):
             holders[w].append(row)
     return {w: np.asarray(rows, np.int64) for w, rows in holders.items()}
+
+
+def attribute_terms(products: pd.DataFrame, attributes: list[str]) -> set[str]:
+    """The words of the values of ``attributes`` as BM25 reads them (lower case, stop words left out)."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    stop = frozenset(STOPWORDS_EN)
+    values = {str(v) for c in attributes for v in products[c].dropna().unique()}
+    return {w for v in values for w in _words(v, stop)}
+
+
+def query_route(text: str, terms: set[str] | frozenset[str] | list[str]) -> str:
+    """``attributes`` when every word of ``text`` (stop words left out) is one of ``terms``, else ``words``: the
+    route whose tuned fusion a text query takes (:mod:`multimodal.search.hybrid_tuning`)."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    words = _words(text, frozenset(STOPWORDS_EN))
+    known = terms if isinstance(terms, set | frozenset) else set(terms)
+    return "attributes" if words and all(w in known for w in words) else "words"
