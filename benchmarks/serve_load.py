@@ -46,13 +46,14 @@ from typing import Any
 from benchmarks.common import machine, ratio, say, write_json
 from benchmarks.harness import SAMPLE, TINY, Option, parse, parser
 from benchmarks.http_load import Requests, load, load_wrk, write_wrk_inputs
-from benchmarks.serve_runtime import measure_runtimes
+from benchmarks.serve_runtime import SERVICES, measure_runtimes
 from benchmarks.service import Service, memory
 from benchmarks.smoke import config_checkpoint, index_of, sample_rows
 
 # --smoke: tiny untrained models built here, batch 1 vs 4, 2 clients, a few requests (httpx)
 SMOKE = {"tagger": "", "index": "", "batch_sizes": [1, 4], "clients": [2], "search_requests": 8, "tag_requests": 4,
-         "repeats": 1, "memory_requests": 20, "warmup_requests": 4, "client": "httpx", "seconds": 1}  # fmt: skip
+         "repeats": 1, "memory_requests": 20, "warmup_requests": 4, "client": "httpx", "seconds": 1,
+         "runtime_services": ["full", "runtime"]}  # fmt: skip
 
 
 def median_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,6 +96,9 @@ OPTIONS = {
     "--batch_timeout": Option(0.01),
     "--serve_args": Option("", "more `multimodal serve` options, e.g. '--threads 1'"),
     "--memory_requests": Option(10_000),
+    "--runtime-services": Option(list(SERVICES), "the tagger services of the runtime comparison: the runtime "
+                                 "install and the full install on the same ONNX export, the full install on the "
+                                 "checkpoint (each ratio needs its two)", choices=list(SERVICES), nargs="+"),
     "--runtime-venv": Option("runs/runtime-venv", "the runtime install (python -m benchmarks.runtime_env); missing: "
                              "this Python with torch blocked"),
     "--client": Option("wrk" if shutil.which("wrk") else "httpx", choices=["wrk", "httpx"],

@@ -2,11 +2,12 @@
 export, started by the runtime install (``pip install multimodal-products``, no torch), against the full install
 serving the same export (``--runtime onnx``) and the checkpoint, in the same run.
 
-Each of the three services serves the tagger alone, with the benchmark's largest ``--max_batch_size``; ``POST /tag``
-is sent at every ``--clients`` count (warm-up, ``--repeats`` runs, medians), then the resident memory of the
-service's process tree is read (current and peak, summed over processes). The runtime install is the Python of
-``--runtime-venv`` (``python -m benchmarks.runtime_env`` builds it) or, without one, this Python with torch and the
-training stack blocked (:func:`benchmarks.runtime_env.runtime_python`); ``mode`` records which (venv, blocked).
+Each of the three services (``--runtime-services``: all by default) serves the tagger alone, with the benchmark's
+largest ``--max_batch_size``; ``POST /tag`` is sent at every ``--clients`` count (warm-up, ``--repeats`` runs,
+medians), then the resident memory of the service's process tree is read (current and peak, summed over processes).
+The runtime install is the Python of ``--runtime-venv`` (``python -m benchmarks.runtime_env`` builds it) or, without
+one, this Python with torch and the training stack blocked (:func:`benchmarks.runtime_env.runtime_python`); ``mode``
+records which (venv, blocked).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def measure_runtimes(args: argparse.Namespace, cells: Any, work: Path, results: 
     results["runtime"] = section
     say(f"runtime install: {'the venv ' + args.runtime_venv if not env else 'this Python with torch blocked'}")
     common = ["--max_batch_size", str(batch), "--batch_timeout", str(args.batch_timeout), *args.serve_args.split()]
-    for name, (lite, exported) in SERVICES.items():
+    for name in args.runtime_services:
+        lite, exported = SERVICES[name]
         model = ["--tagger", str(export), "--runtime", "onnx"] if exported else ["--tagger", args.tagger]
         py, extra = (python, env) if lite else (sys.executable, {})
         say(f"starting the tagger service: {name}")
@@ -93,16 +95,13 @@ def one_service(service: Service, name: str, cells: Any, args: argparse.Namespac
 
 def runtime_ratios(services: dict[str, Any], clients: int) -> dict[str, float | None]:
     """Requests/s on ``/tag`` at ``clients`` clients, runtime / full, and resident memory after the load,
-    full / runtime: against the full install on the same export and on the checkpoint."""
+    full / runtime: against the full install on the same export and on the checkpoint (each pair that ran)."""
     rps = {name: s["cells"][f"tag/c{clients}"]["requests_per_s"] for name, s in services.items()}
     rss = {name: s["memory"]["rss_mib"] for name, s in services.items()}
-    out = {
-        "rps_runtime_over_full": ratio(rps["runtime"], rps["full"], 3),
-        "rss_full_over_runtime": ratio(rss["full"], rss["runtime"], 3),
-        "rps_runtime_over_checkpoint": ratio(rps["runtime"], rps["checkpoint"], 3),
-        "rss_checkpoint_over_runtime": ratio(rss["checkpoint"], rss["runtime"], 3),
-    }
-    say(f"/tag at {clients} clients, req/s: runtime {rps['runtime']}, full (same export) {rps['full']}, full "
-        f"(checkpoint) {rps['checkpoint']}; RSS MiB: runtime {rss['runtime']}, full {rss['full']}, checkpoint "
-        f"{rss['checkpoint']}")  # fmt: skip
+    out = {}
+    if "runtime" in services:
+        for peer in [p for p in ("full", "checkpoint") if p in services]:
+            out[f"rps_runtime_over_{peer}"] = ratio(rps["runtime"], rps[peer], 3)
+            out[f"rss_{peer}_over_runtime"] = ratio(rss[peer], rss["runtime"], 3)
+    say(f"/tag at {clients} clients, req/s: {rps}; RSS MiB: {rss} (full: the same export; checkpoint: eager)")
     return out

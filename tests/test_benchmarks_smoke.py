@@ -171,3 +171,20 @@ def test_failed_requests_are_counted_by_reason_and_a_silent_cell_has_no_rate(ser
     assert results["ratios"] == {"tag/c2": None}
     assert results["failed_total"] == 4 + 3 + 3
     assert results["failure_reasons"] == {"HTTP 504 Request timed out": 10}
+
+
+def test_retrieval_cache_reads_back_what_it_stored_and_keys_by_inputs(tmp_path: Path) -> None:
+    from benchmarks.quality.retrieval_cache import cached, key_of
+
+    calls: list[int] = []
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        return torch.arange(3), torch.ones(2, 2)
+
+    first = cached(str(tmp_path), "texts", key_of(["a", "b"]), compute)
+    again = cached(str(tmp_path), "texts", key_of(["a", "b"]), compute)
+    assert len(calls) == 1 and all(torch.equal(x, y) for x, y in zip(first, again, strict=True))
+    cached(str(tmp_path), "texts", key_of(["a", "c"]), compute)  # other texts: computed, not read
+    cached("", "texts", key_of(["a", "b"]), compute)  # no cache folder: always computed
+    assert len(calls) == 3 and len(list(tmp_path.glob("texts-*.pt"))) == 2 and not list(tmp_path.glob("*.tmp"))
