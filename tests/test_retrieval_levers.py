@@ -32,6 +32,7 @@ from multimodal.search.losses import (
 )
 from multimodal.search.query_text import QueryAndProductText
 from multimodal.search.query_views import QueryViews, ViewedQueryText, draw_view, product_views
+from multimodal.search.retriever import ProductRetriever
 
 TINY = "configs/retrieval/tiny.yaml"
 COLUMNS = ["gender", "baseColour", "articleType"]
@@ -201,6 +202,8 @@ def test_text_skip_adds_the_product_texts_query_direction() -> None:
     assert torch.allclose(skip, F.normalize(fused + own, dim=-1), atol=1e-6)
     # a query that says what the product text says scores higher against the product than through the fusion alone
     assert bool(((skip * own).sum(-1) > (fused * own).sum(-1)).all())
+    with pytest.raises(UserError, match="text_skip needs fused product vectors"):
+        ProductRetriever(model.vision, model.text, embed_dim=32, product="image", text_skip=True)
 
 
 def test_the_shopper_config_parses_with_its_levers(

@@ -100,7 +100,10 @@ def variants(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, 
         for lever in dict.fromkeys(args.levers if base in bases else []):
             if base != "fused" and "text_skip" in lever.split("+"):
                 continue  # a photo-only product vector has no text to keep ("all" keeps the other four)
-            out[f"{base} + {lever}"] = {**args.retriever_args, **preset(lever, args)}
+            levers = preset(lever, args)
+            if base != "fused":  # "all" on a photo-only product vector: the other four
+                levers.pop("text_skip", None)
+            out[f"{base} + {lever}"] = {**args.retriever_args, **levers}
     for name, kwargs in out.items():
         check(p, name, kwargs)
     return out

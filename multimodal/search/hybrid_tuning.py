@@ -75,9 +75,9 @@ def query_scores(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) 
     return out
 
 
-def score_configs(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) -> dict[str, float]:
-    """Mean nDCG@10 of each configuration on ``queries``."""
-    return {name: round(float(s.mean()), 4) for name, s in query_scores(index, encoder, queries).items()}
+def means(per_query: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, float]:
+    """Each configuration's mean nDCG@10 over the queries ``rows`` (a boolean mask; None: all), to 4 decimals."""
+    return {name: round(float((s if rows is None else s[rows]).mean()), 4) for name, s in per_query.items()}
 
 
 def routed(per_query: dict[str, np.ndarray], routes: list[str]) -> dict[str, dict[str, Any]]:
@@ -86,7 +86,7 @@ def routed(per_query: dict[str, np.ndarray], routes: list[str]) -> dict[str, dic
     out = {}
     for route in sorted(set(routes)):
         rows = np.array([r == route for r in routes])
-        scores = {name: round(float(s[rows].mean()), 4) for name, s in per_query.items()}
+        scores = means(per_query, rows)
         chosen = winner(scores)
         out[route] = {**{k: v for k, v in chosen.items() if k != "name"}, "score": scores[chosen["name"]],
                       "queries": int(rows.sum())}  # fmt: skip
@@ -119,7 +119,7 @@ def tune_hybrid(
         print(f"hybrid search not tuned (the default stays RRF): {err}", file=sys.stderr)
         return None
     per_query = query_scores(index, encoder, queries)
-    scores = {name: round(float(s.mean()), 4) for name, s in per_query.items()}
+    scores = means(per_query)
     chosen = winner(scores)
     name = chosen.pop("name")
     terms = attribute_terms(index.products, columns)

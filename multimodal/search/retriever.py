@@ -100,7 +100,9 @@ class ProductRetriever(TowerTask):
         self.query_columns = list(query_columns) if query_columns else None
         self.product_columns = list(product_columns) if product_columns else self.query_columns
         self.image_loss_weight, self.rerank_loss_weight = image_loss_weight, rerank_loss_weight
-        self.product_dropout, self.text_skip = product_dropout, text_skip and product == "fused"
+        if text_skip and product != "fused":
+            raise UserError(f"model.text_skip needs fused product vectors (model.product: fused), not '{product}'")
+        self.product_dropout, self.text_skip = product_dropout, text_skip
         self._set_levers(query_views, multi_positive, matryoshka_dims, hard_negatives)
         self.text_proj = nn.Linear(text.output_dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.output_dim, embed_dim, bias=False)

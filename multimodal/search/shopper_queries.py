@@ -15,6 +15,7 @@ and is left out.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,9 +41,17 @@ class ShopperQuery:
     terms: tuple
 
 
-def _words(text: str, stopwords: frozenset[str]) -> list[str]:
+@functools.cache
+def stopwords() -> frozenset[str]:
+    """The English stop words BM25 leaves out (``bm25s``'s list), read once."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def _words(text: str, stop: frozenset[str]) -> list[str]:
     """The words of ``text`` as BM25 reads them: lower case, one-character tokens kept, stop words dropped."""
-    return [w for w in re.findall(TOKEN_PATTERN, text.lower()) if w not in stopwords]
+    return [w for w in re.findall(TOKEN_PATTERN, text.lower()) if w not in stop]
 
 
 def attribute_columns(products: pd.DataFrame, lexical: list[str], given: list[str] | None) -> list[str]:
@@ -72,9 +81,7 @@ def shopper_queries(
     products: pd.DataFrame, lexical: list[str], attributes: list[str], n: int, seed: int = 0
 ) -> list[ShopperQuery]:
     """Up to ``n`` distinct queries (half of each kind when there are attribute columns) about ``products``."""
-    from bm25s.stopwords import STOPWORDS_EN
-
-    stop = frozenset(STOPWORDS_EN)
+    stop = stopwords()
     words = [_words(t, stop) for t in product_texts(products, lexical)]
     rng = np.random.default_rng(seed)
     wanted = {"attributes": n // 2 if attributes else 0}
@@ -139,18 +146,13 @@ def _holders(needed: list[str], words: list[list[str]]) -> dict:
 
 def attribute_terms(products: pd.DataFrame, attributes: list[str]) -> set[str]:
     """The words of the values of ``attributes`` as BM25 reads them (lower case, stop words left out)."""
-    from bm25s.stopwords import STOPWORDS_EN
-
-    stop = frozenset(STOPWORDS_EN)
     values = {str(v) for c in attributes for v in products[c].dropna().unique()}
-    return {w for v in values for w in _words(v, stop)}
+    return {w for v in values for w in _words(v, stopwords())}
 
 
 def query_route(text: str, terms: set[str] | frozenset[str] | list[str]) -> str:
     """``attributes`` when every word of ``text`` (stop words left out) is one of ``terms``, else ``words``: the
     route whose tuned fusion a text query takes (:mod:`multimodal.search.hybrid_tuning`)."""
-    from bm25s.stopwords import STOPWORDS_EN
-
-    words = _words(text, frozenset(STOPWORDS_EN))
+    words = _words(text, stopwords())
     known = terms if isinstance(terms, set | frozenset) else set(terms)
     return "attributes" if words and all(w in known for w in words) else "words"
