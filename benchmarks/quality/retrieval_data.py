@@ -107,14 +107,17 @@ def encode_texts(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int 
 
 
 @torch.inference_mode()
-def encode_pooled(texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int = 256) -> Tensor:
-    """The pooled vectors ``(N, D)`` of ``texts`` alone (many short texts: their tokens are not kept)."""
+def encode_pooled(
+    texts: Sequence[str], text: MiniLMTextEncoder, batch_size: int = 256, label: str = "query views"
+) -> Tensor:
+    """The pooled vectors ``(N, D)`` of ``texts`` alone (many short texts: their tokens are not kept); the progress
+    lines name them ``label``."""
     pooled = []
     for start in range(0, len(texts), batch_size):
         enc = text.tokenize(list(texts[start : start + batch_size]))
         pooled.append(text(enc["input_ids"], enc["attention_mask"]).pooled)
         if start // batch_size % 50 == 0:
-            say(f"  query views {start + len(pooled[-1])}/{len(texts)}")
+            say(f"  {label} {start + len(pooled[-1])}/{len(texts)}")
     return torch.cat(pooled) if pooled else torch.zeros(0, text.output_dim)
 
 

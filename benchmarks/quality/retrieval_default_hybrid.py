@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from benchmarks.quality.retrieval_data import Encoded, encode_pooled
-from multimodal.search.hybrid_tuning import configurations, ndcg, routed, winner
+from multimodal.search.hybrid_tuning import configurations, means, ndcg, routed, winner
 from multimodal.search.retriever import ProductRetriever
 from multimodal.search.shopper_queries import (
     ShopperQuery,
@@ -73,7 +73,8 @@ def tune(data: Encoded, model: ProductRetriever, gallery: np.ndarray, lexical: A
     queries, terms = tuning
     texts = [q.text for q in queries]
     with torch.inference_mode():
-        vectors = torch.nn.functional.normalize(model.text_proj(encode_pooled(texts, data.text_tower)), dim=-1)
+        pooled = encode_pooled(texts, data.text_tower, label="hybrid tuning queries")
+        vectors = torch.nn.functional.normalize(model.text_proj(pooled), dim=-1)
     sims = vectors.numpy() @ gallery.T
     lex_scores, lex_rows = lexical.search(texts, HYBRID_DEPTH)
     per_query = {name: np.zeros(len(queries)) for name, _ in configurations()}
@@ -83,7 +84,7 @@ def tune(data: Encoded, model: ProductRetriever, gallery: np.ndarray, lexical: A
         lex = (lex_scores[i][keep], lex_rows[i][keep])
         for name, options in configurations():
             per_query[name][i] = ndcg([row for row, _ in ranked(options, sims[i], top, lex)], q.relevant)
-    scores = {name: round(float(s.mean()), 4) for name, s in per_query.items()}
+    scores = means(per_query)
     routes = routed(per_query, [query_route(t, terms) for t in texts])
     return {**winner(scores), "scores": scores, "queries": len(queries), "routes": routes,
             "attribute_terms": sorted(terms)}  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,9 +151,8 @@ def attribute_terms(products: pd.DataFrame, attributes: list[str]) -> set[str]:
     return {w for v in values for w in _words(v, stopwords())}
 
 
-def query_route(text: str, terms: set[str] | frozenset[str] | list[str]) -> str:
+def query_route(text: str, terms: AbstractSet[str]) -> str:
     """``attributes`` when every word of ``text`` (stop words left out) is one of ``terms``, else ``words``: the
     route whose tuned fusion a text query takes (:mod:`multimodal.search.hybrid_tuning`)."""
     words = _words(text, stopwords())
-    known = terms if isinstance(terms, set | frozenset) else set(terms)
-    return "attributes" if words and all(w in known for w in words) else "words"
+    return "attributes" if words and all(w in terms for w in words) else "words"
