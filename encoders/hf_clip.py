@@ -12,13 +12,14 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPModel
 
 from encoders.errors import ConfigError
 from encoders.freezing import Trainable, set_trainable
+from encoders.hf_loading import load_pretrained
 from encoders.hf_vision import HFImageTransform
 from encoders.pair import AlignedSpace, AlignedTower, LoadedPair, take_part
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 
 
 def _load(model_name_or_path: str) -> LoadedPair:
-    model = AutoModel.from_pretrained(model_name_or_path)
+    model = load_pretrained(AutoModel, model_name_or_path)
     if not isinstance(model, CLIPModel | SiglipModel):
         raise ConfigError(f"{model_name_or_path} is a {type(model).__name__}, not a CLIPModel or SiglipModel")
     model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found

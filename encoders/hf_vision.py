@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import AutoImageProcessor, AutoModel
 
 from encoders.freezing import Trainable, set_trainable
+from encoders.hf_loading import load_pretrained
 from encoders.types import Features, ImageTransform, VisionEncoder
 
 
@@ -36,7 +37,7 @@ class HFVisionEncoder(VisionEncoder):
 
     def __init__(self, model_name_or_path: str, trainable: Trainable = True) -> None:
         super().__init__()
-        self.model = AutoModel.from_pretrained(model_name_or_path)
+        self.model = load_pretrained(AutoModel, model_name_or_path)
         self.weights_source = {"package": "transformers", "model": model_name_or_path}
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         self.processor = AutoImageProcessor.from_pretrained(model_name_or_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -207,13 +208,13 @@ class CausalLM(nn.Module):
             # transformers 5: a BERT decoder with cross-attention fails on the default DynamicCache.
             kwargs["past_key_values"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if output_token_ids is None or FULL_VOCABULARY_OPTIONS & generation.keys():
-            with self.trimmed_output(output_token_ids):
+            with self.trimmed_output(output_token_ids), _cache_name_warning_off():
                 return self.model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs, **generation
                 )
         space = CompactVocabulary(output_token_ids, input_ids, (self.bos_id, self.eos_id, self.pad_id))
         special = {"bos_token_id": self.bos_id, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
-        with self.compact_vocabulary(space):
+        with self.compact_vocabulary(space), _cache_name_warning_off():
             out = self.model.generate(
                 input_ids=space.to_compact(input_ids),
                 attention_mask=attention_mask,
@@ -245,6 +246,15 @@ class CausalLM(nn.Module):
         if not self.has_cross_attention:
             raise ValueError("image tokens for cross-attention given to a language model without cross-attention")
         return {"encoder_hidden_states": encoder.tokens, "encoder_attention_mask": encoder.mask.long()}
+
+
+@contextmanager
+def _cache_name_warning_off() -> Iterator[None]:
+    """transformers 5 renames ``generate``'s ``past_key_values`` to ``cache`` with a FutureWarning on every call;
+    older versions know only the first name, which this module passes: the warning says nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+        yield
 
 
 def positions(attention_mask: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from encoders.freezing import Trainable, set_trainable
+from encoders.hf_loading import quietly, report_missing
 
 
 def load_decoder(
@@ -56,7 +57,11 @@ def load_decoder(
     if random_init:
         model = AutoModelForCausalLM.from_config(config)
     else:
-        model, info = AutoModelForCausalLM.from_pretrained(model_name_or_path, config=config, output_loading_info=True)
+        with quietly():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                model_name_or_path, config=config, output_loading_info=True
+            )
+        report_missing(str(model_name_or_path), info["missing_keys"], head_prefixes(model))
         if head_init == "identity":
             identity_head_transform(model, set(info["missing_keys"]))
         elif head_init != "random":
@@ -64,6 +69,14 @@ def load_decoder(
     for key, value in special.items():
         setattr(model.generation_config, key, value)
     return tok, model
+
+
+def head_prefixes(model: PreTrainedModel) -> list[str]:
+    """The key prefix of the LM head (``cls.`` for BERT, ``lm_head.`` for GPT-2): the part of a decoder that an
+    encoder checkpoint does not have, or that is tied to the embeddings."""
+    head = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules() if module is head and name]
+    return [names[0].split(".")[0] + "."] if names else []
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from encoders.freezing import Trainable, set_trainable
+from encoders.hf_loading import load_pretrained
 from encoders.types import Features, TextEncoder
 
 Pooling = Literal["mean", "cls", "last", "max"]
@@ -63,7 +64,7 @@ class HFTextEncoder(TextEncoder):
             self.model = AutoModel.from_config(config)
         else:
             kwargs = {**(config_overrides or {}), **(model_kwargs or {})}
-            self.model = AutoModel.from_pretrained(model_name_or_path, **kwargs)
+            self.model = load_pretrained(AutoModel, model_name_or_path, **kwargs)
             self.weights_source = {"package": "transformers", "model": model_name_or_path}
             self.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as found
         # BERT's pooler head is never used here; left in place it would hold parameters without gradients (DDP).

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from multimodal.errors import UserError
+from multimodal.quiet import quiet_libraries
 
 LIGHTNING = ("fit", "validate", "test")
 FULL_ONLY = (*LIGHTNING, "export-model", "prepare")  # commands the runtime install (no torch) does not have
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``multimodal`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     if not args or args[0] in ("-h", "--help"):
         print(USAGE + registered_usage())
         return

@@ -150,7 +150,8 @@ def build_model(model_config: dict[str, Any], path: str | Path) -> Any:
     parser.add_subclass_arguments(L.LightningModule, "model")
     try:
         cfg = parser.parse_object({"model": model_config})
-        return parser.instantiate_classes(cfg).model
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+        return instantiate(cfg).model
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - a stored config that no longer builds is a user-facing problem
