@@ -21,10 +21,12 @@ from encoders.language_model import CausalLM, InputTransform
 from encoders.types import Features, ImageTransform, VisionEncoder
 from fusion.conditioning import LMCondition
 from multimodal.captioning import vocabulary
+from multimodal.captioning.asking import QuestionText
 from multimodal.captioning.conditioned import ConditioningFactory, build_conditioning, prefixed_inputs
 from multimodal.captioning.consensus import CiderConsensus
 from multimodal.captioning.evaluation import CaptionEvaluation
 from multimodal.captioning.generation import Captions, call_options, generate_captions
+from multimodal.captioning.questions import QuestionSettings, check_question
 from multimodal.captioning.rerank import ConsensusReranker
 from multimodal.captioning.retrieval import CaptionMemory, neighbour_prompts
 from multimodal.captioning.self_critical import SelfCritical
@@ -78,6 +80,10 @@ class ProductCaptioner(CaptionSteps, TowerTask):
             ``{"k": 3, "tokens": 48}`` puts the titles of the ``k`` training products with the most similar photos
             before the other prompt parts (a :class:`~multimodal.captioning.retrieval.CaptionMemory`, built from the
             training split when fit starts and saved in the checkpoint); a query never retrieves its own id. None: off.
+        questions: answers to questions about a product (:class:`~.questions.QuestionSettings`):
+            ``{"templates": {column: [questions]}, "share": 0.5, "context_columns": [...]}`` asks a share of the
+            training items a question about an attribute column instead of writing the target; ``caption(prompt=
+            question)`` then answers it. None: off (a question prompt is then a one-line error).
         rerank: consensus reranking (:class:`~.settings.RerankSettings`, :mod:`~multimodal.captioning.rerank`):
             ``{"k": 5, "candidates": 8, "weight": 0.0}`` or true; builds the same caption memory. Validation, test
             and predict rerank unless the ``rerank`` generation option says false. None: off.
@@ -105,6 +111,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
         label_smoothing: float = 0.0,
         lm_warmup_steps: int = 0,
         retrieval: dict[str, int] | None = None,
+        questions: dict[str, Any] | None = None,
         rerank: dict[str, Any] | bool | None = None,
         self_critical: dict[str, Any] | bool | None = None,
         log_examples: int = 3,
@@ -121,6 +128,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
         self.augment, self.log_examples = augment, log_examples
         self.teacher = TeacherForcing(language_model, word_dropout, label_smoothing, lm_warmup_steps)
         self.retrieval = RetrievalSettings.parse(retrieval)
+        self.questions = QuestionSettings.parse(questions)
         self.rerank = RerankSettings.parse(rerank, "model.rerank")
         self.critic = SelfCritical(SelfCriticalSettings.parse(self_critical))
         self.reranker = ConsensusReranker()
@@ -159,10 +167,19 @@ class ProductCaptioner(CaptionSteps, TowerTask):
         return self.vision.image_transform(train and self.augment)
 
     def text_fn(self, prompt: str | None = None) -> TextFn:
+        """The collate's text function: captions after the trained (or ``prompt``) prompt, or the answers to a
+        trained question (:mod:`multimodal.captioning.questions`; an untrained question is a one-line error)."""
+        column = check_question(prompt, self.questions, self.prompt)
+        text = self.caption_text(prompt)
+        if column is None or self.questions is None:
+            return text  # type: ignore[return-value]
+        return QuestionText(text, self.questions, str(prompt), column)  # type: ignore[return-value]
+
+    def caption_text(self, prompt: str | None = None) -> CaptionText:
         lm = self.lm
         room = self.retrieval.tokens if self.retrieval else 0  # the target keeps max_length - 2 tokens
         prompt_length = self.prompt_length if self.prompt_length is not None else (room or None)
-        return CaptionText(  # type: ignore[return-value]
+        return CaptionText(
             lm.tokenizer,
             self.target_column,
             ([RETRIEVED] if self.retrieval else []) + self.prompt_columns,
@@ -259,6 +276,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
         vision = self.encode_images(batch["pixel_values"], batch.get("has_image"), batch.get("photo_mask"))
         batch = self.with_neighbours(batch, vision)
         context = {"exclude": batch["ids"], "has_image": batch.get("has_image")}
+        context |= {"rerank": False} if batch.get("asked") else {}  # answers are not titles
         options = call_options(self.generation, {**context, **generation})
         return generate_captions(self, vision, batch["prompt_ids"], batch["prompt_mask"], **options)
 

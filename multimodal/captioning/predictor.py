@@ -64,6 +64,7 @@ class Captioner(Predictor):
         """This API for one call: its prompt, sampling seed and ``generate`` options (``num_beams``, ``do_sample``,
         ``max_new_tokens``, ``top_p``...). A new object sharing the model, which it never writes to: concurrent
         calls each get their own."""
+        self.model.text_fn(prompt)  # a question the model was not trained to answer: a one-line error, now
         bound = copy.copy(self)
         bound.prompt, bound.seed, bound.generation = prompt, seed, check_generation(dict(generation))
         return bound

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from multimodal.captioning import vocabulary
+from multimodal.captioning.asking import with_questions
 from multimodal.captioning.consensus import CiderConsensus
 from multimodal.captioning.generation import call_options, generate_captions
 from multimodal.captioning.retrieval import CaptionMemory, build_memory
@@ -34,12 +35,15 @@ class CaptionSteps(L.LightningModule):
         if columns is None:
             return
         needed = [*self.prompt_columns] + ([self.target_column] if stage in ("fit", "validate", "test") else [])
+        needed += self.questions.columns if self.questions is not None and stage == "fit" else []
         missing = [c for c in needed if c not in columns]
         if missing:
-            raise UserError(f"model.target_column/prompt_columns {missing} are not in data.text_columns {columns}")
+            raise UserError(f"model.target_column/prompt_columns/questions {missing} are not in data.text_columns "
+                            f"{columns}")  # fmt: skip
         records = (getattr(self.trainer.datamodule, "splits", None) or {}).get("train")
         if stage == "fit" and self.caption_token_ids is None and records is not None:
-            self.caption_token_ids = self.target_token_ids([r.texts.get(self.target_column) for r in records])
+            answered = [self.target_column, *(self.questions.templates if self.questions is not None else [])]
+            self.caption_token_ids = self.target_token_ids([r.texts.get(c) for r in records for c in answered])
             vocab = self.lm.get_output_layer().weight.shape[0]
             rank_zero_info(f"captioning: the training targets use {len(self.caption_token_ids)} of {vocab} token ids")
         if stage == "fit" and self.self_critical is not None and records is not None:
@@ -97,6 +101,7 @@ class CaptionSteps(L.LightningModule):
             loss, reward = self.self_critical_loss(vision, batch)
             self.log("train/reward", reward, prog_bar=True, batch_size=len(batch["ids"]))
         else:
+            batch = with_questions(self, batch)  # unchanged without model.questions
             ids = self.drop_words(batch["input_ids"], batch["caption_labels"])  # unchanged without word dropout
             loss = self.loss(self.logits(vision, ids, batch["attention_mask"]), batch["caption_labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))

@@ -66,8 +66,11 @@ class CaptionText:
         """The batch's tensors: ``input_ids``, ``attention_mask`` and ``caption_labels`` ``(B, T)`` (right-padded),
         ``prompt_ids`` and ``prompt_mask`` ``(B, P)`` (left-padded), ``references``, and the texts as given."""
         n = len(next(iter(texts.values()))) if texts else 0
-        targets = texts.get(self.target_column, [None] * n)
-        prompts = [self._ids(p)[: self.prompt_length] for p in self.prompt_texts(texts, n)]
+        return self.encode(texts, self.prompt_texts(texts, n), list(texts.get(self.target_column, [None] * n)))
+
+    def encode(self, texts: dict[str, list[str | None]], prompt_texts: list[str], targets: list[str | None]) -> dict:
+        """The tensors of items with these prompts and targets (None: nothing to learn, a generation input)."""
+        prompts = [self._ids(p)[: self.prompt_length] for p in prompt_texts]
         prompts = [[*p, *self.prompt_end] if p else p for p in prompts]
         seqs, labels = [], []
         for prompt, target in zip(prompts, targets, strict=True):

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from multimodal.captioning.questions import QuestionSettings, check_question
 from multimodal.captioning.settings import RerankSettings
 from multimodal.captioning.settings import check_generation as check_options
 from multimodal.captioning.task import TASK
@@ -37,6 +38,7 @@ def captioner_settings(captioner: Any) -> dict[str, Any]:
         "bos_id": int(fn.bos_id),
         "pad_id": int(fn.pad_id),
         "retrieval": captioner.retrieval is not None,
+        "questions": captioner.questions.state() if captioner.questions is not None else None,
     }
 
 
@@ -91,13 +93,16 @@ class LiteCaptioner(LiteModel):
         trained one)."""
         s = self.settings
         fixed = s["prompt"] if prompt is None else prompt
+        questions = QuestionSettings.parse(s.get("questions"))
+        asked = check_question(prompt, questions, s["prompt"]) is not None  # a trained question: context + it
         rows = []
         for item in texts:
             parts = [fixed or None] + [item.get(c) for c in s["prompt_columns"]]
-            text = s["separator"].join(p for p in parts if p)
+            text = questions.prompt(fixed, item) if asked and questions else s["separator"].join(p for p in parts if p)
             ids = self.tokenizer.encode(text, add_special_tokens=False).ids[: s["prompt_length"]] if text else []
             rows.append([s["bos_id"], *ids, *(s["prompt_end"] if ids else [])])
-        return {"prompt_ids": left_pad(rows, s["pad_id"]), "prompt_mask": left_pad([[1] * len(r) for r in rows], 0)}
+        out = {"prompt_ids": left_pad(rows, s["pad_id"]), "prompt_mask": left_pad([[1] * len(r) for r in rows], 0)}
+        return out | ({"asked": True} if asked else {})  # an answer is never reranked against titles
 
     def predict_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Captions and scores of a batch with the ``generation`` options it carries (rerank included)."""
@@ -105,6 +110,7 @@ class LiteCaptioner(LiteModel):
             return {"ids": [], "captions": [], "scores": []}
         generation = dict(batch.get("generation") or {})
         rerank = RerankSettings.for_call(generation.pop("rerank", None), self.rerank)
+        rerank = None if batch.get("asked") else rerank  # answers are not titles: no consensus of titles
         if rerank is not None:
             if self.memory is None:
                 raise UserError("rerank: this captioner's export holds no caption memory to rerank against")
@@ -156,6 +162,8 @@ class Captioner(Predictor):
         ``trim_vocabulary``, ``rerank``); a new object sharing the model."""
         bound = copy.copy(self)
         options = check_generation(self.model.decoding.get("generation") or {}, dict(generation))
+        settings = self.model.settings
+        check_question(prompt, QuestionSettings.parse(settings.get("questions")), settings["prompt"])
         bound.prompt, bound.seed, bound.generation = prompt, seed, options
         return bound
 
