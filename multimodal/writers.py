@@ -167,6 +167,8 @@ def _run_locked(
 ) -> dict[str, Any] | None:
     import lightning as L
 
+    from multimodal.progress_bar import log_progress_callbacks
+
     if open_job(sink, spec, blocks):
         return {"out": sink.describe(), "already_complete": True}
     todo = [b for b in range(blocks.count) if not sink.block_done(b)]
@@ -184,7 +186,7 @@ def _run_locked(
             enable_model_summary=False,
             use_distributed_sampler=False,
             enable_progress_bar=options.progress,
-            callbacks=[writer],
+            callbacks=[writer, *log_progress_callbacks(options.progress, [writer])],
             limit_predict_batches=options.limit_batches,
         )
         if (trainer.num_devices > 1 or trainer.num_nodes > 1) and relaunch is not None:

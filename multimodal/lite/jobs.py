@@ -67,12 +67,13 @@ def run_blocks(
 
 
 def progress_bar(rows: int, shown: bool, output: Any) -> Any:
-    """tqdm's bar over the rows this run predicts into ``output``, on stderr (hidden by ``--no_progress``)."""
+    """The progress of the rows this run predicts into ``output``, on stderr (hidden by ``--no_progress``): tqdm's
+    bar on a terminal, log lines with an ETA elsewhere (:mod:`multimodal.progress`)."""
     from pathlib import Path
 
-    from tqdm import tqdm
+    from multimodal.progress import progress
 
-    return tqdm(total=rows, unit="row", desc=Path(str(output)).name, disable=not shown, dynamic_ncols=True)
+    return progress(rows, Path(str(output)).name, unit="row", shown=shown)
 
 
 def block_rows(predictor: Any, dataset: Any, positions: range, record_fields: Callable[[Any], Row] | None) -> list[Row]:

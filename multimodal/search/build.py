@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import UserError
+from multimodal.progress import progress
 from multimodal.search.index import KINDS, LABEL, IndexKind, SearchIndex, _faiss, save_index, shard_of
+
+ADD_CHUNK = 100_000  # vectors added to FAISS at a time
 
 
 def default_nlist(n: int) -> int:
@@ -63,8 +66,11 @@ def build_index(
         index = _trained_ivf(x, kind, nlist or default_nlist(n), nprobe, pq_m, opq, seed, train_size)
     else:
         raise UserError(f"unknown index kind '{kind}' (choose {', '.join(KINDS)} or auto)")
-    for start in range(0, n, 1_000_000):  # bounded temporary memory for large catalogues
-        index.add_with_ids(x[start : start + 1_000_000], labels[start : start + 1_000_000])
+    step = ADD_CHUNK  # bounded temporary memory for large catalogues, and progress on a large one
+    with progress(n, f"index: adding vectors ({kind})", unit="vectors", shown=n > step) as bar:
+        for start in range(0, n, step):
+            index.add_with_ids(x[start : start + step], labels[start : start + step])
+            bar.update(len(x[start : start + step]))
     return index
 
 
