@@ -27,6 +27,7 @@ BENCHMARKS = [
     "cold_start",
     "export_speed",
     "inference_speed",
+    "question_answering",
     "retrieval_quality",
     "runtime_env",
     "search_speed",
@@ -38,7 +39,7 @@ BENCHMARKS = [
 ]
 # Quality benchmarks divide by a score that tiny, barely trained models may leave at 0 (then the ratio is null);
 # speed, memory and recall ratios of a run always have a number.
-QUALITY = {"caption_quality", "caption_rerank_grid", "retrieval_quality", "tagging_quality"}
+QUALITY = {"caption_quality", "caption_rerank_grid", "question_answering", "retrieval_quality", "tagging_quality"}
 RESULTS = ROOT / "benchmarks" / "results"
 
 

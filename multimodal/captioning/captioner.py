@@ -60,7 +60,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
             fusion block (wrapped as an image prefix by :class:`fusion.block_conditioning.FusionBlockConditioning`).
         target_column: the data module's text column to write.
         prompt_columns: text columns given before the target (must be among the data's ``text_columns``).
-        prompt: fixed prompt text (e.g. ``"What is the material?"``).
+        prompt: fixed prompt text before every caption (questions: ``questions``).
         prompt_length: prompt tokens kept per item (default: all that fit in the LM's ``max_length - 2``); the
             target gets the rest of ``max_length``.
         generation: Hugging Face ``generate`` options for validation, test and predict (``max_new_tokens``,

@@ -45,7 +45,8 @@ class Captioner(Predictor):
     Example::
 
         captioner = multimodal.load("captioner.ckpt")
-        captioner.caption(["a.jpg"], prompt="What is the material?", num_beams=4)
+        captioner.caption(["a.jpg"], num_beams=4)
+        answerer.caption(["a.jpg"], prompt="What colour is it?")  # trained with model.questions
     """
 
     task_name: ClassVar[str] = TASK.model
