@@ -122,10 +122,14 @@ def test_test_subcommand_prints_and_logs_metrics(
     printed = capsys.readouterr().out
     for key in ("test/mean_acc", "test/mean_macro_f1", "test/gender/acc"):
         assert key in printed
-    run = tmp_path / "t" / "version_0"
+    run = last.parent / "test" / "last"  # beside the checkpoint it evaluated (its folder), not a new version folder
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "test/mean_acc" in header
-    assert sorted(p.name for p in (run / "confusion").iterdir()) == ["gender.png", "masterCategory.png", "season.png"]
+    plots = {
+        f"{a}-{kind}.png" for a in ("gender", "masterCategory", "season") for kind in ("confusion", "f1", "reliability")
+    }
+    assert {p.name for p in (run / "plots").iterdir()} >= plots
+    assert not (tmp_path / "t").exists()
 
 
 FUSION_OVERRIDES = {

@@ -18,21 +18,22 @@ from torch.nn import functional as F
 
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.errors import UserError
+from multimodal.model_card.report import EvaluationReports
 from multimodal.resume import EpochShuffle
 from multimodal.search.aligned import align_projections
 from multimodal.search.hard_negatives import HardNegatives, HardNegativesConfig
 from multimodal.search.losses import contrastive, matryoshka_loss, matryoshka_widths, shared_attribute_positives
 from multimodal.search.losses import info_nce as info_nce  # re-exported: its callers import it from here
 from multimodal.search.matching import itm_loss
-from multimodal.search.metrics import retrieval_scores
 from multimodal.search.query_text import QueryAndProductText
 from multimodal.search.query_views import QueryViews, QueryViewsConfig, ViewedQueryText
+from multimodal.search.recall_curve import recall_evaluation
 from multimodal.towers import FusionFactory, MissingModality, TowerTask
 
 ProductKind = Literal["image", "text", "fused"]
 
 
-class ProductRetriever(TowerTask):
+class ProductRetriever(TowerTask, EvaluationReports):
     """Dual encoder for product search, with optional fused product vectors and an optional re-ranker.
 
     Args:
@@ -276,7 +277,8 @@ class ProductRetriever(TowerTask):
         self._val = {"q": [], "p": []}
         if self.trainer.world_size > 1:
             q, p = (self.all_gather(x.to(self.device)).flatten(0, 1).cpu() for x in (q, p))
-        scores = retrieval_scores(q, p)
+        scores, report = recall_evaluation(q, p)
+        self.keep_report(stage, report)  # the recall@K curve, for the model card
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:

@@ -13,13 +13,14 @@ from torch.nn import functional as F
 from encoders.types import Features, TextEncoder, VisionEncoder
 from multimodal.data.dataset import IGNORE_INDEX
 from multimodal.errors import UserError
+from multimodal.model_card.report import EvaluationReport, EvaluationReports, plots_drawn_for
 from multimodal.tagging.decode import decode_probs
 from multimodal.tagging.metrics import TaggingMetrics, save_confusion_matrices
 from multimodal.tagging.ngram_head import NgramHead
 from multimodal.towers import FusionFactory, MissingModality, TowerTask
 
 
-class ProductTagger(TowerTask):
+class ProductTagger(TowerTask, EvaluationReports):
     """Vision encoder + text encoder + fusion block + one head per attribute and per tag column.
 
     The heads are sized from the data module's vocabularies (built on the training split) when the Trainer
@@ -213,13 +214,21 @@ class ProductTagger(TowerTask):
         self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.metrics["val"].compute_and_reset("val"), prog_bar=False, sync_dist=False)
+        self._evaluation_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
-        metrics = self.metrics["test"]
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            save_confusion_matrices(metrics, Path(self.trainer.log_dir) / "confusion")
-        self.log_dict(metrics.compute_and_reset("test"), sync_dist=False)
+        self._evaluation_epoch_end("test")
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        """Log the stage's scores and keep its per-class report for the model card, which draws the plots; without
+        a card (a plain Trainer), the test's confusion matrices go to the log dir."""
+        metrics = self.metrics[stage]
+        report = EvaluationReport(classes=metrics.class_reports())
+        self.keep_report(stage, report)
+        trainer = self.trainer
+        if stage == "test" and trainer.is_global_zero and trainer.log_dir is not None and not plots_drawn_for(trainer):
+            save_confusion_matrices(report.classes, Path(trainer.log_dir) / "confusion")
+        self.log_dict(metrics.compute_and_reset(stage), sync_dist=False)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if not batch["ids"]:
