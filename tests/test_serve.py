@@ -375,10 +375,12 @@ def test_search_page_in_headless_chromium(service: Service, tmp_path: Path, prod
         assert WebDriverWait(driver, 60).until(photos_shown) == 24
         ids = [e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#results .hit")]
         assert chosen not in ids and len(set(ids)) == 24
-        title = products["title"][5]  # a filter typed into the page reaches the service
+        title = products["title"][5]  # a filter typed into the page (behind "Advanced") reaches the service
+        driver.find_element(By.ID, "q").send_keys(title)  # "More like this" left the query box for its own chip
+        driver.find_element(By.ID, "advanced-toggle").click()
         driver.find_element(By.ID, "where").send_keys("title = '" + title.replace("'", "''") + "'")
         driver.find_element(By.CSS_SELECTOR, "#search button[type=submit]").click()
-        WebDriverWait(driver, 60).until(lambda d: "results for" in d.find_element(By.ID, "status").text
+        WebDriverWait(driver, 60).until(lambda d: "result" in d.find_element(By.ID, "status").text  # 1 result for
                                         and d.find_elements(By.CSS_SELECTOR, "#results .hit"))  # fmt: skip
         shown = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#results .hit")]
         assert shown and all(text.startswith(title) for text in shown)

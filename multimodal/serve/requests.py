@@ -162,6 +162,25 @@ def text(payload: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def json_object(payload: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A field holding a JSON object: an object of a JSON body as it is, or its text (a query parameter, a form
+    field); None when absent."""
+    import json
+
+    value = payload.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise Problem(f"field '{key}' must be a JSON object, not {type(value).__name__}")
+    try:
+        found = json.loads(value)
+    except ValueError as err:
+        raise Problem(f"field '{key}' is not valid JSON ({err})") from None
+    if not isinstance(found, dict):
+        raise Problem(f"field '{key}' must be a JSON object, not {value[:80]!r}")
+    return found
+
+
 def integer(payload: dict[str, Any], key: str, default: int, low: int, high: int | None = None) -> int:
     """An integer field within ``low..high`` (a one-line problem otherwise)."""
     value = payload.get(key, default)
