@@ -10,9 +10,11 @@ A smoke run checks that a program still runs from the tree and writes its compar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,17 @@ def parser(
     for flag, option in options.items():
         p.add_argument(flag, **option.arguments())
     return p
+
+
+@contextlib.contextmanager
+def work_folder(given: str | None, prefix: str) -> Iterator[Path]:
+    """The run's working folder: ``given`` (kept afterwards), or a temporary one removed when the run ends."""
+    work = Path(given or tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if not given:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def smoke_out(program: str) -> Path:

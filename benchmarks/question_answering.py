@@ -16,9 +16,7 @@ first phrasing of each column's questions, with the title given (as the tagger r
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = harness.parse(p, argv, SMOKE, "benchmarks.question_answering")
     quiet_lightning()
     set_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="question-answering-"))
-    try:
+    with harness.work_folder(args.work_dir, "question-answering-") as work:
         return run(args, work)
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: Any, work: Path) -> dict[str, Any]:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     quiet_lightning()
     set_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="tagging-quality-"))
-    try:
+    with harness.work_folder(args.work_dir, "tagging-quality-") as work:
         return run(args, work)
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
