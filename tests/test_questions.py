@@ -103,3 +103,23 @@ def test_question_data_columns_are_checked_at_fit(tmp_path: Path, capsys) -> Non
                        "--model.init_args.questions", '{"templates": {"baseColour": ["What colour is it?"]}}',
                        "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path)], capsys)  # fmt: skip
     assert "baseColour" in error and "data.text_columns" in error
+
+
+def test_the_onnx_runtime_asks_the_same_question(answerer: Path, tmp_path: Path) -> None:
+    """The torch-free captioner builds the eager prompt of a trained question (context, then the question), and
+    refuses an untrained one the same way."""
+    import multimodal
+    from multimodal.lite.captioning import LiteCaptioner
+    from multimodal.onnx.export import export_model
+
+    folder = tmp_path / "answerer_onnx"
+    export_model(answerer, folder, progress=False)
+    lite = LiteCaptioner(folder)
+    items = [{"title": "Red Shirt", "baseColour": "Red"}, {"title": None}]
+    eager = multimodal.load(answerer).model.text_fn("What colour is it?")(
+        {"title": ["Red Shirt", None], "baseColour": ["Red", None]}
+    )
+    built = lite.prompts(items, "What colour is it?")
+    assert built["prompt_ids"].tolist() == eager["prompt_ids"].tolist() and built["asked"]
+    with pytest.raises(UserError, match="not trained to answer"):
+        lite.prompts(items, "What is the material?")

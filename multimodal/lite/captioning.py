@@ -61,6 +61,7 @@ class LiteCaptioner(LiteModel):
             from multimodal.lite import FULL_INSTALL
 
             raise UserError(f"{folder}: a retrieval captioner's prompts need the full install ({FULL_INSTALL})")
+        self.questions = QuestionSettings.parse(self.settings.get("questions"))  # as the eager captioner's
         self.decoder = CaptionDecoder.from_folder(folder, self.info, int8=int8)
         self.decoding: dict[str, Any] = self.info["decoding"]
         self.rerank = RerankSettings.parse(self.decoding.get("rerank"), "model.rerank")
@@ -93,7 +94,7 @@ class LiteCaptioner(LiteModel):
         trained one)."""
         s = self.settings
         fixed = s["prompt"] if prompt is None else prompt
-        questions = QuestionSettings.parse(s.get("questions"))
+        questions = self.questions
         asked = check_question(prompt, questions, s["prompt"]) is not None  # a trained question: context + it
         rows = []
         for item in texts:
@@ -162,8 +163,7 @@ class Captioner(Predictor):
         ``trim_vocabulary``, ``rerank``); a new object sharing the model."""
         bound = copy.copy(self)
         options = check_generation(self.model.decoding.get("generation") or {}, dict(generation))
-        settings = self.model.settings
-        check_question(prompt, QuestionSettings.parse(settings.get("questions")), settings["prompt"])
+        check_question(prompt, self.model.questions, self.model.settings["prompt"])
         bound.prompt, bound.seed, bound.generation = prompt, seed, options
         return bound
 

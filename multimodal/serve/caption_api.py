@@ -3,6 +3,7 @@
 # No ``from __future__ import annotations``, as in :mod:`multimodal.serve.task_api` (LitServe reads annotations).
 from typing import Any
 
+from multimodal.errors import UserError
 from multimodal.serve.requests import Problem, fields, flag, integer, number, text
 from multimodal.serve.task_api import TaskAPI, plain
 
@@ -34,7 +35,8 @@ class CaptionAPI(TaskAPI):
         from multimodal.captioning.settings import check_generation
 
         model = self.captioner.model
-        fields(payload, {"image", "image_url", "id", "prompt", "seed", *CAPTION_OPTIONS, *model.prompt_columns})
+        texts = [*model.prompt_columns, *(model.questions.context_columns if model.questions else ())]
+        fields(payload, {"image", "image_url", "id", "prompt", "seed", *CAPTION_OPTIONS, *texts})
         photos = self.photos(payload)
         if not photos:
             raise Problem("send a photo to caption (multipart field 'image', repeated for several)")
@@ -50,8 +52,12 @@ class CaptionAPI(TaskAPI):
                 options[key] = number(payload, key)
         if options.get("rerank") and model.memory is None:
             raise Problem("rerank: this captioner holds no caption memory (fit with model.rerank or model.retrieval)")
-        record = {self.captioner.columns.image: photos, **{c: text(payload, c) for c in model.prompt_columns}}
+        record = {self.captioner.columns.image: photos, **{c: text(payload, c) for c in texts}}
         prompt = text(payload, "prompt")
+        try:
+            self.captioner.with_options(prompt)  # a question the model was not trained to answer: this request's 400
+        except UserError as err:
+            raise Problem(str(err)) from None
         seed = integer(payload, "seed", 0, 0)
         return {"record": record, "id": text(payload, "id"), "prompt": prompt, "seed": seed,
                 "options": check_generation(options)}  # fmt: skip
