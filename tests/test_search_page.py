@@ -1,199 +1,31 @@
-"""The search page as a shopper meets it: a photo grid with the catalogue's own fields, facets counted by the service
-over a query's results, pages, "more like this", a photo dropped or picked, a way out of an empty result, and ids,
-scores and modes only in the debug view.
+"""The search page as a shopper meets it, driven in headless Chromium: a photo grid with the catalogue's own fields,
+facets counted by the service over a query's results, pages, "more like this", a photo dropped or picked, a way out
+of an empty result, and ids, scores and modes only in the debug view.
 
 A real ``multimodal serve --index`` (subprocess, loopback port) over 120 sample products exported by the tiny
-retriever, with BM25 over the titles; the paged, faceted ``/search`` is checked over plain HTTP against the catalogue
-itself, and the page is driven in headless Chromium against that same ``/search``. With
-``SEARCH_PAGE_SCREENSHOTS=docs/images`` the browser tests write the page's screenshots there.
+retriever, with BM25 over the titles (:mod:`search_page_fixtures`); what the page shows is compared with that same
+``/search`` (its answers over HTTP are checked in ``test_search_pages_api.py``). With
+``SEARCH_PAGE_SCREENSHOTS=docs/images`` the tests write the page's screenshots there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 from conftest import SAMPLE_IMAGES
+from search_page_fixtures import N_PRODUCTS, PAGE, WORD, counts, ids, search, women_total
+from search_page_fixtures import index as index  # fixtures, by name
+from search_page_fixtures import products as products
+from search_page_fixtures import service as service
 from test_serve import Service, browser
 
-from multimodal import cli
-
-N_PRODUCTS, PAGE, WORD = 120, 24, "black"  # WORD: a title word of more than PAGE products
 SHOTS = os.environ.get("SEARCH_PAGE_SCREENSHOTS")  # a folder for the page's screenshots (docs/images)
 
-
-@pytest.fixture(scope="module")
-def products(sample_df: pd.DataFrame) -> pd.DataFrame:
-    return sample_df.iloc[::7].head(N_PRODUCTS).reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def index(trained: dict[str, Path], products: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("search-page")
-    products.to_csv(root / "catalogue.csv", index=False)
-    cli.main(["export", "--ckpt_path", str(trained["retriever"]), "--input", str(root / "catalogue.csv"),
-              "--image_root", str(SAMPLE_IMAGES), "--out", str(root / "emb"), "--no_progress"])  # fmt: skip
-    cli.main(["index", str(root / "emb"), "--out", str(root / "index"), "--lexical", "title"])
-    return root / "index"
-
-
-@pytest.fixture(scope="module")
-def stored(index: Path) -> pd.DataFrame:
-    """The index's products table as the export stored it (a catalogue's "NA" is a missing value there)."""
-    from multimodal.search.index import load_index
-
-    return load_index(index).products
-
-
-@pytest.fixture(scope="module")
-def service(index: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    log = tmp_path_factory.mktemp("search-page-serve") / "serve.log"
-    svc = Service(["--index", index, "--max_batch_size", "4", "--batch_timeout", "0.01"], log)
-    yield svc
-    assert svc.stop() == 0, svc.tail()
-
-
-def search(service: Service, **fields: Any) -> dict[str, Any]:
-    """``GET /search`` (``filters`` as a dict), which must answer 200."""
-    if "filters" in fields:
-        fields["filters"] = json.dumps(fields["filters"])
-    answer = httpx.get(service.url + "/search", params=fields, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [hit["id"] for hit in answer["results"]]
-
-
-def counts(facets: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    return {f["column"]: {v["value"]: v["count"] for v in f["values"]} for f in facets}
-
-
-def catalogue_counts(rows: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, int]]:
-    return {c: rows[c].dropna().value_counts().to_dict() for c in columns}
-
-
-def women_total(products: pd.DataFrame) -> int:
-    return int((products["gender"] == "Women").sum())
-
-
-def test_facets_and_pages_of_search_over_http(service: Service, products: pd.DataFrame, stored: pd.DataFrame) -> None:
-    browsed = search(service, browse="true", facets="true", k=PAGE)
-    assert browsed["total"] == N_PRODUCTS and ids(browsed) == products["id"][:PAGE].tolist()
-    assert "score" not in browsed["results"][0]
-    facets = [f["column"] for f in browsed["facets"]]  # the catalogue's attributes; not its titles
-    assert {"gender", "articleType", "baseColour", "season", "usage"} <= set(facets) and "title" not in facets
-    assert counts(browsed["facets"]) == catalogue_counts(stored, facets)
-    assert browsed["display"]["title"] == "title" and set(browsed["display"]["fields"]) <= set(facets)
-
-    # a text query: its pages are consecutive slices of one list, its counts are over all of it
-    first = search(service, text=WORD, mode="lexical", facets="true", k=PAGE)
-    total = first["total"]
-    assert PAGE < total < N_PRODUCTS
-    second = search(service, text=WORD, mode="lexical", facets="true", k=PAGE, offset=PAGE)
-    assert second["total"] == total and set(ids(second)).isdisjoint(ids(first))
-    every = ids(search(service, text=WORD, mode="lexical", k=total, offset=0))
-    assert every == ids(first) + ids(second) and [h["rank"] for h in second["results"]][0] == PAGE + 1
-    found = stored.set_index("id").loc[every]
-    assert counts(first["facets"]) == catalogue_counts(found, facets) == counts(second["facets"])
-
-    # a facet value's count is what choosing it gives; two facets combine
-    women = counts(first["facets"])["gender"]["Women"]
-    narrowed = search(service, text=WORD, mode="lexical", facets="true", k=PAGE, filters={"gender": ["Women"]})
-    assert narrowed["total"] == women and {h["gender"] for h in narrowed["results"]} == {"Women"}
-    assert counts(narrowed["facets"])["gender"] == {"Women": women}
-    kind, n = next(iter(counts(narrowed["facets"])["articleType"].items()))
-    both = search(
-        service, text=WORD, mode="lexical", facets="true", k=PAGE, filters={"gender": "Women", "articleType": [kind]}
-    )
-    assert both["total"] == n and all(h["gender"] == "Women" and h["articleType"] == kind for h in both["results"])
-
-    # nothing matches: each filter to drop, with the results the query has without it
-    men_only = products.groupby("articleType")["gender"].agg(set)
-    men_only = men_only[men_only.map(lambda g: g == {"Men"})].index[0]
-    empty = search(service, browse="true", facets="true", k=PAGE, filters={"gender": "Women", "articleType": men_only})
-    assert empty["total"] == 0 and empty["results"] == []
-    without = {"gender": int((products["articleType"] == men_only).sum()), "articleType": int(women_total(products))}
-    assert [(s["drop"], s["count"]) for s in empty["suggestions"]] == sorted(
-        [({"column": c, "values": [v]}, without[c]) for c, v in (("gender", "Women"), ("articleType", men_only))],
-        key=lambda s: -s[1],
-    )
-    asked = {"text": WORD, "mode": "lexical", "facets": "true", "k": PAGE}  # a query: its results without each
-    found = search(service, **asked, filters={"gender": "Women", "articleType": men_only})
-    pairs = (("gender", "Women"), ("articleType", men_only))
-    alone = {c: search(service, **asked, filters={c: v})["total"] for c, v in pairs}
-    kept = [("articleType", alone["gender"]), ("gender", alone["articleType"])]  # dropped, and what is left
-    assert alone["gender"] and found["total"] == 0
-    assert [(s["drop"]["column"], s["count"]) for s in found["suggestions"]] == sorted(
-        [(c, n) for c, n in kept if n], key=lambda s: -s[1]
-    )
-    typed = search(service, browse="true", facets="true", k=PAGE, filters={"gender": "Women"}, where="gender = 'Men'")
-    assert {json.dumps(s["drop"]) for s in typed["suggestions"]} == {
-        json.dumps({"column": "gender", "values": ["Women"]}), json.dumps({"where": "gender = 'Men'"})}  # fmt: skip
-
-    # without offset, facets or browse: the plain answer of before, its top k those of page 1
-    plain = search(service, text=WORD, k=5, mode="dense")
-    assert "total" not in plain and ids(plain) == ids(search(service, text=WORD, k=5, mode="dense", offset=0))
-
-
-def test_chosen_values_are_one_filter_expression_and_counts_are_per_value() -> None:
-    """Quotes in values, a column name with a space and a numeric column; the facets found without settings."""
-    from multimodal.search.facets import Facets, drops, selection_of, selection_where
-    from multimodal.search.filters import Filter
-
-    table = pd.DataFrame({
-        "id": list("abcdef"), "image_path": [f"{i}.jpg" for i in "abcdef"],
-        "name": ["Blue coat", "Red coat", "Blue hat", "Red hat", "Grey scarf", "Grey hat"],
-        "brand name": ["O'Neill", "O'Neill", "Acme", "Acme", "Acme", None], "size": [38, 38, 40, 40, 42, 42],
-        "notes": ["a note of many words here"] * 2 + ["another note of many words"] * 4,
-    })  # fmt: skip
-    facets = Facets.of(table)
-    assert (facets.columns, facets.title, facets.display) == (["brand name", "size"], "name", ["brand name", "size"])
-    chosen = selection_of({"brand name": "O'Neill", "size": [38, "40"]}, table)
-    where = selection_where(chosen, table)
-    assert where == "\"brand name\" IN ('O''Neill') AND size IN (38.0, 40.0)"
-    rows = np.flatnonzero(Filter(where, table).mask())
-    assert rows.tolist() == [0, 1]
-    assert facets.counts(rows, chosen) == [
-        {"column": "brand name", "values": [{"value": "O'Neill", "count": 2, "selected": True}]},
-        {"column": "size", "values": [{"value": "38", "count": 2, "selected": True},
-                                      {"value": "40", "count": 0, "selected": True}]},
-    ]  # fmt: skip
-    assert drops("size > 39", chosen, table) == [
-        ({"column": "brand name", "values": ["O'Neill"]}, "(size IN (38.0, 40.0)) AND (size > 39)"),
-        ({"column": "size", "values": ["38", "40"]}, "(\"brand name\" IN ('O''Neill')) AND (size > 39)"),
-        ({"where": "size > 39"}, "(\"brand name\" IN ('O''Neill')) AND (size IN (38.0, 40.0))"),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("fields", "message"),
-    [
-        ({"browse": "true", "filters": "[1]"}, "must be a JSON object"),
-        ({"browse": "true", "filters": "{gender"}, "not valid JSON"),
-        ({"browse": "true", "filters": '{"colour_name": "Red"}'}, "'colour_name'] are not in the index"),
-        ({"browse": "true", "filters": '{"gender": [true]}'}, "must be texts or numbers"),
-        ({"text": WORD, "rerank": "5", "offset": "24"}, "rerank"),
-        ({"browse": "true", "text": WORD}, "send no text"),
-        ({"browse": "true", "offset": "-1"}, "'offset'=-1"),
-        ({"browse": "true", "where": "gender = "}, "--where"),
-        ({"k": "3"}, "browse=true"),
-    ],
-)
-def test_bad_page_requests_are_one_line_400s(service: Service, fields: dict[str, str], message: str) -> None:
-    answer = httpx.get(service.url + "/search", params=fields, timeout=60)
-    assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
-
-
-# ------------------------------------------------------------------------------------------------- browser
 needs_browser = pytest.mark.skipif(
     browser() is None, reason="headless Chromium not installed (apt-get install chromium chromium-driver)"
 )

@@ -74,15 +74,20 @@ def products(tmp_path_factory: pytest.TempPathFactory, sample_df: pd.DataFrame) 
     return sample_df.iloc[::21].head(N_PRODUCTS).reset_index(drop=True)
 
 
+def catalogue_index(retriever: Path, products: pd.DataFrame, root: Path, *options: str) -> Path:
+    """``products`` (photos from the sample) exported by ``retriever`` and indexed by ``multimodal index`` with
+    ``options``, all under ``root``; the index folder."""
+    products.to_csv(root / "catalogue.csv", index=False)
+    cli.main(["export", "--ckpt_path", str(retriever), "--input", str(root / "catalogue.csv"),
+              "--image_root", str(SAMPLE_IMAGES), "--out", str(root / "emb"), "--no_progress"])  # fmt: skip
+    cli.main(["index", str(root / "emb"), "--out", str(root / "index"), *options])
+    return root / "index"
+
+
 @pytest.fixture(scope="module")
 def index(trained: dict[str, Path], products: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A FAISS index over ``products`` from the tiny retriever (it has a re-ranker)."""
-    root = tmp_path_factory.mktemp("search")
-    products.to_csv(root / "catalogue.csv", index=False)
-    cli.main(["export", "--ckpt_path", str(trained["retriever"]), "--input", str(root / "catalogue.csv"),
-              "--image_root", str(SAMPLE_IMAGES), "--out", str(root / "emb"), "--no_progress"])  # fmt: skip
-    cli.main(["index", str(root / "emb"), "--out", str(root / "index")])
-    return root / "index"
+    return catalogue_index(trained["retriever"], products, tmp_path_factory.mktemp("search"))
 
 
 @pytest.fixture(scope="module")

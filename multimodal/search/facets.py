@@ -11,6 +11,7 @@ no column name is written here.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ MAX_WORDS = 3  # ... of at most this many words on average (a title or a descrip
 DISPLAY_FIELDS = 3  # fields a result card shows besides its title, when the service names none
 SKIPPED = ("id", "image_path", "_label")  # the products table's own columns
 PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NUMBER = r"[\d.,\-]+"  # a value that is a number (a year, a price), as text
 
 Selection = dict[str, tuple[str, ...]]  # column -> the values chosen (a product holds one of them)
 
@@ -37,24 +39,38 @@ def _values(column: pd.Series) -> pd.Series:
     return values[values != ""]
 
 
-def facet_columns(products: pd.DataFrame, given: list[str] | None = None) -> list[str]:
-    """The columns results can be narrowed by: ``given`` (checked), else every stored column with 2 to
-    :data:`MAX_VALUES` distinct short values that repeat (at most one distinct value per two products)."""
-    if given is not None:
-        _check_columns(products, given, "facets")
-        return list(given)
+def repeating_columns(
+    products: pd.DataFrame, skip: Collection[Any] = (), numbers: bool = True, max_values: int = MAX_VALUES
+) -> list[Any]:
+    """The stored columns (but ``skip``) that read as a catalogue's attributes: 2 to ``max_values`` distinct values
+    that repeat (at most one distinct value per two products) of at most :data:`MAX_WORDS` words on average, so a
+    title or a description is none. ``numbers=False`` leaves out a column of numbers only (years, prices), which
+    narrow results as facets but are not what shoppers type (:mod:`multimodal.search.shopper_queries`)."""
     found = []
     for column in products.columns:
-        if column in SKIPPED or '"' in str(column) or pd.api.types.is_bool_dtype(products[column]):
+        if column in SKIPPED or column in skip:
             continue
         values = _values(products[column])
         distinct = values.nunique()
-        if len(values) < 2 or not 2 <= distinct <= min(MAX_VALUES, len(values) // 2):
+        if len(values) < 2 or not 2 <= distinct <= min(max_values, len(values) // 2):
+            continue
+        if not numbers and values.str.fullmatch(NUMBER).all():
             continue
         if values.str.split().str.len().mean() > MAX_WORDS:
             continue
-        found.append(str(column))
+        found.append(column)
     return found
+
+
+def facet_columns(products: pd.DataFrame, given: list[str] | None = None) -> list[str]:
+    """The columns results can be narrowed by: ``given`` (checked), else the :func:`repeating_columns` (numbers
+    too, up to :data:`MAX_VALUES` values) that the filter language can compare: no true/false column, no name
+    holding a double quote."""
+    if given is not None:
+        _check_columns(products, given, "facets")
+        return list(given)
+    unfit = [c for c in products.columns if '"' in str(c) or pd.api.types.is_bool_dtype(products[c])]
+    return [str(c) for c in repeating_columns(products, skip=unfit)]
 
 
 def title_column(products: pd.DataFrame, lexical: list[str] | None, given: str | None = None) -> str | None:
@@ -70,7 +86,7 @@ def title_column(products: pd.DataFrame, lexical: list[str] | None, given: str |
     best, best_distinct = None, 1
     for column in stored:
         values = _values(products[column])
-        if values.str.fullmatch(r"[\d.,\-]+").all():
+        if values.str.fullmatch(NUMBER).all():
             continue  # numbers name no product
         if values.nunique() > best_distinct:
             best, best_distinct = str(column), values.nunique()
@@ -96,11 +112,17 @@ def display_fields(
     return [c for c in facets if c in chosen]
 
 
-def _check_columns(products: pd.DataFrame, columns: list[str], setting: str) -> None:
-    known = [str(c) for c in products.columns if c not in SKIPPED]
+def check_columns(stored: list[Any], columns: list[str], setting: str) -> None:
+    """One-line error naming each of ``columns`` (given for ``setting``) that is not a stored column of the
+    products table (its own columns ``SKIPPED`` are none), and the columns it stores."""
+    known = [str(c) for c in stored if c not in SKIPPED]
     missing = [c for c in columns if c not in known]
     if missing:
         raise UserError(f"{setting}: column(s) {missing} are not in the index (it stores: {', '.join(known)})")
+
+
+def _check_columns(products: pd.DataFrame, columns: list[str], setting: str) -> None:
+    check_columns(list(products.columns), columns, setting)
 
 
 def selection_of(raw: Any, products: pd.DataFrame) -> Selection:

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from multimodal.errors import UserError
+from multimodal.search.facets import SKIPPED, repeating_columns
 from multimodal.search.lexical import TOKEN_PATTERN, product_texts
 
 MAX_SHARE, FLOOR = 0.1, 10  # a query about more products than both is too generic to rank methods by
 MAX_VALUES = 500  # an attribute column holds at most this many distinct values
-SKIPPED = ("id", "image_path", "_label")  # the products table's own columns: never attributes
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,26 +56,17 @@ def _words(text: str, stop: frozenset[str]) -> list[str]:
 
 
 def attribute_columns(products: pd.DataFrame, lexical: list[str], given: list[str] | None) -> list[str]:
-    """The columns attribute queries are made of: ``given`` (checked), else those found in ``products``."""
+    """The columns attribute queries are made of: ``given`` (checked), else the catalogue's attribute columns as
+    facets find them (:func:`~multimodal.search.facets.repeating_columns`), less the BM25 ones and those of numbers
+    only, with up to :data:`MAX_VALUES` values (more than a facet lists: a query names one value, while a shopper
+    reads a facet's whole list)."""
     if given is not None:
         missing = [c for c in given if c not in products.columns or c in SKIPPED]
         if missing:
             known = [c for c in products.columns if c not in SKIPPED]
             raise UserError(f"--tune-attributes: column(s) {missing} are not in the export (it stores: {known})")
         return list(given)
-    found = []
-    for column in products.columns:
-        if column in SKIPPED or column in lexical:
-            continue
-        values = products[column].dropna().astype(str).str.strip()
-        values = values[values != ""]
-        distinct = values.nunique()
-        if len(values) < 2 or not 2 <= distinct <= min(MAX_VALUES, len(values) // 2):
-            continue
-        if values.str.fullmatch(r"[\d.,\-]+").all() or values.str.split().str.len().mean() > 3:
-            continue  # numbers (years, prices) and long texts are not what shoppers type as an attribute
-        found.append(column)
-    return found
+    return repeating_columns(products, skip=lexical, numbers=False, max_values=MAX_VALUES)
 
 
 def shopper_queries(

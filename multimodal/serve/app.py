@@ -1,11 +1,13 @@
 """The ``LitServer`` of ``multimodal serve``: the task APIs that were given, plus the routes LitServe does not
-make itself: the search page at ``/``, the catalogue photos under ``/images/`` (read-only, confined to the image
-root of the index's current build), ``GET /search`` beside LitServe's ``POST /search``, ``/info`` with the current
-build of the index, and a 404 JSON answer for each task not loaded.
+make itself: the search page at ``/`` (and its ``/page.js``, ``/page.css``), the catalogue photos under
+``/images/`` (read-only, confined to the image root of the index's current build), ``GET /search`` beside
+LitServe's ``POST /search``, ``/info`` with the current build of the index, and a 404 JSON answer for each task
+not loaded.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations as objects.
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from multimodal.serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD, DEFAULT_REL
 from multimodal.serve.live import read_build
 from multimodal.task import Task, resolve, tasks
 
-PAGE = Path(__file__).with_name("page") / "index.html"
+PAGE_FOLDER = Path(__file__).with_name("page")
+PAGE = PAGE_FOLDER / "index.html"
+PAGE_FILES = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}  # beside PAGE
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
@@ -41,6 +45,9 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     fetch_hosts: tuple[str, ...] = ()  # hosts whose photo URLs requests may give (field image_url); () = none
     reload_interval: float = DEFAULT_RELOAD_INTERVAL  # seconds between looks for a new build of the index (0: never)
+    facets: list[str] | None = None  # the page's columns (None: found in each build of the index, search.facets)
+    title_field: str | None = None
+    display_fields: list[str] | None = None
     models: dict[str, Any] = field(default_factory=dict)  # filled by check(): what /info tells about each
     others: dict[str, str | None] = field(default_factory=dict)  # registered tasks' models, by serve option
 
@@ -55,7 +62,8 @@ def served() -> list[Task]:
 
 
 def check(settings: Settings) -> None:
-    """One-line errors before any worker starts: missing files, a checkpoint of another task, a broken index."""
+    """One-line errors before any worker starts: missing files, a checkpoint of another task, a broken index, a
+    page column the index does not store."""
     from multimodal.loading import describe
 
     if not any(settings.model(t.serving.setting) for t in served()):
@@ -68,6 +76,8 @@ def check(settings: Settings) -> None:
     if not settings.reload_interval >= 0:  # also refuses NaN
         raise UserError(f"--reload_interval {settings.reload_interval} must be 0 (never) or a positive number of "
                         "seconds")  # fmt: skip
+    if settings.index is None and page_columns(settings):
+        raise UserError(f"{' and '.join(page_columns(settings))}: the search page's columns need --index")
     for task in served():
         name = task.serving.setting
         path = settings.model(name)
@@ -84,6 +94,33 @@ def check(settings: Settings) -> None:
             raise UserError(f"--index {settings.index} is not a search index (no index.json): build one with "
                             "`multimodal index`")  # fmt: skip
         settings.models["index"] = describe_index(settings.index)
+        check_page_columns(settings)
+
+
+def page_columns(settings: Settings) -> dict[str, list[str]]:
+    """The columns the page was given, by option (``--facets``, ``--title_field``, ``--display_fields``)."""
+    title = None if settings.title_field is None else [settings.title_field]
+    given = {"--facets": settings.facets, "--title_field": title, "--display_fields": settings.display_fields}
+    return {option: columns for option, columns in given.items() if columns is not None}
+
+
+def check_page_columns(settings: Settings) -> None:
+    """Each column the page was given is one the index's current build stores (read from its products table's
+    schema, not the table), so a misspelt column is a one-line error before any worker starts."""
+    import pyarrow.parquet as pq
+
+    from multimodal.search.facets import check_columns
+    from multimodal.search.index_folder import PRODUCTS_FILE
+
+    if not page_columns(settings):
+        return
+    table = Path(os.path.realpath(settings.index)) / PRODUCTS_FILE
+    try:
+        stored = pq.read_schema(table).names
+    except (OSError, ValueError) as err:
+        raise UserError(f"--index {settings.index}: its products table {table} cannot be read ({err})") from None
+    for option, columns in page_columns(settings).items():
+        check_columns(stored, columns, option)
 
 
 def describe_index(folder: str | Path) -> dict[str, Any]:
@@ -97,14 +134,14 @@ def describe_index(folder: str | Path) -> dict[str, Any]:
 def build(settings: Settings) -> Any:
     """The configured ``LitServer`` (not started)."""
     import litserve as ls
-    from fastapi.responses import HTMLResponse
 
     batching = {"max_pixels": settings.max_pixels, "max_batch_size": settings.max_batch_size,
                 "batch_timeout": settings.batch_timeout, "threads": settings.threads,
                 "forward_batch_size": settings.forward_batch_size, "runtime": settings.runtime,
                 "fetch_hosts": settings.fetch_hosts}  # fmt: skip
     given = {t.serving.route: (t.serving.api, settings.model(t.serving.setting)) for t in served()}
-    own = {"search": {"reload_interval": settings.reload_interval}}  # the index's own option
+    own = {"search": {"reload_interval": settings.reload_interval, "facets": settings.facets,
+                      "title": settings.title_field, "display": settings.display_fields}}  # fmt: skip
     apis = [
         resolve(api)(str(path), **batching, **own.get(route, {}))
         for route, (api, path) in given.items()
@@ -129,10 +166,7 @@ def build(settings: Settings) -> Any:
     app.title, app.version = "multimodal serve", _version()
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != "/"]  # LitServe's "/" text
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
-
+    _page(app)
     for name, (_, path) in given.items():
         if path is None:
             _absent(app, name)
@@ -144,6 +178,24 @@ def build(settings: Settings) -> Any:
 
     _document(app, settings)
     return server
+
+
+def _page(app: Any) -> None:
+    """The search page: its markup at ``/``, its script and styles beside it (read at each request, as written)."""
+    from fastapi.responses import HTMLResponse, Response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    def serve(name: str, media_type: str) -> None:
+        async def asset() -> Response:
+            return Response((PAGE_FOLDER / name).read_bytes(), media_type=media_type)
+
+        app.add_api_route(f"/{name}", asset, methods=["GET"], include_in_schema=False)
+
+    for name, media_type in PAGE_FILES.items():
+        serve(name, media_type)
 
 
 def current(folder: str) -> tuple[str, dict[str, Any]]:
@@ -215,6 +267,8 @@ def _version() -> str:
 
 def _document(app: Any, settings: Settings) -> None:
     """OpenAPI descriptions of the task routes (their fields come from the loaded models, not from signatures)."""
+    from multimodal.serve.search_api import PAGE_FIELDS
+
     texts = (settings.models.get("tagger") or {}).get("texts", [])
     photo = {"type": "string", "format": "binary", "description": "the product photo"}
     forms = {
@@ -227,7 +281,8 @@ def _document(app: Any, settings: Settings) -> None:
         "/search": ("Search by text, photo or 'like'", {"text": {"type": "string"}, "image": photo,
                     "like": {"type": "string"}, "k": {"type": "integer"}, "rerank": {"type": "integer"},
                     "mode": {"type": "string", "enum": ["dense", "lexical", "hybrid"]}, "where": {"type": "string"},
-                    "fusion": {"type": "string", "enum": ["rrf", "weighted"]}, "weight": {"type": "number"}}),
+                    "fusion": {"type": "string", "enum": ["rrf", "weighted"]}, "weight": {"type": "number"},
+                    **PAGE_FIELDS}),
     }  # fmt: skip
     for route in app.router.routes:
         path = getattr(route, "path", None)
@@ -239,6 +294,6 @@ def _document(app: Any, settings: Settings) -> None:
             route.openapi_extra = {"requestBody": {"content": {"multipart/form-data": {
                 "schema": {"type": "object", "properties": properties}}}}}  # fmt: skip
         else:
-            names = ("text", "like", "k", "rerank", "mode", "where", "fusion", "weight")
+            names = ("text", "like", "k", "rerank", "mode", "where", "fusion", "weight", *PAGE_FIELDS)
             route.openapi_extra = {"parameters": [{"name": n, "in": "query", "schema": properties[n]}
                                                   for n in names]}  # fmt: skip

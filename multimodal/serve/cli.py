@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between looks for a new build of --index (after `multimodal index` rebuilds or "
                         "updates it); the new build is loaded in the background and answers from then on "
                         f"(default {DEFAULT_RELOAD_INTERVAL}; 0: never)")  # fmt: skip
+    _page_options(p.add_argument_group("search page"))
     _server_options(p.add_argument_group("server"))
     i = p.add_argument_group("inputs")
     i.add_argument("--fetch_hosts", "--fetch-hosts", nargs="+", default=[], metavar="HOST",
@@ -36,6 +37,32 @@ def parser() -> argparse.ArgumentParser:
                         "loopback, link-local or private address (default: no URL is fetched)")  # fmt: skip
     _registered_options(m)
     return p
+
+
+def columns(value: str) -> list[str]:
+    """A comma list of column names (spaces around them dropped, each kept once); "" is none."""
+    return list(dict.fromkeys(c.strip() for c in value.split(",") if c.strip()))
+
+
+def column(value: str) -> str:
+    """One column name (an empty one is an argument error, not "unset")."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("give a column name")
+    return value.strip()
+
+
+def _page_options(g: argparse._ArgumentGroup) -> None:
+    """The columns of --index the search page (and any paged /search) shows; unset, the service finds them in each
+    build of the index (multimodal.search.facets)."""
+    g.add_argument("--facets", type=columns, default=None, metavar="COLS",
+                   help="the facet columns, a comma list (\"\": none; default: the stored columns with 2-200 short "
+                        "values that repeat)")  # fmt: skip
+    g.add_argument("--title_field", "--title-field", type=column, default=None, metavar="COL",
+                   help="the column a result card is titled by (default: the index's first --lexical column, else "
+                        "the text column whose values differ most)")  # fmt: skip
+    g.add_argument("--display_fields", "--display-fields", type=columns, default=None, metavar="COLS",
+                   help="the fields a card shows under its title, a comma list (\"\": none; default: the three "
+                        "facets with the most distinct values)")  # fmt: skip
 
 
 def _server_options(s: argparse._ArgumentGroup) -> None:
@@ -109,7 +136,8 @@ def settings(args: argparse.Namespace) -> Any:
         threads=args.threads, runtime=args.runtime, forward_batch_size=args.forward_batch_size,
         fast_queue=args.fast_queue, timeout=args.timeout, reload_interval=args.reload_interval,
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=args.max_pixels, others=others,
-        fetch_hosts=tuple(args.fetch_hosts),
+        fetch_hosts=tuple(args.fetch_hosts), facets=args.facets, title_field=args.title_field,
+        display_fields=args.display_fields,
     )  # fmt: skip
 
 

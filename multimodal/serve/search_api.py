@@ -12,6 +12,13 @@ from multimodal.serve.task_api import TaskAPI, plain
 
 FIELDS = {"text", "image", "like", "k", "rerank", "mode", "where", "fusion", "weight", "offset", "facets", "filters",
           "browse"}  # fmt: skip
+PAGE_FIELDS = {  # the fields that ask for a page (multimodal.search.pages), as the OpenAPI schema describes them
+    "offset": {"type": "integer", "minimum": 0, "description": "the page starts after this many results (it holds k)"},
+    "facets": {"type": "boolean", "description": "true: count each facet value over all the query's results"},
+    "filters": {"type": "string", "description": 'a JSON object of column -> value or list of values, e.g. '
+                '{"column": ["a", "b"]}; joined to where by AND'},
+    "browse": {"type": "boolean", "description": "true: no text, photo or like; the catalogue in its own order"},
+}  # fmt: skip
 
 
 @dataclass
