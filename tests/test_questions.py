@@ -123,3 +123,26 @@ def test_the_onnx_runtime_asks_the_same_question(answerer: Path, tmp_path: Path)
     assert built["prompt_ids"].tolist() == eager["prompt_ids"].tolist() and built["asked"]
     with pytest.raises(UserError, match="not trained to answer"):
         lite.prompts(items, "What is the material?")
+
+
+def test_the_service_answers_a_trained_question_and_refuses_others(answerer: Path, tmp_path: Path) -> None:
+    """``/caption`` with a trained question (and the title as context) answers as the Python API does; an
+    untrained question is that request's 400 naming the questions the model answers."""
+    import httpx
+    from test_serve import Service, photo
+
+    import multimodal
+
+    name = sorted(p.name for p in SAMPLE_IMAGES.iterdir())[0]
+    product = {"id": "a", "image": str(SAMPLE_IMAGES / name), "title": "Red Shirt"}
+    expected = multimodal.load(answerer).caption([product], prompt="Which colour?", max_new_tokens=4)
+    svc = Service(["--captioner", answerer], tmp_path / "serve.log")
+    try:
+        form = {"prompt": "Which colour?", "title": "Red Shirt", "max_new_tokens": "4"}
+        asked = httpx.post(svc.url + "/caption", files={"image": photo(name)}, data=form, timeout=60)
+        assert asked.status_code == 200 and asked.json()["caption"] == expected["caption"][0], asked.text
+        refused = httpx.post(svc.url + "/caption", files={"image": photo(name)},
+                             data={"prompt": "What is the material?"}, timeout=60)  # fmt: skip
+        assert refused.status_code == 400 and "not trained to answer" in refused.json()["detail"], refused.text
+    finally:
+        assert svc.stop() == 0, svc.tail()
