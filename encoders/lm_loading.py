@@ -57,18 +57,22 @@ def load_decoder(
     if random_init:
         model = AutoModelForCausalLM.from_config(config)
     else:
-        with quietly():
-            model, info = AutoModelForCausalLM.from_pretrained(
-                model_name_or_path, config=config, output_loading_info=True
-            )
-        report_missing(str(model_name_or_path), info["missing_keys"], head_prefixes(model))
-        if head_init == "identity":
-            identity_head_transform(model, set(info["missing_keys"]))
-        elif head_init != "random":
-            raise ValueError(f"head_init must be 'identity' or 'random', not {head_init!r}")
+        model = pretrained(model_name_or_path, config, head_init)
     for key, value in special.items():
         setattr(model.generation_config, key, value)
     return tok, model
+
+
+def pretrained(model_name_or_path: Any, config: Any, head_init: str) -> PreTrainedModel:
+    """The pretrained causal LM, loaded quietly; the head weights the checkpoint lacked start as ``head_init`` says."""
+    with quietly():
+        model, info = AutoModelForCausalLM.from_pretrained(model_name_or_path, config=config, output_loading_info=True)
+    report_missing(str(model_name_or_path), info["missing_keys"], head_prefixes(model))
+    if head_init == "identity":
+        identity_head_transform(model, set(info["missing_keys"]))
+    elif head_init != "random":
+        raise ValueError(f"head_init must be 'identity' or 'random', not {head_init!r}")
+    return model
 
 
 def head_prefixes(model: PreTrainedModel) -> list[str]:

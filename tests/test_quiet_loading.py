@@ -45,7 +45,7 @@ def test_loading_and_captioning_in_python_prints_nothing(pretrained_captioner: P
     script = (
         "import multimodal\n"
         f"c = multimodal.load({str(pretrained_captioner)!r})\n"
-        f"out = c.caption([{str(photo)!r}], prompt='What colour is it?')\n"
+        f"out = c.caption([{str(photo)!r}], prompt='product title')\n"
         "print(out.iloc[0]['caption'])\n"
     )
     done = run([sys.executable, "-c", script])

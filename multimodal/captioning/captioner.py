@@ -80,10 +80,8 @@ class ProductCaptioner(CaptionSteps, TowerTask):
             ``{"k": 3, "tokens": 48}`` puts the titles of the ``k`` training products with the most similar photos
             before the other prompt parts (a :class:`~multimodal.captioning.retrieval.CaptionMemory`, built from the
             training split when fit starts and saved in the checkpoint); a query never retrieves its own id. None: off.
-        questions: answers to questions about a product (:class:`~.questions.QuestionSettings`):
-            ``{"templates": {column: [questions]}, "share": 0.5, "context_columns": [...]}`` asks a share of the
-            training items a question about an attribute column instead of writing the target; ``caption(prompt=
-            question)`` then answers it. None: off (a question prompt is then a one-line error).
+        questions: answers to questions about a product (:class:`~.questions.QuestionSettings`): a share of the
+            training items is asked about an attribute column; ``caption(prompt=question)`` answers. None: off.
         rerank: consensus reranking (:class:`~.settings.RerankSettings`, :mod:`~multimodal.captioning.rerank`):
             ``{"k": 5, "candidates": 8, "weight": 0.0}`` or true; builds the same caption memory. Validation, test
             and predict rerank unless the ``rerank`` generation option says false. None: off.
