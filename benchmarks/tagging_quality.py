@@ -1,17 +1,23 @@
-"""Tagging quality: the three fusion blocks, image-only and title-only taggers vs two logistic-regression peers.
+"""Tagging quality: the three fusion blocks, image-only and text-only taggers vs two logistic-regression peers.
 
 Every method is trained on the same training ids and scored on the same test ids of one
 :class:`multimodal.data.datamodule.ProductDataModule` (80/10/10 split by a stable hash of the id, unless the manifest
 has a ``split`` column). The taggers are :class:`multimodal.tagging.tagger.ProductTagger` with the offline
 pretrained towers (ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2), trained by a real ``lightning.Trainer.fit``;
-the peer is scikit-learn's TF-IDF (word 1-2 grams) + ``LogisticRegression`` on the title alone, one model per
+the peer is scikit-learn's TF-IDF (word 1-2 grams) + ``LogisticRegression`` on the product text alone, one model per
 attribute, its ``C`` picked on the validation split; the stronger ``peer_image`` is the same logistic regression on
-the title's TF-IDF next to the *same frozen photo features* the taggers read (EfficientNet-Lite0's pooled vector,
+the text's TF-IDF next to the *same frozen photo features* the taggers read (EfficientNet-Lite0's pooled vector,
 standardised on the training split, L2-normalised, times a weight), ``C`` and the weight picked on validation. A
 fusion block that cannot beat a linear model on the same features has not earned its layers.
 
+The product text is the ``--text-columns`` (default: the title), the same for every method: the taggers' data module
+joins them as the tagger joins them (``". "`` between columns, a missing value left out) for the text tower and the
+n-gram head, and the peers' TF-IDF reads the same join. Each variant records the columns it was given
+(``settings.text_columns``) and the columns that reached it (``info.text_columns``: none for ``image_only``).
+
 Single-modality variants drop the other modality *at data level*: ``image_only`` sets every product's text to
-unknown (the tagger sees its learned "missing text" stand-in), ``title_only`` sets every product's image to
+unknown (the tagger sees its learned "missing text" stand-in), ``title_only`` (every text column, despite its name,
+kept for the results already published) sets every product's image to
 unknown (the "missing image" stand-in), in training and test alike. The unused tower is frozen (its output never
 reaches the heads, so training it would only cost time).
 
@@ -41,6 +47,7 @@ from benchmarks.quality.tag_report import PEERS
 from benchmarks.quality.tag_train import run_tagger
 from benchmarks.quality.tag_variants import (
     build_datamodule,
+    columns_read,
     fill_text_cache,
     settings,
     split_ids,
@@ -61,7 +68,7 @@ OPTIONS = {
     "--work-dir": Option("runs/benchmarks/tagging_quality",
                          "checkpoints, data reports and tower caches (empty: a temporary folder, removed)"),
     "--attributes": Option(ATTRIBUTES, "attribute columns scored"),
-    "--text-columns": Option(["title"], "text columns fed to the taggers and the peer"),
+    "--text-columns": Option(["title"], "text columns fed to every tagger and both peers, joined in this order"),
     "--variants": Option(",".join(ALL_VARIANTS), f"comma list out of {ALL_VARIANTS}"),
     "--resume": Option(False, "keep variants already in --out that ran with the same settings"),
     "--resume-from": Option([], "also keep variants from these result files (same settings), e.g. variants run in "
@@ -86,9 +93,9 @@ OPTIONS = {
     "--text-trainable": Option(-1, "train the last N MiniLM layers (-1: all, 0: frozen)"),
     "--text-adapter": Option(None, "peft adapters on MiniLM instead of --text-trainable, e.g. "
                              '\'{"lora": {"r": 8, "alpha": 16}}\'', metavar=JSON),
-    "--text-cache": Option("auto", "auto: a frozen MiniLM encodes each distinct title once (eval mode) and reuses it",
+    "--text-cache": Option("auto", "auto: a frozen MiniLM encodes each distinct text once (eval mode) and reuses it",
                            choices=["auto", "off"]),
-    "--max-length": Option(32, "title tokens kept"),
+    "--max-length": Option(32, "tokens kept of the joined text columns (a later column past it is cut)"),
     "--fusion-dim": Option(128),
     "--fusion-layers": Option(2),
     "--early-pooling": Option("text", "EarlyFusion pooling: the [CLS] output, the mean of all output tokens, or of "
@@ -115,7 +122,7 @@ OPTIONS = {
     "--seed": Option(0),
     "--threads": Option(1, "torch CPU threads (0: torch's default); 1 is much faster when other jobs share the cores"),
 }  # fmt: skip
-# --smoke: the cross-attention tagger (frozen, cached towers at 64 px) and the title peer on 32 + 16 + 16 products
+# --smoke: the cross-attention tagger (frozen, cached towers at 64 px) and the text peer on 32 + 16 + 16 products
 SMOKE = {"data": str(SAMPLE), "work_dir": "", "variants": "cross_attention,peer", "epochs": 1, "image_size": 64,
          "max_train": 32, "max_eval": 16, "batch_size": 16, "text_trainable": 0, "max_length": 12, "fusion_dim": 16,
          "fusion_layers": 1, "ngram_buckets": 64, "peer_c": [1.0], "bootstrap": 50}  # fmt: skip
@@ -173,6 +180,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             preds, info = run_peer(args, dm, photos if variant == "peer_image" else None)
         else:
             preds, info = run_tagger(args, variant, dm, work / variant, cache)
+        info["text_columns"] = columns_read(dm.splits["train"])
         tag_report.add_variant(args, variants, variant, settings(args, variant), preds, info, base)
         report.save()  # partial results survive an interrupted run
     tag_report.score(args, report, {r.id: r.labels for r in base.splits["test"]})
@@ -184,7 +192,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def frozen_features(args: argparse.Namespace, base: Any, work: Path, todo: list[str]) -> tuple[Any, Any]:
     """The frozen towers' outputs the variants still to run need: the photo cache (taggers with a frozen photo
-    tower), the pooled photo vectors (``peer_image``), the title cache (taggers with a frozen MiniLM)."""
+    tower), the pooled photo vectors (``peer_image``), the text cache (taggers with a frozen MiniLM)."""
     cache = None
     if any(v not in PEERS for v in todo) and use_cache(args):
         cache = vision_cache(args, base, work)

@@ -13,26 +13,30 @@ from torch import Tensor, nn
 from encoders.types import Features, ImageTransform, TextEncoder, VisionEncoder
 from fusion.base import FusionBlock
 from multimodal.data.dataset import TextFn
+from multimodal.onnx.preprocess import join_texts
+from multimodal.onnx.preprocess_export import SEPARATOR
 
 FusionFactory = Callable[[int, int], FusionBlock]
 
 
 class JoinedText:
-    """Text function for the collate: joins a product's text fields and tokenizes them (picklable).
+    """Text function for the collate: joins a product's text columns and tokenizes them (picklable).
+
+    Every column the data configures is read, in its order, with ``separator`` where one ends: the text tower and
+    a tagger's n-gram head read the same tokens. The join is the torch-free runtime's own
+    (:func:`multimodal.onnx.preprocess.join_texts`), so an export joins the columns the same way.
 
     Args:
         tokenizer: Hugging Face tokenizer.
-        max_length: tokens kept.
-        separator: put between fields; missing fields are left out.
+        max_length: tokens kept of the joined text (a later column past it is cut).
+        separator: put between columns; a missing value is left out with its separator.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, separator: str = ". ") -> None:
+    def __init__(self, tokenizer: Any, max_length: int, separator: str = SEPARATOR) -> None:
         self.tokenizer, self.max_length, self.separator = tokenizer, max_length, separator
 
     def __call__(self, texts: dict[str, list[str | None]]) -> dict[str, Tensor]:
-        columns = list(texts.values())
-        n = len(columns[0]) if columns else 0
-        joined = [self.separator.join(col[i] for col in columns if col[i] is not None) for i in range(n)]
+        joined = join_texts(texts, None, self.separator)
         enc = self.tokenizer(joined, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 

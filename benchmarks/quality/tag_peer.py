@@ -1,5 +1,6 @@
-"""Tagging quality's peers: TF-IDF + logistic regression on the title (``peer``), and next to the same frozen photo
-features the taggers read (``peer_image``)."""
+"""Tagging quality's peers: TF-IDF + logistic regression on the product text (``peer``), and next to the same frozen
+photo features the taggers read (``peer_image``). The text is every ``--text-columns`` column, joined as the taggers
+join them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 
 from benchmarks.common import say
 from benchmarks.quality.towers import image_key
+from multimodal.onnx.preprocess import join_texts
+from multimodal.onnx.preprocess_export import SEPARATOR
 
 
 def run_peer(
@@ -49,7 +52,8 @@ def run_peer(
 
 
 def _text(record: Any) -> str:
-    return ". ".join(t for t in record.texts.values() if t is not None)
+    """The record's text columns joined as the taggers' text function joins them (a missing value left out)."""
+    return join_texts({c: [t] for c, t in record.texts.items()}, None, SEPARATOR)[0]
 
 
 def _photo_features(photos: dict[str, Any], train: list[Any], records: list[Any]) -> dict[str, Any]:

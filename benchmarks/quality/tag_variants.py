@@ -48,7 +48,13 @@ def build_datamodule(args: argparse.Namespace, variant: str, report_dir: Path) -
 def _drop(record: Any, variant: str) -> Any:
     if variant == "image_only":
         return dataclasses.replace(record, texts={c: None for c in record.texts})
-    return dataclasses.replace(record, image=None)
+    return dataclasses.replace(record, photos=[], ignored_photos=[])
+
+
+def columns_read(records: list[Any]) -> list[str]:
+    """The text columns that reach a method: those with a value in some record (none for ``image_only``)."""
+    columns = list(records[0].texts) if records else []
+    return [c for c in columns if any(r.texts[c] is not None for r in records)]
 
 
 def split_ids(dm: Any) -> dict[str, list[str]]:
@@ -83,30 +89,33 @@ def vision_cache(args: argparse.Namespace, dm: Any, work: Path) -> dict[str, tor
 
 
 def fill_text_cache(args: argparse.Namespace, dm: Any, work: Path) -> None:
-    """Frozen MiniLM outputs for every distinct title of the catalogue, computed once (kept in --work-dir)."""
+    """Frozen MiniLM outputs for every distinct text of the catalogue (its ``--text-columns`` joined as the taggers
+    join them), computed once (kept in --work-dir, one file per column list)."""
     from encoders.pretrained import MiniLMTextEncoder
     from multimodal.towers import JoinedText
 
     records = [r for split in dm.splits.values() for r in split]
-    path = work / f"text_cache_{Path(args.manifest).resolve().parent.name}_{len(records)}_{args.max_length}tok.pt"
+    columns = args.text_columns
+    named = "" if columns == ["title"] else "_" + "+".join(columns)  # the title alone keeps its older file name
+    name = f"text_cache_{Path(args.manifest).resolve().parent.name}{named}_{len(records)}_{args.max_length}tok.pt"
+    path = work / name
     if path.is_file():
         TEXT_CACHE.update(torch.load(path, map_location="cpu", weights_only=True))
-        say(f"text cache: {len(TEXT_CACHE)} titles from {path}")
+        say(f"text cache: {len(TEXT_CACHE)} texts from {path}")
         return
     encoder = cached_text_encoder(
         MiniLMTextEncoder(pooling="mean", max_length=args.max_length, trainable=False), TEXT_CACHE
     )
     tokenize = JoinedText(encoder.tokenizer, args.max_length)
-    columns = args.text_columns
     for start in range(0, len(records), 64):
         chunk = records[start : start + 64]
         encoder(**tokenize({c: [r.texts[c] for r in chunk] for c in columns}))
         if (start // 64) % 5 == 0:
-            say(f"text cache: {start + len(chunk)}/{len(records)} titles")
+            say(f"text cache: {start + len(chunk)}/{len(records)} texts")
     encoder(**tokenize({c: [None] for c in columns}))  # the empty text of a product without one
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(dict(TEXT_CACHE), path)
-    say(f"text cache: {len(TEXT_CACHE)} titles computed, saved to {path}")
+    say(f"text cache: {len(TEXT_CACHE)} texts computed, saved to {path}")
 
 
 def fusion_of(args: argparse.Namespace, variant: str) -> str:

@@ -137,9 +137,13 @@ class OnnxTagger(OnnxTask):
         return tagger_widths(name, self.vocabularies, self.tag_vocabularies, self.fused_dim)
 
     def text_fn(self) -> Any:
+        """Every text column joined by the separator the export recorded (the eager tagger's), as the torch-free
+        runtime joins them; an export from before the record: the default one."""
+        from multimodal.onnx.preprocess_export import SEPARATOR
         from multimodal.towers import JoinedText
 
-        return JoinedText(self.text.tokenizer, self.text.max_length)
+        text = (self.info.get("preprocess") or {}).get("text") or {}
+        return JoinedText(self.text.tokenizer, self.text.max_length, text.get("separator", SEPARATOR))
 
     def graph_for(self, batch: dict[str, Any]) -> tuple[str, dict[str, Tensor]]:
         """The graph for a batch and its inputs: photo-only or text-only when no item has the other, else both."""

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 class NgramHead(nn.Module):
     """The "wide" part of a wide-and-deep tagger: a linear model on the hashed token n-grams of the product text,
-    whose output is added to the fused heads' logits.
+    whose output is added to the fused heads' logits. It reads the text tower's own ``input_ids``: every text
+    column, joined with a separator where one ends (:class:`multimodal.towers.JoinedText`).
 
     A fused vector learns a class that has one or two training products last; a per-n-gram weight learns it at
     once when the text names it (as a bag-of-words logistic regression does). Token n-grams (1..``ngrams``) that
