@@ -31,6 +31,10 @@ class Features:
     def dim(self) -> int:
         return self.tokens.shape[-1]
 
+    def take(self, rows: Tensor) -> Features:
+        """The features of items ``rows (K,)`` (indices into the batch, repeats allowed), in that order."""
+        return Features(tokens=self.tokens[rows], mask=self.mask[rows], pooled=self.pooled[rows])
+
     def select(self, keep: Tensor, fallback: Features) -> Features:
         """Per item, keep these features where ``keep`` is True, else take ``fallback``'s (broadcast on batch).
 

@@ -48,9 +48,9 @@ def test_settings_parse_and_refuse_with_one_line() -> None:
             QuestionSettings.parse(bad)
 
 
-def test_the_training_mix_asks_a_share_and_learns_the_answer(answerer: Path) -> None:
+def test_the_training_batch_adds_the_questions_asked_and_keeps_every_title(answerer: Path) -> None:
     import multimodal
-    from multimodal.captioning.asking import mixed_batch
+    from multimodal.captioning.asking import extended_batch
     from multimodal.captioning.questions import QuestionSettings
 
     model = multimodal.load(answerer).model
@@ -58,21 +58,26 @@ def test_the_training_mix_asks_a_share_and_learns_the_answer(answerer: Path) -> 
     texts = {"title": ["Red Shirt", "Blue Jeans", None], "baseColour": ["Red", "Blue", "Black"],
              "gender": ["Men", None, "Women"]}  # fmt: skip
     plain = text(texts)
-    none = mixed_batch(text, QuestionSettings.parse({**QUESTIONS, "share": 0.0}), texts, torch.rand(3, 4))
-    assert torch.equal(none["input_ids"], plain["input_ids"])
+    none, items = extended_batch(text, QuestionSettings.parse({**QUESTIONS, "share": 0.0}), texts, torch.rand(3, 4))
+    assert torch.equal(none["input_ids"], plain["input_ids"]) and items == [0, 1, 2]
     everyone = QuestionSettings.parse({**QUESTIONS, "share": 1.0, "context_dropout": 1.0})
-    asked = mixed_batch(text, everyone, texts, torch.tensor([[0.0, 0.0, 0.9, 0.3]] * 3))
+    asked, items = extended_batch(text, everyone, texts, torch.tensor([[0.0, 0.0, 0.9, 0.3]] * 3))
     tok = model.lm.tokenizer
-    assert asked["references"] == ["Red", "Blue", "Black"]  # the first column each item has a value of
-    first = asked["input_ids"][0][asked["attention_mask"][0].bool()].tolist()
+    assert items == [0, 1, 2, 0, 1, 2]  # every title kept, then one question per item, on the same photo
+    assert asked["references"] == ["Red Shirt", "Blue Jeans", None, "Red", "Blue", "Black"]
+    assert torch.equal(asked["caption_labels"][:3, : plain["caption_labels"].shape[1]], plain["caption_labels"])
+    first = asked["input_ids"][3][asked["attention_mask"][3].bool()].tolist()
     assert tok.decode(first[1:]).startswith("which colour?")  # no context: dropped; the second phrasing (0.9)
-    labels = asked["caption_labels"][0]
+    labels = asked["caption_labels"][3]
     assert tok.decode(labels[labels >= 0].tolist()[:-1]) == "red"  # the loss is on the answer only
-    kept = mixed_batch(text, QuestionSettings.parse({**QUESTIONS, "share": 1.0, "context_dropout": 0.0}), texts,
-                       torch.tensor([[0.0, 0.6, 0.0, 0.3]] * 3))  # fmt: skip
-    assert kept["references"] == ["Men", "Blue", "Women"]
-    ids = kept["prompt_ids"][0][kept["prompt_mask"][0].bool()].tolist()
+    kept, _ = extended_batch(text, QuestionSettings.parse({**QUESTIONS, "share": 1.0, "context_dropout": 0.0}), texts,
+                             torch.tensor([[0.0, 0.6, 0.0, 0.3]] * 3))  # fmt: skip
+    assert kept["references"][3:] == ["Men", "Blue", "Women"]
+    ids = kept["prompt_ids"][3][kept["prompt_mask"][3].bool()].tolist()
     assert tok.decode(ids[1:]) == "red shirt. is it for men or women?"
+    draws = torch.tensor([[0.2, 0.0, 0.0, 0.0], [0.7, 0.0, 0.0, 0.0], [0.4, 0.0, 0.0, 0.0]])
+    half, items = extended_batch(text, QuestionSettings.parse({**QUESTIONS, "share": 0.5}), texts, draws)
+    assert items == [0, 1, 2, 0, 2]  # the items drawn under the share
 
 
 def test_a_trained_question_is_answered_and_others_are_refused(answerer: Path, trained, capsys) -> None:

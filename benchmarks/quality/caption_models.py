@@ -194,4 +194,4 @@ def cached_features(
 
 
 def take(features: Features, index: Tensor) -> Features:
-    return Features(tokens=features.tokens[index], mask=features.mask[index], pooled=features.pooled[index])
+    return features.take(index)

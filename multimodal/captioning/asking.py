@@ -1,5 +1,5 @@
 """The tensors of questions about products (:mod:`multimodal.captioning.questions`): a collate text function that
-asks every item one trained question, and the training mix of questions and captions."""
+asks every item one trained question, and the training batch extended with the questions asked."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from encoders.types import Features
 from multimodal.captioning.questions import QuestionSettings
 from multimodal.captioning.text import CaptionText
 
@@ -36,13 +37,12 @@ def item(texts: Texts, i: int, columns: tuple[str, ...]) -> dict[str, str | None
     return {c: (texts.get(c) or [None] * (i + 1))[i] for c in columns}
 
 
-def mixed_batch(text: CaptionText, settings: QuestionSettings, texts: Texts, uniforms: Tensor) -> dict[str, Any]:
-    """Training tensors where a ``settings.share`` of the items (drawn by ``uniforms (B, 3 + C)`` in [0, 1)) are
-    asked a question about one of the attribute columns they have a value of, with each of the ``C`` context
-    columns left out with probability ``context_dropout``; the other items write the target column as usual."""
+def question_rows(settings: QuestionSettings, texts: Texts, uniforms: Tensor) -> list[tuple[int, str, str]]:
+    """``(item, prompt, answer)`` of the items asked a question: a ``settings.share`` of them (drawn by
+    ``uniforms (B, 3 + C)`` in [0, 1)), each about one of the attribute columns it has a value of, with each of the
+    ``C`` context columns left out with probability ``context_dropout``."""
     n = uniforms.shape[0]
-    prompts = text.prompt_texts(texts, n)
-    targets = list(texts.get(text.target_column, [None] * n))
+    rows = []
     for i, draw in enumerate(uniforms.tolist()):
         columns = [c for c in settings.templates if (texts.get(c) or [None] * n)[i]]
         if draw[0] >= settings.share or not columns:
@@ -51,18 +51,34 @@ def mixed_batch(text: CaptionText, settings: QuestionSettings, texts: Texts, uni
         phrasings = settings.templates[column]
         question = phrasings[min(int(draw[2] * len(phrasings)), len(phrasings) - 1)]
         keep = [u >= settings.context_dropout for u in draw[3:]]
-        prompts[i] = settings.prompt(question, item(texts, i, settings.context_columns), keep)
-        targets[i] = texts[column][i]
-    return text.encode(texts, prompts, targets)
+        rows.append((i, settings.prompt(question, item(texts, i, settings.context_columns), keep), texts[column][i]))
+    return rows
 
 
-def with_questions(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-    """A training batch of ``model`` (a captioner) re-encoded with its questions mixed in (unchanged without
-    ``model.questions``). The draws come from torch's generator: seeded runs and exact resume repeat them."""
+def extended_batch(
+    text: CaptionText, settings: QuestionSettings, texts: Texts, uniforms: Tensor
+) -> tuple[dict[str, Any], list[int]]:
+    """Training tensors of every item writing its target as usual, followed by one more sequence for each item
+    asked a question (:func:`question_rows`): the title is learnt as often as without questions. Also returns the
+    item each sequence belongs to (for its photo features)."""
+    n = uniforms.shape[0]
+    asked = question_rows(settings, texts, uniforms)
+    items = list(range(n)) + [i for i, _, _ in asked]
+    prompts = text.prompt_texts(texts, n) + [p for _, p, _ in asked]
+    targets = list(texts.get(text.target_column, [None] * n)) + [a for _, _, a in asked]
+    every = {c: [values[i] for i in items] for c, values in texts.items()}
+    return text.encode(every, prompts, targets), items
+
+
+def with_questions(model: Any, batch: dict[str, Any], vision: Features) -> tuple[dict[str, Any], Features]:
+    """A training batch of ``model`` (a captioner) and its photo features, extended with the questions asked
+    (unchanged without ``model.questions``). The draws come from torch's generator: seeded runs and exact resume
+    repeat them."""
     settings: QuestionSettings | None = model.questions
     if settings is None or not batch["ids"]:
-        return batch
+        return batch, vision
     uniforms = torch.rand(len(batch["ids"]), 3 + len(settings.context_columns))
-    encoded = mixed_batch(model.caption_text(batch.get("prompt")), settings, batch["texts"], uniforms)
+    encoded, items = extended_batch(model.caption_text(batch.get("prompt")), settings, batch["texts"], uniforms)
     device = batch["input_ids"].device
-    return {**batch, **{k: v.to(device) if isinstance(v, Tensor) else v for k, v in encoded.items()}}
+    moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in encoded.items()}
+    return {**batch, **moved}, vision.take(torch.tensor(items, device=device))

@@ -81,7 +81,7 @@ class ProductCaptioner(CaptionSteps, TowerTask):
             before the other prompt parts (a :class:`~multimodal.captioning.retrieval.CaptionMemory`, built from the
             training split when fit starts and saved in the checkpoint); a query never retrieves its own id. None: off.
         questions: answers to questions about a product (:class:`~.questions.QuestionSettings`): a share of the
-            training items is asked about an attribute column; ``caption(prompt=question)`` answers. None: off.
+            training items is also asked about an attribute column; ``caption(prompt=question)`` answers. None: off.
         rerank: consensus reranking (:class:`~.settings.RerankSettings`, :mod:`~multimodal.captioning.rerank`):
             ``{"k": 5, "candidates": 8, "weight": 0.0}`` or true; builds the same caption memory. Validation, test
             and predict rerank unless the ``rerank`` generation option says false. None: off.

@@ -1,10 +1,11 @@
 """Questions about a product photo as a captioning mode: "What colour is it?" -> "Blue".
 
 A captioner given ``model.questions`` learns, besides its target column (the title), to answer questions about the
-catalogue's attribute columns: in training a share of the items is asked one of the configured questions about one
-of those columns and learns to write the product's value. Which columns and which questions is configuration
-(``templates``: column -> question phrasings); nothing here names a column. ``context_columns`` (e.g. the title) are
-given before the question, each left out at random in training so that a photo alone is answered too.
+catalogue's attribute columns: in training a share of the items is also asked one of the configured questions about
+one of those columns (one more sequence in the batch) and learns to write the product's value. Which columns and
+which questions is configuration (``templates``: column -> question phrasings); nothing here names a column.
+``context_columns`` (e.g. the title) are given before the question, each left out at random in training so that a
+photo alone is answered too.
 
 At generation, a prompt that is one of the trained questions (compared without case and punctuation) is asked with
 the item's context; any other question is a one-line error listing the questions the model answers. Imports no
@@ -34,7 +35,7 @@ class QuestionSettings:
 
     Args:
         templates: attribute column -> the questions that ask for it (at least one each).
-        share: fraction of the training items asked a question instead of writing the target column.
+        share: fraction of the training items also asked a question (besides writing the target column).
         context_columns: text columns written before the question (those the product has).
         context_dropout: chance that each context column is left out of a training question.
     """

@@ -111,7 +111,7 @@ def sampled_logprobs(
     ids = pad(seqs, model.lm.pad_id, left=False).to(device)
     mask = pad([[1] * len(q) for q in seqs], 0, left=False).to(device)
     rows = torch.arange(len(prompts), device=device).repeat_interleave(count)
-    repeated = Features(tokens=vision.tokens[rows], mask=vision.mask[rows], pooled=vision.pooled[rows])
+    repeated = vision.take(rows)
     skip = min(len(p) for p in prompts) - 1  # the shortest prompt's positions predict no sample token; bos kept
     logits = model.logits(repeated, ids, mask, skip=skip)  # (B, T - skip, V): the prompts' positions are no targets
     target = pad(labels, IGNORE_INDEX, left=False).to(device)[:, skip + 1 :]

@@ -101,7 +101,7 @@ class CaptionSteps(L.LightningModule):
             loss, reward = self.self_critical_loss(vision, batch)
             self.log("train/reward", reward, prog_bar=True, batch_size=len(batch["ids"]))
         else:
-            batch = with_questions(self, batch)  # unchanged without model.questions
+            batch, vision = with_questions(self, batch, vision)  # unchanged without model.questions
             ids = self.drop_words(batch["input_ids"], batch["caption_labels"])  # unchanged without word dropout
             loss = self.loss(self.logits(vision, ids, batch["attention_mask"]), batch["caption_labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
