@@ -236,7 +236,9 @@ def cli_error(args: Sequence[object], capsys: pytest.CaptureFixture[str]) -> str
 # workers (--dist loadfile) in collection order, so a long file collected last would leave one worker idle at the end.
 LONGEST_FIRST = ("test_benchmarks_smoke.py", "test_ray_engine.py", "test_ray_jobs.py", "test_onnx.py", "test_jobs.py",
                  "test_runtime_doc.py", "test_export_search.py", "test_captioning.py", "test_onnx_decoding.py",
-                 "test_lite_runtime.py")  # fmt: skip
+                 "test_lite_runtime.py", "test_questions.py", "test_search_pages_api.py", "test_text_columns.py",
+                 "test_search_page.py", "test_quiet_loading.py", "test_progress_logs.py",
+                 "test_model_card.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
