@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -171,6 +171,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sample_df: pd.DataFrame) -
     checkpoints = {task: fit_tiny(task, root / task, data / "metadata.csv", data / "images") for task in TINY_CONFIGS}
     shutil.rmtree(data)
     return checkpoints
+
+
+@pytest.fixture
+def torch_state() -> Iterator[None]:
+    """A test that runs a benchmark program (which sets torch's threads and seeds for itself) gives the tests after
+    it their threads and random state back."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
 
 
 @pytest.fixture

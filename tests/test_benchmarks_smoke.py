@@ -63,15 +63,6 @@ def test_declared_options_parse_as_argparse_would() -> None:
     assert (default.n, default.xs, default.files, default.on, default.cap) == (3, [1.0], [], False, None)
 
 
-@pytest.fixture
-def torch_state() -> Iterator[None]:
-    """The programs set torch's threads and seeds for themselves: the tests after them get theirs back."""
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(rng)
-
-
 def published() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(RESULTS.glob("*.json"))}
 

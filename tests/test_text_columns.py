@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import SAMPLE_IMAGES, fit_tiny
 
 import multimodal
@@ -191,15 +189,6 @@ def test_the_onnx_export_joins_the_same_columns_on_both_runtimes(
         np.testing.assert_allclose(probabilities(api, products), reference, atol=1e-4)
         np.testing.assert_allclose(probabilities(api, blanked(products)), probabilities(eager, blanked(products)),
                                    atol=1e-4)  # fmt: skip
-
-
-@pytest.fixture
-def torch_state() -> Iterator[None]:
-    """The benchmark sets torch's threads and seeds for itself: the tests after it get theirs back."""
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(rng)
 
 
 def test_the_tagging_benchmark_gives_every_method_the_same_columns(
