@@ -5,7 +5,8 @@ then the winner scored on the query sets as ``hybrid default``: each query takes
 
 The tuning is what an index build does with its defaults (``--tune-hybrid 200``, seed 0). It scores nDCG@10 of RRF,
 weighted fusion at eleven dense shares, dense alone and BM25 alone. The queries are shopper-like queries made from
-the catalogue itself (:mod:`multimodal.search.shopper_queries`): word pairs and triples of the titles, and values of
+the catalogue itself (:mod:`multimodal.search.shopper_queries`): runs of two or more title words
+(known-item lookups: the product they were copied from is the answer), and values of
 the attribute columns found among the product columns. Like an index build, the tuning reads the catalogue's
 attribute columns. So some tuning queries are of the same kind as the evaluation's (a colour, a type); they never
 read the evaluation's queries or which products answer them.
@@ -86,5 +87,5 @@ def tune(data: Encoded, model: ProductRetriever, gallery: np.ndarray, lexical: A
             per_query[name][i] = ndcg([row for row, _ in ranked(options, sims[i], top, lex)], q.relevant)
     scores = means(per_query)
     routes = routed(per_query, [query_route(t, terms) for t in texts])
-    return {**winner(scores), "scores": scores, "queries": len(queries), "routes": routes,
+    return {**winner(per_query), "scores": scores, "queries": len(queries), "routes": routes,
             "attribute_terms": sorted(terms)}  # fmt: skip

@@ -6,13 +6,16 @@ of dense shares are scored (nDCG@10) on shopper-like queries made from the catal
 Weighted fusion at shares 0 and 1 is (but for ties at the tails) the lexical and the dense ranking, and a half that
 still scores strictly higher than every fusion is stored as the winner itself: the default never loses to its
 halves on the tuning queries. Ties go to RRF, then to the share nearest to an even mix, then dense, then lexical.
+A fusion is kept only when it beats the better half by more than the tuning queries' noise: its mean per-query
+gain over that half must exceed :data:`MARGIN_SE` standard errors (a paired test); otherwise the better half is
+stored. A mix that wins on 100 queries by chance would lose to that half on the next ones; the half does not.
 
 Queries are of two kinds that want different mixes: a few words of a product's own text (known-item lookup, where
 BM25 is strong) and attribute values ("women blue jeans", where every matching product is an answer and the dense
 half is strong). The tuning also picks a winner per **route** (:func:`multimodal.search.shopper_queries.
 query_route`: ``attributes`` when every word of the query is a word of the catalogue's attribute values, else
-``words``) and stores both with those words; a text query then takes its route's winner. On the tuning queries the
-routed default scores at least the single winner, since each route's winner is at least as good on its own queries.
+``words``) and stores both with those words; a text query then takes its route's winner. Each route's winner
+scores at least its better half on the queries sent there.
 
 The queries are encoded by the export's checkpoint, or its ONNX export on the torch-free install
 (:func:`multimodal.lite.search.encoder_for`); without either the build says so and keeps the plain default (RRF).
@@ -38,6 +41,8 @@ from multimodal.search.shopper_queries import (
 
 SHARES = tuple(round(0.1 * i, 1) for i in range(11))  # dense shares of weighted fusion
 METRIC_K = 10
+MARGIN_SE = 2.0  # a fusion's mean gain over the better half, in standard errors of the per-query gains, to be kept
+HALVES = ("dense", "lexical")
 
 
 def ndcg(found: list[int], relevant: np.ndarray, k: int = METRIC_K) -> float:
@@ -82,23 +87,33 @@ def means(per_query: dict[str, np.ndarray], rows: np.ndarray | None = None) -> d
 
 def routed(per_query: dict[str, np.ndarray], routes: list[str]) -> dict[str, dict[str, Any]]:
     """The winner of each route among the queries sent there (``routes[i]``: query ``i``'s route), with its mean
-    nDCG@10 and query count: ``{route: {"mode", "fusion", "weight", "score", "queries"}}``."""
+    nDCG@10, every configuration's and the query count: ``{route: {"mode", "fusion", "weight", "score", "scores",
+    "queries"}}``."""
     out = {}
     for route in sorted(set(routes)):
         rows = np.array([r == route for r in routes])
-        scores = means(per_query, rows)
-        chosen = winner(scores)
+        chosen, scores = winner(per_query, rows), means(per_query, rows)
         out[route] = {**{k: v for k, v in chosen.items() if k != "name"}, "score": scores[chosen["name"]],
-                      "queries": int(rows.sum())}  # fmt: skip
+                      "scores": scores, "queries": int(rows.sum())}  # fmt: skip
     return out
 
 
-def winner(scores: dict[str, float]) -> dict[str, Any]:
-    """The best configuration's query options (the first of :func:`configurations` among equals)."""
+def winner(per_query: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, Any]:
+    """The configuration stored for the queries ``rows`` (a boolean mask; None: all): the best by mean nDCG@10 (the
+    first of :func:`configurations` among equals), unless it is a fusion whose gain over the better half is within
+    :data:`MARGIN_SE` standard errors, when that half is. Its query options, with its ``name``."""
+    scores = means(per_query, rows)
     best_name, best = None, -1.0
     for name, _ in configurations():
         if scores[name] > best:
             best_name, best = name, scores[name]
+    half = max(HALVES, key=lambda h: scores[h])  # dense first among equals
+    if best_name not in HALVES:
+        gain = per_query[best_name] - per_query[half]
+        gain = gain if rows is None else gain[rows]
+        noise = MARGIN_SE * gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+        if not gain.mean() > noise:
+            best_name = half
     return {"name": best_name, **dict(configurations())[best_name]}  # type: ignore[index]
 
 
@@ -120,7 +135,7 @@ def tune_hybrid(
         return None
     per_query = query_scores(index, encoder, queries)
     scores = means(per_query)
-    chosen = winner(scores)
+    chosen = winner(per_query)
     name = chosen.pop("name")
     terms = attribute_terms(index.products, columns)
     return {

@@ -3,8 +3,10 @@ when an index is built (:mod:`multimodal.search.hybrid_tuning`).
 
 Two kinds, drawn from a seeded sample of products (the same catalogue and seed give the same queries):
 
-- **words**: two or three consecutive words of a product's BM25 text (its ``--lexical`` columns; stop words left
-  out, as BM25 leaves them out); relevant: every product whose text holds all of them;
+- **words**: two or more consecutive words of a product's BM25 text (its ``--lexical`` columns; stop words left
+  out, as BM25 leaves them out), up to the whole text. A query of a product's own words, not of attribute values,
+  is a known-item lookup: relevant is that product (and any product with the very same text), not every product
+  that happens to hold the words ("Men's Black T-shirt" copied from one title names that T-shirt);
 - **attributes**: the values of one or two attribute columns of a product, as a phrase ("Women Black"); relevant:
   every product with all those values. Attribute columns are given, or found: stored text columns, other than the
   BM25 ones, with a few distinct short values (never all numbers) that repeat across products.
@@ -33,8 +35,9 @@ MAX_VALUES = 500  # an attribute column holds at most this many distinct values
 
 @dataclass(frozen=True, eq=False)
 class ShopperQuery:
-    """A query text, the products-table rows it is about (sorted), its kind and what makes a product relevant:
-    its words (``words``) or its ``(column, value)`` pairs (``attributes``)."""
+    """A query text, the products-table rows it is about (sorted), its kind and what it is made of: its words
+    (``words``: relevant are the products with the text they were copied from) or its ``(column, value)`` pairs
+    (``attributes``: relevant are the products with all those values)."""
 
     text: str
     relevant: np.ndarray
@@ -78,7 +81,7 @@ def shopper_queries(
     rng = np.random.default_rng(seed)
     wanted = {"attributes": n // 2 if attributes else 0}
     wanted["words"] = n - wanted["attributes"]
-    drawn: dict[str, tuple[str, tuple]] = {}  # query text -> (kind, what makes a product relevant)
+    drawn: dict[str, tuple[str, tuple, int]] = {}  # query text -> (kind, what it is made of, the product drawn)
     for kind, count in wanted.items():
         made = 0
         for row in rng.integers(0, len(products), size=8 * count):
@@ -86,29 +89,28 @@ def shopper_queries(
                 break
             key = _draw_words(words[row], rng) if kind == "words" else _draw_values(products, row, attributes, rng)
             if key is not None and " ".join(key[1]) not in drawn:
-                drawn[" ".join(key[1])] = (kind, key[0])
+                drawn[" ".join(key[1])] = (kind, key[0], int(row))
                 made += 1
-    holders = _holders([w for t, (k, _) in drawn.items() if k == "words" for w in t.split()], words)
-    for column in attributes:  # value -> rows, one pass a column
-        rows = pd.Series(np.arange(len(products)), dtype=np.int64)
-        groups = rows.groupby(products[column].astype(str).to_numpy(), sort=False).indices
-        holders.update({(column, v): np.asarray(r, np.int64) for v, r in groups.items()})
+    same_text = _same_text(words, [row for kind, _, row in drawn.values() if kind == "words"])
+    holders = _value_holders(products, attributes)
     queries = []
-    for text, (kind, what) in drawn.items():
-        keys = list(what)  # words, or (column, value) pairs
-        relevant = holders[keys[0]]
-        for key in keys[1:]:
-            relevant = np.intersect1d(relevant, holders[key], assume_unique=True)
+    for text, (kind, what, row) in drawn.items():
+        if kind == "words":
+            relevant = same_text[tuple(words[row])]
+        else:
+            relevant = holders[what[0]]
+            for key in what[1:]:
+                relevant = np.intersect1d(relevant, holders[key], assume_unique=True)
         if 0 < len(relevant) <= max(FLOOR, MAX_SHARE * len(products)):
-            queries.append(ShopperQuery(text, relevant, kind, tuple(keys)))
+            queries.append(ShopperQuery(text, relevant, kind, tuple(what)))
     return queries
 
 
 def _draw_words(words: list[str], rng: np.random.Generator) -> tuple[tuple, tuple[str, ...]] | None:
-    """Two or three consecutive words of one product's text (None: it has fewer than two)."""
+    """Two or more consecutive words of one product's text, up to all of them (None: it has fewer than two)."""
     if len(words) < 2:
         return None
-    size = int(rng.integers(2, min(3, len(words)) + 1))
+    size = int(rng.integers(2, len(words) + 1))
     start = int(rng.integers(0, len(words) - size + 1))
     chosen = tuple(words[start : start + size])
     return tuple(dict.fromkeys(chosen)), chosen
@@ -127,13 +129,23 @@ def _draw_values(
     return pairs, tuple(v for _, v in pairs)
 
 
-def _holders(needed: list[str], words: list[list[str]]) -> dict:
-    """For each word of ``needed``, the rows whose words hold it, sorted (one pass over the catalogue)."""
-    holders: dict[str, list[int]] = {w: [] for w in needed}
+def _same_text(words: list[list[str]], drawn: list[int]) -> dict[tuple[str, ...], np.ndarray]:
+    """For the text (as BM25 reads it) of each product in ``drawn``, the rows with the very same text, sorted."""
+    needed: dict[tuple[str, ...], list[int]] = {tuple(words[row]): [] for row in drawn}
     for row, text in enumerate(words):
-        for w in set(text).intersection(holders):
-            holders[w].append(row)
-    return {w: np.asarray(rows, np.int64) for w, rows in holders.items()}
+        if tuple(text) in needed:
+            needed[tuple(text)].append(row)
+    return {text: np.asarray(rows, np.int64) for text, rows in needed.items()}
+
+
+def _value_holders(products: pd.DataFrame, attributes: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    """``(column, value) -> rows`` with that value, sorted, for every value of ``attributes`` (one pass a column)."""
+    holders = {}
+    for column in attributes:
+        rows = pd.Series(np.arange(len(products)), dtype=np.int64)
+        groups = rows.groupby(products[column].astype(str).to_numpy(), sort=False).indices
+        holders.update({(column, v): np.asarray(r, np.int64) for v, r in groups.items()})
+    return holders
 
 
 def attribute_terms(products: pd.DataFrame, attributes: list[str]) -> set[str]:
