@@ -107,6 +107,8 @@ OPTIONS = {
     "--weight-decay": Option(0.01),
     "--label-smoothing": Option(0.1),
     "--modality-dropout": Option(0.1),
+    "--logit-adjustment": Option(0.0, "tau of the taggers' logit-adjusted loss (ProductTagger logit_adjustment: "
+                                 "rare classes favoured; 0: off)"),
     "--ngram-buckets": Option(32768, "hash rows of the taggers' wide token n-gram head (ProductTagger "
                               "ngram_buckets; 0: off)"),
     "--scheduler": Option("cosine", "per-epoch LR schedule", choices=["none", "cosine"]),
@@ -183,11 +185,22 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         info["text_columns"] = columns_read(dm.splits["train"])
         tag_report.add_variant(args, variants, variant, settings(args, variant), preds, info, base)
         report.save()  # partial results survive an interrupted run
-    tag_report.score(args, report, {r.id: r.labels for r in base.splits["test"]})
+    tag_report.score(args, report, {r.id: r.labels for r in base.splits["test"]}, train_label_counts(base, args))
     report.save()
     tag_report.print_summary(report)
     say(f"wrote {args.out}")
     return report
+
+
+def train_label_counts(base: Any, args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """Per attribute, how many of the products the methods trained on hold each class (the rare classes are those
+    with few; counted over the training split as ``--max-train`` cut it, not the manifest's)."""
+    counts: dict[str, dict[str, int]] = {a: {} for a in args.attributes}
+    for record in base.splits["train"]:
+        for a in args.attributes:
+            if (label := record.labels.get(a)) is not None:
+                counts[a][label] = counts[a].get(label, 0) + 1
+    return counts
 
 
 def frozen_features(args: argparse.Namespace, base: Any, work: Path, todo: list[str]) -> tuple[Any, Any]:

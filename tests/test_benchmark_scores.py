@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.quality.scores import paired_bootstrap, score_table
+from benchmarks.quality.scores import paired_bootstrap, rare_class_f1, score_table
 
 ATTRIBUTES = ["colour", "kind"]
 
@@ -55,6 +55,16 @@ def test_several_runs_of_a_method_are_scored_by_their_mean() -> None:
     assert mean["diff"] == pytest.approx((score["a"] + score["c"]) / 2 - score["b"], abs=1e-12)
     alone = paired_bootstrap(truth, [a], b, ATTRIBUTES, samples=300, seed=4)
     assert alone == paired_bootstrap(truth, a, b, ATTRIBUTES, samples=300, seed=4)
+
+
+def test_rare_class_f1_scores_the_test_classes_with_few_training_products() -> None:
+    truth = {"colour": ["red", "red", "tan", "tan", None, "blue"], "kind": ["shoe", "bag", "bag", "shoe", "bag", "bag"]}
+    preds = {"colour": ["red", "tan", "tan", "red", "red", "red"], "kind": ["shoe", "bag", "shoe", "shoe", "bag", "bag"]}
+    counts = {"colour": {"red": 50, "tan": 3, "blue": 19}, "kind": {"shoe": 5, "bag": 20}}
+    rare = rare_class_f1(truth, preds, ["colour", "kind"], counts)
+    # tan: 1 right of 2 true and 2 predicted -> 0.5; blue: never predicted -> 0; shoe: 2 of 2 true, 3 predicted -> 0.8
+    assert rare["per_class"] == pytest.approx({"colour=blue": 0.0, "colour=tan": 0.5, "kind=shoe": 0.8})
+    assert rare["classes"] == 3 and rare["mean_f1"] == pytest.approx(1.3 / 3) and rare["below"] == 20
 
 
 def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:

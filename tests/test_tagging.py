@@ -276,6 +276,37 @@ def test_unknown_labels_are_masked_out_of_the_loss() -> None:
     assert model.loss(logits, all_unknown).item() == 0.0
 
 
+def test_logit_adjustment_adds_tau_log_prior_in_the_loss_only(manifest: Path, tmp_path: Path) -> None:
+    dm = make_datamodule(manifest)
+    model = make_tagger("late", logit_adjustment=1.5)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, num_sanity_val_steps=0)
+    t.fit(model, dm)
+    train = pd.read_csv(manifest).query("split == 'train'")
+    for a in ATTRIBUTES:  # the training split's counts, in vocabulary order
+        assert model.label_counts[a] == [int((train[a] == v).sum()) for v in dm.vocabularies[a]]
+    batch = next(iter(dm.loader("val")))
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch)
+    known = (batch["labels"] != IGNORE_INDEX).all(1)
+    want = []
+    for i, a in enumerate(ATTRIBUTES):
+        prior = torch.tensor(model.label_counts[a], dtype=torch.float) / sum(model.label_counts[a])
+        want.append(torch.nn.functional.cross_entropy(logits[a][known] + 1.5 * prior.log(), batch["labels"][known, i]))
+    batch_known = {**batch, "labels": batch["labels"][known]}
+    got = model.loss({k: v[known] for k, v in logits.items()}, batch_known)
+    torch.testing.assert_close(got, torch.stack(want).mean())
+    t.save_checkpoint(tmp_path / "m.ckpt")  # the counts travel with the checkpoint; predictions read raw logits
+    ckpt = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
+    fresh = make_tagger("late", seed=1, logit_adjustment=1.5)
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.label_counts == model.label_counts
+    probs = model.predict_step(batch, 0)["probs"]
+    torch.testing.assert_close(probs[ATTRIBUTES[0]], logits[ATTRIBUTES[0]].softmax(-1))
+    with pytest.raises(UserError, match="logit_adjustment=-1"):
+        make_tagger("late", logit_adjustment=-1)
+
+
 # ----------------------------------------------------------------------------------------------------- metrics
 def test_tagging_metrics_values() -> None:
     metrics = TaggingMetrics({"a": ["x", "y", "z"]}, {"t": ["p", "q", "r"]})

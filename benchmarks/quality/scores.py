@@ -43,6 +43,30 @@ def score_table(
     }
 
 
+RARE_BELOW = 20  # a class with fewer training products than this is rare
+
+
+def rare_class_f1(
+    truth: dict[str, list[str | None]], predictions: dict[str, list[str]], attributes: Sequence[str],
+    train_counts: dict[str, dict[str, int]], below: int = RARE_BELOW,
+) -> dict[str, Any]:  # fmt: skip
+    """F1 of the rare classes: every (attribute, class) that occurs among the test products' true labels and has
+    fewer than ``below`` training products, scored as :func:`attribute_scores` scores each class (sklearn's F1,
+    ``zero_division=0``); their mean, how many there are, and each one's F1 (``"attribute=class"``)."""
+    from sklearn.metrics import f1_score
+
+    per_class: dict[str, float] = {}
+    for a in attributes:
+        pairs = [(t, p) for t, p in zip(truth[a], predictions[a], strict=True) if t is not None]
+        rare = sorted({t for t, _ in pairs if train_counts.get(a, {}).get(t, 0) < below})
+        if rare:
+            t, p = zip(*pairs, strict=True)
+            f1 = f1_score(t, p, labels=rare, average=None, zero_division=0)
+            per_class.update({f"{a}={c}": float(x) for c, x in zip(rare, f1, strict=True)})
+    mean = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"mean_f1": mean, "classes": len(per_class), "below": below, "per_class": per_class}
+
+
 def paired_bootstrap(
     truth: dict[str, list[str | None]],
     predictions_a: dict[str, list[str]] | Sequence[dict[str, list[str]]],

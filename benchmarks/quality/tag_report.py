@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ratio, say
-from benchmarks.quality.scores import format_table, paired_bootstrap, score_table
+from benchmarks.quality.scores import format_table, paired_bootstrap, rare_class_f1, score_table
 
 PEERS = ["peer", "peer_image"]
 
@@ -44,9 +44,13 @@ def add_variant(
         say(f"{name}: test mean acc {single['mean_acc']:.3f}, mean macro-F1 {single['mean_macro_f1']:.3f}")
 
 
-def score(args: argparse.Namespace, report: Any, truth_by_id: dict[str, dict[str, str | None]]) -> None:
+def score(
+    args: argparse.Namespace, report: Any, truth_by_id: dict[str, dict[str, str | None]],
+    train_counts: dict[str, dict[str, int]],
+) -> None:  # fmt: skip
     """Score every variant on the test ids that all of them predicted (a product skipped for a bad image is out),
-    each tagger against each peer, the ratios and the seed means; added to ``report``."""
+    each tagger against each peer, the rare classes' F1 (``train_counts``: per attribute, training products per
+    class), the ratios and the seed means; added to ``report``."""
     variants = report["variants"]
     common = set(truth_by_id)
     for v in variants.values():
@@ -58,6 +62,8 @@ def score(args: argparse.Namespace, report: Any, truth_by_id: dict[str, dict[str
         return {a: [variants[name]["predictions"][i][a] for i in ids] for a in args.attributes}
 
     results = {name: score_table(truth, preds(name), args.attributes) for name in variants}
+    for name, result in results.items():
+        result["rare_classes"] = rare_class_f1(truth, preds(name), args.attributes, train_counts)
     table = format_table(results, args.attributes)
     report.update(test_products_scored=len(ids), results=results, table_markdown=table)
     for peer_name in [p for p in PEERS if p in results]:
@@ -77,7 +83,7 @@ def score(args: argparse.Namespace, report: Any, truth_by_id: dict[str, dict[str
     report["ratios"] = {f"{n} / {p}, mean macro-F1": ratio(r["mean_macro_f1"], results[p]["mean_macro_f1"])
                         for p in PEERS if p in results for n, r in results.items() if n not in PEERS}  # fmt: skip
     if args.seed_runs:
-        report["seeds"] = seed_means(args, variants, truth, ids)
+        report["seeds"] = seed_means(args, variants, truth, ids, train_counts)
 
 
 def print_summary(payload: dict[str, Any]) -> None:
@@ -86,6 +92,11 @@ def print_summary(payload: dict[str, Any]) -> None:
     print(f"Test split: {payload['test_products_scored']} products; acc / macro-F1 per attribute (macro-F1: sklearn, "
           "labels in y_true or y_pred, unknown true labels left out)")  # fmt: skip
     print(payload["table_markdown"])
+    rare = {n: r["rare_classes"] for n, r in payload["results"].items() if "rare_classes" in r}
+    if rare:
+        first = next(iter(rare.values()))
+        print(f"F1 of the {first['classes']} rare classes (test classes with < {first['below']} training products): "
+              + ", ".join(f"{n} {r['mean_f1']:.3f}" for n, r in rare.items()))  # fmt: skip
     for peer_name in PEERS:
         for name, d in payload.get(f"vs_{peer_name}", {}).items():
             verdict = "beats" if d["beats_peer"] else "does not beat"
@@ -97,7 +108,8 @@ def print_summary(payload: dict[str, Any]) -> None:
             print(line)
     for name, d in payload.get("seeds", {}).items():
         print(f"{name:16s} mean macro-F1 over seeds {d['seeds']}: {d['mean_macro_f1']:.3f} "
-              f"(per seed {', '.join(f'{x:.3f}' for x in d['per_seed'])})")  # fmt: skip
+              f"(per seed {', '.join(f'{x:.3f}' for x in d['per_seed'])}); rare-class F1 {d['rare_class_f1']:.3f} "
+              f"against {', '.join(f'{p} {v:.3f}' for p, v in d['peers_rare_class_f1'].items())}")  # fmt: skip
         for peer_name, b in d["vs"].items():
             interval = f"[{b['ci95_low']:+.3f}, {b['ci95_high']:+.3f}]"
             print(f"{'':16s} vs {peer_name} {d['peers'][peer_name]:.3f}: {b['diff']:+.3f}; paired bootstrap 95% "
@@ -123,8 +135,9 @@ def seed_runs(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def seed_means(
-    args: argparse.Namespace, variants: dict[str, Any], truth: dict[str, list[str | None]], ids: list[str]
-) -> dict[str, Any]:
+    args: argparse.Namespace, variants: dict[str, Any], truth: dict[str, list[str | None]], ids: list[str],
+    train_counts: dict[str, dict[str, int]],
+) -> dict[str, Any]:  # fmt: skip
     """Per tagger of this run: its predictions and those of ``--seed-runs`` runs with the same settings but another
     seed, their mean macro-F1 each and on average, and the paired bootstrap of that average against each peer (the
     peers do not depend on the seed: scikit-learn's lbfgs is deterministic)."""
@@ -151,11 +164,15 @@ def seed_means(
         per_seed = {seed: {a: [p[i][a] for i in ids] for a in args.attributes} for seed, p in sorted(found.items())}
         scores = [score_table(truth, p, args.attributes)["mean_macro_f1"] for p in per_seed.values()]
         mean = sum(scores) / len(scores)
+        rare = [rare_class_f1(truth, p, args.attributes, train_counts)["mean_f1"] for p in per_seed.values()]
         entry: dict[str, Any] = {"seeds": list(per_seed), "per_seed": scores, "mean_macro_f1": mean, "peers": {},
-                                 "vs": {}}  # fmt: skip
+                                 "vs": {}, "rare_class_f1": sum(rare) / len(rare),
+                                 "peers_rare_class_f1": {}}  # fmt: skip
         for peer_name in [p for p in PEERS if p in variants]:
             peer = {a: [variants[peer_name]["predictions"][i][a] for i in ids] for a in args.attributes}
             entry["peers"][peer_name] = score_table(truth, peer, args.attributes)["mean_macro_f1"]
+            entry["peers_rare_class_f1"][peer_name] = rare_class_f1(truth, peer, args.attributes,
+                                                                    train_counts)["mean_f1"]  # fmt: skip
             entry["vs"][peer_name] = paired_bootstrap(
                 truth, list(per_seed.values()), peer, args.attributes, max(args.bootstrap, 1), args.seed
             )

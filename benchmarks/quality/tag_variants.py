@@ -162,7 +162,7 @@ def build_tagger(args: argparse.Namespace, variant: str, cache: dict[str, torch.
         optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
         scheduler=scheduler,
         encoder_lr_scale=args.encoder_lr_scale,
-        **{k: spec[k] for k in ("modality_dropout", "label_smoothing", "ngram_buckets")},
+        **{k: spec[k] for k in ("modality_dropout", "label_smoothing", "ngram_buckets", "logit_adjustment")},
     )
 
 
@@ -214,6 +214,7 @@ def tagger_config(args: argparse.Namespace, variant: str) -> dict[str, Any]:
             "modality_dropout": args.modality_dropout,
             "label_smoothing": args.label_smoothing,
             "ngram_buckets": 0 if variant == "image_only" else args.ngram_buckets,  # image_only never sees text
+            "logit_adjustment": args.logit_adjustment,
         },
     }
 
@@ -245,6 +246,8 @@ def settings(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         extra["text_adapter"] = text_adapter
     if vision_adapter:
         extra["vision_adapter"] = vision_adapter
+    if args.logit_adjustment:  # recorded when on: results from before the option existed ran without it
+        extra["logit_adjustment"] = args.logit_adjustment
     if args.vision_variant:  # recorded when not Lite0, the tower of results from before the option existed
         extra["vision_variant"] = args.vision_variant
     if variant != "image_only":

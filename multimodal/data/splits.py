@@ -204,3 +204,8 @@ def unseen_labels(scan: SplitScan, vocabularies: dict[str, list[str]]) -> dict[s
             if counts:
                 unseen.setdefault(split, {})[a] = counts
     return unseen
+
+
+def label_counts(scan: SplitScan, vocabularies: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Per attribute, how many training products hold each label of its vocabulary (in vocabulary order)."""
+    return {a: [int(scan.labels["train"].get(a, {}).get(v, 0)) for v in vocab] for a, vocab in vocabularies.items()}

@@ -43,6 +43,9 @@ class ProductTagger(TowerTask, EvaluationReports):
             to every head (wide and deep); 0 = fused heads only.
         ngram_order: longest token n-gram of that head.
         ngram_lr_scale: learning-rate factor of that head (its rows see few updates: one per product naming them).
+        logit_adjustment: tau of the logit-adjusted loss (Menon et al., 2021): in the loss, each attribute head's
+            logits get ``tau * log(share of the class among the training products)`` added, so the raw logits that
+            predict favour the classes seen rarely, which macro-F1 weighs as much as the common ones. 0: off.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ProductTagger(TowerTask, EvaluationReports):
         ngram_buckets: int = 0,
         ngram_order: int = 2,
         ngram_lr_scale: float = 5.0,
+        logit_adjustment: float = 0.0,
     ) -> None:
         super().__init__(vision, text, optimizer, scheduler, encoder_lr_scale)
         if problem := NgramHead.problem(ngram_buckets or 2, ngram_order):  # 0 buckets: the head is off
@@ -67,6 +71,9 @@ class ProductTagger(TowerTask, EvaluationReports):
                 f"model.ngram_buckets={ngram_buckets} / ngram_order={ngram_order}: 0 buckets turns the head off; "
                 f"otherwise it {problem}"
             )
+        if not logit_adjustment >= 0:
+            raise UserError(f"model.logit_adjustment={logit_adjustment}: it must be 0 (off) or more")
+        self.logit_adjustment, self.label_counts = logit_adjustment, {}
         self.fusion = fusion(vision.output_dim, text.output_dim)
         self.missing_image = MissingModality(vision.output_dim)
         self.missing_text = MissingModality(text.output_dim)
@@ -112,11 +119,21 @@ class ProductTagger(TowerTask, EvaluationReports):
         datamodule = self.trainer.datamodule if self.trainer is not None else None
         if datamodule is not None and not self.heads and not self.tag_heads:
             self.build_heads(datamodule.vocabularies, datamodule.tag_vocabularies)
+        if stage == "fit" and self.logit_adjustment > 0:
+            scan = getattr(datamodule, "scan", None)
+            if scan is None:
+                raise UserError("model.logit_adjustment needs the training split's label counts, which "
+                                f"{type(datamodule).__name__} does not give")  # fmt: skip
+            from multimodal.data.splits import label_counts
+
+            self.label_counts = label_counts(scan, self.vocabularies)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["vocabularies"] = self.vocabularies
         checkpoint["tag_vocabularies"] = self.tag_vocabularies
+        if self.label_counts:
+            checkpoint["label_counts"] = self.label_counts
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "vocabularies" not in checkpoint:
@@ -124,6 +141,7 @@ class ProductTagger(TowerTask, EvaluationReports):
             raise UserError(f"the checkpoint holds no label vocabularies: it is not a {name} checkpoint")
         super().on_load_checkpoint(checkpoint)
         self.build_heads(checkpoint["vocabularies"], checkpoint.get("tag_vocabularies", {}))
+        self.label_counts = checkpoint.get("label_counts", {})
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -180,10 +198,9 @@ class ProductTagger(TowerTask, EvaluationReports):
         for i, name in enumerate(self.heads):
             target = batch["labels"][:, i]
             if (target != IGNORE_INDEX).any():
+                adjusted = logits[name] + self._log_prior(name, logits[name])
                 losses.append(
-                    F.cross_entropy(
-                        logits[name], target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing
-                    )
+                    F.cross_entropy(adjusted, target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
                 )
         for name in self.tag_heads:
             target = batch["tags"][name]
@@ -191,6 +208,14 @@ class ProductTagger(TowerTask, EvaluationReports):
             if known.any():
                 losses.append(F.binary_cross_entropy_with_logits(logits[f"tags/{name}"][known], target[known]))
         return torch.stack(losses).mean() if losses else logits[next(iter(logits))].sum() * 0.0
+
+    def _log_prior(self, name: str, like: Tensor) -> Tensor | float:
+        """``tau * log(class share)`` of head ``name`` (0 when logit adjustment is off or no counts are known)."""
+        counts = self.label_counts.get(name)
+        if not self.logit_adjustment or counts is None:
+            return 0.0
+        shares = torch.tensor(counts, dtype=like.dtype, device=like.device).clamp(min=1)
+        return self.logit_adjustment * torch.log(shares / shares.sum())
 
     # ------------------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
