@@ -42,6 +42,7 @@ from benchmarks import harness
 from benchmarks.common import quiet_lightning, say, set_threads
 from benchmarks.harness import SAMPLE, Option, Report
 from benchmarks.quality import tag_report
+from benchmarks.quality.tag_decisions import train_label_counts
 from benchmarks.quality.tag_peer import photo_vectors, run_peer
 from benchmarks.quality.tag_report import PEERS
 from benchmarks.quality.tag_train import run_tagger
@@ -185,22 +186,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         info["text_columns"] = columns_read(dm.splits["train"])
         tag_report.add_variant(args, variants, variant, settings(args, variant), preds, info, base)
         report.save()  # partial results survive an interrupted run
-    tag_report.score(args, report, {r.id: r.labels for r in base.splits["test"]}, train_label_counts(base, args))
+    truth = {r.id: r.labels for r in base.splits["test"]}
+    tag_report.score(args, report, truth, train_label_counts(base, args.attributes))
     report.save()
     tag_report.print_summary(report)
     say(f"wrote {args.out}")
     return report
-
-
-def train_label_counts(base: Any, args: argparse.Namespace) -> dict[str, dict[str, int]]:
-    """Per attribute, how many of the products the methods trained on hold each class (the rare classes are those
-    with few; counted over the training split as ``--max-train`` cut it, not the manifest's)."""
-    counts: dict[str, dict[str, int]] = {a: {} for a in args.attributes}
-    for record in base.splits["train"]:
-        for a in args.attributes:
-            if (label := record.labels.get(a)) is not None:
-                counts[a][label] = counts[a].get(label, 0) + 1
-    return counts
 
 
 def frozen_features(args: argparse.Namespace, base: Any, work: Path, todo: list[str]) -> tuple[Any, Any]:

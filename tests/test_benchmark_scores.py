@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.quality.scores import paired_bootstrap, rare_class_f1, score_table
+from benchmarks.quality.tag_decisions import TAUS, decide, log_prior, tune, tuned_predictions
 
 ATTRIBUTES = ["colour", "kind"]
 
@@ -59,12 +60,32 @@ def test_several_runs_of_a_method_are_scored_by_their_mean() -> None:
 
 def test_rare_class_f1_scores_the_test_classes_with_few_training_products() -> None:
     truth = {"colour": ["red", "red", "tan", "tan", None, "blue"], "kind": ["shoe", "bag", "bag", "shoe", "bag", "bag"]}
-    preds = {"colour": ["red", "tan", "tan", "red", "red", "red"], "kind": ["shoe", "bag", "shoe", "shoe", "bag", "bag"]}
+    preds = {
+        "colour": ["red", "tan", "tan", "red", "red", "red"],
+        "kind": ["shoe", "bag", "shoe", "shoe", "bag", "bag"],
+    }
     counts = {"colour": {"red": 50, "tan": 3, "blue": 19}, "kind": {"shoe": 5, "bag": 20}}
     rare = rare_class_f1(truth, preds, ["colour", "kind"], counts)
     # tan: 1 right of 2 true and 2 predicted -> 0.5; blue: never predicted -> 0; shoe: 2 of 2 true, 3 predicted -> 0.8
     assert rare["per_class"] == pytest.approx({"colour=blue": 0.0, "colour=tan": 0.5, "kind=shoe": 0.8})
     assert rare["classes"] == 3 and rare["mean_f1"] == pytest.approx(1.3 / 3) and rare["below"] == 20
+
+
+def test_the_decision_rule_tuned_on_validation_names_rare_classes_the_argmax_misses() -> None:
+    import numpy as np
+
+    vocabulary, counts = ["common", "rare"], {"kind": {"common": 990, "rare": 10}}
+    # the rare class is the truth of every third product, where the model gives it 0.3: the argmax never names it
+    probs = np.array([[0.7, 0.3] if k % 3 == 0 else [0.9, 0.1] for k in range(30)])
+    ids = [f"p{k}" for k in range(30)]
+    truth = {i: {"kind": "rare" if k % 3 == 0 else "common"} for k, i in enumerate(ids)}
+    prior = log_prior(vocabulary, counts["kind"])
+    assert decide(probs, vocabulary, prior, 0.0).count("rare") == 0
+    chosen = tune((ids, {"kind": probs}), truth, {"kind": vocabulary}, counts)["kind"]
+    # log(0.3/0.7) + tau * 4.6 > 0 from tau 0.19; log(0.1/0.9) + tau * 4.6 < 0 below tau 0.48: 0.25 is the first
+    assert chosen == {"tau": 0.25, "val_macro_f1": 1.0, "val_macro_f1_argmax": pytest.approx(0.4, abs=1e-4)}
+    assert 0.25 in TAUS and tuned_predictions((ids, {"kind": probs}), {"kind": chosen}, {"kind": vocabulary},
+                                              counts)["p3"] == {"kind": "rare"}  # fmt: skip
 
 
 def test_caption_runs_made_apart_merge_into_one_table(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def seed_means(
     runs = seed_runs(args.seed_runs)
     out: dict[str, Any] = {}
     for name, record in variants.items():
-        if name in PEERS or " [" in name:
+        if name in PEERS:
             continue
         found = {args.seed: record["predictions"]}
         for run in runs:

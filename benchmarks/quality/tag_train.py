@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import say, seed_all
+from benchmarks.quality.tag_decisions import LABEL, probabilities, train_label_counts, val_tuned_row
 from benchmarks.quality.tag_variants import build_tagger, tagger_config
 from benchmarks.quality.towers import RUNTIMES, deployable_checkpoint, runtime_apis
 
@@ -67,11 +68,13 @@ def run_tagger(
         best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True).get("epoch")
     say(f"{variant}: fit took {fit_s:.0f}s; testing {'best epoch ' + str(best_epoch) if ckpt_path else 'last epoch'}")
     tm = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False)[0]
-    preds: dict[str, dict[str, str]] = {}
-    for out in trainer.predict(model, datamodule=dm, ckpt_path=ckpt_path):
-        for i, item_id in enumerate(out["ids"]):
-            preds[item_id] = {a: model.vocabularies[a][int(out["probs"][a][i].argmax())] for a in args.attributes}
+    ids, probs = probabilities(trainer, model, dm, "test", ckpt_path)
+    val = probabilities(trainer, model, dm, "val", ckpt_path)
+    tuned = val_tuned_row(val, (ids, probs), model.vocabularies, train_label_counts(dm, args.attributes), dm)
+    preds = {i: {a: model.vocabularies[a][int(probs[a][k].argmax())] for a in args.attributes}
+             for k, i in enumerate(ids)}  # fmt: skip
     runtimes = runtime_predictions(args, variant, model.cpu().eval(), dm, work) if args.runtimes else {}
+    runtimes[LABEL] = tuned
     info = {
         "fit_seconds": round(fit_s, 1),
         "trainable_params": trainable,
