@@ -15,7 +15,7 @@ from conftest import SAMPLE_IMAGES, cli_error, run_cli
 
 from multimodal import cli
 from multimodal.search.export import load_export
-from multimodal.search.hybrid_tuning import HALVES, configurations, routed, winner
+from multimodal.search.hybrid_tuning import HALVES, configurations, ndcg, routed, winner
 from multimodal.search.index import load_index
 from multimodal.search.lexical import TOKEN_PATTERN
 from multimodal.search.matryoshka import cut
@@ -58,6 +58,15 @@ def name_of(choice: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ tuned hybrid
+def test_ndcg_counts_the_known_item_twice() -> None:
+    relevant, known = np.array([3, 5, 8]), np.array([5])
+    assert ndcg([5, 3, 8], relevant, known) == pytest.approx(1.0)
+    ideal = 2 + 1 / np.log2(3) + 1 / np.log2(4)
+    assert ndcg([3, 5, 8], relevant, known) == pytest.approx((1 + 2 / np.log2(3) + 1 / np.log2(4)) / ideal)
+    assert ndcg([3, 8, 9], relevant, known) == pytest.approx((1 + 1 / np.log2(3)) / ideal)
+    assert ndcg([3, 8, 5], relevant) == pytest.approx(1.0)  # binary gains without a known item
+
+
 def test_a_fusion_is_kept_only_when_it_beats_the_better_half_beyond_the_noise() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.8, 200)
@@ -75,7 +84,7 @@ def test_a_fusion_is_kept_only_when_it_beats_the_better_half_beyond_the_noise() 
     assert routes["attributes"]["score"] == routes["attributes"]["scores"]["weighted@0.3"]
 
 
-def test_shopper_queries_are_seeded_and_answered_by_the_product_copied_or_every_holder_of_the_values(
+def test_shopper_queries_are_seeded_and_their_relevant_products_hold_every_word_or_value(
     catalogue: pd.DataFrame,
 ) -> None:
     products = catalogue[["id", *COLUMNS]]
@@ -87,14 +96,14 @@ def test_shopper_queries_are_seeded_and_answered_by_the_product_copied_or_every_
     assert {q.kind for q in queries} == {"words", "attributes"} and len({q.text for q in queries}) == len(queries)
     titles = [set(re.findall(r"\w+", t.lower())) for t in products["title"]]
     for q in queries:
-        if q.kind == "words":  # a known item: the products with the title the words were copied from
+        if q.kind == "words":  # every product whose title holds all the words; the known item among them
             assert set(q.text.split()) == set(q.terms)
-            holders = [r for r, t in enumerate(titles) if set(q.terms) <= t]
+            want = [r for r, t in enumerate(titles) if set(q.terms) <= t]
             read = [tuple(w for w in re.findall(TOKEN_PATTERN, t.lower()) if w not in stopwords())
                     for t in products["title"]]  # fmt: skip
-            texts = {read[r] for r in q.relevant}
-            assert set(q.relevant.tolist()) <= set(holders) and len(texts) == 1
-            want = [r for r in range(len(products)) if read[r] in texts]
+            texts = {read[r] for r in q.known}
+            assert set(q.known.tolist()) <= set(want) and len(texts) == 1
+            assert q.known.tolist() == [r for r in range(len(products)) if read[r] in texts]
         else:  # every product with all the query's attribute values
             assert q.text == " ".join(v for _, v in q.terms) and {c for c, _ in q.terms} <= set(attributes)
             want = [r for r in range(len(products)) if all(products[c].iat[r] == v for c, v in q.terms)]

@@ -6,7 +6,7 @@ then the winner scored on the query sets as ``hybrid default``: each query takes
 The tuning is what an index build does with its defaults (``--tune-hybrid 200``, seed 0). It scores nDCG@10 of RRF,
 weighted fusion at eleven dense shares, dense alone and BM25 alone. The queries are shopper-like queries made from
 the catalogue itself (:mod:`multimodal.search.shopper_queries`): runs of two or more title words
-(known-item lookups: the product they were copied from is the answer), and values of
+(every product holding them an answer, the one they were copied from worth twice as much), and values of
 the attribute columns found among the product columns. Like an index build, the tuning reads the catalogue's
 attribute columns. So some tuning queries are of the same kind as the evaluation's (a colour, a type); they never
 read the evaluation's queries or which products answer them.
@@ -84,7 +84,7 @@ def tune(data: Encoded, model: ProductRetriever, gallery: np.ndarray, lexical: A
         keep = lex_rows[i] >= 0
         lex = (lex_scores[i][keep], lex_rows[i][keep])
         for name, options in configurations():
-            per_query[name][i] = ndcg([row for row, _ in ranked(options, sims[i], top, lex)], q.relevant)
+            per_query[name][i] = ndcg([row for row, _ in ranked(options, sims[i], top, lex)], q.relevant, q.known)
     scores = means(per_query)
     routes = routed(per_query, [query_route(t, terms) for t in texts])
     return {**winner(per_query), "scores": scores, "queries": len(queries), "routes": routes,

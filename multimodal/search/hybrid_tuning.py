@@ -45,12 +45,15 @@ MARGIN_SE = 2.0  # a fusion's mean gain over the better half, in standard errors
 HALVES = ("dense", "lexical")
 
 
-def ndcg(found: list[int], relevant: np.ndarray, k: int = METRIC_K) -> float:
-    """nDCG@k of ranked rows ``found`` against the (sorted) ``relevant`` rows, binary gains."""
+def ndcg(found: list[int], relevant: np.ndarray, known: np.ndarray | None = None, k: int = METRIC_K) -> float:
+    """nDCG@k of ranked rows ``found`` against the (sorted) ``relevant`` rows: gain 1, and 2 for ``known`` rows
+    (the known item of a word query, among ``relevant``)."""
+    known = np.zeros(0, np.int64) if known is None else known
     top = np.asarray(found[:k], dtype=np.int64)
-    hits = np.isin(top, relevant)
-    dcg = float(np.sum(hits / np.log2(np.arange(2, len(top) + 2)))) if len(top) else 0.0
-    ideal = float(np.sum(1.0 / np.log2(np.arange(2, min(k, len(relevant)) + 2))))
+    gains = np.isin(top, relevant).astype(np.float64) + np.isin(top, known)
+    dcg = float(np.sum(gains / np.log2(np.arange(2, len(top) + 2)))) if len(top) else 0.0
+    best = np.sort(np.isin(relevant, known).astype(np.float64) + 1)[::-1][:k]
+    ideal = float(np.sum(best / np.log2(np.arange(2, len(best) + 2))))
     return dcg / ideal if ideal > 0 else 0.0
 
 
@@ -74,7 +77,8 @@ def query_scores(index: SearchIndex, encoder: Any, queries: list[ShopperQuery]) 
     out = {}
     for name, options in configurations():
         out[name] = np.array([
-            ndcg([row for row, _ in fuse(replace(q, **options), dense.get(i), lexical.get(i))], shopper.relevant)
+            ndcg([row for row, _ in fuse(replace(q, **options), dense.get(i), lexical.get(i))], shopper.relevant,
+                 shopper.known)
             for i, (q, shopper) in enumerate(zip(asked, queries, strict=True))
         ])  # fmt: skip
     return out

@@ -4,9 +4,9 @@ when an index is built (:mod:`multimodal.search.hybrid_tuning`).
 Two kinds, drawn from a seeded sample of products (the same catalogue and seed give the same queries):
 
 - **words**: two or more consecutive words of a product's BM25 text (its ``--lexical`` columns; stop words left
-  out, as BM25 leaves them out), up to the whole text. A query of a product's own words, not of attribute values,
-  is a known-item lookup: relevant is that product (and any product with the very same text), not every product
-  that happens to hold the words ("Men's Black T-shirt" copied from one title names that T-shirt);
+  out, as BM25 leaves them out), up to the whole text. Relevant: every product whose text holds all of them, and
+  the product they were copied from (with any of the very same text) counts twice as much (``known``): a shopper
+  who types a product's own words is most likely after that product, and else after products like it;
 - **attributes**: the values of one or two attribute columns of a product, as a phrase ("Women Black"); relevant:
   every product with all those values. Attribute columns are given, or found: stored text columns, other than the
   BM25 ones, with a few distinct short values (never all numbers) that repeat across products.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,14 +35,15 @@ MAX_VALUES = 500  # an attribute column holds at most this many distinct values
 
 @dataclass(frozen=True, eq=False)
 class ShopperQuery:
-    """A query text, the products-table rows it is about (sorted), its kind and what it is made of: its words
-    (``words``: relevant are the products with the text they were copied from) or its ``(column, value)`` pairs
-    (``attributes``: relevant are the products with all those values)."""
+    """A query text, the products-table rows it is about (sorted), its kind, what it is made of: its words
+    (``words``) or its ``(column, value)`` pairs (``attributes``), and the rows of the known item a word query was
+    copied from (sorted; empty for attribute queries), which weigh twice as much in nDCG."""
 
     text: str
     relevant: np.ndarray
     kind: str
     terms: tuple
+    known: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @functools.cache
@@ -92,17 +93,16 @@ def shopper_queries(
                 drawn[" ".join(key[1])] = (kind, key[0], int(row))
                 made += 1
     same_text = _same_text(words, [row for kind, _, row in drawn.values() if kind == "words"])
-    holders = _value_holders(products, attributes)
+    holders = _holders([w for t, (k, _, _) in drawn.items() if k == "words" for w in t.split()], words)
+    holders.update(_value_holders(products, attributes))
     queries = []
     for text, (kind, what, row) in drawn.items():
-        if kind == "words":
-            relevant = same_text[tuple(words[row])]
-        else:
-            relevant = holders[what[0]]
-            for key in what[1:]:
-                relevant = np.intersect1d(relevant, holders[key], assume_unique=True)
+        relevant = holders[what[0]]
+        for key in what[1:]:
+            relevant = np.intersect1d(relevant, holders[key], assume_unique=True)
+        known = same_text[tuple(words[row])] if kind == "words" else np.zeros(0, np.int64)
         if 0 < len(relevant) <= max(FLOOR, MAX_SHARE * len(products)):
-            queries.append(ShopperQuery(text, relevant, kind, tuple(what)))
+            queries.append(ShopperQuery(text, relevant, kind, tuple(what), known))
     return queries
 
 
@@ -127,6 +127,15 @@ def _draw_values(
     columns = sorted(rng.choice(len(present), size=size, replace=False).tolist())
     pairs = tuple((present[c], str(products[present[c]].iat[row])) for c in columns)
     return pairs, tuple(v for _, v in pairs)
+
+
+def _holders(needed: list[str], words: list[list[str]]) -> dict:
+    """For each word of ``needed``, the rows whose words hold it, sorted (one pass over the catalogue)."""
+    holders: dict[str, list[int]] = {w: [] for w in needed}
+    for row, text in enumerate(words):
+        for w in set(text).intersection(holders):
+            holders[w].append(row)
+    return {w: np.asarray(rows, np.int64) for w, rows in holders.items()}
 
 
 def _same_text(words: list[list[str]], drawn: list[int]) -> dict[tuple[str, ...], np.ndarray]:
