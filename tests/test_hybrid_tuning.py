@@ -153,13 +153,16 @@ def test_the_tuned_fusion_is_stored_and_is_the_default_explicit_options_win(
     assert ids(lines(run_cli([*search, "--weight", "1"], capsys))) == all_dense  # a weight alone: weighted hybrid
     seed = str(index.products["id"].iat[0])
     assert settled(index, Query(like=seed)).mode == "dense" and settled(index, Query(image=Path("x"))).mode == "dense"
-    # routes: a query of attribute words takes the attributes route's options, any other text the words route's
+    # routes: a query of attribute words, or with a word no title holds, takes the attributes route's options, any
+    # other text the words route's
     routed = {"mode": "hybrid", "fusion": "rrf", "weight": 0.5, "attribute_terms": ["blue", "women"],
               "routes": {"attributes": {"mode": "dense"}, "words": {"mode": "lexical"}}}  # fmt: skip
     (out / "index.json").write_text(json.dumps({**index.info, "hybrid": routed}))
     index = load_index(out)
     assert settled(index, Query(text="Women Blue")).mode == "dense"  # stop words and case do not matter
-    assert settled(index, Query(text="women blue swimsuit")).mode == "lexical"
+    held = next(w for w in sorted(index.lexical.vocabulary) if w.isalpha() and w not in {"blue", "women"})
+    assert settled(index, Query(text=f"women blue {held}")).mode == "lexical"  # a word some title holds
+    assert settled(index, Query(text="women blue zqxvw")).mode == "dense"  # a word no title holds: a kind, not a lookup
     assert settled(index, Query(text="women blue", mode="hybrid")).mode == "hybrid"  # an explicit mode wins
     (out / "index.json").write_text(json.dumps({**index.info, "hybrid": {"mode": "hybrid", "fusion": "weighted",
                                                                          "weight": 0.0}}))  # fmt: skip

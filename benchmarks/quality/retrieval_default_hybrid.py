@@ -86,6 +86,6 @@ def tune(data: Encoded, model: ProductRetriever, gallery: np.ndarray, lexical: A
         for name, options in configurations():
             per_query[name][i] = ndcg([row for row, _ in ranked(options, sims[i], top, lex)], q.relevant, q.known)
     scores = means(per_query)
-    routes = routed(per_query, [query_route(t, terms) for t in texts])
+    routes = routed(per_query, [query_route(t, terms, lexical.vocabulary) for t in texts])
     return {**winner(per_query), "scores": scores, "queries": len(queries), "routes": routes,
             "attribute_terms": sorted(terms)}  # fmt: skip

@@ -118,7 +118,7 @@ class Gallery:
                     top, lex = np.argsort(-sim[i], kind="stable")[:HYBRID_DEPTH], self.lists[s.name][start + i]
                     for k, options in systems.items():
                         if k == "hybrid default":  # the route of the query's text, as `multimodal search` takes it
-                            options = route_of(default, s.texts[start + i])
+                            options = route_of(default, s.texts[start + i], self.lexical.vocabulary)
                         fused[k][i] = as_scores(ranked(options, sim[i], top, lex), self.data.n)
                 for k in systems:
                     parts[k].append(set_metrics(s, fused[k], start))

@@ -13,9 +13,9 @@ stored. A mix that wins on 100 queries by chance would lose to that half on the 
 Queries are of two kinds that want different mixes: a few words of a product's own text (known-item lookup, where
 BM25 is strong) and attribute values ("women blue jeans", where every matching product is an answer and the dense
 half is strong). The tuning also picks a winner per **route** (:func:`multimodal.search.shopper_queries.
-query_route`: ``attributes`` when every word of the query is a word of the catalogue's attribute values, else
-``words``) and stores both with those words; a text query then takes its route's winner. Each route's winner
-scores at least its better half on the queries sent there.
+query_route`: ``attributes`` when every word of the query is a word of the catalogue's attribute values or one of
+its words is in no product's BM25 text, else ``words``) and stores both with those words; a text query then takes
+its route's winner. Each route's winner scores at least its better half on the queries sent there.
 
 The queries are encoded by the export's checkpoint, or its ONNX export on the torch-free install
 (:func:`multimodal.lite.search.encoder_for`); without either the build says so and keeps the plain default (RRF).
@@ -152,7 +152,7 @@ def tune_hybrid(
         "attribute_queries": sum(q.kind == "attributes" for q in queries),
         "attributes": columns,
         "seed": seed,
-        "routes": routed(per_query, [query_route(q.text, terms) for q in queries]),
+        "routes": routed(per_query, [query_route(q.text, terms, index.lexical.vocabulary) for q in queries]),
         "attribute_terms": sorted(terms),
     }
 

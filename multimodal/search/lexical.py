@@ -11,6 +11,7 @@ rebuilding is seconds for a million titles).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ class LexicalIndex:
     @property
     def count(self) -> int:
         return int(self.retriever.scores["num_docs"])
+
+    @functools.cached_property
+    def vocabulary(self) -> frozenset[str]:
+        """Every word some product's text holds, as BM25 reads it (lower case, stop words left out)."""
+        return frozenset(w for w in self.retriever.vocab_dict if w)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

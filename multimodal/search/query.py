@@ -4,6 +4,7 @@ line (one query) and the HTTP service (a dynamic batch of concurrent queries) sh
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ def settled(index: SearchIndex, query: Query) -> Query:
         return query
     tuned = index.info.get("hybrid") or {}
     if query.text is not None and tuned.get("routes"):
-        tuned = route_of(tuned, query.text)
+        tuned = route_of(tuned, query.text, index.lexical.vocabulary if index.lexical is not None else None)
     mode = query.mode
     if mode is None:
         text = query.text is not None and query.image is None and query.like is None
@@ -83,12 +84,12 @@ def settled(index: SearchIndex, query: Query) -> Query:
     return replace(query, mode=mode, fusion=fusion, weight=weight)
 
 
-def route_of(tuned: dict[str, Any], text: str) -> dict[str, Any]:
-    """The tuned options of the route of ``text`` (:func:`multimodal.search.shopper_queries.query_route`), or the
-    single winner where that route was not tuned."""
+def route_of(tuned: dict[str, Any], text: str, vocabulary: AbstractSet[str] | None = None) -> dict[str, Any]:
+    """The tuned options of the route of ``text`` (:func:`multimodal.search.shopper_queries.query_route`; the
+    ``vocabulary`` of the index's BM25 part), or the single winner where that route was not tuned."""
     from multimodal.search.shopper_queries import query_route
 
-    route = query_route(text, set(tuned.get("attribute_terms") or ()))
+    route = query_route(text, set(tuned.get("attribute_terms") or ()), vocabulary)
     return {**tuned, **tuned["routes"].get(route, {})}
 
 

@@ -163,8 +163,12 @@ def attribute_terms(products: pd.DataFrame, attributes: list[str]) -> set[str]:
     return {w for v in values for w in _words(v, stopwords())}
 
 
-def query_route(text: str, terms: AbstractSet[str]) -> str:
-    """``attributes`` when every word of ``text`` (stop words left out) is one of ``terms``, else ``words``: the
-    route whose tuned fusion a text query takes (:mod:`multimodal.search.hybrid_tuning`)."""
+def query_route(text: str, terms: AbstractSet[str], vocabulary: AbstractSet[str] | None = None) -> str:
+    """The route whose tuned fusion a text query takes (:mod:`multimodal.search.hybrid_tuning`): ``attributes``
+    when every word of ``text`` (stop words left out) is one of ``terms``, or when one of its words is in no
+    product's BM25 text (not in ``vocabulary``, where given: such a query cannot be a lookup of a product's own
+    words; it names a kind of product, "topwear"), else ``words``."""
     words = _words(text, stopwords())
+    if words and vocabulary is not None and any(w not in vocabulary for w in words):
+        return "attributes"
     return "attributes" if words and all(w in terms for w in words) else "words"
